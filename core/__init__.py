@@ -1,0 +1,1 @@
+"""The domain: mail domains, their admin accesses and the entitlements sync."""

@@ -1,0 +1,230 @@
+"""The domain's tables: users, mail domains, their admin accesses, and the sync's bookkeeping."""
+
+import uuid
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.db import models
+from django.db.models.functions import Lower
+
+from core.validators import validate_domain_name
+
+
+class BaseModel(models.Model):
+    """UUID primary key and timestamps, shared by the domain's main tables."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+
+def normalize_email(email: str) -> str:
+    """Lower-case the domain part of an email and keep the local part as is (RFC 5321)."""
+    email = (email or "").strip()
+    local, at, domain = email.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else email
+
+
+class UserManager(BaseUserManager):
+    """Creates users keyed by email; OIDC users also carry their `sub`."""
+
+    use_in_migrations = True
+
+    def create_user(self, email, password=None, **extra_fields):
+        user = self.model(email=normalize_email(email), **extra_fields)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email, password=None, **extra_fields):
+        extra_fields.setdefault("is_staff", True)
+        extra_fields.setdefault("is_superuser", True)
+        return self.create_user(email, password, **extra_fields)
+
+
+class User(AbstractBaseUser, PermissionsMixin, BaseModel):
+    """A person: created at their first OIDC login, or by hand for operators."""
+
+    sub = models.CharField(
+        "OIDC subject",
+        max_length=255,
+        unique=True,
+        null=True,
+        blank=True,
+        help_text="Stable identifier given by the OIDC provider.",
+    )
+    email = models.EmailField(unique=True)
+    full_name = models.CharField(max_length=255, blank=True)
+    is_staff = models.BooleanField(
+        default=False, help_text="May log into the Django admin and create mail domains."
+    )
+    is_active = models.BooleanField(default=True)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        ordering = ["email"]
+
+    def __str__(self):
+        return self.email
+
+    def save(self, *args, **kwargs):
+        self.email = normalize_email(self.email)
+        super().save(*args, **kwargs)
+
+
+class MailDomain(BaseModel):
+    """A mail domain; its name is stored lower-case and validated."""
+
+    name = models.CharField(max_length=253, unique=True, validators=[validate_domain_name])
+    custom_attributes = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(name=Lower("name")), name="maildomain_name_lowercase"
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def save(self, *args, **kwargs):
+        self.name = self.name.strip().lower()
+        super().save(*args, **kwargs)
+
+
+class MailDomainAccess(BaseModel):
+    """A user's role on a mail domain, made by hand or by the entitlements sync."""
+
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Administrator"
+
+    class Source(models.TextChoices):
+        MANUAL = "manual", "Manual"
+        ENTITLEMENTS = "entitlements", "Entitlements sync"
+
+    maildomain = models.ForeignKey(MailDomain, on_delete=models.CASCADE, related_name="accesses")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="maildomain_accesses")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.ADMIN)
+    source = models.CharField(max_length=20, choices=Source.choices, default=Source.MANUAL)
+
+    class Meta:
+        verbose_name_plural = "mail domain accesses"
+        constraints = [
+            models.UniqueConstraint(fields=["maildomain", "user"], name="unique_maildomain_user"),
+        ]
+        indexes = [models.Index(fields=["user", "source"])]
+
+    def __str__(self):
+        return f"{self.user} {self.role} of {self.maildomain} ({self.source})"
+
+
+class EntitlementSyncState(models.Model):
+    """One row per user: what the next sync needs and what the last one found."""
+
+    class Status(models.TextChoices):
+        NEVER = "never", "Never synced"
+        PENDING = "pending", "Pending"
+        OK = "ok", "Up to date"
+        NO_INFORMATION = "no_information", "No information upstream"
+        UNAVAILABLE = "unavailable", "Upstream unavailable"
+        INVALID = "invalid", "Invalid upstream answer"
+        ERROR = "error", "Error"
+
+    user = models.OneToOneField(
+        User, on_delete=models.CASCADE, primary_key=True, related_name="sync_state"
+    )
+    # Claims the backend forwards upstream (e.g. siret), stored at login. Never tokens.
+    forwarded_claims = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.NEVER)
+    error_code = models.CharField(max_length=64, blank=True)
+    requested_at = models.DateTimeField(null=True, blank=True)
+    # When a task was last put on the broker for this user; repeated requests inside the
+    # dedup window are collapsed into that one task.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Every domain named by the last authoritative answer, provisioned here or not yet.
+    entitled_domains = models.JSONField(default=list, blank=True)
+    answer_fingerprint = models.CharField(max_length=64, blank=True)
+    last_trigger = models.CharField(max_length=32, blank=True)
+    last_task_id = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status"]),
+            models.Index(fields=["requested_at"]),
+        ]
+
+    def __str__(self):
+        return f"sync state of {self.user_id}: {self.status}"
+
+
+class AccessAuditEntry(models.Model):
+    """Append-only trail of every access the sync granted or revoked."""
+
+    class Action(models.TextChoices):
+        GRANTED = "granted", "Granted"
+        REVOKED = "revoked", "Revoked"
+
+    user = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, related_name="access_audit_entries"
+    )
+    # Names, not foreign keys, so the trail outlives deleted domains.
+    maildomain_name = models.CharField(max_length=253)
+    role = models.CharField(max_length=20, default=MailDomainAccess.Role.ADMIN)
+    action = models.CharField(max_length=10, choices=Action.choices)
+    trigger = models.CharField(max_length=32)
+    task_id = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "access audit entries"
+        indexes = [models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self):
+        return f"{self.action} {self.role} of {self.maildomain_name} ({self.trigger})"
+
+
+class SyncRun(models.Model):
+    """One run of an admin-wide resync (all admins, or one domain's), updated as it progresses."""
+
+    class Scope(models.TextChoices):
+        ALL = "all", "All admins"
+        DOMAIN = "domain", "One domain"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped (another run in progress)"
+
+    scope = models.CharField(max_length=10, choices=Scope.choices, default=Scope.ALL)
+    maildomain_name = models.CharField(max_length=253, blank=True)
+    trigger = models.CharField(max_length=32)
+    task_id = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    users_enqueued = models.PositiveIntegerField(default=0)
+    users_done = models.PositiveIntegerField(default=0)
+    users_changed = models.PositiveIntegerField(default=0)
+    users_failed = models.PositiveIntegerField(default=0)
+    users_skipped = models.PositiveIntegerField(default=0)
+    error_code = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"{self.scope} resync {self.started_at:%Y-%m-%d %H:%M} ({self.status})"

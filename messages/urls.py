@@ -1,0 +1,13 @@
+"""Top-level URLs: the admin, OIDC login, the REST API and its schema."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("oidc/", include("mozilla_django_oidc.urls")),
+    path("api/v1.0/", include("core.api.urls")),
+    path("api/v1.0/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v1.0/swagger/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger"),
+]

@@ -1,0 +1,1 @@
+"""Celery plumbing: task definitions, retry policy, locks, queues and schedules."""
