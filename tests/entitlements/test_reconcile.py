@@ -246,7 +246,7 @@ def test_concurrent_reconciles_of_one_user_end_correct(transactional_db, state_e
         try:
             barrier.wait(timeout=10)
             _reconcile(user, _answer(*names))
-        except Exception as error:  # noqa: BLE001 - any error fails the test below
+        except Exception as error:  # any error fails the test below
             errors.append(error)
         finally:
             connection.close()
