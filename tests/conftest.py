@@ -23,3 +23,18 @@ def _isolated_cache(settings):
 @pytest.fixture
 def api_client():
     return APIClient()
+
+
+@pytest.fixture
+def user(db):
+    from tests.factories import UserFactory
+
+    return UserFactory()
+
+
+@pytest.fixture
+def user_client(user):
+    """An API client logged in (session) as `user`."""
+    client = APIClient()
+    client.force_login(user)
+    return client
