@@ -1,19 +1,9 @@
-"""The API's JSON parser: bounded body size and one plain message for any malformed body."""
+"""The API's JSON parser: one plain message for any malformed body."""
 
 import json
 
-from django.conf import settings
-from rest_framework import status
-from rest_framework.exceptions import APIException, ParseError
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser as DRFJSONParser
-
-
-class RequestBodyTooLarge(APIException):
-    """The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE."""
-
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "Request body is too large."
-    default_code = "request_too_large"
 
 
 def _reject_constant(name: str):
@@ -21,16 +11,13 @@ def _reject_constant(name: str):
 
 
 class JSONParser(DRFJSONParser):
-    """Parses a JSON body of at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes."""
+    """Parses strict JSON; the error never quotes the decoder's message or the body."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        # DRF streams the body straight into the parser, bypassing Django's own size check.
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        body = stream.read() if limit is None else stream.read(limit + 1)
-        if limit is not None and len(body) > limit:
-            raise RequestBodyTooLarge()
+        # DRF hands JSON parsers the body through request.body, which already enforces
+        # DATA_UPLOAD_MAX_MEMORY_SIZE (RequestDataTooBig, a 413 in core.api.exceptions).
         try:
-            return json.loads(body, parse_constant=_reject_constant)
+            return json.load(stream, parse_constant=_reject_constant)
         # RecursionError: a deeply nested body must be a 400, not a 500.
         except (ValueError, RecursionError):
             raise ParseError("Request body is not valid JSON.") from None
