@@ -6,6 +6,8 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from tests.factories import UserFactory
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(settings):
@@ -27,8 +29,7 @@ def api_client():
 
 @pytest.fixture
 def user(db):
-    from tests.factories import UserFactory
-
+    """A plain user: no staff flag, no access."""
     return UserFactory()
 
 

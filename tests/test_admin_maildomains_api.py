@@ -1,6 +1,7 @@
 """/api/v1.0/admin/maildomains/: list administered domains; staff create them behind a flag."""
 
 import pytest
+from rest_framework.test import APIClient
 
 from core.models import MailDomain, MailDomainAccess
 from tests.factories import MailDomainAccessFactory, MailDomainFactory
@@ -118,3 +119,16 @@ def test_duplicate_name_is_a_400(staff_client):
     assert response.json() == {"name": ["A mail domain with this name already exists."]}
     assert MailDomain.objects.count() == 1
     assert not MailDomainAccess.objects.exists()
+
+
+def test_session_writes_need_the_csrf_token(user, settings):
+    user.is_staff = True
+    user.save()
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    response = client.post(URL, {"name": "new.example.org"}, format="json")
+
+    assert response.status_code == 403
+    assert response.json()["detail"].startswith("CSRF Failed")
+    assert not MailDomain.objects.exists()
