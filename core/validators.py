@@ -17,3 +17,8 @@ def validate_domain_name(value: str) -> None:
         raise ValidationError("Enter a valid domain name.", code="invalid_domain")
     if not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
         raise ValidationError("Enter a valid domain name.", code="invalid_domain")
+
+
+def normalize_domain_name(value: str) -> str:
+    """Return a domain name as stored: surrounding whitespace removed, lower-case."""
+    return value.strip().lower()

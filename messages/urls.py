@@ -11,3 +11,6 @@ urlpatterns = [
     path("api/v1.0/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1.0/swagger/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger"),
 ]
+
+handler404 = "core.api.handlers.page_not_found"
+handler500 = "core.api.handlers.server_error"

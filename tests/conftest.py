@@ -7,6 +7,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from tests.deploycenter_stub import DeployCenterStub
+from tests.factories import UserFactory
 
 DEPLOYCENTER_BACKEND = "core.entitlements.backends.deploycenter.DeployCenterEntitlementsBackend"
 
@@ -50,3 +51,17 @@ def deploycenter_backend(settings, deploycenter_stub):
     settings.ENTITLEMENTS_BACKEND = DEPLOYCENTER_BACKEND
     settings.ENTITLEMENTS_BACKEND_PARAMETERS = deploycenter_stub.backend_parameters()
     return deploycenter_stub
+
+
+@pytest.fixture
+def user(db):
+    """A plain user: no staff flag, no access."""
+    return UserFactory()
+
+
+@pytest.fixture
+def user_client(user):
+    """An API client logged in (session) as `user`."""
+    client = APIClient()
+    client.force_login(user)
+    return client

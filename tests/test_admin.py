@@ -1,0 +1,267 @@
+"""The Django admin renders every page an operator uses, and keeps the sync's records read-only."""
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+
+from core.models import (
+    AccessAuditEntry,
+    EntitlementSyncState,
+    MailDomain,
+    MailDomainAccess,
+    SyncRun,
+    User,
+)
+from tests.factories import (
+    AccessAuditEntryFactory,
+    EntitlementSyncStateFactory,
+    MailDomainAccessFactory,
+    SyncRunFactory,
+    UserFactory,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def records(db):
+    """One row of every model, linked as the sync would link them."""
+    access = MailDomainAccessFactory(
+        user__email="alice@example.org",
+        user__sub="sub-alice",
+        maildomain__name="alpha.example.org",
+        source=MailDomainAccess.Source.ENTITLEMENTS,
+    )
+    state = EntitlementSyncStateFactory(
+        user=access.user,
+        status=EntitlementSyncState.Status.UNAVAILABLE,
+        error_code="upstream_timeout",
+        entitled_domains=["alpha.example.org", "not-yet.example.org"],
+        last_trigger="login",
+    )
+    audit = AccessAuditEntryFactory(user=access.user, maildomain_name="alpha.example.org")
+    run = SyncRunFactory(users_enqueued=3, users_done=3, users_changed=1)
+    return {
+        User: access.user,
+        MailDomain: access.maildomain,
+        MailDomainAccess: access,
+        EntitlementSyncState: state,
+        AccessAuditEntry: audit,
+        SyncRun: run,
+    }
+
+
+def admin_url(model, view: str, *args) -> str:
+    return reverse(f"admin:core_{model._meta.model_name}_{view}", args=args)
+
+
+ALL_MODELS = [User, MailDomain, MailDomainAccess, EntitlementSyncState, AccessAuditEntry, SyncRun]
+READ_ONLY_MODELS = [EntitlementSyncState, AccessAuditEntry, SyncRun]
+# The management form of the user page's empty accesses inline.
+NO_ACCESS_ROWS = {"maildomain_accesses-TOTAL_FORMS": "0", "maildomain_accesses-INITIAL_FORMS": "0"}
+
+
+def test_system_checks_pass():
+    call_command("check", "--fail-level", "WARNING")
+
+
+@pytest.mark.parametrize("model", ALL_MODELS, ids=lambda m: m.__name__)
+def test_changelist_and_change_pages_render(admin_client, records, model):
+    changelist = admin_client.get(admin_url(model, "changelist"))
+    change = admin_client.get(admin_url(model, "change", records[model].pk))
+
+    assert changelist.status_code == 200
+    assert change.status_code == 200
+    # The changelist shows the record (the admin user adds a second User row).
+    assert changelist.context["cl"].result_count == (2 if model is User else 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "query"),
+    [
+        (User, "alice@example"),
+        (User, "sub-alice"),
+        (MailDomain, "alpha"),
+        (MailDomainAccess, "alice@example"),
+        (MailDomainAccess, "alpha.example"),
+        (EntitlementSyncState, "alice@example"),
+        (AccessAuditEntry, "alpha.example"),
+        (AccessAuditEntry, "alice@example"),
+    ],
+)
+def test_search_finds_the_record(admin_client, records, model, query):
+    response = admin_client.get(admin_url(model, "changelist"), {"q": query})
+
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == [records[model]]
+
+
+@pytest.mark.parametrize(
+    ("model", "filters", "count"),
+    [
+        (MailDomainAccess, {"role__exact": "admin"}, 1),
+        (MailDomainAccess, {"source__exact": "manual"}, 0),
+        (MailDomainAccess, {"source__exact": "entitlements"}, 1),
+        (EntitlementSyncState, {"status__exact": "unavailable"}, 1),
+        (EntitlementSyncState, {"status__exact": "ok"}, 0),
+        (SyncRun, {"status__exact": "done"}, 1),
+        (SyncRun, {"status__exact": "running"}, 0),
+        (User, {"sync_state__status__exact": "unavailable"}, 1),
+    ],
+)
+def test_list_filters(admin_client, records, model, filters, count):
+    response = admin_client.get(admin_url(model, "changelist"), filters)
+
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == count
+
+
+def test_user_page_shows_sync_state_accesses_and_audit_link(admin_client, records):
+    user = records[User]
+
+    response = admin_client.get(admin_url(User, "change", user.pk))
+
+    page = response.content.decode()
+    assert "Upstream unavailable" in page
+    assert "upstream_timeout" in page
+    assert "not-yet.example.org" in page
+    assert "alpha.example.org" in page  # the accesses inline
+    assert "1 access change(s) by the sync" in page
+    audit = admin_client.get(
+        admin_url(AccessAuditEntry, "changelist"), {"user__id__exact": str(user.pk)}
+    )
+    assert audit.status_code == 200
+    assert list(audit.context["cl"].result_list) == [records[AccessAuditEntry]]
+
+
+def test_user_without_sync_state_reads_never_synced(admin_client, db):
+    user = UserFactory()
+
+    page = admin_client.get(admin_url(User, "change", user.pk)).content.decode()
+    changelist = admin_client.get(admin_url(User, "changelist")).content.decode()
+
+    assert "Never synced" in page
+    assert "Never synced" in changelist
+
+
+def test_operator_creates_a_user_with_a_normalised_email(admin_client, db):
+    assert admin_client.get(admin_url(User, "add")).status_code == 200
+
+    response = admin_client.post(
+        admin_url(User, "add"),
+        {
+            "email": "Operator@Example.ORG",
+            "full_name": "An Operator",
+            "usable_password": "true",
+            "password1": "a-long-enough-passphrase",
+            "password2": "a-long-enough-passphrase",
+            **NO_ACCESS_ROWS,
+        },
+    )
+
+    assert response.status_code == 302
+    user = User.objects.get(full_name="An Operator")
+    assert user.email == "Operator@example.org"
+    assert user.check_password("a-long-enough-passphrase")
+
+
+def test_duplicate_email_in_another_case_is_a_form_error(admin_client, db):
+    UserFactory(email="taken@example.org")
+
+    response = admin_client.post(
+        admin_url(User, "add"),
+        {"email": "taken@EXAMPLE.org", "usable_password": "false", **NO_ACCESS_ROWS},
+    )
+
+    assert response.status_code == 200
+    assert "User with this Email already exists." in response.content.decode()
+
+
+def test_operator_creates_a_domain_with_a_normalised_name(admin_client, db):
+    assert admin_client.get(admin_url(MailDomain, "add")).status_code == 200
+
+    response = admin_client.post(
+        admin_url(MailDomain, "add"),
+        {
+            "name": "  New.Example.ORG ",
+            "custom_attributes": "{}",
+            "accesses-TOTAL_FORMS": "0",
+            "accesses-INITIAL_FORMS": "0",
+        },
+    )
+
+    assert response.status_code == 302
+    assert MailDomain.objects.filter(name="new.example.org").exists()
+
+
+def test_invalid_domain_name_is_a_form_error(admin_client, db):
+    response = admin_client.post(
+        admin_url(MailDomain, "add"),
+        {
+            "name": "not a domain",
+            "custom_attributes": "{}",
+            "accesses-TOTAL_FORMS": "0",
+            "accesses-INITIAL_FORMS": "0",
+        },
+    )
+
+    assert response.status_code == 200
+    assert "Enter a valid domain name." in response.content.decode()
+    assert not MailDomain.objects.exists()
+
+
+def test_operator_adds_an_access(admin_client, records):
+    newcomer = UserFactory()
+
+    response = admin_client.post(
+        admin_url(MailDomainAccess, "add"),
+        {
+            "user": str(newcomer.pk),
+            "maildomain": str(records[MailDomain].pk),
+            "role": "admin",
+            "source": "manual",
+        },
+    )
+
+    assert response.status_code == 302
+    assert MailDomainAccess.objects.filter(user=newcomer, source="manual").exists()
+
+
+def test_domain_list_counts_admins(admin_client, records):
+    MailDomainAccessFactory(maildomain=records[MailDomain])
+
+    response = admin_client.get(admin_url(MailDomain, "changelist"))
+
+    assert response.context["cl"].result_list[0].admin_count == 2
+
+
+def test_autocomplete_of_users_and_domains_works(admin_client, records):
+    for field in ("user", "maildomain"):
+        response = admin_client.get(
+            "/admin/autocomplete/",
+            {
+                "app_label": "core",
+                "model_name": "maildomainaccess",
+                "field_name": field,
+                "term": "al",
+            },
+        )
+        assert response.status_code == 200
+        assert len(response.json()["results"]) == 1
+
+
+@pytest.mark.parametrize("model", READ_ONLY_MODELS, ids=lambda m: m.__name__)
+def test_sync_records_are_read_only(admin_client, records, model):
+    record = records[model]
+
+    add = admin_client.get(admin_url(model, "add"))
+    delete = admin_client.post(admin_url(model, "delete", record.pk), {"post": "yes"})
+    change = admin_client.get(admin_url(model, "change", record.pk))
+
+    assert add.status_code == 403
+    assert delete.status_code == 403
+    assert model.objects.filter(pk=record.pk).exists()
+    assert b'name="_save"' not in change.content

@@ -1,0 +1,61 @@
+"""A malformed environment variable stops start-up with a message naming the variable."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_django(tmp_path, **overrides: str) -> subprocess.CompletedProcess:
+    """Run `django.setup()` in a fresh interpreter with the given environment variables."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "messages.settings",
+        "DJANGO_SECRET_KEY": "test-secret",
+        "DATA_DIR": str(tmp_path),
+        **overrides,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_valid_environment_starts(tmp_path):
+    result = start_django(tmp_path)
+
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DJANGO_DEBUG", "maybe"),
+        ("DATABASE_URL", "notaurl"),
+        ("DATABASE_URL", "mysql://db/messages"),
+        ("ENTITLEMENTS_BACKEND_PARAMETERS", "{bad"),
+        ("ENTITLEMENTS_BACKEND_PARAMETERS", "[1, 2]"),
+        ("REDIS_URL", "http://x"),
+        ("ENTITLEMENTS_CACHE_TIMEOUT", "abc"),
+        ("ENTITLEMENTS_CACHE_TIMEOUT", "-1"),
+        ("PROVISIONING_MAX_DOMAINS", "0"),
+        ("FEATURE_MAILDOMAIN_CREATE", "sometimes"),
+        ("FEATURE_MAILDOMAIN_MANAGE_ACCESSES", "2"),
+        ("SENTRY_DSN", "not-a-dsn"),
+    ],
+)
+def test_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value):
+    result = start_django(tmp_path, **{name: value})
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert name in result.stderr
