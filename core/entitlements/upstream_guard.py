@@ -552,14 +552,19 @@ def get_rate_limiter() -> RedisRateLimiter | UnlimitedRateLimiter:
 
 @contextmanager
 def guarded_upstream_call(
-    *, priority: Priority, transient: tuple[type[BaseException], ...]
+    *,
+    priority: Priority,
+    transient: tuple[type[BaseException], ...],
+    max_wait: float | None = None,
 ) -> Iterator[None]:
     """Admit one upstream request through the breaker and the rate limit, record its outcome.
 
     Raises CircuitOpenError at once while the circuit is open, RateLimitTimeoutError when no
-    token came in time. An exception of a `transient` type counts as a failure; a normal exit
-    or any other exception counts as an answer (a 401 or a malformed body is not an outage).
+    token came within `max_wait` seconds (default: 10 s interactive, 30 s bulk). An exception
+    of a `transient` type counts as a failure; a normal exit or any other exception counts as
+    an answer (a 401 or a malformed body is not an outage).
     """
+    wait = _MAX_WAIT_SECONDS[priority] if max_wait is None else max_wait
     breaker = get_circuit_breaker()
     try:
         admission = breaker.allow()
@@ -571,9 +576,9 @@ def guarded_upstream_call(
         return
     if not admission:
         raise CircuitOpenError(admission.retry_after)
-    if not _acquire_token(priority):
+    if not _acquire_token(priority, wait):
         _give_back(breaker, admission)
-        raise RateLimitTimeoutError(_MAX_WAIT_SECONDS[priority])
+        raise RateLimitTimeoutError(wait)
     try:
         yield
     except transient:
@@ -589,9 +594,9 @@ def guarded_upstream_call(
     _record(breaker.record_success)
 
 
-def _acquire_token(priority: Priority) -> bool:
+def _acquire_token(priority: Priority, wait: float) -> bool:
     try:
-        return get_rate_limiter().acquire(priority=priority, timeout=_MAX_WAIT_SECONDS[priority])
+        return get_rate_limiter().acquire(priority=priority, timeout=wait)
     except RedisError:
         logger.warning("entitlements rate limit unreachable in Redis; calling anyway")
         return True
