@@ -462,9 +462,11 @@ if tokens - 1 >= keep then
 else
   wait = (keep + 1 - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+-- Six decimals keep the stored time exact to the microsecond (tostring keeps 14 digits).
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
+  'at', string.format('%.6f', now))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {granted, tostring(wait)}
+return {granted, string.format('%.6f', wait)}
 """,
 )
 
@@ -479,7 +481,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(bucket[1]) or burst
 local at = tonumber(bucket[2]) or now
-return tostring(math.min(burst, tokens + math.max(0, now - at) * rate))
+return string.format('%.6f', math.min(burst, tokens + math.max(0, now - at) * rate))
 """,
 )
 
