@@ -620,7 +620,15 @@ def _record(outcome) -> None:
 
 def upstream_guard_state() -> dict:
     """The breaker and the rate limit as operators see them, for an admin page or task result."""
-    return {
-        "circuit": get_circuit_breaker().state(),
-        "rate_limit": get_rate_limiter().state(),
-    }
+    try:
+        return {
+            "circuit": get_circuit_breaker().state(),
+            "rate_limit": get_rate_limiter().state(),
+        }
+    except RedisError:
+        # An admin page must still render while Redis is down; the guard lets calls through.
+        return {
+            "circuit": {"state": "unknown"},
+            "rate_limit": {"state": "unknown"},
+            "error": "redis_unreachable",
+        }
