@@ -1,12 +1,12 @@
-"""Upstream protection for the entitlements service: a circuit breaker and a rate limit shared
-through Redis by every worker process on every machine.
+"""Upstream protection for the entitlements service: a shared circuit breaker and rate limit.
 
-The engine wraps each request to the upstream in `guarded_upstream_call`. With django-redis
-as the default cache, the breaker and the token bucket live in Redis, their transitions run
-as Lua scripts (atomic, timed by the Redis clock, so machines with skewed clocks agree), and
-the keys are namespaced with the cache's KEY_PREFIX read at call time. With the embedded
-default (file cache, no Redis) the breaker is kept per process and the rate limit is off: a
-single-machine demo has no shared store that could bound the combined rate.
+Both are shared through Redis by every worker process on every machine. The engine wraps each
+request to the upstream in `guarded_upstream_call`. With django-redis as the default cache,
+the breaker and the token bucket live in Redis, their transitions run as Lua scripts (atomic,
+timed by the Redis clock, so machines with skewed clocks agree), and the keys are namespaced
+with the cache's KEY_PREFIX read at call time. With the embedded default (file cache, no
+Redis) the breaker is kept per process and the rate limit is off: a single-machine demo has
+no shared store that could bound the combined rate.
 
 If Redis itself fails, the guard lets the call through and logs a warning: protecting the
 upstream is not worth refusing every sync while the shared store is down.
@@ -43,8 +43,9 @@ class Priority(StrEnum):
     BULK = "bulk"
 
 
-# How long a waiting caller may sleep for a token before giving up. A login sync waits less:
-# past a few seconds the person is better served by a retry than by a worker held idle.
+# How long a caller may sleep for a token before giving up. Bulk syncs wait longer: waiting in
+# the worker is what paces a full run. A login sync that found no token in 10 s (the fleet is
+# saturated by logins alone) is better retried than left holding an interactive worker.
 _MAX_WAIT_SECONDS = {Priority.INTERACTIVE: 10.0, Priority.BULK: 30.0}
 
 
