@@ -123,12 +123,9 @@ def test_acquire_gives_up_at_its_timeout(settings, limit):
 
 
 def test_combined_rate_of_four_processes_stays_under_the_limit(limit):
+    """Four workers of a full run, as if on four machines, ask for tokens as fast as they can."""
     seconds = 2.5
-    results = run_processes(
-        [("bulk", 4, 0), ("bulk", 4, 0), ("interactive", 4, 0), ("interactive", 4, 0)],
-        env=limit,
-        seconds=seconds,
-    )
+    results = run_processes([("bulk", 4, 0)] * 4, env=limit, seconds=seconds)
 
     grants = [at for result in results for at in result["granted"]]
     # Once the initial burst is spent, the rate is the limit's own.
@@ -144,7 +141,7 @@ def test_combined_rate_of_four_processes_stays_under_the_limit(limit):
     assert busiest_second(grants) <= RATE * 1.05 + BURST
     # ...and it was really saturated, or the bound above proves nothing.
     assert len(grants) >= 0.9 * RATE * seconds
-    assert all(result["granted"] for result in results)
+    assert all(len(result["granted"]) > 0.1 * len(grants) for result in results)
 
 
 def test_interactive_callers_go_first_while_bulk_saturates(limit):
