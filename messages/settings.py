@@ -227,6 +227,37 @@ ENTITLEMENTS_RESYNC_INTERVAL = env_int("ENTITLEMENTS_RESYNC_INTERVAL", 3600, min
 ENTITLEMENTS_SYNC_DEDUP_SECONDS = env_int("ENTITLEMENTS_SYNC_DEDUP_SECONDS", 10, minimum=0)
 ENTITLEMENTS_SYNC_MAX_RETRIES = env_int("ENTITLEMENTS_SYNC_MAX_RETRIES", 5, minimum=0)
 
+# Upstream protection (core/entitlements/upstream_guard.py, docs/reliability.md). The rate limit
+# is one budget shared through Redis by every worker on every machine; 0 turns it off.
+# 50 calls/s lets an hourly full run cover ~180,000 users while staying a light load for one
+# Django service behind DeployCenter; raise it once the upstream's capacity is known.
+ENTITLEMENTS_RATE_LIMIT_PER_SECOND = env_float(
+    "ENTITLEMENTS_RATE_LIMIT_PER_SECOND", 50.0, minimum=0.0
+)
+# Calls allowed at once after a quiet spell; one second of traffic by default.
+ENTITLEMENTS_RATE_LIMIT_BURST = env_int("ENTITLEMENTS_RATE_LIMIT_BURST", 50, minimum=1)
+# Share of the burst only login (interactive) syncs may use, so they go first during a full run.
+ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE = env_float(
+    "ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE", 0.2, minimum=0.0
+)
+if ENTITLEMENTS_RATE_LIMIT_BURST * (1 - ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE) < 1:
+    raise ImproperlyConfigured(
+        "ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE must leave at least one token of "
+        f"ENTITLEMENTS_RATE_LIMIT_BURST ({ENTITLEMENTS_RATE_LIMIT_BURST}) to bulk syncs, got "
+        f"{ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE}"
+    )
+# The circuit opens after this many transient failures in a row within the window, refuses
+# calls for the cool-down, then lets one probe call through.
+ENTITLEMENTS_CIRCUIT_FAILURE_THRESHOLD = env_int(
+    "ENTITLEMENTS_CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1
+)
+ENTITLEMENTS_CIRCUIT_WINDOW_SECONDS = env_float(
+    "ENTITLEMENTS_CIRCUIT_WINDOW_SECONDS", 60.0, minimum=0.1
+)
+ENTITLEMENTS_CIRCUIT_COOLDOWN_SECONDS = env_float(
+    "ENTITLEMENTS_CIRCUIT_COOLDOWN_SECONDS", 30.0, minimum=0.1
+)
+
 # --- Celery -----------------------------------------------------------------------------------
 
 # Tasks (and their retry countdowns) must end well inside this, or Redis redelivers them while
