@@ -18,6 +18,7 @@ from core.entitlements.reconcile import (
 )
 from core.entitlements.selectors import users_entitled_to
 from core.entitlements.service import sync_user_entitlements
+from core.entitlements.upstream_guard import Priority, upstream_guard_state
 
 __all__ = (
     "AnswerKind",
@@ -26,6 +27,7 @@ __all__ = (
     "EntitlementsError",
     "EntitlementsUnavailableError",
     "FetchedAnswer",
+    "Priority",
     "SyncResult",
     "UpstreamAnswer",
     "fetch_entitlements",
@@ -34,5 +36,6 @@ __all__ = (
     "grant_accesses_for_new_domains",
     "reconcile_admin_accesses",
     "sync_user_entitlements",
+    "upstream_guard_state",
     "users_entitled_to",
 )

@@ -13,6 +13,7 @@ from django.core.cache import cache
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.factory import get_backend
+from core.entitlements.upstream_guard import Priority, UpstreamGuardError, guarded_upstream_call
 from core.models import normalize_email
 
 CacheStatus = Literal["miss", "hit", "stale"]
@@ -36,12 +37,17 @@ def cache_key(user_id: Any) -> str:
 
 
 def fetch_entitlements(
-    *, user, forwarded_claims: Mapping[str, Any], force_refresh: bool = False
+    *,
+    user,
+    forwarded_claims: Mapping[str, Any],
+    force_refresh: bool = False,
+    priority: Priority = Priority.INTERACTIVE,
 ) -> FetchedAnswer:
     """The user's answer: cached if fresh (unless forced), else asked upstream.
 
     When the upstream is unavailable, the last cached answer is served as stale while it is
     younger than ENTITLEMENTS_STALE_FALLBACK_SECONDS; past that, EntitlementsUnavailableError.
+    An open circuit or an exhausted rate limit counts as unavailable, without calling upstream.
     """
     backend = get_backend()
     key = cache_key(user.pk)
@@ -52,7 +58,7 @@ def fetch_entitlements(
     if entry and not force_refresh and age < settings.ENTITLEMENTS_CACHE_TIMEOUT:
         return FetchedAnswer(UpstreamAnswer.from_dict(entry["answer"]), "hit")
 
-    answer = backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
+    answer = _ask_upstream(backend, user, forwarded_claims, priority)
     if answer.kind is AnswerKind.UNAVAILABLE:
         if entry and age < settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS:
             return FetchedAnswer(UpstreamAnswer.from_dict(entry["answer"]), "stale")
@@ -60,6 +66,32 @@ def fetch_entitlements(
     if answer.kind in _CACHEABLE:
         _store(key, request, answer)
     return FetchedAnswer(answer, "miss")
+
+
+class _Unavailable(Exception):
+    """Carries an unavailable answer out of the guard, so the breaker counts it as a failure."""
+
+    def __init__(self, answer: UpstreamAnswer):
+        super().__init__(answer.error_code)
+        self.answer = answer
+
+
+def _ask_upstream(
+    backend, user, forwarded_claims: Mapping[str, Any], priority: Priority
+) -> UpstreamAnswer:
+    """One call to the backend, through the shared circuit breaker and rate limit."""
+    if not backend.guard_upstream_calls:
+        return backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
+    try:
+        with guarded_upstream_call(priority=priority, transient=(_Unavailable,)):
+            answer = backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
+            if answer.kind is AnswerKind.UNAVAILABLE:
+                raise _Unavailable(answer)
+    except _Unavailable as unavailable:
+        return unavailable.answer
+    except UpstreamGuardError as refused:
+        return UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, refused.code)
+    return answer
 
 
 def _request_digest(backend, user, forwarded_claims: Mapping[str, Any]) -> str:

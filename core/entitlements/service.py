@@ -9,6 +9,7 @@ from core.entitlements.backends.base import AnswerKind
 from core.entitlements.cache import fetch_entitlements
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.reconcile import SyncResult, reconcile_admin_accesses
+from core.entitlements.upstream_guard import Priority
 from core.models import EntitlementSyncState, User
 
 logger = logging.getLogger(__name__)
@@ -24,12 +25,14 @@ def sync_user_entitlements(
     task_id: str = "",
     force_refresh: bool = False,
     dry_run: bool = False,
+    priority: Priority = Priority.INTERACTIVE,
 ) -> SyncResult:
     """Fetch the user's entitlements and reconcile their ADMIN accesses; return what changed.
 
     Raises User.DoesNotExist for an unknown id, and EntitlementsUnavailableError (after
     recording it) when the upstream is down and no stale answer is usable: retry later.
-    Every other upstream failure is recorded and returned, and changes no access.
+    Every other upstream failure is recorded and returned, and changes no access. `priority`
+    says whether a person waits (login, manual) or a bulk run does, for the upstream rate limit.
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
     try:
@@ -40,7 +43,10 @@ def sync_user_entitlements(
         _mark_started(user)
     try:
         fetched = fetch_entitlements(
-            user=user, forwarded_claims=forwarded_claims, force_refresh=force_refresh
+            user=user,
+            forwarded_claims=forwarded_claims,
+            force_refresh=force_refresh,
+            priority=priority,
         )
     except EntitlementsUnavailableError as error:
         logger.warning(

@@ -96,6 +96,10 @@ class EntitlementsBackend(ABC):
     raises for an upstream failure: it classifies it into an UpstreamAnswer.
     """
 
+    # Calls to a remote service go through the shared circuit breaker and rate limit; a
+    # backend that answers from local data sets this to False.
+    guard_upstream_calls: bool = True
+
     @property
     def forwarded_claim_names(self) -> list[str]:
         """OIDC claims this backend needs from login (stored on the user's sync state)."""

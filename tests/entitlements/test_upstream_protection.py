@@ -1,0 +1,71 @@
+"""The engine's upstream calls go through the shared circuit breaker: an outage costs a few
+calls, not one per user, and calls resume by themselves when the upstream is back."""
+
+import time
+
+import pytest
+
+from core.entitlements import (
+    EntitlementsUnavailableError,
+    Priority,
+    fetch_entitlements,
+    upstream_guard_state,
+)
+from core.models import User
+
+CLAIMS = {"siret": "12345678900017"}
+
+
+@pytest.fixture(autouse=True)
+def _breaker(settings):
+    settings.ENTITLEMENTS_CIRCUIT_FAILURE_THRESHOLD = 3
+    settings.ENTITLEMENTS_CIRCUIT_COOLDOWN_SECONDS = 0.5
+    settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 0
+
+
+def _fetch(index: int):
+    user = User(email=f"user{index}@alpha.example.org")
+    return fetch_entitlements(user=user, forwarded_claims=CLAIMS, priority=Priority.BULK)
+
+
+def test_an_outage_opens_the_circuit_and_stops_calling_upstream(deploycenter_backend):
+    deploycenter_backend.fail_with(503)
+
+    codes = []
+    for index in range(20):
+        with pytest.raises(EntitlementsUnavailableError) as raised:
+            _fetch(index)
+        codes.append(raised.value.error_code)
+
+    assert deploycenter_backend.calls == 3
+    assert codes[:3] == ["http_503"] * 3
+    assert set(codes[3:]) == {"circuit_open"}
+    assert upstream_guard_state()["circuit"]["state"] == "open"
+
+
+def test_calls_resume_by_themselves_after_the_cool_down(deploycenter_backend):
+    deploycenter_backend.fail_with(503)
+    for index in range(3):
+        with pytest.raises(EntitlementsUnavailableError):
+            _fetch(index)
+    deploycenter_backend.recover()
+
+    time.sleep(0.6)
+    fetched = _fetch(99)
+
+    assert fetched.cache == "miss"
+    assert deploycenter_backend.calls == 4
+    assert upstream_guard_state()["circuit"]["state"] == "closed"
+
+
+def test_local_backend_is_never_throttled_or_cut(settings, db):
+    settings.ENTITLEMENTS_BACKEND = "core.entitlements.backends.local.LocalEntitlementsBackend"
+    settings.ENTITLEMENTS_BACKEND_PARAMETERS = {}
+    settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 1
+    settings.ENTITLEMENTS_RATE_LIMIT_BURST = 1
+
+    started = time.monotonic()
+    for index in range(20):
+        assert _fetch(index).answer.is_authoritative
+
+    assert time.monotonic() - started < 1.0
