@@ -1,0 +1,1 @@
+"""Entitlements backends: one module per upstream, all implementing `base.EntitlementsBackend`."""

@@ -1,0 +1,106 @@
+"""The interface every entitlements backend implements, and the classified answer it returns."""
+
+import enum
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+from core.validators import validate_domain_name
+
+
+class AnswerKind(enum.StrEnum):
+    """What an upstream answer means for a sync; only UNAVAILABLE is transient."""
+
+    AUTHORITATIVE = "authoritative"
+    NO_INFORMATION = "no_information"
+    INVALID = "invalid"
+    BAD_REQUEST = "bad_request"
+    CONFIGURATION = "configuration"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    """A classified upstream answer: the admin domain list when authoritative, else a reason."""
+
+    kind: AnswerKind
+    # Normalised, unique and sorted; empty unless the answer is authoritative.
+    domains: tuple[str, ...] = ()
+    # Short token saying why an answer is not authoritative (e.g. "not_activated", "timeout").
+    error_code: str = ""
+
+    @classmethod
+    def authoritative(cls, domains: Iterable[str]) -> "UpstreamAnswer":
+        """An authoritative list; raises ValueError when a name is not a domain name."""
+        return cls(AnswerKind.AUTHORITATIVE, normalize_domain_names(domains))
+
+    @classmethod
+    def failure(cls, kind: AnswerKind, error_code: str) -> "UpstreamAnswer":
+        """A non-authoritative answer of the given kind."""
+        return cls(kind, (), error_code)
+
+    @property
+    def is_authoritative(self) -> bool:
+        """True when the answer says exactly which domains the user administers."""
+        return self.kind is AnswerKind.AUTHORITATIVE
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the domain list, equal for equal authoritative answers."""
+        if not self.is_authoritative:
+            return ""
+        return hashlib.sha256("\n".join(self.domains).encode()).hexdigest()
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able form, for the shared cache."""
+        return {
+            "kind": str(self.kind),
+            "domains": list(self.domains),
+            "error_code": self.error_code,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "UpstreamAnswer":
+        """Rebuild an answer stored by `as_dict`."""
+        return cls(AnswerKind(data["kind"]), tuple(data["domains"]), data["error_code"])
+
+
+def normalize_domain_names(names: Iterable[str]) -> tuple[str, ...]:
+    """Lower-case names, drop one trailing dot, dedupe and sort; ValueError on any bad name.
+
+    One bad name rejects the whole list: a list we cannot fully read is not trusted to revoke.
+    IDNs must come in their ASCII (xn--) form, as MailDomain stores them.
+    """
+    normalized = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError("a domain name is not a string")
+        candidate = name.lower().removesuffix(".")
+        try:
+            validate_domain_name(candidate)
+        except ValidationError:
+            raise ValueError("not a valid domain name") from None
+        normalized.add(candidate)
+    return tuple(sorted(normalized))
+
+
+class EntitlementsBackend(ABC):
+    """Asks one upstream which mail domains a user may administer.
+
+    A backend is built once per process from ENTITLEMENTS_BACKEND_PARAMETERS passed as keyword
+    arguments; it raises ValueError (without secrets in the text) on a bad parameter. It never
+    raises for an upstream failure: it classifies it into an UpstreamAnswer.
+    """
+
+    @property
+    def forwarded_claim_names(self) -> list[str]:
+        """OIDC claims this backend needs from login (stored on the user's sync state)."""
+        return []
+
+    @abstractmethod
+    def get_entitlements(self, *, user, forwarded_claims: Mapping[str, Any]) -> UpstreamAnswer:
+        """Return the classified answer of the upstream for this user."""

@@ -1,0 +1,254 @@
+"""DeployCenter backend: one GET per user, classified as docs/entitlements.md's table says."""
+
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from core.entitlements.backends.base import AnswerKind, EntitlementsBackend, UpstreamAnswer
+from core.models import normalize_email
+
+logger = logging.getLogger(__name__)
+
+# DeployCenter may call our metrics endpoint back (30 s timeout) before it answers, so a slow
+# answer is normal: the read timeout leaves room for that.
+DEFAULT_TIMEOUT = (5.0, 35.0)
+# A real answer is a few hundred bytes; anything past this is not an answer we can trust, and
+# reading it all would let a broken upstream exhaust a worker's memory.
+MAX_BODY_BYTES = 1_000_000
+# Connections kept per worker process; a prefork child runs one sync at a time, threads more.
+POOL_MAXSIZE = 10
+# DeployCenter answers 400 without it: a sync without it is our request error, not a denial.
+REQUIRED_CLAIM = "siret"
+_QUERY_PARAMS = frozenset({"service_id", "account_type", "account_email", "account_id"})
+# A `can_access_reason` is recorded as our error code only when it looks like a short token.
+_REASON_TOKEN = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+class DeployCenterEntitlementsBackend(EntitlementsBackend):
+    """Asks DeployCenter's entitlements endpoint which mail domains a user may administer."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        service_id: int | str,
+        api_key: str,
+        timeout: float | list[float] = DEFAULT_TIMEOUT,
+        oidc_claims: Sequence[str] = (REQUIRED_CLAIM,),
+    ):
+        self.base_url = _checked_base_url(base_url)
+        self.service_id = _checked_service_id(service_id)
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ValueError("api_key must be a non-empty string")
+        if any(character.isspace() for character in api_key.strip()):
+            raise ValueError("api_key must not contain spaces or line breaks")
+        self.timeout = _checked_timeout(timeout)
+        self.oidc_claims = _checked_claims(oidc_claims)
+        # "Bearer" is case-sensitive upstream. Never an Authorization header: DeployCenter
+        # would validate it against its OIDC provider first and fail.
+        self._headers = {
+            "X-Service-Auth": f"Bearer {api_key.strip()}",
+            "Accept": "application/json",
+        }
+        self._session = _pooled_session()
+
+    @property
+    def forwarded_claim_names(self) -> list[str]:
+        """The OIDC claims sent as query parameters (siret at least)."""
+        return list(self.oidc_claims)
+
+    def get_entitlements(self, *, user, forwarded_claims: Mapping[str, Any]) -> UpstreamAnswer:
+        """Query DeployCenter for this user and classify its answer; never raises for it."""
+        email = normalize_email(user.email)
+        if "@" not in email:
+            return UpstreamAnswer.failure(AnswerKind.BAD_REQUEST, "missing_email")
+        params = {"service_id": self.service_id, "account_type": "user", "account_email": email}
+        for name in self.oidc_claims:
+            value = _claim_value(forwarded_claims.get(name))
+            if value:
+                params[name] = value
+        if REQUIRED_CLAIM not in params:
+            # The answer would be a 400: no need to ask.
+            return UpstreamAnswer.failure(AnswerKind.BAD_REQUEST, "missing_claim")
+
+        started = time.monotonic()
+        status = None
+        try:
+            status, body = self._get(params)
+        except requests.Timeout:
+            answer = UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, "timeout")
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            answer = UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, "connection_error")
+        except requests.exceptions.ContentDecodingError:
+            answer = UpstreamAnswer.failure(AnswerKind.INVALID, "not_decodable")
+        except requests.RequestException:
+            # Invalid URL or header: nothing the upstream did, our settings are wrong.
+            answer = UpstreamAnswer.failure(AnswerKind.CONFIGURATION, "configuration")
+        else:
+            answer = classify_response(status=status, body=body)
+        # Ids and classes only: the query holds the email and the claims.
+        logger.info(
+            "deploycenter answered for user %s: http %s, %s %s, %.0f ms",
+            user.pk,
+            status,
+            answer.kind,
+            answer.error_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return answer
+
+    def _get(self, params: dict[str, str]) -> tuple[int, bytes | None]:
+        """GET the endpoint; return the status and, for a 200, the body (None if too large)."""
+        deadline = time.monotonic() + sum(self.timeout)
+        with self._session.get(
+            self.base_url,
+            params=params,
+            headers=self._headers,
+            timeout=self.timeout,
+            # A redirect means a wrong base_url (e.g. without its trailing slash): report it.
+            allow_redirects=False,
+            stream=True,
+        ) as response:
+            if response.status_code != 200:
+                return response.status_code, None
+            return 200, _read_body(response, deadline=deadline)
+
+
+def classify_response(*, status: int, body: bytes | None) -> UpstreamAnswer:
+    """Map an HTTP status (and a 200's body) to what it means for a sync; the one place."""
+    if status == 200:
+        return classify_body(body)
+    if status in (408, 429) or status >= 500:
+        return UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, f"http_{status}")
+    if status == 400:
+        return UpstreamAnswer.failure(AnswerKind.BAD_REQUEST, "bad_request")
+    if 300 <= status < 500:
+        # 401/403: key or service_id wrong; 3xx/404/405: base_url points somewhere else.
+        return UpstreamAnswer.failure(AnswerKind.CONFIGURATION, "configuration")
+    return UpstreamAnswer.failure(AnswerKind.INVALID, f"http_{status}")
+
+
+def classify_body(body: bytes | None) -> UpstreamAnswer:
+    """Classify a 200's body: the admin list, no information, or an invalid answer."""
+    if body is None:
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "too_large")
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "not_json")
+    if not isinstance(payload, dict):
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "not_an_object")
+    entitlements = payload.get("entitlements")
+    if not isinstance(entitlements, dict):
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "no_entitlements")
+    if "can_admin_maildomains" not in entitlements:
+        # Absent (can_access false) says nothing about admin rights: never "revoke all".
+        reason = entitlements.get("can_access_reason")
+        if not (isinstance(reason, str) and _REASON_TOKEN.match(reason)):
+            reason = "no_information"
+        return UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, reason)
+    domains = entitlements["can_admin_maildomains"]
+    if not isinstance(domains, list):
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "not_a_list")
+    if not all(isinstance(domain, str) for domain in domains):
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "not_strings")
+    try:
+        return UpstreamAnswer.authoritative(domains)
+    except ValueError:
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "invalid_domain")
+
+
+def _read_body(response: requests.Response, *, deadline: float) -> bytes | None:
+    """Read at most MAX_BODY_BYTES, within the deadline; None when the body is larger."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    body = bytearray()
+    for chunk in response.iter_content(chunk_size=64 * 1024):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+        # The read timeout is per socket read: a server dripping bytes would never trip it.
+        if time.monotonic() > deadline:
+            raise requests.Timeout("the body took longer than the timeout")
+    return bytes(body)
+
+
+def _claim_value(value: Any) -> str:
+    """A claim as a query value; anything but a non-empty string or integer counts as absent."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return ""
+    return str(value).strip()
+
+
+def _no_authorization(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """Session auth that sends no Authorization header, so ~/.netrc cannot add one."""
+    request.headers.pop("Authorization", None)
+    return request
+
+
+def _pooled_session() -> requests.Session:
+    """A session that keeps connections to DeployCenter open between syncs."""
+    session = requests.Session()
+    session.auth = _no_authorization
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_MAXSIZE, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def _checked_base_url(base_url: Any) -> str:
+    """The full endpoint URL, slash-terminated (DeployCenter answers 301 without it)."""
+    if not isinstance(base_url, str):
+        raise ValueError("base_url must be a string")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("base_url must be an http(s) URL")
+    if parts.query or parts.fragment:
+        raise ValueError("base_url must not carry a query or a fragment")
+    if not parts.path.endswith("/"):
+        raise ValueError(
+            "base_url must end with '/' (e.g. https://host/api/v1.0/entitlements/): "
+            "DeployCenter redirects the unslashed URL"
+        )
+    return base_url
+
+
+def _checked_service_id(service_id: Any) -> str:
+    """The service id as sent: a positive integer (DeployCenter fails with a 500 otherwise)."""
+    text = str(service_id).strip() if isinstance(service_id, int | str) else ""
+    if isinstance(service_id, bool) or not text.isdigit() or int(text) <= 0:
+        raise ValueError("service_id must be a positive integer")
+    return str(int(text))
+
+
+def _checked_timeout(timeout: Any) -> tuple[float, float]:
+    """(connect, read) seconds, from one number or a list of two."""
+    values = timeout if isinstance(timeout, list | tuple) else [timeout, timeout]
+    if len(values) != 2 or not all(
+        isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+        for value in values
+    ):
+        raise ValueError("timeout must be a positive number or a list [connect, read]")
+    return float(values[0]), float(values[1])
+
+
+def _checked_claims(oidc_claims: Any) -> tuple[str, ...]:
+    """Claim names forwarded as query parameters; siret is required by DeployCenter."""
+    if not isinstance(oidc_claims, list | tuple) or not all(
+        isinstance(name, str) and name for name in oidc_claims
+    ):
+        raise ValueError("oidc_claims must be a list of claim names")
+    if REQUIRED_CLAIM not in oidc_claims:
+        raise ValueError(f"oidc_claims must include {REQUIRED_CLAIM!r}: DeployCenter requires it")
+    reserved = _QUERY_PARAMS.intersection(oidc_claims)
+    if reserved:
+        raise ValueError(f"oidc_claims must not name query parameters we set: {sorted(reserved)}")
+    return tuple(dict.fromkeys(oidc_claims))
