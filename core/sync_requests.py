@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
 from django.utils import timezone
 
+from core.entitlements import users_entitled_to
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,6 @@ def users_due_for_full_resync() -> QuerySet:
 
 def users_of_domain(*, maildomain: MailDomain) -> QuerySet:
     """Ids of users a resync of one domain covers: its admins and those last told they may be."""
-    # Imported here: the engine's package may itself request syncs through this module.
-    from core.entitlements import users_entitled_to
-
     return (
         User.objects.filter(
             Q(pk__in=MailDomainAccess.objects.filter(maildomain=maildomain).values("user_id"))

@@ -5,13 +5,21 @@ INTERACTIVE_QUEUE = "interactive"
 # Periodic and admin-wide work: as much throughput as the workers give, latency unimportant.
 BULK_QUEUE = "bulk"
 
+# Task names are stable public identifiers: operators read them in Flower and in the beat
+# schedule, and core sends entitlements.sync_user by this name.
+SYNC_USER_TASK = "entitlements.sync_user"
+SYNC_ALL_ADMINS_TASK = "entitlements.sync_all_admins"
+SYNC_DOMAIN_ADMINS_TASK = "entitlements.sync_domain_admins"
+SYNC_USERS_BATCH_TASK = "entitlements.sync_users_batch"
+SWEEP_PENDING_SYNCS_TASK = "entitlements.sweep_pending_syncs"
+
 QUEUE_BY_TASK = {
-    "entitlements.sync_user": INTERACTIVE_QUEUE,
-    # The sweep re-enqueues requests a person made: short, so it goes with them.
-    "entitlements.sweep_pending_syncs": INTERACTIVE_QUEUE,
-    "entitlements.sync_all_admins": BULK_QUEUE,
-    "entitlements.sync_domain_admins": BULK_QUEUE,
-    "entitlements.sync_users_batch": BULK_QUEUE,
+    SYNC_USER_TASK: INTERACTIVE_QUEUE,
+    # The sweep re-enqueues requests people made: short, so it goes with them.
+    SWEEP_PENDING_SYNCS_TASK: INTERACTIVE_QUEUE,
+    SYNC_ALL_ADMINS_TASK: BULK_QUEUE,
+    SYNC_DOMAIN_ADMINS_TASK: BULK_QUEUE,
+    SYNC_USERS_BATCH_TASK: BULK_QUEUE,
 }
 
 

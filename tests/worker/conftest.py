@@ -1,0 +1,138 @@
+"""Fixtures of the worker tests: the broker's queues on the test Redis, a private Redis that a
+test may stop, producer apps pointed at it, users."""
+
+import json
+import socket
+import subprocess
+import time
+import uuid
+from base64 import b64decode
+from contextlib import contextmanager
+
+import pytest
+import redis
+from celery import Celery
+from celery.contrib.testing.app import setup_default_app
+from django.conf import settings
+
+from core.models import User
+from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+
+QUEUES = (INTERACTIVE_QUEUE, BULK_QUEUE)
+
+
+class BrokerQueues:
+    """Read access to the task messages waiting in the Redis broker's queues."""
+
+    def __init__(self, url: str):
+        self.client = redis.Redis.from_url(url)
+
+    def clear(self) -> None:
+        self.client.delete(*QUEUES)
+
+    def length(self, queue: str) -> int:
+        return self.client.llen(queue)
+
+    def messages(self, queue: str) -> list[dict]:
+        """Each queued task as {"task", "id", "args", "expires"}, oldest first."""
+        found = []
+        # kombu LPUSHes and BRPOPs: the list tail is the oldest message.
+        for raw in reversed(self.client.lrange(queue, 0, -1)):
+            message = json.loads(raw)
+            body = json.loads(b64decode(message["body"]))
+            headers = message["headers"]
+            found.append(
+                {
+                    "task": headers["task"],
+                    "id": headers["id"],
+                    "args": body[0],
+                    "expires": headers.get("expires"),
+                }
+            )
+        return found
+
+
+@pytest.fixture
+def broker_queues():
+    """The test Redis's broker queues, emptied before and after the test (only our queue
+    keys on our own db number: nothing else on the shared server is touched)."""
+    queues = BrokerQueues(settings.CELERY_BROKER_URL)
+    queues.clear()
+    yield queues
+    queues.clear()
+    queues.client.close()
+
+
+class PrivateRedis:
+    """A throwaway redis-server on a free port, which a test may stop and start again."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = PrivateRedis(tmp_path)
+    yield server
+    server.stop()
+
+
+@contextmanager
+def producer_app(broker_url: str):
+    """The project's Celery configuration on another broker, as the current app."""
+    app = Celery("producer", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    app.conf.broker_url = broker_url
+    # setup_default_app only restores the previous apps on exit; it does not switch.
+    with setup_default_app(app):
+        app.set_current()
+        app.set_default()
+        yield app
+    app.close()
+
+
+@pytest.fixture
+def make_user(db):
+    def make(**fields) -> User:
+        token = uuid.uuid4().hex[:12]
+        fields.setdefault("email", f"user-{token}@example.org")
+        fields.setdefault("sub", f"sub-{token}")
+        return User.objects.create_user(**fields)
+
+    return make
