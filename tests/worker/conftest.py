@@ -15,8 +15,13 @@ from celery import Celery
 from celery.contrib.testing.app import setup_default_app
 from django.conf import settings
 
+import worker.tasks  # noqa: F401 - see below
 from core.models import User
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+
+# worker.tasks is imported here, once, before any test app exists: celery's testing helpers
+# restore the global list of shared-task finalizers after each test app, so tasks first
+# imported inside one test would be missing from every later test app.
 
 QUEUES = (INTERACTIVE_QUEUE, BULK_QUEUE)
 
@@ -136,3 +141,41 @@ def make_user(db):
         return User.objects.create_user(**fields)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def celery_config():
+    """The test app gets the project's own Celery settings (acks_late, routes, results in
+    the database...), on the test Redis."""
+    from django.conf import settings as django_settings
+
+    return {
+        name.removeprefix("CELERY_").lower(): value
+        for name, value in vars(django_settings._wrapped).items()
+        if name.startswith("CELERY_")
+    }
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters():
+    return {"queues": QUEUES}
+
+
+@pytest.fixture
+def scripted_upstream(settings):
+    """Point the engine at the scripted backend; call it again to change the answers."""
+    from tests.worker.scripted_backend import SCRIPTED_BACKEND
+
+    settings.ENTITLEMENTS_BACKEND = SCRIPTED_BACKEND
+    # Every sync asks the upstream: no fresh answer, no stale stand-in.
+    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
+
+    def script(*, admins_by_email=None, unavailable_emails=()):
+        settings.ENTITLEMENTS_BACKEND_PARAMETERS = {
+            "admins_by_email": admins_by_email or {},
+            "unavailable_emails": list(unavailable_emails),
+        }
+
+    script()
+    return script
