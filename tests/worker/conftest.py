@@ -171,10 +171,12 @@ def scripted_upstream(settings):
     settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
 
-    def script(*, admins_by_email=None, unavailable_emails=()):
+    def script(*, admins_by_email=None, unavailable_emails=(), claims=(), latency_seconds=0.0):
         settings.ENTITLEMENTS_BACKEND_PARAMETERS = {
             "admins_by_email": admins_by_email or {},
             "unavailable_emails": list(unavailable_emails),
+            "claims": list(claims),
+            "latency_seconds": latency_seconds,
         }
 
     script()

@@ -1,0 +1,182 @@
+"""An OIDC login (mozilla-django-oidc's real code flow, the provider's token and userinfo
+endpoints answered by `responses`) records the forwarded claims and requests a sync; it never
+waits on the entitlements service and succeeds when the broker or the upstream is down."""
+
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import pytest
+import responses
+from celery.contrib.testing.worker import start_worker
+from django.test import Client
+from django_celery_results.models import TaskResult
+
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
+from core.sync_requests import enqueue_outstanding_requests
+from tests.worker.conftest import QUEUES, producer_app
+
+IDP = "https://idp.example.test"
+CLIENT_SECRET = "s" * 64
+ALPHA = "alpha.example.org"
+SIRET = "12345678900017"
+
+
+class FakeProvider:
+    """The OIDC provider side of a code flow."""
+
+    def __init__(self, settings):
+        settings.OIDC_RP_CLIENT_ID = "messages"
+        settings.OIDC_RP_CLIENT_SECRET = CLIENT_SECRET
+        settings.OIDC_RP_SIGN_ALGO = "HS256"
+        settings.OIDC_OP_AUTHORIZATION_ENDPOINT = f"{IDP}/authorize"
+        settings.OIDC_OP_TOKEN_ENDPOINT = f"{IDP}/token"
+        settings.OIDC_OP_USER_ENDPOINT = f"{IDP}/userinfo"
+
+    def login(self, claims: dict) -> Client:
+        """Run the whole flow in a new browser; return it, logged in or not."""
+        browser = Client()
+        authorize = browser.get("/oidc/authenticate/")
+        query = parse_qs(urlsplit(authorize["Location"]).query)
+        now = int(time.time())
+        id_token = jwt.encode(
+            {
+                "iss": IDP,
+                "sub": claims["sub"],
+                "nonce": query["nonce"][0],
+                "iat": now,
+                "exp": now + 300,
+            },
+            CLIENT_SECRET,
+            algorithm="HS256",
+        )
+        with responses.RequestsMock() as provider:
+            provider.post(
+                f"{IDP}/token",
+                json={
+                    "id_token": id_token,
+                    "access_token": "the-access-token",
+                    "token_type": "Bearer",
+                },
+            )
+            provider.get(f"{IDP}/userinfo", json=claims)
+            started = time.perf_counter()
+            response = browser.get(
+                "/oidc/callback/", {"code": "the-code", "state": query["state"][0]}
+            )
+            browser.elapsed = time.perf_counter() - started
+        assert response.status_code == 302
+        return browser
+
+
+@pytest.fixture
+def provider(settings):
+    return FakeProvider(settings)
+
+
+CLAIMS = {
+    "sub": "sub-alice",
+    "email": "alice@alpha.example.org",
+    "given_name": "Alice",
+    "siret": SIRET,
+    "phone_number": "+33 1 23 45 67 89",
+}
+
+
+def logged_in(browser) -> bool:
+    return "_auth_user_id" in browser.session
+
+
+def test_login_returns_before_the_sync_and_the_worker_grants_later(
+    transactional_db,
+    celery_worker,
+    celery_app,
+    depends_on_current_app,
+    broker_queues,
+    provider,
+    scripted_upstream,
+):
+    MailDomain.objects.create(name=ALPHA)
+    scripted_upstream(
+        admins_by_email={CLAIMS["email"]: [ALPHA]}, claims=["siret"], latency_seconds=1.0
+    )
+
+    browser = provider.login(CLAIMS)
+
+    assert logged_in(browser)
+    assert browser.elapsed < 0.5, "the login must not wait on a 1 s upstream"
+    user = User.objects.get(sub="sub-alice")
+    assert not MailDomainAccess.objects.filter(user=user).exists()
+    state = EntitlementSyncState.objects.get(user=user)
+    # Exactly the claims the backend forwards: no phone number, no token.
+    assert state.forwarded_claims == {"siret": SIRET}
+    assert "oidc_access_token" not in browser.session
+    assert "oidc_id_token" not in browser.session
+    assert "the-access-token" not in str(dict(browser.session.items()))
+
+    deadline = time.monotonic() + 20
+    while not MailDomainAccess.objects.filter(user=user).exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    state.refresh_from_db()
+    assert (state.status, state.last_trigger) == ("ok", "login")
+
+
+def test_ten_logins_in_a_second_run_one_sync(
+    transactional_db,
+    celery_worker,
+    celery_app,
+    depends_on_current_app,
+    broker_queues,
+    provider,
+    scripted_upstream,
+):
+    scripted_upstream(admins_by_email={CLAIMS["email"]: []})
+
+    for _ in range(10):
+        assert logged_in(provider.login(CLAIMS))
+
+    user = User.objects.get(sub="sub-alice")
+    deadline = time.monotonic() + 20
+    while not EntitlementSyncState.objects.filter(user=user, status="ok").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1)
+    assert TaskResult.objects.filter(task_name="entitlements.sync_user").count() == 1
+
+
+def test_login_succeeds_while_the_upstream_is_down(
+    transactional_db, broker_queues, provider, scripted_upstream
+):
+    scripted_upstream(unavailable_emails=[CLAIMS["email"]], claims=["siret"])
+
+    browser = provider.login(CLAIMS)
+
+    assert logged_in(browser)
+    assert broker_queues.length("interactive") == 1
+
+
+def test_login_while_the_broker_is_down_succeeds_and_syncs_once_it_is_back(
+    transactional_db, private_redis, provider, scripted_upstream
+):
+    MailDomain.objects.create(name=ALPHA)
+    scripted_upstream(admins_by_email={CLAIMS["email"]: [ALPHA]}, claims=["siret"])
+
+    with producer_app(private_redis.url):
+        browser = provider.login(CLAIMS)
+
+    assert logged_in(browser), "a dead broker must not fail the login"
+    assert browser.elapsed < 2
+    user = User.objects.get(sub="sub-alice")
+    assert EntitlementSyncState.objects.get(user=user).requested_at is not None
+
+    private_redis.start()
+    with producer_app(private_redis.url) as app:
+        assert enqueue_outstanding_requests() == 1
+        with start_worker(app, pool="solo", queues=QUEUES, perform_ping_check=False):
+            deadline = time.monotonic() + 20
+            while not MailDomainAccess.objects.filter(user=user).exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+    assert EntitlementSyncState.objects.get(user=user).status == "ok"
