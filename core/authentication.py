@@ -30,6 +30,9 @@ def record_login(*, user: User, claims: dict) -> str | None:
 class OIDCAuthenticationBackend(BaseOIDCBackend):
     """Creates or updates the user from the OIDC claims, then records the login."""
 
+    # The id of the sync task the login queued (None when collapsed into a queued one).
+    sync_task_id: str | None = None
+
     def filter_users_by_claims(self, claims):
         sub = claims.get("sub")
         if not sub:
@@ -42,14 +45,14 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
             sub=claims["sub"],
             full_name=self._full_name(claims),
         )
-        record_login(user=user, claims=claims)
+        self.sync_task_id = record_login(user=user, claims=claims)
         return user
 
     def update_user(self, user, claims):
         user.email = normalize_email(claims.get("email", user.email))
         user.full_name = self._full_name(claims) or user.full_name
         user.save(update_fields=["email", "full_name", "updated_at"])
-        record_login(user=user, claims=claims)
+        self.sync_task_id = record_login(user=user, claims=claims)
         return user
 
     def _full_name(self, claims) -> str:

@@ -18,8 +18,16 @@ from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 
 logger = logging.getLogger(__name__)
 
-# The task is named, not imported: core never imports the worker package.
+# Tasks are named, not imported: core never imports the worker package (worker/queues.py
+# registers the same names).
 SYNC_USER_TASK = "entitlements.sync_user"
+SYNC_ALL_ADMINS_TASK = "entitlements.sync_all_admins"
+SYNC_DOMAIN_ADMINS_TASK = "entitlements.sync_domain_admins"
+
+
+class SyncNotEnqueuedError(Exception):
+    """The broker could not be reached: the resync was not started."""
+
 
 # One quick reconnection attempt, then give up: a login must not hang on a dead broker, and
 # the sweep enqueues whatever could not be sent.
@@ -43,6 +51,22 @@ def request_sync(*, user: User, trigger: str, queue: str | None = None) -> str |
         not_enqueued_since=now - timedelta(seconds=settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS),
         now=now,
     )
+
+
+def request_full_resync(*, trigger: str) -> str:
+    """Start a resync of every admin (entitlements.sync_all_admins); return its task id.
+
+    Raises SyncNotEnqueuedError when the broker cannot be reached.
+    """
+    return _send_resync(SYNC_ALL_ADMINS_TASK, args=[trigger])
+
+
+def request_domain_resync(*, maildomain: MailDomain, trigger: str) -> str:
+    """Start a resync of one domain's admins (entitlements.sync_domain_admins); return its id.
+
+    Raises SyncNotEnqueuedError when the broker cannot be reached.
+    """
+    return _send_resync(SYNC_DOMAIN_ADMINS_TASK, args=[str(maildomain.pk), trigger])
 
 
 def enqueue_outstanding_requests() -> int:
@@ -202,3 +226,15 @@ def _send(
         EntitlementSyncState.objects.filter(user_id=user_id, enqueued_at=claimed_at).update(
             enqueued_at=None
         )
+
+
+def _send_resync(task_name: str, *, args: list) -> str:
+    """Send an admin-wide resync task; a person started it and is told when it failed."""
+    try:
+        return current_app.send_task(
+            task_name, args=args, retry=True, retry_policy=_PUBLISH_RETRY_POLICY
+        ).id
+    except Exception as error:
+        logger.warning("%s not enqueued (%s)", task_name, type(error).__name__)
+        sentry_sdk.capture_exception(error)
+        raise SyncNotEnqueuedError("the task broker cannot be reached; try again later") from error

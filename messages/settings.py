@@ -318,6 +318,9 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_TRACK_STARTED = True
 
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Flower's basic auth, user:password[,user:password]; `manage.py run_flower` refuses to start
+# without it outside debug.
+FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Sentry ---------------------------------------------------------------------------------
