@@ -2,6 +2,7 @@
 
 import json
 import secrets
+import shlex
 from pathlib import Path
 
 from django.conf import settings
@@ -56,11 +57,14 @@ class Command(BaseCommand):
                 operator.set_password(password)
                 operator.save(update_fields=["password"])
         env_file = data_dir / "demo.env"
+        demo_env = {
+            "ENTITLEMENTS_BACKEND": LOCAL_BACKEND,
+            "ENTITLEMENTS_BACKEND_PARAMETERS": json.dumps({"mapping_file": str(mapping_file)}),
+            "FLOWER_BASIC_AUTH": f"{SUPERUSER_EMAIL}:{password}",
+        }
+        # Shell quoting: honcho reads the file with shlex, which would eat JSON's quotes.
         _write_private(
-            env_file,
-            f"ENTITLEMENTS_BACKEND={LOCAL_BACKEND}\n"
-            f"ENTITLEMENTS_BACKEND_PARAMETERS={json.dumps({'mapping_file': str(mapping_file)})}\n"
-            f"FLOWER_BASIC_AUTH={SUPERUSER_EMAIL}:{password}\n",
+            env_file, "".join(f"{name}={shlex.quote(value)}\n" for name, value in demo_env.items())
         )
         self.stdout.write(
             "\n".join(
