@@ -262,7 +262,10 @@ if ENTITLEMENTS_SYNC_RETRY_MAX_DELAY + CELERY_TASK_TIME_LIMIT > _VISIBILITY_TIME
 
 _BROKER_SCHEMES = {"redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem", "memory"}
 CELERY_BROKER_URL = env_url(
-    "CELERY_BROKER_URL", REDIS_URL or "filesystem://", schemes=_BROKER_SCHEMES
+    # "localhost" only silences kombu's "no hostname" warning: the folders below are the broker.
+    "CELERY_BROKER_URL",
+    REDIS_URL or "filesystem://localhost//",
+    schemes=_BROKER_SCHEMES,
 )
 _broker_scheme = urlsplit(CELERY_BROKER_URL).scheme
 if _broker_scheme == "filesystem":

@@ -60,6 +60,9 @@ class Command(BaseCommand):
         demo_env = {
             "ENTITLEMENTS_BACKEND": LOCAL_BACKEND,
             "ENTITLEMENTS_BACKEND_PARAMETERS": json.dumps({"mapping_file": str(mapping_file)}),
+            # Reading the local file is cheap: no fresh-answer cache, so an edit of the mapping
+            # shows at the very next sync.
+            "ENTITLEMENTS_CACHE_TIMEOUT": "0",
             "FLOWER_BASIC_AUTH": f"{SUPERUSER_EMAIL}:{password}",
         }
         # Shell quoting: honcho reads the file with shlex, which would eat JSON's quotes.
