@@ -6,6 +6,10 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from tests.deploycenter_stub import DeployCenterStub
+
+DEPLOYCENTER_BACKEND = "core.entitlements.backends.deploycenter.DeployCenterEntitlementsBackend"
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(settings):
@@ -23,3 +27,26 @@ def _isolated_cache(settings):
 @pytest.fixture
 def api_client():
     return APIClient()
+
+
+@pytest.fixture(scope="session")
+def _deploycenter_stub_server():
+    """One stub server for the whole run; tests share it through `deploycenter_stub`."""
+    with DeployCenterStub() as stub:
+        yield stub
+
+
+@pytest.fixture
+def deploycenter_stub(_deploycenter_stub_server):
+    """The local DeployCenter over real HTTP, reset to its default accounts for each test."""
+    _deploycenter_stub_server.reset()
+    yield _deploycenter_stub_server
+    _deploycenter_stub_server.reset()
+
+
+@pytest.fixture
+def deploycenter_backend(settings, deploycenter_stub):
+    """Configure the DeployCenter backend against the stub; returns the stub."""
+    settings.ENTITLEMENTS_BACKEND = DEPLOYCENTER_BACKEND
+    settings.ENTITLEMENTS_BACKEND_PARAMETERS = deploycenter_stub.backend_parameters()
+    return deploycenter_stub

@@ -220,7 +220,8 @@ def grant_accesses_for_new_domains(
 
 def _grant_chunk(domains: dict[str, MailDomain], *, trigger: str) -> int:
     """Grant one chunk of domains; states are locked so no sync of these users runs meanwhile."""
-    entitled = states_entitled_to_any(domains).select_for_update()
+    # Locked in user order, so two grants over overlapping users cannot deadlock.
+    entitled = states_entitled_to_any(domains).select_for_update().order_by("user_id")
     pairs = {
         (user_id, name)
         for user_id, names in entitled.values_list("user_id", "entitled_domains")

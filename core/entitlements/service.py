@@ -1,6 +1,7 @@
 """The sync of one user: bookkeeping, fetch through the shared cache, reconcile, log."""
 
 import logging
+import uuid
 
 from django.utils import timezone
 
@@ -18,7 +19,7 @@ _LOUD = frozenset({AnswerKind.INVALID, AnswerKind.CONFIGURATION})
 
 def sync_user_entitlements(
     *,
-    user_id,
+    user_id: uuid.UUID | str,
     trigger: str,
     task_id: str = "",
     force_refresh: bool = False,
@@ -59,11 +60,11 @@ def sync_user_entitlements(
     level = logging.ERROR if fetched.answer.kind in _LOUD else logging.INFO
     logger.log(
         level,
-        "sync of user %s (%s): %s %s, +%d -%d, cache %s%s",
+        "sync of user %s (%s): %s%s, +%d -%d, cache %s%s",
         user.pk,
         trigger,
         result.status,
-        result.error_code,
+        f" ({result.error_code})" if result.error_code else "",
         len(result.added),
         len(result.removed),
         result.cache,

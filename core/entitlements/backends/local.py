@@ -39,9 +39,12 @@ class LocalEntitlementsBackend(EntitlementsBackend):
             raise ValueError("give either mapping_file or the admins_by_* maps, not both")
         self._lock = threading.Lock()
         self._mapping_file = Path(mapping_file) if mapping_file else None
-        self._mapping_mtime_ns: int | None = None
+        self._mapping_version: tuple[int, int] | None = None
         if self._mapping_file:
-            self._reload_mapping_file()
+            try:
+                self._reload_mapping_file()
+            except OSError as error:
+                raise ValueError(f"mapping_file cannot be read: {error.strerror}") from None
         else:
             self._maps = _parse_mapping(
                 {
@@ -66,15 +69,17 @@ class LocalEntitlementsBackend(EntitlementsBackend):
     def _reload_mapping_file(self) -> None:
         """Read the mapping file again if it changed since the last read."""
         with self._lock:
-            mtime_ns = os.stat(self._mapping_file).st_mtime_ns
-            if mtime_ns == self._mapping_mtime_ns:
+            stat = os.stat(self._mapping_file)
+            # Size too: two quick edits can share a coarse file-system timestamp.
+            version = (stat.st_mtime_ns, stat.st_size)
+            if version == self._mapping_version:
                 return
             try:
                 data = json.loads(self._mapping_file.read_text())
             except json.JSONDecodeError as error:
                 raise ValueError(f"mapping_file is not valid JSON: {error.msg}") from None
             self._maps = _parse_mapping(data)
-            self._mapping_mtime_ns = mtime_ns
+            self._mapping_version = version
 
 
 def _parse_mapping(

@@ -1,0 +1,400 @@
+"""A local DeployCenter: a real threaded HTTP server that answers the entitlements endpoint as
+the live service does (docs/entitlements.md, "The DeployCenter contract"), from a table of
+accounts, with switchable latency, forced status codes, raw bodies and hangs.
+
+Used by the tests through the `deploycenter_stub` fixture, and on its own for demos and
+benchmarks:
+
+    python -m tests.deploycenter_stub --port 8900 [--accounts accounts.json]
+        [--service-id 3] [--api-key KEY] [--latency 0.02]
+
+The accounts file has the shape of DEFAULT_ACCOUNTS below.
+"""
+
+import argparse
+import copy
+import json
+import re
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ENDPOINT_PATH = "/api/v1.0/entitlements/"
+DEFAULT_SERVICE_ID = 3
+DEFAULT_API_KEY = "stub-service-key"
+ALPHA_SIRET = "12345678900017"
+GAMMA_SIRET = "98765432100019"
+
+# The world of the recorded samples: one subscribed commune with an unscoped and a scoped admin,
+# one commune without a subscription. Admin lists are gathered across every organisation.
+DEFAULT_ACCOUNTS: dict[str, Any] = {
+    "operator": {"name": "Demo Operator", "url": "https://operator.example.fr"},
+    "organizations": [
+        {
+            "siret": ALPHA_SIRET,
+            "name": "Commune d'Alpha",
+            "type": "commune",
+            "subscribed": True,
+            "admins": {
+                "admin@alpha.example.org": ["alpha.example.org", "beta.example.org"],
+                "scoped@alpha.example.org": ["beta.example.org"],
+            },
+        },
+        {
+            "siret": GAMMA_SIRET,
+            "name": "Commune de Gamma",
+            "type": "commune",
+            "subscribed": False,
+            "admins": {},
+        },
+    ],
+}
+
+REQUIRED = "Ce champ est obligatoire."
+BLANK = "Ce champ ne peut être vide."
+BAD_EMAIL = "Saisissez une adresse e-mail valide."
+NO_ACCOUNT = "Either 'account_id' or 'account_email' must be provided."
+NOT_AUTHENTICATED = "Informations d'authentification non fournies."
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_SERVER_ERROR_HTML = b"<!doctype html><html><body><h1>Server Error (500)</h1></body></html>"
+_NOT_FOUND_HTML = b"<!doctype html><html><body><h1>Not Found</h1></body></html>"
+
+
+def _stable_id(name: str) -> str:
+    """Ids that stay the same across runs (the live service's are random UUIDs)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"deploycenter-stub:{name}"))
+
+
+class DeployCenterStub:
+    """The stub server and its runtime switches; every switch is safe to flip from a test."""
+
+    def __init__(
+        self,
+        *,
+        accounts: dict[str, Any] | None = None,
+        service_id: int = DEFAULT_SERVICE_ID,
+        api_key: str = DEFAULT_API_KEY,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        verbose: bool = False,
+    ):
+        self.service_id = service_id
+        self.api_key = api_key
+        self._default_accounts = copy.deepcopy(accounts or DEFAULT_ACCOUNTS)
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self._server.stub = self
+        self._server.verbose = verbose
+        self._thread: threading.Thread | None = None
+        self.reset()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "DeployCenterStub":
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until interrupted (the command-line use)."""
+        try:
+            self._server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._server.server_close()
+
+    def stop(self) -> None:
+        """Stop serving and release any hung request."""
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "DeployCenterStub":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL, slash-terminated, as DeployCenter's base_url."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}{ENDPOINT_PATH}"
+
+    def backend_parameters(self, **overrides) -> dict[str, Any]:
+        """ENTITLEMENTS_BACKEND_PARAMETERS for the DeployCenter backend pointed at this stub."""
+        return {
+            "base_url": self.url,
+            "service_id": self.service_id,
+            "api_key": self.api_key,
+            "timeout": [2.0, 2.0],
+            **overrides,
+        }
+
+    # --- switches ----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Default accounts, no latency, no forced answer, no hang; counters at zero."""
+        with self._lock:
+            self._release.set()  # wake requests hung by a previous test
+            self._release = threading.Event()
+            self.accounts = copy.deepcopy(self._default_accounts)
+            self.latency = 0.0
+            self.hang_seconds = 0.0
+            self.forced: tuple[int, bytes, str] | None = None
+            self.calls = 0
+            self.requests: list[dict[str, Any]] = []
+
+    def fail_with(self, status: int, body: bytes = b"", content_type: str = "text/html") -> None:
+        """Answer every request with this status and body (503, 429, 500...)."""
+        self.forced = (status, body, content_type)
+
+    def answer_raw(
+        self, body: bytes, *, status: int = 200, content_type: str = "application/json"
+    ) -> None:
+        """Answer every request with this raw body (malformed JSON, HTML, a huge body...)."""
+        self.forced = (status, body, content_type)
+
+    def recover(self) -> None:
+        """Stop forcing answers and hanging: answer per the contract again."""
+        self.forced = None
+        self.hang_seconds = 0.0
+
+    def hang(self, seconds: float) -> None:
+        """Wait this long before answering (released early by reset or stop)."""
+        self.hang_seconds = seconds
+
+    def set_admin_domains(self, email: str, domains: list[str], *, siret: str = ALPHA_SIRET):
+        """Make `email` admin of `domains` in the organisation `siret` ([] removes the link)."""
+        with self._lock:
+            organization = self._organization(siret)
+            if organization is None:
+                raise KeyError(f"no organisation with siret {siret}")
+            if domains:
+                organization.setdefault("admins", {})[email] = list(domains)
+            else:
+                organization.get("admins", {}).pop(email, None)
+
+    def set_subscribed(self, siret: str, subscribed: bool) -> None:
+        """Subscribe or unsubscribe an organisation to the service."""
+        with self._lock:
+            organization = self._organization(siret)
+            if organization is None:
+                raise KeyError(f"no organisation with siret {siret}")
+            organization["subscribed"] = subscribed
+
+    # --- answering ---------------------------------------------------------------------------
+
+    def _organization(self, siret: str) -> dict[str, Any] | None:
+        """The organisation with this siret, if any."""
+        for organization in self.accounts["organizations"]:
+            if organization["siret"] == siret:
+                return organization
+        return None
+
+    def _record(self, method: str, path: str, query: dict[str, list[str]], headers) -> None:
+        with self._lock:
+            self.calls += 1
+            self.requests.append(
+                {"method": method, "path": path, "query": query, "headers": dict(headers)}
+            )
+
+    def answer(
+        self, method: str, path: str, raw_query: str, headers
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The status, headers and body DeployCenter gives this request."""
+        query = parse_qs(raw_query, keep_blank_values=True)
+        self._record(method, path, query, headers)
+        if self.latency:
+            time.sleep(self.latency)
+        if self.hang_seconds:
+            self._release.wait(self.hang_seconds)
+        if self.forced:
+            status, body, content_type = self.forced
+            return status, {"Content-Type": content_type}, body
+        if path == ENDPOINT_PATH.rstrip("/"):
+            location = ENDPOINT_PATH + (f"?{raw_query}" if raw_query else "")
+            return 301, {"Location": location, "Content-Type": "text/html; charset=utf-8"}, b""
+        if path != ENDPOINT_PATH:
+            return 404, {"Content-Type": "text/html; charset=utf-8"}, _NOT_FOUND_HTML
+        params = {name: values[0] for name, values in query.items()}
+        service_id = params.get("service_id", "")
+        if service_id and not service_id.isdigit():
+            return 500, {"Content-Type": "text/html; charset=utf-8"}, _SERVER_ERROR_HTML
+        if (
+            "Authorization" in headers
+            or headers.get("X-Service-Auth") != f"Bearer {self.api_key}"
+            or service_id != str(self.service_id)
+        ):
+            return _json(
+                401,
+                {"detail": NOT_AUTHENTICATED},
+                {"WWW-Authenticate": 'Bearer realm="api"'},
+            )
+        if method not in ("GET", "HEAD"):
+            return _json(
+                405,
+                {"detail": f"Méthode « {method} » non autorisée."},
+                {"Allow": "GET, HEAD, OPTIONS"},
+            )
+        errors = _validation_errors(params)
+        if errors:
+            return _json(400, errors)
+        with self._lock:
+            return _json(200, self._entitlements(params))
+
+    def _entitlements(self, params: dict[str, str]) -> dict[str, Any]:
+        """The 200 body for a valid request."""
+        organization = self._organization(params["siret"])
+        if organization is None:
+            return {
+                "organization": None,
+                "operator": None,
+                "entitlements": {"can_access": False, "can_access_reason": "no_organization"},
+            }
+        operator = self._operator()
+        organization_body = {
+            "id": _stable_id(f"organization:{organization['siret']}"),
+            "type": organization.get("type", "commune"),
+            "name": organization["name"],
+            "oidc_valid": None,
+        }
+        if not organization.get("subscribed"):
+            signup = (
+                "https://suiteterritoriale.anct.gouv.fr/bienvenue/"
+                f"{organization['siret']}/contact?operator={operator['id']}"
+                f"&services={self.service_id}"
+            )
+            return {
+                "organization": organization_body,
+                "operator": None,
+                "entitlements": {"can_access": False, "can_access_reason": "not_activated"},
+                "potentialOperators": [{**operator, "signupUrl": signup}],
+            }
+        # Matched exactly and case-sensitively, like the live service.
+        email = params.get("account_email", "")
+        domains: dict[str, None] = {}
+        for each in self.accounts["organizations"]:
+            domains.update(dict.fromkeys(each.get("admins", {}).get(email, [])))
+        return {
+            "organization": organization_body,
+            "operator": operator,
+            "entitlements": {
+                "can_access": True,
+                "can_store": False,
+                "can_store_resolve_level": "organization",
+                "can_admin_maildomains": list(domains),
+            },
+        }
+
+    def _operator(self) -> dict[str, Any]:
+        operator = self.accounts.get("operator", DEFAULT_ACCOUNTS["operator"])
+        return {
+            "id": _stable_id("operator"),
+            "name": operator["name"],
+            "siret": "",
+            "url": operator["url"],
+            "config": {},
+        }
+
+
+def _validation_errors(params: dict[str, str]) -> dict[str, list[str]]:
+    """DRF-style field errors, then the cross-field error, in French as the live service."""
+    errors: dict[str, list[str]] = {}
+    for field in ("account_type", "siret"):
+        if field not in params:
+            errors[field] = [REQUIRED]
+        elif not params[field].strip():
+            errors[field] = [BLANK]
+    if "account_type" not in errors and params["account_type"] != "user":
+        errors["account_type"] = [f"« {params['account_type']} » n'est pas un choix valide."]
+    email = params.get("account_email")
+    if email is not None and not email:
+        errors["account_email"] = [BLANK]
+    elif email is not None and not _EMAIL.match(email):
+        errors["account_email"] = [BAD_EMAIL]
+    if not errors and not params.get("account_email") and not params.get("account_id"):
+        errors["non_field_errors"] = [NO_ACCOUNT]
+    return errors
+
+
+def _json(
+    status: int, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    return (
+        status,
+        {"Content-Type": "application/json", "Vary": "Accept", **(headers or {})},
+        json.dumps(body, ensure_ascii=False).encode(),
+    )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Hands every request to the stub; keeps connections alive like a real server."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "DeployCenterStub/1.0"
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        parts = urlsplit(self.path)
+        status, headers, body = self.server.stub.answer(
+            self.command, parts.path, parts.query, self.headers
+        )
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (e.g. its timeout fired during a hang): nothing to answer.
+            self.close_connection = True
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    def log_message(self, format, *args) -> None:
+        if getattr(self.server, "verbose", False):
+            super().log_message(format, *args)
+
+
+def main() -> None:
+    """Run the stub in the foreground until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--accounts", help="JSON file shaped like DEFAULT_ACCOUNTS")
+    parser.add_argument("--service-id", type=int, default=DEFAULT_SERVICE_ID)
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per answer")
+    args = parser.parse_args()
+    accounts = None
+    if args.accounts:
+        with open(args.accounts) as accounts_file:
+            accounts = json.load(accounts_file)
+    stub = DeployCenterStub(
+        accounts=accounts,
+        service_id=args.service_id,
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        verbose=True,
+    )
+    stub.latency = args.latency
+    print(f"DeployCenter stub on {stub.url} (service_id={stub.service_id})", flush=True)
+    stub.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

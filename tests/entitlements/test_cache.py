@@ -1,0 +1,176 @@
+"""The shared cache on real Redis: fresh hits, forced refresh, stale fallback and its limit."""
+
+import time
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django_redis import get_redis_connection
+
+from core.entitlements import AnswerKind, EntitlementsUnavailableError, fetch_entitlements
+from core.entitlements.cache import cache_key
+from core.models import User
+
+ADMIN_DOMAINS = ("alpha.example.org", "beta.example.org")
+CLAIMS = {"siret": "12345678900017"}
+
+
+@pytest.fixture(autouse=True)
+def _short_windows(settings):
+    settings.ENTITLEMENTS_CACHE_TIMEOUT = 300
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 3600
+
+
+@pytest.fixture
+def admin():
+    return User(email="admin@alpha.example.org")
+
+
+def _fetch(user, **kwargs):
+    return fetch_entitlements(user=user, forwarded_claims=CLAIMS, **kwargs)
+
+
+def _age_entry(user, seconds):
+    """Travel in time: make the cached answer `seconds` older."""
+    entry = cache.get(cache_key(user.pk))
+    entry["fetched_at"] -= seconds
+    cache.set(cache_key(user.pk), entry)
+
+
+def test_suite_runs_the_cache_on_redis():
+    assert settings.CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache"
+
+
+def test_fresh_answer_is_served_without_calling_upstream(deploycenter_backend, admin):
+    first = _fetch(admin)
+    second = _fetch(admin)
+
+    assert (first.cache, second.cache) == ("miss", "hit")
+    assert first.answer == second.answer
+    assert second.answer.domains == ADMIN_DOMAINS
+    assert deploycenter_backend.calls == 1
+
+
+def test_forced_refresh_calls_upstream_inside_the_fresh_window(deploycenter_backend, admin):
+    _fetch(admin)
+    deploycenter_backend.set_admin_domains("admin@alpha.example.org", ["beta.example.org"])
+
+    refreshed = _fetch(admin, force_refresh=True)
+
+    assert refreshed.cache == "miss"
+    assert refreshed.answer.domains == ("beta.example.org",)
+    assert deploycenter_backend.calls == 2
+    assert _fetch(admin).answer.domains == ("beta.example.org",)
+
+
+def test_answer_past_the_fresh_window_is_asked_again(deploycenter_backend, admin):
+    _fetch(admin)
+    _age_entry(admin, 301)
+
+    assert _fetch(admin).cache == "miss"
+    assert deploycenter_backend.calls == 2
+
+
+@pytest.mark.parametrize("outage", ["503", "hang", "refused"])
+def test_stale_answer_is_served_while_upstream_is_down(
+    deploycenter_backend, admin, settings, outage
+):
+    _fetch(admin)
+    _age_entry(admin, 301)
+    if outage == "503":
+        deploycenter_backend.fail_with(503)
+    elif outage == "hang":
+        deploycenter_backend.hang(3)
+        settings.ENTITLEMENTS_BACKEND_PARAMETERS = deploycenter_backend.backend_parameters(
+            timeout=[1, 0.3]
+        )
+    else:
+        settings.ENTITLEMENTS_BACKEND_PARAMETERS = deploycenter_backend.backend_parameters(
+            base_url="http://127.0.0.1:9/api/v1.0/entitlements/"
+        )
+
+    fetched = _fetch(admin)
+
+    assert fetched.cache == "stale"
+    assert fetched.answer.domains == ADMIN_DOMAINS
+
+
+def test_past_the_stale_window_upstream_down_is_an_error(deploycenter_backend, admin):
+    _fetch(admin)
+    _age_entry(admin, 3601)
+    deploycenter_backend.fail_with(503)
+
+    with pytest.raises(EntitlementsUnavailableError) as raised:
+        _fetch(admin)
+
+    assert raised.value.error_code == "http_503"
+
+
+def test_no_cached_answer_and_upstream_down_is_an_error(deploycenter_backend, admin):
+    deploycenter_backend.fail_with(429)
+
+    with pytest.raises(EntitlementsUnavailableError):
+        _fetch(admin)
+
+
+def test_invalid_answer_is_returned_not_replaced_by_the_stale_one(deploycenter_backend, admin):
+    _fetch(admin)
+    deploycenter_backend.answer_raw(b"<html>maintenance</html>")
+
+    fetched = _fetch(admin, force_refresh=True)
+
+    assert (fetched.cache, fetched.answer.kind) == ("miss", AnswerKind.INVALID)
+    # The last good answer is kept for a later outage.
+    assert cache.get(cache_key(admin.pk))["answer"]["domains"] == list(ADMIN_DOMAINS)
+
+
+def test_configuration_errors_are_not_cached(deploycenter_backend, admin):
+    deploycenter_backend.fail_with(401)
+    assert _fetch(admin).answer.kind is AnswerKind.CONFIGURATION
+    deploycenter_backend.recover()
+
+    assert _fetch(admin).answer.kind is AnswerKind.AUTHORITATIVE
+    assert deploycenter_backend.calls == 2
+
+
+def test_no_information_answers_are_cached(deploycenter_backend):
+    member = User(email="admin@alpha.example.org")
+    fetch_entitlements(user=member, forwarded_claims={"siret": "98765432100019"})
+
+    again = fetch_entitlements(user=member, forwarded_claims={"siret": "98765432100019"})
+
+    assert (again.cache, again.answer.error_code) == ("hit", "not_activated")
+
+
+def test_changed_claim_or_email_is_a_miss(deploycenter_backend, admin):
+    _fetch(admin)
+
+    unknown_siret = fetch_entitlements(user=admin, forwarded_claims={"siret": "00000000099999"})
+    admin.email = "scoped@alpha.example.org"
+    other_email = _fetch(admin)
+
+    assert (unknown_siret.cache, unknown_siret.answer.kind) == ("miss", AnswerKind.NO_INFORMATION)
+    assert (other_email.cache, other_email.answer.domains) == ("miss", ("beta.example.org",))
+
+
+def test_entry_lives_for_the_stale_window_and_its_key_holds_no_email(deploycenter_backend, admin):
+    _fetch(admin)
+
+    keys = get_redis_connection("default").keys(f"{settings.CACHES['default']['KEY_PREFIX']}:*")
+
+    assert [key.decode() for key in keys] == [f"{cache.key_prefix}:1:{cache_key(admin.pk)}"]
+    assert "@" not in keys[0].decode()
+    assert 3500 < cache.ttl(cache_key(admin.pk)) <= 3600
+
+
+def test_stale_window_counts_from_the_fetch(deploycenter_backend, admin, settings):
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 1
+    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    _fetch(admin)
+    deploycenter_backend.fail_with(503)
+    assert _fetch(admin).cache == "stale"
+
+    time.sleep(1.1)
+
+    with pytest.raises(EntitlementsUnavailableError):
+        _fetch(admin)

@@ -1,0 +1,127 @@
+"""The DeployCenter backend against the local stub over real HTTP: every kind of answer."""
+
+import threading
+
+import pytest
+
+from core.entitlements import AnswerKind
+from core.entitlements.backends.deploycenter import DeployCenterEntitlementsBackend
+from core.models import User
+from tests.deploycenter_stub import ALPHA_SIRET, GAMMA_SIRET
+
+
+@pytest.fixture
+def backend(deploycenter_stub):
+    return DeployCenterEntitlementsBackend(**deploycenter_stub.backend_parameters())
+
+
+def _ask(backend, email="admin@alpha.example.org", siret=ALPHA_SIRET):
+    answer = backend.get_entitlements(user=User(email=email), forwarded_claims={"siret": siret})
+    return answer.kind, answer.error_code, answer.domains
+
+
+@pytest.mark.parametrize(
+    ("email", "siret", "expected"),
+    [
+        (
+            "admin@ALPHA.example.org",
+            ALPHA_SIRET,
+            (AnswerKind.AUTHORITATIVE, "", ("alpha.example.org", "beta.example.org")),
+        ),
+        (
+            "scoped@alpha.example.org",
+            ALPHA_SIRET,
+            (AnswerKind.AUTHORITATIVE, "", ("beta.example.org",)),
+        ),
+        ("user@alpha.example.org", ALPHA_SIRET, (AnswerKind.AUTHORITATIVE, "", ())),
+        (
+            "admin@alpha.example.org",
+            "00000000099999",
+            (AnswerKind.NO_INFORMATION, "no_organization", ()),
+        ),
+        ("admin@alpha.example.org", GAMMA_SIRET, (AnswerKind.NO_INFORMATION, "not_activated", ())),
+    ],
+    ids=["admin", "scoped admin", "member", "unknown siret", "not activated"],
+)
+def test_answers_per_account(backend, email, siret, expected):
+    assert _ask(backend, email, siret) == expected
+
+
+def test_request_carries_service_auth_and_no_authorization(backend, deploycenter_stub):
+    _ask(backend)
+
+    (request,) = deploycenter_stub.requests
+    assert request["headers"]["X-Service-Auth"] == f"Bearer {deploycenter_stub.api_key}"
+    assert "Authorization" not in request["headers"]
+    assert request["query"]["account_email"] == ["admin@alpha.example.org"]
+
+
+def test_wrong_key_is_a_configuration_error(deploycenter_stub):
+    backend = DeployCenterEntitlementsBackend(
+        **deploycenter_stub.backend_parameters(api_key="wrong")
+    )
+
+    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION, "configuration")
+
+
+def test_foreign_service_id_is_a_configuration_error(deploycenter_stub):
+    backend = DeployCenterEntitlementsBackend(**deploycenter_stub.backend_parameters(service_id=4))
+
+    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION, "configuration")
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_server_errors_are_unavailable(backend, deploycenter_stub, status):
+    deploycenter_stub.fail_with(status)
+
+    assert _ask(backend)[:2] == (AnswerKind.UNAVAILABLE, f"http_{status}")
+
+
+def test_hang_past_the_timeout_is_unavailable(deploycenter_stub):
+    backend = DeployCenterEntitlementsBackend(
+        **deploycenter_stub.backend_parameters(timeout=[1, 0.3])
+    )
+    deploycenter_stub.hang(5)
+
+    assert _ask(backend)[:2] == (AnswerKind.UNAVAILABLE, "timeout")
+
+
+def test_refused_connection_is_unavailable(deploycenter_stub):
+    backend = DeployCenterEntitlementsBackend(
+        **deploycenter_stub.backend_parameters(base_url="http://127.0.0.1:9/entitlements/")
+    )
+
+    assert _ask(backend)[:2] == (AnswerKind.UNAVAILABLE, "connection_error")
+
+
+@pytest.mark.parametrize(
+    ("body", "error_code"),
+    [
+        (b"<html><body>Bad gateway</body></html>", "not_json"),
+        (b'{"entitlements": {"can_admin_maildomains": "alpha.example.org"}}', "not_a_list"),
+        (b"[" + b'"a.example.org",' * 200_000 + b"]", "too_large"),
+    ],
+    ids=["html", "string list", "3 MB body"],
+)
+def test_malformed_bodies_are_invalid(backend, deploycenter_stub, body, error_code):
+    deploycenter_stub.answer_raw(body)
+
+    assert _ask(backend)[:2] == (AnswerKind.INVALID, error_code)
+
+
+def test_pooled_session_serves_concurrent_syncs(backend, deploycenter_stub):
+    deploycenter_stub.latency = 0.05
+    results = []
+
+    def ask():
+        results.append(_ask(backend))
+
+    threads = [threading.Thread(target=ask) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert (
+        results == [(AnswerKind.AUTHORITATIVE, "", ("alpha.example.org", "beta.example.org"))] * 20
+    )

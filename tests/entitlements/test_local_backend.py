@@ -1,0 +1,89 @@
+"""The local backend: everyone has access, admin domains come from settings or an edited file."""
+
+import json
+import os
+
+import pytest
+
+from core.entitlements import AnswerKind
+from core.entitlements.backends.local import LocalEntitlementsBackend
+from core.models import User
+
+
+def _domains(backend, email):
+    answer = backend.get_entitlements(user=User(email=email), forwarded_claims={})
+    assert answer.kind is AnswerKind.AUTHORITATIVE
+    return answer.domains
+
+
+def test_by_default_nobody_administers_anything():
+    assert _domains(LocalEntitlementsBackend(), "someone@example.org") == ()
+
+
+def test_maps_by_email_and_by_email_domain_add_up():
+    backend = LocalEntitlementsBackend(
+        admins_by_email={"Admin@Alpha.example.org": ["beta.example.org"]},
+        admins_by_email_domain={"ALPHA.example.org": ["Alpha.example.org."]},
+    )
+
+    assert _domains(backend, "Admin@alpha.EXAMPLE.org") == ("alpha.example.org", "beta.example.org")
+    assert _domains(backend, "other@alpha.example.org") == ("alpha.example.org",)
+    # The local part is compared as is, like DeployCenter does.
+    assert _domains(backend, "admin@alpha.example.org") == ("alpha.example.org",)
+    assert _domains(backend, "admin@gamma.example.org") == ()
+
+
+def _write(path, mapping, *, mtime):
+    path.write_text(json.dumps(mapping))
+    os.utime(path, ns=(mtime, mtime))
+
+
+def test_mapping_file_is_reread_when_it_changes(tmp_path):
+    mapping_file = tmp_path / "entitlements.json"
+    _write(mapping_file, {"admins_by_email": {"a@x.org": ["alpha.example.org"]}}, mtime=10**18)
+    backend = LocalEntitlementsBackend(mapping_file=str(mapping_file))
+    assert _domains(backend, "a@x.org") == ("alpha.example.org",)
+
+    _write(mapping_file, {"admins_by_email": {"a@x.org": []}}, mtime=10**18 + 10**9)
+
+    assert _domains(backend, "a@x.org") == ()
+
+
+def test_broken_mapping_file_is_an_invalid_answer_not_a_revocation(tmp_path):
+    mapping_file = tmp_path / "entitlements.json"
+    _write(mapping_file, {"admins_by_email": {"a@x.org": ["alpha.example.org"]}}, mtime=10**18)
+    backend = LocalEntitlementsBackend(mapping_file=str(mapping_file))
+    mapping_file.write_text('{"admins_by_email": {')
+
+    answer = backend.get_entitlements(user=User(email="a@x.org"), forwarded_claims={})
+
+    assert (answer.kind, answer.error_code) == (AnswerKind.INVALID, "mapping_file_invalid")
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"admins_by_email": {"a@x.org": ["not a domain"]}}, "admins_by_email"),
+        ({"admins_by_email": {"a@x.org": "alpha.example.org"}}, "list of domain names"),
+        ({"admins_by_email_domain": ["x.org"]}, "admins_by_email_domain"),
+        (
+            {"mapping_file": "/tmp/x.json", "admins_by_email": {"a@x.org": []}},
+            "not both",
+        ),
+        ({"mapping_file": "/nonexistent/entitlements.json"}, "cannot be read"),
+    ],
+    ids=str,
+)
+def test_bad_parameters_are_refused(parameters, message):
+    with pytest.raises(ValueError, match=message) as raised:
+        LocalEntitlementsBackend(**parameters)
+
+    assert "a@x.org" not in str(raised.value)
+
+
+def test_invalid_mapping_file_is_refused(tmp_path):
+    mapping_file = tmp_path / "entitlements.json"
+    mapping_file.write_text('{"admins": {}}')
+
+    with pytest.raises(ValueError, match="keys among"):
+        LocalEntitlementsBackend(mapping_file=str(mapping_file))

@@ -1,0 +1,166 @@
+"""sync_user_entitlements end to end: stub over HTTP, Redis cache, PostgreSQL, bookkeeping."""
+
+import json
+import logging
+
+import pytest
+
+from core.entitlements import EntitlementsUnavailableError, sync_user_entitlements
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
+
+SIRET = "12345678900017"
+
+
+@pytest.fixture
+def domains(db):
+    for name in ("alpha.example.org", "beta.example.org"):
+        MailDomain.objects.create(name=name)
+
+
+def _user(email="admin@alpha.example.org", claims=None):
+    user = User.objects.create_user(email=email)
+    EntitlementSyncState.objects.create(
+        user=user, forwarded_claims={"siret": SIRET} if claims is None else claims
+    )
+    return user
+
+
+def _accesses(user):
+    return sorted(
+        MailDomainAccess.objects.filter(user=user).values_list("maildomain__name", flat=True)
+    )
+
+
+def test_sync_grants_and_records(deploycenter_backend, domains):
+    user = _user()
+
+    result = sync_user_entitlements(user_id=user.pk, trigger="login", task_id="task-1")
+
+    assert result.as_dict() == {
+        "user_id": str(user.pk),
+        "trigger": "login",
+        "status": "ok",
+        "error_code": "",
+        "added": ["alpha.example.org", "beta.example.org"],
+        "removed": [],
+        "unchanged": 0,
+        "cache": "miss",
+        "changed": True,
+    }
+    assert _accesses(user) == ["alpha.example.org", "beta.example.org"]
+    state = EntitlementSyncState.objects.get(user=user)
+    assert state.started_at <= state.finished_at
+    assert (state.status, state.last_trigger, state.last_task_id) == ("ok", "login", "task-1")
+
+
+def test_result_is_json_without_email_or_claims(deploycenter_backend, domains):
+    user = _user()
+
+    text = json.dumps(sync_user_entitlements(user_id=user.pk, trigger="login").as_dict())
+
+    assert "@" not in text
+    assert SIRET not in text
+
+
+def test_second_sync_is_served_by_the_cache_unless_forced(deploycenter_backend, domains):
+    user = _user()
+    sync_user_entitlements(user_id=user.pk, trigger="login")
+
+    cached = sync_user_entitlements(user_id=user.pk, trigger="periodic")
+    forced = sync_user_entitlements(user_id=user.pk, trigger="admin", force_refresh=True)
+
+    assert (cached.cache, cached.changed) == ("hit", False)
+    assert forced.cache == "miss"
+    assert deploycenter_backend.calls == 2
+
+
+def test_revocation_upstream_lands(deploycenter_backend, domains):
+    user = _user()
+    sync_user_entitlements(user_id=user.pk, trigger="login")
+    deploycenter_backend.set_admin_domains("admin@alpha.example.org", ["beta.example.org"])
+
+    result = sync_user_entitlements(user_id=user.pk, trigger="periodic", force_refresh=True)
+
+    assert result.removed == ["alpha.example.org"]
+    assert _accesses(user) == ["beta.example.org"]
+
+
+def test_missing_claim_is_recorded_without_calling_upstream(deploycenter_backend, domains):
+    user = _user(claims={})
+
+    result = sync_user_entitlements(user_id=user.pk, trigger="login")
+
+    assert (result.status, result.error_code, result.changed) == ("error", "missing_claim", False)
+    assert deploycenter_backend.calls == 0
+    assert EntitlementSyncState.objects.get(user=user).error_code == "missing_claim"
+
+
+def test_user_without_sync_state_gets_one(deploycenter_backend, domains):
+    user = User.objects.create_user(email="admin@alpha.example.org")
+
+    result = sync_user_entitlements(user_id=user.pk, trigger="admin")
+
+    assert result.error_code == "missing_claim"
+    assert EntitlementSyncState.objects.get(user=user).started_at is not None
+
+
+def test_unavailable_upstream_is_recorded_and_raised(deploycenter_backend, domains):
+    user = _user()
+    MailDomainAccess.objects.create(
+        user=user,
+        maildomain=MailDomain.objects.get(name="alpha.example.org"),
+        source=MailDomainAccess.Source.ENTITLEMENTS,
+    )
+    deploycenter_backend.fail_with(503)
+
+    with pytest.raises(EntitlementsUnavailableError):
+        sync_user_entitlements(user_id=user.pk, trigger="login", task_id="task-2")
+
+    state = EntitlementSyncState.objects.get(user=user)
+    assert (state.status, state.error_code, state.last_task_id) == (
+        "unavailable",
+        "http_503",
+        "task-2",
+    )
+    assert _accesses(user) == ["alpha.example.org"]
+
+
+def test_stale_answer_is_used_and_marked(deploycenter_backend, domains, settings):
+    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    user = _user()
+    sync_user_entitlements(user_id=user.pk, trigger="login")
+    deploycenter_backend.fail_with(503)
+
+    result = sync_user_entitlements(user_id=user.pk, trigger="periodic")
+
+    assert (result.status, result.cache, result.error_code) == ("ok", "stale", "stale")
+    assert _accesses(user) == ["alpha.example.org", "beta.example.org"]
+
+
+def test_configuration_error_is_logged_as_an_error(deploycenter_backend, domains, caplog):
+    user = _user()
+    deploycenter_backend.fail_with(401)
+
+    with caplog.at_level(logging.INFO, logger="core.entitlements"):
+        result = sync_user_entitlements(user_id=user.pk, trigger="login")
+
+    assert (result.status, result.error_code) == ("error", "configuration")
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "admin@" not in errors[0].getMessage()
+
+
+def test_dry_run_writes_nothing(deploycenter_backend, domains):
+    user = _user()
+    before = EntitlementSyncState.objects.values().get(user=user)
+
+    result = sync_user_entitlements(user_id=user.pk, trigger="cli", dry_run=True)
+
+    assert result.added == ["alpha.example.org", "beta.example.org"]
+    assert _accesses(user) == []
+    assert EntitlementSyncState.objects.values().get(user=user) == before
+
+
+def test_unknown_user_is_does_not_exist(db):
+    with pytest.raises(User.DoesNotExist):
+        sync_user_entitlements(user_id="00000000-0000-0000-0000-000000000000", trigger="login")
