@@ -3,75 +3,16 @@ endpoints answered by `responses`) records the forwarded claims and requests a s
 waits on the entitlements service and succeeds when the broker or the upstream is down."""
 
 import time
-from urllib.parse import parse_qs, urlsplit
 
-import jwt
-import pytest
-import responses
 from celery.contrib.testing.worker import start_worker
-from django.test import Client
 from django_celery_results.models import TaskResult
 
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from core.sync_requests import enqueue_outstanding_requests
 from tests.worker.conftest import QUEUES, producer_app
 
-IDP = "https://idp.example.test"
-CLIENT_SECRET = "s" * 64
 ALPHA = "alpha.example.org"
 SIRET = "12345678900017"
-
-
-class FakeProvider:
-    """The OIDC provider side of a code flow."""
-
-    def __init__(self, settings):
-        settings.OIDC_RP_CLIENT_ID = "messages"
-        settings.OIDC_RP_CLIENT_SECRET = CLIENT_SECRET
-        settings.OIDC_RP_SIGN_ALGO = "HS256"
-        settings.OIDC_OP_AUTHORIZATION_ENDPOINT = f"{IDP}/authorize"
-        settings.OIDC_OP_TOKEN_ENDPOINT = f"{IDP}/token"
-        settings.OIDC_OP_USER_ENDPOINT = f"{IDP}/userinfo"
-
-    def login(self, claims: dict) -> Client:
-        """Run the whole flow in a new browser; return it, logged in or not."""
-        browser = Client()
-        authorize = browser.get("/oidc/authenticate/")
-        query = parse_qs(urlsplit(authorize["Location"]).query)
-        now = int(time.time())
-        id_token = jwt.encode(
-            {
-                "iss": IDP,
-                "sub": claims["sub"],
-                "nonce": query["nonce"][0],
-                "iat": now,
-                "exp": now + 300,
-            },
-            CLIENT_SECRET,
-            algorithm="HS256",
-        )
-        with responses.RequestsMock() as provider:
-            provider.post(
-                f"{IDP}/token",
-                json={
-                    "id_token": id_token,
-                    "access_token": "the-access-token",
-                    "token_type": "Bearer",
-                },
-            )
-            provider.get(f"{IDP}/userinfo", json=claims)
-            started = time.perf_counter()
-            response = browser.get(
-                "/oidc/callback/", {"code": "the-code", "state": query["state"][0]}
-            )
-            browser.elapsed = time.perf_counter() - started
-        assert response.status_code == 302
-        return browser
-
-
-@pytest.fixture
-def provider(settings):
-    return FakeProvider(settings)
 
 
 CLAIMS = {
