@@ -1,7 +1,6 @@
 """OIDC login: users are found by their `sub`, never by email alone; a login requests a sync."""
 
 from django.conf import settings
-from django.db import transaction
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend as BaseOIDCBackend
 
 from core.entitlements import forwarded_claim_names
@@ -18,13 +17,7 @@ def record_login(*, user: User, claims: dict) -> str | None:
     the configured forwarded claims are stored, never tokens. Returns request_sync's task id.
     """
     forwarded = {name: claims[name] for name in forwarded_claim_names() if name in claims}
-    with transaction.atomic():
-        updated = EntitlementSyncState.objects.filter(user=user).update(forwarded_claims=forwarded)
-        if not updated:
-            EntitlementSyncState.objects.get_or_create(
-                user=user, defaults={"forwarded_claims": forwarded}
-            )
-        return request_sync(user=user, trigger=LOGIN_TRIGGER)
+    return request_sync(user=user, trigger=LOGIN_TRIGGER, forwarded_claims=forwarded)
 
 
 class OIDCAuthenticationBackend(BaseOIDCBackend):
@@ -45,6 +38,8 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
             sub=claims["sub"],
             full_name=self._full_name(claims),
         )
+        # Made with the user: the login's request then records itself in one UPDATE.
+        EntitlementSyncState.objects.create(user=user)
         self.sync_task_id = record_login(user=user, claims=claims)
         return user
 

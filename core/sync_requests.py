@@ -34,23 +34,31 @@ class SyncNotEnqueuedError(Exception):
 _PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0}
 
 
-def request_sync(*, user: User, trigger: str, queue: str | None = None) -> str | None:
+def request_sync(
+    *,
+    user: User,
+    trigger: str,
+    queue: str | None = None,
+    forwarded_claims: dict | None = None,
+) -> str | None:
     """Record that the user's entitlements need a sync and enqueue its task after commit.
 
     Requests for one user inside ENTITLEMENTS_SYNC_DEDUP_SECONDS collapse into the task the
-    first of them queued. Returns the id of the task that carries this request, or None when
-    it was collapsed. Never raises for a broker that cannot be reached: the request stays
-    recorded and `enqueue_outstanding_requests` (the sweep) sends it later.
+    first of them queued. A login passes the `forwarded_claims` it stores on the way (same
+    statement). Returns the id of the task that carries this request, or None when it was
+    collapsed. Never raises for a broker that cannot be reached: the request stays recorded
+    and `enqueue_outstanding_requests` (the sweep) sends it later.
     """
     now = timezone.now()
-    _record_request(user_id=user.pk, trigger=trigger, now=now)
-    return _claim_and_send(
-        user_id=user.pk,
-        trigger=trigger,
-        queue=queue,
-        not_enqueued_since=now - timedelta(seconds=settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS),
-        now=now,
-    )
+    fields = {"requested_at": now, "last_trigger": trigger}
+    if forwarded_claims is not None:
+        fields["forwarded_claims"] = forwarded_claims
+    not_enqueued_since = now - timedelta(seconds=settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS)
+    if not _record_and_claim(
+        user_id=user.pk, fields=fields, now=now, not_enqueued_since=not_enqueued_since
+    ):
+        return None
+    return _send_after_commit(user_id=user.pk, trigger=trigger, queue=queue, claimed_at=now)
 
 
 def request_full_resync(*, trigger: str) -> str:
@@ -80,16 +88,17 @@ def enqueue_outstanding_requests() -> int:
     grace = timedelta(seconds=settings.ENTITLEMENTS_SYNC_SWEEP_GRACE_SECONDS)
     sent = 0
     for user_id, trigger in outstanding_requests(now=now, grace=grace).iterator(chunk_size=500):
-        task_id = _claim_and_send(
+        if not _claim(user_id=user_id, now=now, not_enqueued_since=now - grace):
+            continue
+        _send_after_commit(
             user_id=user_id,
             trigger=trigger or "sweep",
             queue=None,
-            not_enqueued_since=now - grace,
-            now=now,
+            claimed_at=now,
             # A copy still queued when the next sweep sends another is useless: drop it.
             expires=grace.total_seconds(),
         )
-        sent += task_id is not None
+        sent += 1
     return sent
 
 
@@ -144,46 +153,56 @@ def users_of_domain(*, maildomain: MailDomain) -> QuerySet:
     )
 
 
-def _record_request(*, user_id, trigger: str, now: datetime) -> None:
-    """Set requested_at on the user's bookkeeping row, creating the row on first need."""
-    first_request = Case(
-        When(
-            status=EntitlementSyncState.Status.NEVER,
-            then=Value(EntitlementSyncState.Status.PENDING),
-        ),
-        default=F("status"),
-    )
-    fields = {"requested_at": now, "last_trigger": trigger}
-    if EntitlementSyncState.objects.filter(user_id=user_id).update(status=first_request, **fields):
-        return
-    _, created = EntitlementSyncState.objects.get_or_create(
-        user_id=user_id, defaults={"status": EntitlementSyncState.Status.PENDING, **fields}
-    )
-    if not created:
-        # Another process created the row between our update and our insert.
-        EntitlementSyncState.objects.filter(user_id=user_id).update(**fields)
+# A row's first request turns "never synced" into "pending"; later ones keep the last outcome.
+_PENDING_IF_NEVER = Case(
+    When(
+        status=EntitlementSyncState.Status.NEVER,
+        then=Value(EntitlementSyncState.Status.PENDING),
+    ),
+    default=F("status"),
+)
 
 
-def _claim_and_send(
-    *,
-    user_id,
-    trigger: str,
-    queue: str | None,
-    not_enqueued_since: datetime,
-    now: datetime,
-    expires: float | None = None,
-) -> str | None:
-    """Mark the row enqueued unless a task was enqueued after `not_enqueued_since`, then send
-    the task once the transaction commits. Returns the task id, or None if not claimed."""
-    # One conditional UPDATE is the whole dedup: the database serialises concurrent requests
-    # on the row, so exactly one of them sees the old enqueued_at and wins, in any process.
-    claimed = (
+def _record_and_claim(
+    *, user_id, fields: dict, now: datetime, not_enqueued_since: datetime
+) -> bool:
+    """Write the request on the user's bookkeeping row; True when this call must enqueue.
+
+    The usual case is one UPDATE: it records the request and claims the enqueue at once,
+    unless a task was enqueued after `not_enqueued_since`. The database serialises
+    concurrent requests on the row, so exactly one of them claims, in any process.
+    """
+    states = EntitlementSyncState.objects.filter(user_id=user_id)
+    not_recently_enqueued = Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=not_enqueued_since)
+    if states.filter(not_recently_enqueued).update(
+        enqueued_at=now, status=_PENDING_IF_NEVER, **fields
+    ):
+        return True
+    if states.update(status=_PENDING_IF_NEVER, **fields):
+        return False
+    # The user's first request: make the row, then record and claim as usual. ON CONFLICT DO
+    # NOTHING lets a concurrent first request make it instead, without an error.
+    EntitlementSyncState.objects.bulk_create(
+        [EntitlementSyncState(user_id=user_id)], ignore_conflicts=True
+    )
+    return _record_and_claim(
+        user_id=user_id, fields=fields, now=now, not_enqueued_since=not_enqueued_since
+    )
+
+
+def _claim(*, user_id, now: datetime, not_enqueued_since: datetime) -> bool:
+    """Mark the row enqueued unless a task was enqueued after `not_enqueued_since`."""
+    return bool(
         EntitlementSyncState.objects.filter(user_id=user_id)
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=not_enqueued_since))
         .update(enqueued_at=now)
     )
-    if not claimed:
-        return None
+
+
+def _send_after_commit(
+    *, user_id, trigger: str, queue: str | None, claimed_at: datetime, expires=None
+) -> str:
+    """Send the sync task once the current transaction commits; return its id."""
     task_id = str(uuid.uuid4())
     transaction.on_commit(
         partial(
@@ -192,7 +211,7 @@ def _claim_and_send(
             trigger=trigger,
             queue=queue,
             task_id=task_id,
-            claimed_at=now,
+            claimed_at=claimed_at,
             expires=expires,
         )
     )
