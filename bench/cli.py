@@ -1,0 +1,135 @@
+"""`python -m bench --smoke | --quick | --full`: start the real parts, measure, print, document."""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.modes import MODES
+from bench.report import Figures
+from bench.services import (
+    REPO,
+    BenchSetupError,
+    PrivateRedis,
+    StubProcess,
+    WorkerSpec,
+    django_environment,
+    ensure_database,
+)
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/messages_bench"
+LOG_DIR = REPO / "bench" / "results"
+# The upstream rate limit is an operator's setting (default 50/s, which alone would cap a
+# full run at 50 users/s): the benchmark sets it to what a DeployCenter taking 1,000/s allows.
+RATE_LIMIT_PER_SECOND = 1000
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    size = parser.add_mutually_exclusive_group()
+    for name, mode in MODES.items():
+        size.add_argument(
+            f"--{name}",
+            dest="mode",
+            action="store_const",
+            const=name,
+            help=f"{mode.users:,} users in the largest full resync",
+        )
+    parser.set_defaults(mode="quick")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="PostgreSQL database to use and empty; its name must contain 'bench' "
+        "(env BENCH_DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--bulk-concurrency", type=int, default=2, help="prefork children of the bulk worker"
+    )
+    parser.add_argument(
+        "--interactive-concurrency",
+        type=int,
+        default=2,
+        help="prefork children of the interactive worker",
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="users per bulk message")
+    parser.add_argument(
+        "--batch-threads", type=int, default=None, help="upstream calls in flight per batch"
+    )
+    parser.add_argument(
+        "--docs",
+        default=None,
+        help="Markdown file to write the figures into (default: docs/performance.md, "
+        "not in smoke mode)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every benchmark of the mode and print one name=value line per figure."""
+    args = parse_args(argv)
+    mode = MODES[args.mode]
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    figures = Figures(mode=mode)
+    started = time.monotonic()
+    try:
+        with ExitStack() as stack:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+            redis_server = PrivateRedis(scratch)
+            stack.callback(redis_server.stop)
+            stub = StubProcess(log=LOG_DIR / "stub.log")
+            stack.callback(stub.stop)
+            ensure_database(args.database_url)
+            tuning = {
+                "ENTITLEMENTS_CACHE_TIMEOUT": "0",
+                "ENTITLEMENTS_RATE_LIMIT_PER_SECOND": str(RATE_LIMIT_PER_SECOND),
+            }
+            if args.batch_size:
+                tuning["ENTITLEMENTS_SYNC_BATCH_SIZE"] = str(args.batch_size)
+            if args.batch_threads:
+                tuning["ENTITLEMENTS_SYNC_BATCH_CONCURRENCY"] = str(args.batch_threads)
+            env = django_environment(
+                database_url=args.database_url,
+                redis_url=redis_server.url,
+                stub=stub,
+                data_dir=scratch / "data",
+                extra=tuning,
+            )
+            worker_env = {**env, "LOG_LEVEL": "INFO"}
+            # The benchmark process logs warnings only: its inline logins would flood the output.
+            os.environ.update({**env, "LOG_LEVEL": "WARNING"})
+            import django
+
+            django.setup()
+            from bench.scenarios import run_all
+
+            run_all(
+                mode=mode,
+                figures=figures,
+                stub=stub,
+                redis_server=redis_server,
+                worker_env=worker_env,
+                log_dir=LOG_DIR,
+                layouts={
+                    "split": [
+                        WorkerSpec("interactive", ("interactive",), args.interactive_concurrency),
+                        WorkerSpec("bulk", ("bulk",), args.bulk_concurrency),
+                    ],
+                    "shared": [
+                        WorkerSpec("shared", ("interactive", "bulk"), args.bulk_concurrency)
+                    ],
+                },
+                tuning=tuning,
+            )
+    except BenchSetupError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    figures.note("bench_seconds", round(time.monotonic() - started, 1))
+    docs = args.docs or (str(REPO / "docs" / "performance.md") if mode.writes_docs else None)
+    if docs:
+        figures.write_docs(Path(docs))
+    shutil.copy(figures.save(LOG_DIR / f"{mode.name}.txt"), LOG_DIR / "last.txt")
+    return 0

@@ -1,0 +1,58 @@
+"""How big each benchmark mode is: smoke for CI, quick for `make bench`, full for bench-full."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mode:
+    """The sizes of one benchmark mode."""
+
+    name: str
+    # Users of the largest full resync, and of the smaller one that memory is compared with.
+    users: int
+    small_users: int
+    # Logins timed per figure-1 measurement (the inline 2 s case is run by `inline_threads`).
+    logins: int
+    inline_slow_logins: int
+    inline_threads: int
+    # Logins whose rights are awaited with an idle queue; at most this many during a full run.
+    rights_probes: int
+    noop_tasks: int
+    storm_logins: int = 1000
+    storm_users: int = 100
+    writes_docs: bool = True
+
+
+MODES = {
+    "smoke": Mode(
+        name="smoke",
+        users=300,
+        small_users=100,
+        logins=100,
+        inline_slow_logins=8,
+        inline_threads=8,
+        rights_probes=10,
+        noop_tasks=100,
+        writes_docs=False,
+    ),
+    "quick": Mode(
+        name="quick",
+        users=10_000,
+        small_users=1_000,
+        logins=1000,
+        inline_slow_logins=64,
+        inline_threads=8,
+        rights_probes=200,
+        noop_tasks=2000,
+    ),
+    "full": Mode(
+        name="full",
+        users=100_000,
+        small_users=10_000,
+        logins=2000,
+        inline_slow_logins=160,
+        inline_threads=8,
+        rights_probes=300,
+        noop_tasks=5000,
+    ),
+}

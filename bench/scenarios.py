@@ -1,0 +1,246 @@
+"""The benchmark's sequence: each figure measured against the real parts, in a fixed order."""
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+from django.core.management import call_command
+
+from bench import data
+from bench.logins import async_login, inline_login, login_to_rights, storm, timed_logins
+from bench.modes import Mode
+from bench.queries import queries_per_sync
+from bench.report import Figures, machine_description
+from bench.resync import MB, RunFigures, full_resync, noop_throughput
+from bench.services import (
+    BenchSetupError,
+    PrivateRedis,
+    StubProcess,
+    WorkerProcess,
+    WorkerSpec,
+    start_worker,
+    wait_for_workers,
+)
+from core.models import EntitlementSyncState
+from messages.celery_app import app
+from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+
+# The issue's upstream latencies: logins at 25 ms and 2 s, full runs at 20 ms.
+LOGIN_LATENCIES_MS = (25, 2000)
+RESYNC_LATENCY_MS = 20
+OK = EntitlementSyncState.Status.OK
+# Untimed logins before each timed series: connections open, code paths warm.
+WARMUP_LOGINS = 20
+
+
+@contextmanager
+def running_workers(specs: list[WorkerSpec], *, env: dict, log_dir: Path):
+    """Start the worker processes, wait until they all answer, stop them on the way out."""
+    workers: list[WorkerProcess] = []
+    try:
+        for spec in specs:
+            workers.append(start_worker(spec=spec, env=env, log_dir=log_dir))
+        wait_for_workers(app, workers)
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def wait_until_idle(redis_server: PrivateRedis, workers: list[WorkerProcess], *, timeout=120):
+    """Wait until no task is queued, reserved or running on the benchmark's workers."""
+    destination = [worker.hostname for worker in workers]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queued = sum(redis_server.client.llen(queue) for queue in (INTERACTIVE_QUEUE, BULK_QUEUE))
+        inspect = app.control.inspect(destination=destination, timeout=1.0)
+        busy = [
+            task
+            for answer in (inspect.active() or {}, inspect.reserved() or {})
+            for tasks in answer.values()
+            for task in tasks
+        ]
+        if not queued and not busy:
+            return
+        time.sleep(0.2)
+    raise BenchSetupError("the workers did not become idle")
+
+
+def purge_interactive(redis_server: PrivateRedis, workers: list[WorkerProcess]) -> None:
+    """Drop the login syncs still queued (their logins are measured already), wait for the rest."""
+    redis_server.client.delete(INTERACTIVE_QUEUE)
+    wait_until_idle(redis_server, workers)
+
+
+def run_all(
+    *,
+    mode: Mode,
+    figures: Figures,
+    stub: StubProcess,
+    redis_server: PrivateRedis,
+    worker_env: dict,
+    log_dir: Path,
+    layouts: dict[str, list[WorkerSpec]],
+    tuning: dict[str, str],
+) -> None:
+    """Every figure of the issue, in order; each line is printed as soon as it is measured."""
+    call_command("migrate", verbosity=0)
+    data.empty_tables()
+    redis_server.client.flushdb()
+    data.create_domains()
+    figures.context.update(machine_description())
+    figures.context["settings"] = {
+        **tuning,
+        "layouts": {
+            name: [
+                f"{spec.name}: -Q {','.join(spec.queues)} -c {spec.concurrency}" for spec in specs
+            ]
+            for name, specs in layouts.items()
+        },
+    }
+
+    # Figure 3, in this process: no worker needed.
+    stub.control(latency=0, generation=0)
+    figures.add_all(queries_per_sync())
+    data.delete_users(kind="queries")
+
+    with running_workers(layouts["split"], env=worker_env, log_dir=log_dir) as workers:
+        figures.add("noop_tasks_per_s", noop_throughput(app, tasks=mode.noop_tasks))
+        for latency in LOGIN_LATENCIES_MS:
+            stub.control(latency=latency / 1000)
+            _login_overheads(mode, figures, latency, redis_server, workers)
+            if latency == LOGIN_LATENCIES_MS[0]:
+                _rights_when_idle(mode, figures)
+                _storm(mode, figures, redis_server, workers)
+        purge_interactive(redis_server, workers)
+        for kind in ("async25", "inline25", "async2000", "inline2000", "rights", "storm"):
+            data.delete_users(kind=kind)
+        stub.control(latency=RESYNC_LATENCY_MS / 1000)
+        _full_runs(mode, figures, stub, redis_server, workers)
+
+    with running_workers(layouts["shared"], env=worker_env, log_dir=log_dir) as workers:
+        stub.control(generation=2)
+        probes = data.create_users(kind="probeshared", indexes=range(mode.rights_probes), status=OK)
+        latencies: list[float] = []
+        run = _run(
+            workers,
+            stub,
+            redis_server,
+            during=lambda running: latencies.extend(
+                login_to_rights(probes, keep_going=running, pause=0.1)
+            ),
+        )
+        figures.add_percentiles("login_to_rights", "ms_fullrun_shared", latencies)
+        figures.add("full_resync_users_per_s_shared", run.users_per_s)
+
+
+def _login_overheads(mode, figures, latency, redis_server, workers) -> None:
+    """Figure 1 at one upstream latency: the real async step, then the inline design."""
+    users = data.create_users(kind=f"async{latency}", indexes=range(mode.logins + WARMUP_LOGINS))
+    timings = timed_logins(users, async_login, warmup=WARMUP_LOGINS)
+    figures.add_percentiles("login_overhead", f"ms_async_{latency}", timings)
+    purge_interactive(redis_server, workers)
+    slow = latency >= 1000
+    count = mode.inline_slow_logins if slow else mode.logins
+    # At 2 s a login, one untimed login warms up enough.
+    warmup = 1 if slow else WARMUP_LOGINS
+    users = data.create_users(kind=f"inline{latency}", indexes=range(count + warmup))
+    timings = timed_logins(
+        users, inline_login, threads=mode.inline_threads if slow else 1, warmup=warmup
+    )
+    figures.add_percentiles("login_overhead", f"ms_inline_{latency}", timings)
+    figures.add(f"login_overhead_inline_{latency}_logins", count)
+
+
+def _rights_when_idle(mode, figures) -> None:
+    """Figure 2 with an idle queue."""
+    users = data.create_users(kind="rights", indexes=range(mode.rights_probes), status=OK)
+    figures.add_percentiles("login_to_rights", "ms_idle", login_to_rights(users, pause=0.02))
+
+
+def _storm(mode, figures, redis_server, workers) -> None:
+    """Figure 7: the interactive queue is held while the storm runs, so its length counts the
+    syncs the storm queued; consumption resumes afterwards."""
+    users = data.create_users(kind="storm", indexes=range(mode.storm_users))
+    destination = [worker.hostname for worker in workers if INTERACTIVE_QUEUE in worker.spec.queues]
+    app.control.cancel_consumer(INTERACTIVE_QUEUE, destination=destination, reply=True)
+    try:
+        timings, sent, seconds = storm(users, logins=mode.storm_logins)
+        queued = redis_server.client.llen(INTERACTIVE_QUEUE)
+    finally:
+        app.control.add_consumer(INTERACTIVE_QUEUE, destination=destination, reply=True)
+    figures.add("storm_logins", len(timings))
+    figures.add("storm_users", len(users))
+    figures.add("storm_seconds", seconds)
+    figures.add("storm_queued_syncs", queued)
+    figures.add("storm_tasks_sent", sent)
+    figures.add_percentiles("storm_login_overhead", "ms", timings)
+    wait_until_idle(redis_server, workers)
+
+
+def _run(workers, stub, redis_server, during=None) -> RunFigures:
+    """One full resync with CPU accounting of every part of the benchmark."""
+    watched = {
+        "workers": [process for worker in workers for process in worker.tree()],
+        "stub": [psutil.Process(stub.process.pid)],
+        "redis": [psutil.Process(redis_server.process.pid)],
+        "postgres": [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"],
+        "bench": [psutil.Process()],
+    }
+    return full_resync(
+        app, workers=workers, cpu_watch=watched, redis_client=redis_server.client, during=during
+    )
+
+
+def _full_runs(mode, figures, stub, redis_server, workers) -> None:
+    """Figures 4, 5, 6 and 2 during a full run."""
+    bulk = next(worker for worker in workers if BULK_QUEUE in worker.spec.queues)
+    data.create_users(kind="user", indexes=range(mode.small_users))
+    data.analyze()
+    small = _run(workers, stub, redis_server)
+    figures.add_run("small", small, bulk=bulk.spec.name)
+
+    data.create_users(kind="user", indexes=range(mode.small_users, mode.users))
+    probes = data.create_users(kind="probe", indexes=range(mode.rights_probes), status=OK)
+    data.analyze()
+    latencies: list[float] = []
+    first = _run(
+        workers,
+        stub,
+        redis_server,
+        during=lambda running: latencies.extend(
+            login_to_rights(probes, keep_going=running, pause=0.1)
+        ),
+    )
+    figures.add_percentiles("login_to_rights", "ms_fullrun", latencies)
+    figures.add("login_to_rights_fullrun_samples", len(latencies))
+    data.delete_users(kind="probe")
+
+    before = data.settled_access_row_writes()
+    unchanged = _run(workers, stub, redis_server)
+    writes = data.settled_access_row_writes() - before
+    stub.control(generation=1)
+    changed = _run(workers, stub, redis_server)
+    noop = figures.values["noop_tasks_per_s"]
+    figures.add("full_resync_users", changed.users)
+    figures.add("full_resync_seconds", changed.seconds)
+    figures.add("full_resync_users_per_s", changed.users_per_s)
+    figures.add("full_resync_ratio_to_noop", changed.users_per_s / noop)
+    figures.add("full_resync_changed_users", changed.changed)
+    figures.add("full_resync_failed_users", changed.failed + changed.skipped)
+    figures.add("unchanged_run_access_writes", writes)
+    figures.add("unchanged_run_seconds", unchanged.seconds)
+    figures.add("unchanged_run_changed_users", unchanged.changed)
+    figures.add("unchanged_run_cost_ratio", unchanged.seconds / changed.seconds)
+    large_runs = (first, unchanged, changed)
+    worker_peak = max(run.worker_peak_rss[bulk.spec.name] for run in large_runs)
+    fanout_peak = max(run.fanout_peak_rss for run in large_runs)
+    figures.add("peak_rss_mb_worker", worker_peak / MB)
+    figures.add("peak_rss_mb_fanout", fanout_peak / MB)
+    figures.add(f"peak_rss_mb_worker_{small.users}", small.worker_peak_rss[bulk.spec.name] / MB)
+    figures.add(f"peak_rss_mb_fanout_{small.users}", small.fanout_peak_rss / MB)
+    figures.add("peak_rss_ratio_worker", worker_peak / small.worker_peak_rss[bulk.spec.name])
+    figures.add("peak_rss_ratio_fanout", fanout_peak / small.fanout_peak_rss)
+    figures.add_run("changed", changed, bulk=bulk.spec.name)
+    figures.add_run("unchanged", unchanged, bulk=bulk.spec.name)
