@@ -13,11 +13,19 @@ from core.entitlements.errors import (
 from core.entitlements.factory import forwarded_claim_names, get_backend
 from core.entitlements.reconcile import (
     SyncResult,
+    UserAnswer,
     grant_accesses_for_new_domains,
     reconcile_admin_accesses,
+    reconcile_many_admin_accesses,
 )
 from core.entitlements.selectors import users_entitled_to
-from core.entitlements.service import sync_user_entitlements
+from core.entitlements.service import (
+    fetch_user_answer,
+    finish_user_syncs,
+    record_sync_unavailable,
+    start_user_syncs,
+    sync_user_entitlements,
+)
 from core.entitlements.upstream_guard import Priority, upstream_guard_state
 
 __all__ = (
@@ -30,11 +38,17 @@ __all__ = (
     "Priority",
     "SyncResult",
     "UpstreamAnswer",
+    "UserAnswer",
     "fetch_entitlements",
+    "fetch_user_answer",
+    "finish_user_syncs",
     "forwarded_claim_names",
     "get_backend",
     "grant_accesses_for_new_domains",
     "reconcile_admin_accesses",
+    "reconcile_many_admin_accesses",
+    "record_sync_unavailable",
+    "start_user_syncs",
     "sync_user_entitlements",
     "upstream_guard_state",
     "users_entitled_to",

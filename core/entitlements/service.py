@@ -1,14 +1,20 @@
-"""The sync of one user: bookkeeping, fetch through the shared cache, reconcile, log."""
+"""The sync of one user, or of a batch: bookkeeping, fetch through the shared cache, reconcile."""
 
 import logging
 import uuid
+from collections.abc import Iterable, Sequence
 
 from django.utils import timezone
 
 from core.entitlements.backends.base import AnswerKind
-from core.entitlements.cache import fetch_entitlements
+from core.entitlements.cache import FetchedAnswer, fetch_entitlements
 from core.entitlements.errors import EntitlementsUnavailableError
-from core.entitlements.reconcile import SyncResult, reconcile_admin_accesses
+from core.entitlements.reconcile import (
+    SyncResult,
+    UserAnswer,
+    reconcile_admin_accesses,
+    reconcile_many_admin_accesses,
+)
 from core.entitlements.upstream_guard import Priority
 from core.models import EntitlementSyncState, User
 
@@ -35,25 +41,15 @@ def sync_user_entitlements(
     says whether a person waits (login, manual) or a bulk run does, for the upstream rate limit.
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
-    try:
-        forwarded_claims = user.sync_state.forwarded_claims
-    except EntitlementSyncState.DoesNotExist:
-        forwarded_claims = {}
     if not dry_run:
-        _mark_started(user)
+        _mark_started([user])
     try:
-        fetched = fetch_entitlements(
-            user=user,
-            forwarded_claims=forwarded_claims,
-            force_refresh=force_refresh,
-            priority=priority,
-        )
+        fetched = fetch_user_answer(user=user, force_refresh=force_refresh, priority=priority)
     except EntitlementsUnavailableError as error:
-        logger.warning(
-            "sync of user %s (%s): upstream unavailable (%s)", user.pk, trigger, error.error_code
-        )
-        if not dry_run:
-            _record_unavailable(user, trigger=trigger, task_id=task_id, error_code=error.error_code)
+        if dry_run:
+            _log_unavailable(user, trigger=trigger, error=error)
+        else:
+            record_sync_unavailable(user=user, trigger=trigger, task_id=task_id, error=error)
         raise
     result = reconcile_admin_accesses(
         user=user,
@@ -63,12 +59,85 @@ def sync_user_entitlements(
         dry_run=dry_run,
         cache=fetched.cache,
     )
+    _log_result(result, fetched=fetched, dry_run=dry_run)
+    return result
+
+
+def start_user_syncs(*, user_ids: Iterable[uuid.UUID | str]) -> list[User]:
+    """Load the users (with their sync state) and record their syncs started: two queries.
+
+    The first step of a batch sync: then fetch_user_answer for each user (threads welcome: it
+    makes no database query), then finish_user_syncs. Unknown ids are left out of the list.
+    """
+    users = list(User.objects.select_related("sync_state").filter(pk__in=list(user_ids)))
+    _mark_started(users)
+    return users
+
+
+def fetch_user_answer(
+    *, user: User, force_refresh: bool = False, priority: Priority = Priority.INTERACTIVE
+) -> FetchedAnswer:
+    """The user's classified answer, through the shared cache and the upstream guard.
+
+    Reads the forwarded claims of a user loaded with their sync state (select_related), so it
+    makes no database query. Raises EntitlementsUnavailableError.
+    """
+    try:
+        forwarded_claims = user.sync_state.forwarded_claims
+    except EntitlementSyncState.DoesNotExist:
+        forwarded_claims = {}
+    return fetch_entitlements(
+        user=user,
+        forwarded_claims=forwarded_claims,
+        force_refresh=force_refresh,
+        priority=priority,
+    )
+
+
+def finish_user_syncs(
+    *, answers: Sequence[tuple[User, FetchedAnswer]], trigger: str, task_id: str = ""
+) -> list[SyncResult]:
+    """Reconcile many users' fetched answers in one transaction and log each; results in order.
+
+    Each user ends as sync_user_entitlements would end them, in a fixed number of queries.
+    """
+    results = reconcile_many_admin_accesses(
+        answers=[UserAnswer(user, fetched.answer, fetched.cache) for user, fetched in answers],
+        trigger=trigger,
+        task_id=task_id,
+    )
+    for (_user, fetched), result in zip(answers, results, strict=True):
+        _log_result(result, fetched=fetched, dry_run=False)
+    return results
+
+
+def record_sync_unavailable(
+    *, user: User, trigger: str, task_id: str, error: EntitlementsUnavailableError
+) -> None:
+    """Record that the upstream was unavailable for the user's sync; accesses stay as they were."""
+    _log_unavailable(user, trigger=trigger, error=error)
+    EntitlementSyncState.objects.filter(user=user).update(
+        status=EntitlementSyncState.Status.UNAVAILABLE,
+        error_code=error.error_code,
+        finished_at=timezone.now(),
+        last_trigger=trigger,
+        last_task_id=task_id,
+    )
+
+
+def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailableError) -> None:
+    logger.warning(
+        "sync of user %s (%s): upstream unavailable (%s)", user.pk, trigger, error.error_code
+    )
+
+
+def _log_result(result: SyncResult, *, fetched: FetchedAnswer, dry_run: bool) -> None:
     level = logging.ERROR if fetched.answer.kind in _LOUD else logging.INFO
     logger.log(
         level,
         "sync of user %s (%s): %s%s, +%d -%d, cache %s%s",
-        user.pk,
-        trigger,
+        result.user_id,
+        result.trigger,
         result.status,
         f" ({result.error_code})" if result.error_code else "",
         len(result.added),
@@ -76,25 +145,17 @@ def sync_user_entitlements(
         result.cache,
         " (dry run)" if dry_run else "",
     )
-    return result
 
 
-def _mark_started(user: User) -> None:
-    """Record the start at once (one upsert), so a sync in progress shows."""
+def _mark_started(users: Sequence[User]) -> None:
+    """Record the start at once (one upsert for all), so a sync in progress shows."""
+    if not users:
+        return
+    now = timezone.now()
     EntitlementSyncState.objects.bulk_create(
-        [EntitlementSyncState(user=user, started_at=timezone.now())],
+        # By id: a `user=` here would replace the user's loaded sync state (and its claims).
+        [EntitlementSyncState(user_id=user.pk, started_at=now) for user in users],
         update_conflicts=True,
         unique_fields=["user"],
         update_fields=["started_at"],
-    )
-
-
-def _record_unavailable(user: User, *, trigger: str, task_id: str, error_code: str) -> None:
-    """Record an unavailable upstream; accesses and the last domain list stay as they were."""
-    EntitlementSyncState.objects.filter(user=user).update(
-        status=EntitlementSyncState.Status.UNAVAILABLE,
-        error_code=error_code,
-        finished_at=timezone.now(),
-        last_trigger=trigger,
-        last_task_id=task_id,
     )

@@ -9,8 +9,10 @@ from django.test.utils import CaptureQueriesContext
 from core.entitlements import (
     AnswerKind,
     UpstreamAnswer,
+    UserAnswer,
     grant_accesses_for_new_domains,
     reconcile_admin_accesses,
+    reconcile_many_admin_accesses,
     users_entitled_to,
 )
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
@@ -262,3 +264,82 @@ def test_concurrent_reconciles_of_one_user_end_correct(transactional_db, state_e
     # Each grant was made, and audited, exactly once.
     assert AccessAuditEntry.objects.filter(user=user).count() == len(names)
     assert EntitlementSyncState.objects.filter(user=user).count() == 1
+
+
+def _reconcile_many(pairs, **kwargs):
+    return reconcile_many_admin_accesses(
+        answers=[UserAnswer(user, answer) for user, answer in pairs],
+        trigger=kwargs.pop("trigger", "periodic"),
+        **kwargs,
+    )
+
+
+def test_many_users_end_as_they_would_one_by_one(domains):
+    granted, revoked, untouched, unanswered = (
+        User.objects.create_user(email=f"{name}@alpha.example.org")
+        for name in ("granted", "revoked", "untouched", "unanswered")
+    )
+    _reconcile(revoked, _answer("alpha.example.org", "beta.example.org"))
+    _reconcile(untouched, _answer("gamma.example.org"))
+    _reconcile(unanswered, _answer("alpha.example.org"))
+    MailDomainAccess.objects.create(user=revoked, maildomain=domains["gamma.example.org"])
+
+    results = _reconcile_many(
+        [
+            (granted, _answer("alpha.example.org", "new.example.org")),
+            (revoked, _answer("beta.example.org")),
+            (untouched, _answer("gamma.example.org")),
+            (unanswered, UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, "not_activated")),
+        ],
+        task_id="t-9",
+    )
+
+    assert [(r.user_id, r.status, r.added, r.removed, r.unchanged) for r in results] == [
+        (str(granted.pk), "ok", ["alpha.example.org"], [], 0),
+        (str(revoked.pk), "ok", [], ["alpha.example.org"], 1),
+        (str(untouched.pk), "ok", [], [], 1),
+        (str(unanswered.pk), "no_information", [], [], 0),
+    ]
+    assert _accesses(granted) == {"alpha.example.org": SYNC}
+    assert _accesses(revoked) == {"beta.example.org": SYNC, "gamma.example.org": MANUAL}
+    assert _accesses(unanswered) == {"alpha.example.org": SYNC}
+    assert ("alpha.example.org", "revoked", "periodic", "t-9") in _audit(revoked)
+    states = {state.user_id: state for state in EntitlementSyncState.objects.all()}
+    assert states[granted.pk].entitled_domains == ["alpha.example.org", "new.example.org"]
+    assert states[revoked.pk].entitled_domains == ["beta.example.org"]
+    assert (states[unanswered.pk].status, states[unanswered.pk].error_code) == (
+        "no_information",
+        "not_activated",
+    )
+    assert states[unanswered.pk].entitled_domains == ["alpha.example.org"]
+    assert {state.last_task_id for state in states.values()} == {"t-9"}
+
+
+def _count_many_queries(pairs):
+    with CaptureQueriesContext(connection) as queries:
+        _reconcile_many(pairs)
+    return len(queries.captured_queries)
+
+
+def test_query_count_does_not_grow_with_the_number_of_users(db):
+    names = [f"d{number:03}.example.org" for number in range(60)]
+    MailDomain.objects.bulk_create([MailDomain(name=name) for name in names])
+    users = [User.objects.create_user(email=f"u{number}@example.org") for number in range(31)]
+
+    grant_one = _count_many_queries([(users[0], _answer(*names[:30]))])
+    grant_thirty = _count_many_queries(
+        [(user, _answer(*names[number : number + 30])) for number, user in enumerate(users[1:])]
+    )
+    swap_one = _count_many_queries([(users[0], _answer(names[59]))])
+    swap_thirty = _count_many_queries(
+        [(user, _answer(names[number + 30])) for number, user in enumerate(users[1:])]
+    )
+
+    assert grant_thirty == grant_one
+    assert swap_thirty == swap_one
+    assert MailDomainAccess.objects.count() == 31
+
+
+def test_a_user_may_appear_only_once(user, domains):
+    with pytest.raises(ValueError, match="once"):
+        _reconcile_many([(user, _answer()), (user, _answer("alpha.example.org"))])
