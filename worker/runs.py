@@ -4,6 +4,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +18,16 @@ from django.db import connections
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from core.models import SyncRun
+from core.entitlements import (
+    SyncResult,
+    finish_user_syncs,
+    record_sync_unavailable,
+    start_user_syncs,
+)
+from core.models import SyncRun, User
 from worker.locks import TTLLock
 from worker.queues import BULK_QUEUE, SYNC_USERS_BATCH_TASK
-from worker.user_sync import Outcome, sync_for_batch
+from worker.user_sync import FetchedUser, Outcome, fetch_under_lock, outcome_of
 
 logger = logging.getLogger(__name__)
 
@@ -188,50 +195,147 @@ def fan_out(
 
 
 def sync_batch(*, user_ids: list[str], trigger: str, task_id: str) -> BatchOutcome:
-    """Sync a batch of users with a small pool of threads; count how each ended.
+    """Sync a batch of users: a small pool of threads fetches, this thread reconciles in bulk.
 
-    Threads, not processes: each user's sync waits on the upstream most of the time. Users
-    whose upstream was unavailable are listed for a retry of the batch.
+    Threads, not processes: fetching is waiting on the upstream, and it makes no database
+    query. The answers that arrived within a short window are reconciled together in one
+    transaction (a handful of queries however many users), then their locks are released, so
+    a user's lock is held from before their fetch until just after their rights are committed.
+    Users whose upstream was unavailable are listed for a retry of the batch.
     """
     outcome = BatchOutcome()
     if not user_ids:
         return outcome
+    users = start_user_syncs(user_ids=user_ids)
+    # Deleted between the fan-out and now: nothing left to sync.
+    outcome.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
     pending: queue.SimpleQueue = queue.SimpleQueue()
-    for user_id in user_ids:
-        pending.put(user_id)
-    outcome_lock = threading.Lock()
+    for user in users:
+        pending.put(user)
+    arrived: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
 
     def work() -> None:
         try:
             while not stop.is_set():
                 try:
-                    user_id = pending.get_nowait()
+                    user = pending.get_nowait()
                 except queue.Empty:
                     return
-                result = sync_for_batch(user_id=user_id, trigger=trigger, task_id=task_id)
-                with outcome_lock:
-                    if result == Outcome.UNAVAILABLE:
-                        outcome.retry_user_ids.append(user_id)
-                    else:
-                        outcome.counts[result] += 1
+                arrived.put(fetch_under_lock(user=user))
         finally:
-            # Each thread opened its own database connection: close it, or it leaks.
+            arrived.put(_THREAD_DONE)
+            # A custom backend may use the database: a thread's connection must not leak.
             connections.close_all()
 
-    threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(user_ids))
+    threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
-        futures = [pool.submit(work) for _ in range(threads)]
-        try:
-            for future in futures:
-                future.result()
-        except SoftTimeLimitExceeded:
-            # Finish the users in flight, start no new one; the rest goes to the retry.
-            logger.warning("batch %s hit its soft time limit; untried users will retry", task_id)
-            stop.set()
+        for _ in range(threads):
+            pool.submit(work)
+        running = threads
+        # Kept across an interruption, so that nothing taken off the queue is lost.
+        gathered: list = []
+        while running:
+            try:
+                _gather(arrived, gathered, running=running)
+                running -= gathered.count(_THREAD_DONE)
+                fetched = [item for item in gathered if item is not _THREAD_DONE]
+                gathered.clear()
+                _finish(fetched, outcome, trigger, task_id)
+            except SoftTimeLimitExceeded:
+                # Finish the users in flight, start no new one; the rest goes to the retry.
+                logger.warning(
+                    "batch %s hit its soft time limit; untried users will retry", task_id
+                )
+                stop.set()
     while not pending.empty():
-        outcome.retry_user_ids.append(pending.get_nowait())
+        outcome.retry_user_ids.append(str(pending.get_nowait().pk))
     return outcome
+
+
+# What a batch thread sends when it has no more user to fetch.
+_THREAD_DONE = object()
+# How long the first answer waits for others to be reconciled with it: long enough to gather
+# a few answers per transaction, short against the time a user's lock is held anyway.
+_RECONCILE_WINDOW_SECONDS = 0.05
+
+
+def _gather(arrived: queue.SimpleQueue, gathered: list, *, running: int) -> None:
+    """Add the next answers to `gathered`: wait for one, then take more for a short window, or
+    until every running thread said it is done."""
+    if not gathered:
+        gathered.append(arrived.get())
+    deadline = time.monotonic() + _RECONCILE_WINDOW_SECONDS
+    while gathered.count(_THREAD_DONE) < running:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            gathered.append(arrived.get(timeout=remaining))
+        except queue.Empty:
+            return
+
+
+def _finish(fetched: list[FetchedUser], outcome: BatchOutcome, trigger: str, task_id: str) -> None:
+    """Record the fetched users' syncs, count them, release their locks."""
+    counted: set[int] = set()
+    try:
+        answered = [item for item in fetched if item.answer is not None]
+        for item, result in zip(answered, _reconcile(answered, trigger, task_id), strict=True):
+            outcome.counts[outcome_of(result) if isinstance(result, SyncResult) else result] += 1
+            counted.add(id(item))
+        for item in fetched:
+            if id(item) in counted:
+                continue
+            if item.unavailable is not None:
+                record_sync_unavailable(
+                    user=item.user, trigger=trigger, task_id=task_id, error=item.unavailable
+                )
+                outcome.retry_user_ids.append(str(item.user.pk))
+            else:
+                outcome.counts[item.outcome] += 1
+            counted.add(id(item))
+    except SoftTimeLimitExceeded:
+        # Whatever was not recorded yet is tried again by the batch's retry.
+        outcome.retry_user_ids += [str(item.user.pk) for item in fetched if id(item) not in counted]
+        raise
+    finally:
+        for item in fetched:
+            item.release()
+
+
+def _reconcile(answered: list[FetchedUser], trigger: str, task_id: str) -> list:
+    """Each user's SyncResult, or the Outcome of a user whose reconcile failed.
+
+    All together in one transaction; if that fails, one by one, so that one user's failure
+    never costs the others their sync.
+    """
+    if not answered:
+        return []
+    answers = [(item.user, item.answer) for item in answered]
+    try:
+        return finish_user_syncs(answers=answers, trigger=trigger, task_id=task_id)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception:
+        logger.warning(
+            "bulk reconcile of %d users failed; retrying one by one", len(answers), exc_info=True
+        )
+    results = []
+    for answer in answers:
+        try:
+            [result] = finish_user_syncs(answers=[answer], trigger=trigger, task_id=task_id)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception:
+            if not User.objects.filter(pk=answer[0].pk).exists():
+                # Deleted while their answer was fetched: nothing left to sync.
+                result = Outcome.SKIPPED
+            else:
+                logger.exception("sync of user %s (%s) failed", answer[0].pk, trigger)
+                result = Outcome.FAILED
+        results.append(result)
+    return results
 
 
 def record_batch(*, run_id: int, outcome: BatchOutcome) -> None:

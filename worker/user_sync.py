@@ -2,8 +2,16 @@
 
 import enum
 import logging
+from dataclasses import dataclass
 
-from core.entitlements import EntitlementsUnavailableError, SyncResult, sync_user_entitlements
+from core.entitlements import (
+    EntitlementsUnavailableError,
+    FetchedAnswer,
+    Priority,
+    SyncResult,
+    fetch_user_answer,
+    sync_user_entitlements,
+)
 from core.models import EntitlementSyncState, User
 from worker.locks import TTLLock
 
@@ -72,22 +80,48 @@ def running_sync_serves_request(*, user_id) -> bool:
     return running and state["started_at"] >= state["requested_at"]
 
 
-def sync_for_batch(*, user_id, trigger: str, task_id: str) -> Outcome:
-    """Sync one user of a batch and say how it ended; one user's failure never stops a batch."""
-    try:
-        result = sync_under_lock(user_id=user_id, trigger=trigger, task_id=task_id)
-    except EntitlementsUnavailableError:
-        return Outcome.UNAVAILABLE
-    except User.DoesNotExist:
-        # Deleted between the fan-out and now: nothing left to sync.
-        return Outcome.SKIPPED
-    except Exception:
-        # Logged with its traceback (Sentry gets it), without the user's email or claims.
-        logger.exception("sync of user %s (%s) failed", user_id, trigger)
-        return Outcome.FAILED
-    if result is None:
+@dataclass(slots=True)
+class FetchedUser:
+    """One user of a batch after the fetch: their answer (held under their lock), the upstream
+    error to retry, or already an outcome (lock held elsewhere, failure)."""
+
+    user: User
+    lock: TTLLock | None = None
+    answer: FetchedAnswer | None = None
+    unavailable: EntitlementsUnavailableError | None = None
+    outcome: Outcome | None = None
+
+    def release(self) -> None:
+        """Free the user's lock, once their sync is recorded."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def fetch_under_lock(*, user: User) -> FetchedUser:
+    """Take the user's lock and fetch their answer for a batch; the lock stays held.
+
+    Never raises for one user: a batch goes on whatever happens to one of its users.
+    """
+    lock = user_lock(user.pk)
+    if not lock.acquire():
         # Another sync of this user is running now: it is at least as fresh as this run.
-        return Outcome.SKIPPED
+        return FetchedUser(user=user, outcome=Outcome.SKIPPED)
+    try:
+        # Bulk priority: a full run leaves the rate limit's reserve to login syncs.
+        answer = fetch_user_answer(user=user, priority=Priority.BULK)
+    except EntitlementsUnavailableError as error:
+        return FetchedUser(user=user, lock=lock, unavailable=error)
+    except Exception:
+        lock.release()
+        # Logged with its traceback (Sentry gets it), without the user's email or claims.
+        logger.exception("sync of user %s failed while fetching", user.pk)
+        return FetchedUser(user=user, outcome=Outcome.FAILED)
+    return FetchedUser(user=user, lock=lock, answer=answer)
+
+
+def outcome_of(result: SyncResult) -> Outcome:
+    """How a finished sync counts in its run."""
     if result.status in _FAILED_STATUSES:
         return Outcome.FAILED
     return Outcome.CHANGED if result.changed else Outcome.DONE

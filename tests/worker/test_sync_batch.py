@@ -1,0 +1,97 @@
+"""A full resync's batch (worker.runs.sync_batch) on PostgreSQL and Redis: answers fetched by
+threads, reconciled together, every lock released, one user's trouble never the others'."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from core.entitlements import EntitlementsBackend, UpstreamAnswer
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
+from worker.runs import sync_batch
+from worker.user_sync import user_lock
+
+ALPHA, BETA = "alpha.example.org", "beta.example.org"
+VANISHING = "vanishing@example.org"
+
+
+class UserDeletingBackend(EntitlementsBackend):
+    """Names alpha for everyone, and deletes the user `vanishing@` while asked about them."""
+
+    @property
+    def forwarded_claim_names(self) -> list[str]:
+        return []
+
+    def get_entitlements(self, *, user, forwarded_claims: Mapping[str, Any]) -> UpstreamAnswer:
+        if user.email == VANISHING:
+            User.objects.filter(pk=user.pk).delete()
+        return UpstreamAnswer.authoritative([ALPHA])
+
+
+def _rights(user) -> set[str]:
+    return set(
+        MailDomainAccess.objects.filter(user=user).values_list("maildomain__name", flat=True)
+    )
+
+
+def test_a_batch_reconciles_its_users_and_releases_every_lock(
+    transactional_db, make_user, scripted_upstream, settings
+):
+    settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = 3
+    MailDomain.objects.create(name=ALPHA)
+    MailDomain.objects.create(name=BETA)
+    users = [make_user() for _ in range(7)]
+    scripted_upstream(admins_by_email={user.email: [ALPHA, BETA] for user in users[:5]})
+
+    outcome = sync_batch(user_ids=[str(user.pk) for user in users], trigger="periodic", task_id="b")
+
+    assert outcome.as_dict() == {
+        "done": 7,
+        "changed": 5,
+        "failed": 0,
+        "skipped": 0,
+        "retrying": 0,
+    }
+    assert all(_rights(user) == {ALPHA, BETA} for user in users[:5])
+    states = EntitlementSyncState.objects.filter(user__in=users)
+    assert {(state.last_trigger, state.last_task_id) for state in states} == {("periodic", "b")}
+    assert all(state.finished_at >= state.started_at for state in states)
+    assert not any(user_lock(user.pk).locked() for user in users)
+
+
+def test_a_user_whose_sync_runs_elsewhere_is_skipped_and_keeps_its_lock(
+    transactional_db, make_user, scripted_upstream
+):
+    MailDomain.objects.create(name=ALPHA)
+    busy, free = make_user(), make_user()
+    scripted_upstream(admins_by_email={busy.email: [ALPHA], free.email: [ALPHA]})
+    held = user_lock(busy.pk)
+    assert held.acquire()
+    try:
+        outcome = sync_batch(user_ids=[str(busy.pk), str(free.pk)], trigger="admin", task_id="")
+
+        assert (outcome.as_dict()["done"], outcome.as_dict()["skipped"]) == (1, 1)
+        assert _rights(busy) == set()
+        assert _rights(free) == {ALPHA}
+        assert user_lock(busy.pk).locked(), "the other sync's lock must stay"
+    finally:
+        held.release()
+
+
+def test_a_user_deleted_during_the_batch_is_skipped_and_the_others_synced(
+    transactional_db, make_user, settings
+):
+    settings.ENTITLEMENTS_BACKEND = f"{__name__}.UserDeletingBackend"
+    settings.ENTITLEMENTS_BACKEND_PARAMETERS = {}
+    settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = 4
+    MailDomain.objects.create(name=ALPHA)
+    vanishing = make_user(email=VANISHING)
+    others = [make_user() for _ in range(3)]
+
+    outcome = sync_batch(
+        user_ids=[str(user.pk) for user in [*others, vanishing]], trigger="periodic", task_id=""
+    )
+
+    assert (outcome.as_dict()["done"], outcome.as_dict()["skipped"]) == (3, 1)
+    assert outcome.as_dict()["failed"] == 0
+    assert not User.objects.filter(pk=vanishing.pk).exists()
+    assert all(_rights(user) == {ALPHA} for user in others)
+    assert not user_lock(vanishing.pk).locked()
