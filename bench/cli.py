@@ -9,7 +9,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.modes import MODES
+from bench.modes import MODES, PARTS
 from bench.report import Figures
 from bench.services import (
     REPO,
@@ -58,6 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="users per bulk message")
     parser.add_argument(
         "--batch-threads", type=int, default=None, help="upstream calls in flight per batch"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(PARTS),
+        help="run only this part (repeatable); the docs are then not written",
     )
     parser.add_argument(
         "--docs",
@@ -123,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
                     ],
                 },
                 tuning=tuning,
+                parts=frozenset(args.only or PARTS),
             )
     except BenchSetupError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
     figures.note("bench_seconds", round(time.monotonic() - started, 1))
-    docs = args.docs or (str(REPO / "docs" / "performance.md") if mode.writes_docs else None)
+    docs = args.docs or (
+        str(REPO / "docs" / "performance.md") if mode.writes_docs and not args.only else None
+    )
     if docs:
         figures.write_docs(Path(docs))
     shutil.copy(figures.save(LOG_DIR / f"{mode.name}.txt"), LOG_DIR / "last.txt")

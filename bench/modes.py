@@ -2,6 +2,10 @@
 
 from dataclasses import dataclass
 
+# What a run may be limited to (--only): figure 3; figures 1, 2 idle and 7; figures 2 during a
+# run, 4, 5 and 6; the run with one shared worker.
+PARTS = frozenset({"queries", "logins", "resync", "shared"})
+
 
 @dataclass(frozen=True)
 class Mode:

@@ -9,7 +9,7 @@ from django.core.management import call_command
 
 from bench import data
 from bench.logins import async_login, inline_login, login_to_rights, storm, timed_logins
-from bench.modes import Mode
+from bench.modes import PARTS, Mode
 from bench.queries import queries_per_sync
 from bench.report import Figures, machine_description
 from bench.resync import MB, RunFigures, full_resync, noop_throughput
@@ -83,8 +83,12 @@ def run_all(
     log_dir: Path,
     layouts: dict[str, list[WorkerSpec]],
     tuning: dict[str, str],
+    parts: frozenset[str] = PARTS,
 ) -> None:
-    """Every figure of the issue, in order; each line is printed as soon as it is measured."""
+    """Every figure of the issue, in order; each line is printed as soon as it is measured.
+
+    `parts` picks some of PARTS only, to iterate on one of them.
+    """
     call_command("migrate", verbosity=0)
     data.empty_tables()
     redis_server.client.flushdb()
@@ -100,25 +104,31 @@ def run_all(
         },
     }
 
-    # Figure 3, in this process: no worker needed.
-    stub.control(latency=0, generation=0)
-    figures.add_all(queries_per_sync())
-    data.delete_users(kind="queries")
+    if "queries" in parts:
+        # Figure 3, in this process: no worker needed.
+        stub.control(latency=0, generation=0)
+        figures.add_all(queries_per_sync())
+        data.delete_users(kind="queries")
 
     with running_workers(layouts["split"], env=worker_env, log_dir=log_dir) as workers:
         figures.add("noop_tasks_per_s", noop_throughput(app, tasks=mode.noop_tasks))
-        for latency in LOGIN_LATENCIES_MS:
-            stub.control(latency=latency / 1000)
-            _login_overheads(mode, figures, latency, redis_server, workers)
-            if latency == LOGIN_LATENCIES_MS[0]:
-                _rights_when_idle(mode, figures)
-                _storm(mode, figures, redis_server, workers)
-        purge_interactive(redis_server, workers)
-        for kind in ("async25", "inline25", "async2000", "inline2000", "rights", "storm"):
-            data.delete_users(kind=kind)
-        stub.control(latency=RESYNC_LATENCY_MS / 1000)
-        _full_runs(mode, figures, stub, redis_server, workers)
+        if "logins" in parts:
+            for latency in LOGIN_LATENCIES_MS:
+                stub.control(latency=latency / 1000)
+                _login_overheads(mode, figures, latency, redis_server, workers)
+                if latency == LOGIN_LATENCIES_MS[0]:
+                    _rights_when_idle(mode, figures)
+                    _storm(mode, figures, redis_server, workers)
+            purge_interactive(redis_server, workers)
+            for kind in ("async25", "inline25", "async2000", "inline2000", "rights", "storm"):
+                data.delete_users(kind=kind)
+        if "resync" in parts:
+            stub.control(latency=RESYNC_LATENCY_MS / 1000)
+            _full_runs(mode, figures, stub, redis_server, workers)
 
+    if "shared" not in parts:
+        return
+    stub.control(latency=RESYNC_LATENCY_MS / 1000)
     with running_workers(layouts["shared"], env=worker_env, log_dir=log_dir) as workers:
         stub.control(generation=2)
         probes = data.create_users(kind="probeshared", indexes=range(mode.rights_probes), status=OK)
