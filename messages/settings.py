@@ -99,7 +99,10 @@ _database_url = env_url(
 )
 try:
     _database = dj_database_url.parse(
-        _database_url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+        _database_url,
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+        # A kept connection is checked before it is reused (requests, and tasks: worker/apps.py).
+        conn_health_checks=True,
     )
 except ValueError as error:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {error}") from None
@@ -342,6 +345,12 @@ CELERY_ENABLE_UTC = True
 
 # At-least-once delivery: a task killed mid-way runs again, so every task is idempotent.
 CELERY_TASK_ACKS_LATE = True
+# Celery's Django fix-up closes every database connection before and after each task unless
+# this is set: reopening one (a new PostgreSQL backend process, Django's set-up) cost more
+# CPU than a login's whole sync (docs/performance.md). Connections are recycled instead as
+# Django does around requests, by DB_CONN_MAX_AGE and a health check (worker/apps.py); the
+# fix-up still closes them every 2 x this many tasks.
+CELERY_DB_REUSE_MAX = 10_000
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "interactive"

@@ -1,6 +1,8 @@
 """Django app configuration for the Celery plumbing."""
 
+from celery.signals import task_postrun, task_prerun
 from django.apps import AppConfig, apps
+from django.db import connections
 from django.db.models.signals import post_migrate
 
 
@@ -18,3 +20,19 @@ class WorkerConfig(AppConfig):
             sender=apps.get_app_config("django_celery_beat"),
             dispatch_uid="worker.ensure_periodic_tasks",
         )
+        task_prerun.connect(recycle_database_connections, dispatch_uid="worker.recycle_db")
+        task_postrun.connect(recycle_database_connections, dispatch_uid="worker.recycle_db_after")
+
+
+def recycle_database_connections(task=None, **kwargs) -> None:
+    """Around each task, close the connections Django would close around a request: too old
+    (DB_CONN_MAX_AGE), broken, or failing their health check; keep the others for the next.
+
+    Settings set CELERY_DB_REUSE_MAX, so Celery no longer reopens a connection per task.
+    """
+    if task is not None and getattr(task.request, "is_eager", False):
+        # An eager task runs inside its caller, whose connection and transaction are its own.
+        return
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()

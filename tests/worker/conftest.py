@@ -128,6 +128,10 @@ def producer_app(broker_url: str):
     app = Celery("producer", set_as_current=False)
     app.config_from_object("django.conf:settings", namespace="CELERY")
     app.conf.broker_url = broker_url
+    # A worker started on this app runs in a test thread: Celery must close its database
+    # connection after each task (settings' CELERY_DB_REUSE_MAX would keep it open past the
+    # test, and the test database could not be flushed and dropped behind it).
+    app.conf.CELERY_DB_REUSE_MAX = None
     # setup_default_app only restores the previous apps on exit; it does not switch.
     with setup_default_app(app):
         app.set_current()
