@@ -115,6 +115,10 @@ class Figures:
         }
         for name in ("users", "seconds", "users_per_s"):
             self.add(f"run_{label}_{name}", getattr(run, name))
+        self.add(f"run_{label}_machine_cpu_percent", run.machine_cpu_percent)
+        for name, seconds in run.cpu_seconds.items():
+            # CPU milliseconds per user, by part: where the time goes.
+            self.add(f"run_{label}_cpu_ms_per_user_{name}", seconds * 1000 / max(run.users, 1))
 
     def save(self, path: Path) -> Path:
         """Every line, as printed, into `path`."""

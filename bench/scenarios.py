@@ -143,6 +143,7 @@ def run_all(
         )
         figures.add_percentiles("login_to_rights", "ms_fullrun_shared", latencies)
         figures.add("full_resync_users_per_s_shared", run.users_per_s)
+        figures.add_run("shared", run, bulk=workers[0].spec.name)
 
 
 def _login_overheads(mode, figures, latency, redis_server, workers) -> None:
