@@ -37,25 +37,39 @@ def inline_login(user: User) -> None:
 
 
 def timed_logins(
-    users: list[User], login: Callable[[User], None], *, threads: int = 1, warmup: int = 0
+    users: list[User],
+    login: Callable[[User], None],
+    *,
+    threads: int = 1,
+    warmup: int = 0,
+    every: float = 0.0,
 ) -> list[float]:
-    """Milliseconds each login step took, logins run one after another in `threads` threads.
+    """Milliseconds each login step took, logins run one after another in `threads` threads,
+    one starting every `every` seconds at most.
 
     The first `warmup` users log in untimed (connections opened, code paths warm).
     """
     for user in users[:warmup]:
         login(user)
     users = users[warmup:]
-    if threads == 1:
-        return [_timed(login, user) for user in users]
 
     def run(share: list[User]) -> list[float]:
+        timings = []
+        started = time.perf_counter()
         try:
-            return [_timed(login, user) for user in share]
+            for number, user in enumerate(share):
+                delay = started + number * every * threads - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                timings.append(_timed(login, user))
         finally:
             # Each thread opened its own database connection.
-            connections.close_all()
+            if threads > 1:
+                connections.close_all()
+        return timings
 
+    if threads == 1:
+        return run(users)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         shares = [users[number::threads] for number in range(threads)]
         return [ms for timings in pool.map(run, shares) for ms in timings]
