@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(env BENCH_DATABASE_URL)",
     )
     parser.add_argument(
-        "--bulk-concurrency", type=int, default=2, help="prefork children of the bulk worker"
+        "--bulk-concurrency", type=int, default=3, help="prefork children of the bulk worker"
     )
     parser.add_argument(
         "--interactive-concurrency",

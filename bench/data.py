@@ -89,10 +89,7 @@ def access_row_writes() -> int:
         return int(cursor.fetchone()[0])
 
 
-STATS_SETTLE_SECONDS = 11
-
-
-def settled_access_row_writes() -> int:
+def settled_access_row_writes(*, settle_seconds: float) -> int:
     """access_row_writes once every backend has reported its last writes."""
-    time.sleep(STATS_SETTLE_SECONDS)
+    time.sleep(settle_seconds)
     return access_row_writes()

@@ -232,9 +232,9 @@ def _full_runs(mode, figures, stub, redis_server, workers) -> None:
     figures.add("login_to_rights_fullrun_samples", len(latencies))
     data.delete_users(kind="probe")
 
-    before = data.settled_access_row_writes()
+    before = data.settled_access_row_writes(settle_seconds=mode.stats_settle_seconds)
     unchanged = _run(workers, stub, redis_server)
-    writes = data.settled_access_row_writes() - before
+    writes = data.settled_access_row_writes(settle_seconds=mode.stats_settle_seconds) - before
     stub.control(generation=1)
     changed = _run(workers, stub, redis_server)
     noop = figures.values["noop_tasks_per_s"]

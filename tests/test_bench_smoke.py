@@ -1,0 +1,66 @@
+"""The benchmark works: `python -m bench --smoke` runs every part against PostgreSQL, Redis,
+worker subprocesses and the stub, and prints each figure of issue 6 as `name=value`.
+
+Only that it works: a benchmark is not a timed test, no speed is asserted here."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO = Path(__file__).resolve().parent.parent
+
+FIGURES = (
+    "login_overhead_p50_ms_async_25",
+    "login_overhead_p99_ms_async_25",
+    "login_overhead_p99_ms_async_2000",
+    "login_overhead_p99_ms_inline_25",
+    "login_overhead_p99_ms_inline_2000",
+    "login_to_rights_p99_ms_idle",
+    "login_to_rights_p99_ms_fullrun",
+    "queries_per_sync_1",
+    "queries_per_sync_50",
+    "queries_per_sync_500",
+    "noop_tasks_per_s",
+    "full_resync_users",
+    "full_resync_seconds",
+    "full_resync_users_per_s",
+    "full_resync_ratio_to_noop",
+    "unchanged_run_access_writes",
+    "unchanged_run_cost_ratio",
+    "peak_rss_mb_worker",
+    "peak_rss_mb_fanout",
+    "storm_logins",
+    "storm_queued_syncs",
+)
+LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
+
+
+def _bench_database_url() -> str:
+    """The smoke run's own database beside the suite's: its tables are emptied by the run."""
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    name = parts.path.lstrip("/") or "messages"
+    return urlunsplit(parts._replace(path=f"/{name}_bench_smoke"))
+
+
+def test_smoke_mode_prints_every_figure_with_a_number():
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"],
+        cwd=REPO,
+        env={**os.environ, "BENCH_DATABASE_URL": _bench_database_url()},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    printed = dict(
+        match.groups() for line in completed.stdout.splitlines() if (match := LINE.match(line))
+    )
+    missing = [name for name in FIGURES if name not in printed]
+    assert not missing, f"not printed as name=number: {missing}\n{completed.stdout}"
+    assert int(printed["storm_logins"]) == 1000
+    assert int(printed["queries_per_sync_1"]) == int(printed["queries_per_sync_500"])
