@@ -348,6 +348,22 @@ def test_invalid_names_are_reported_with_a_generic_error(deploycenter):
     assert list(MailDomain.objects.values_list("name", flat=True)) == ["good.example.org"]
 
 
+def test_names_that_only_look_valid_are_refused(deploycenter):
+    # A newline inside a label once passed the validator (`$` matches before a final "\n"),
+    # and Unicode lowers the Kelvin sign to an ASCII "k": neither may create a domain.
+    names = ["evil\n.example.org", "evil.example\n.org", "\u212aelvin.example.org"]
+
+    response = deploycenter.post(URL, {"domains": names}, format="json")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "created": [],
+        "existing": [],
+        "errors": [{"domain": name, "error": "invalid domain name"} for name in names],
+    }
+    assert not MailDomain.objects.exists()
+
+
 def test_repeating_a_request_changes_nothing(deploycenter):
     payload = {
         "domains": ["one.example.org", "two.example.org", "bad_name"],
