@@ -191,6 +191,23 @@ def test_only_post_is_allowed(deploycenter):
             '{"domains": ["a.example.org"], "custom_attributes": null}',
             {"custom_attributes": ["This field may not be null."]},
         ),
+        # PostgreSQL's jsonb refuses these: they once made a 500.
+        (
+            '{"domains": ["a.example.org"], "custom_attributes": {"siret": "1\\u00002"}}',
+            {"custom_attributes": ["Must not contain null characters."]},
+        ),
+        (
+            '{"domains": ["a.example.org"], "custom_attributes": {"\\u0000": 1}}',
+            {"custom_attributes": ["Must not contain null characters."]},
+        ),
+        (
+            '{"domains": ["a.example.org"], "custom_attributes": {"a": [{"b": "\\ud800"}]}}',
+            {"custom_attributes": ["Must not contain lone surrogate characters."]},
+        ),
+        (
+            '{"domains": ["a.example.org"], "custom_attributes": {"quota": 1e400}}',
+            {"custom_attributes": ["Must not contain numbers too large for JSON."]},
+        ),
     ],
     ids=[
         "not-json",
@@ -214,6 +231,10 @@ def test_only_post_is_allowed(deploycenter):
         "attributes-a-list",
         "attributes-a-string",
         "attributes-null",
+        "attributes-nul-in-value",
+        "attributes-nul-in-key",
+        "attributes-lone-surrogate",
+        "attributes-infinite-number",
     ],
 )
 def test_bad_input_is_a_400_with_a_clear_body(deploycenter, body, expected):
