@@ -145,6 +145,42 @@ def test_key_is_compared_with_hmac_compare_digest_on_bytes(deploycenter, monkeyp
     assert compared == [(KEY.encode(), KEY.encode())]
 
 
+@pytest.mark.parametrize(
+    "presented",
+    ["", "x", KEY[:-1], KEY + "x", "x" + KEY[1:], KEY[:-1] + "x", KEY.upper(), "y" * 200],
+    ids=[
+        "empty",
+        "one-char",
+        "shorter",
+        "longer",
+        "first-char-wrong",
+        "last-char-wrong",
+        "upper-case",
+        "very-long",
+    ],
+)
+def test_every_wrong_key_goes_through_the_same_comparison(
+    db, provisioning_key, monkeypatch, presented
+):
+    # No check of our own on the key's length or content may answer before compare_digest:
+    # how long a refusal takes must not depend on how much of the key was right.
+    compared = []
+    real_compare_digest = hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((a, b))
+        return real_compare_digest(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {presented}")
+
+    response = client.post(URL, {"domains": ["a.example.org"]}, format="json")
+
+    assert response.status_code == 403
+    assert compared == [(presented.encode(), KEY.encode())]
+
+
 def test_only_post_is_allowed(deploycenter):
     response = deploycenter.get(URL)
 
