@@ -14,8 +14,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.entitlements import AnswerKind
-
 # The accesses the test user holds before each case: two made by the sync, one by hand.
 ENTITLED_DOMAINS = ("alpha.example.org", "beta.example.org")
 MANUAL_DOMAIN = "manual.example.org"
@@ -25,12 +23,23 @@ LOOKALIKE_DOMAIN = "kelvin.example.org"
 LOG_SENTINEL = "forged-log-line"
 MAX_BODY = "1 MB"
 
-AUTHORITATIVE = AnswerKind.AUTHORITATIVE
-NO_INFORMATION = AnswerKind.NO_INFORMATION
-INVALID = AnswerKind.INVALID
-BAD_REQUEST = AnswerKind.BAD_REQUEST
-CONFIGURATION = AnswerKind.CONFIGURATION
-UNAVAILABLE = AnswerKind.UNAVAILABLE
+# The classes of core.entitlements.AnswerKind, spelled as its values so that this module is
+# plain data (no Django needed to print the table).
+AUTHORITATIVE = "authoritative"
+NO_INFORMATION = "no_information"
+INVALID = "invalid"
+BAD_REQUEST = "bad_request"
+CONFIGURATION = "configuration"
+UNAVAILABLE = "unavailable"
+# What the sync's bookkeeping records for each class (docs/entitlements.md).
+SYNC_STATUS = {
+    AUTHORITATIVE: "ok",
+    NO_INFORMATION: "no_information",
+    INVALID: "invalid",
+    BAD_REQUEST: "error",
+    CONFIGURATION: "error",
+    UNAVAILABLE: "unavailable",
+}
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class MalformedAnswer:
     id: str
     what: str
     body: bytes
-    kind: AnswerKind
+    kind: str
     error_code: str
     status: int = 200
     content_type: str = "application/json"
@@ -660,10 +669,10 @@ CORPUS: list[MalformedAnswer] = [
         headers={"Content-Length": "abc"},
     ),
     # --- the status decides, whatever the body says -------------------------------------------
-    MalformedAnswer("204-no-content", "204 with no body", b"", INVALID, "http_204", status=204),
+    MalformedAnswer("204-no-content", "no body", b"", INVALID, "http_204", status=204),
     MalformedAnswer(
         "201-with-valid-body",
-        "201 with a valid body",
+        "a valid body",
         VALID,
         INVALID,
         "http_201",
@@ -671,7 +680,7 @@ CORPUS: list[MalformedAnswer] = [
     ),
     MalformedAnswer(
         "503-with-valid-body",
-        "503 with a valid-looking body",
+        "a valid body",
         VALID,
         UNAVAILABLE,
         "http_503",
@@ -679,7 +688,7 @@ CORPUS: list[MalformedAnswer] = [
     ),
     MalformedAnswer(
         "400-with-valid-body",
-        "400 with a valid-looking body",
+        "a valid body",
         VALID,
         BAD_REQUEST,
         "bad_request",
@@ -687,7 +696,7 @@ CORPUS: list[MalformedAnswer] = [
     ),
     MalformedAnswer(
         "401-with-valid-body",
-        "401 with a valid-looking body",
+        "a valid body",
         VALID,
         CONFIGURATION,
         "configuration",
@@ -708,13 +717,17 @@ CORPUS: list[MalformedAnswer] = [
 def markdown_table() -> str:
     """The corpus as the table of docs/reliability.md."""
     lines = [
-        "| case | answer | class / error code |",
-        "|---|---|---|",
+        "| case | HTTP | answer | class / error code | sync records |",
+        "|---|---|---|---|---|",
     ]
     for case in CORPUS:
-        status = "" if case.status == 200 else f"HTTP {case.status}: "
         code = f" / `{case.error_code}`" if case.error_code else ""
-        lines.append(f"| `{case.id}` | {status}{case.what} | {case.kind}{code} |")
+        recorded = SYNC_STATUS[case.kind]
+        if case.kind == UNAVAILABLE:
+            recorded += ", raises `EntitlementsUnavailableError` (the task retries)"
+        lines.append(
+            f"| `{case.id}` | {case.status} | {case.what} | {case.kind}{code} | {recorded} |"
+        )
     return "\n".join(lines)
 
 
