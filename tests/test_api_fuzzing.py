@@ -4,7 +4,7 @@ Schemathesis reads /api/v1.0/schema/ from the WSGI application (no server) and g
 requests that fit the schema (positive) and requests that break it (negative), for every
 operation, as three clients: anonymous, a staff admin of a domain (session + CSRF token), and
 DeployCenter with the provisioning key. Hypothesis runs derandomized: the same requests every
-run. Run with `-s` to print the figures of docs/reliability.md ("Bad input").
+run. The figures of docs/reliability.md ("Bad input") show in pytest's summary.
 """
 
 import json
@@ -26,6 +26,7 @@ from schemathesis.checks import not_a_server_error
 
 from core.models import MailDomainAccess
 from messages.wsgi import application
+from tests import figures
 from tests.factories import MailDomainAccessFactory, MailDomainFactory, UserFactory
 
 SCHEMA_PATH = "/api/v1.0/schema/?format=json"
@@ -67,20 +68,22 @@ _schema_statuses: Counter = Counter()
 _provisioning_statuses: Counter = Counter()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _print_figures():
-    """Print what was generated once the module ran (shown with `pytest -s`)."""
-    yield
+@figures.reporter
+def _measured() -> list[str]:
+    lines = []
     for name, statuses in (
         ("schemathesis, 9 operations x 2 modes x 3 clients", _schema_statuses),
         ("provisioning property test", _provisioning_statuses),
     ):
+        if not statuses:
+            continue
         answered = ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items()))
         server_errors = sum(count for status, count in statuses.items() if status >= 500)
-        print(
-            f"\nAPI fuzzing ({name}): {sum(statuses.values())} generated requests, "
+        lines.append(
+            f"API fuzzing ({name}): {sum(statuses.values())} generated requests, "
             f"{server_errors} server errors; statuses {answered}"
         )
+    return lines
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """Every malformed upstream answer of the corpus, over real HTTP: classified, nothing changed.
 
-Run with `-s` to print the figures of docs/reliability.md ("Bad input").
+The figures of docs/reliability.md ("Bad input") show in pytest's summary.
 """
 
 import logging
 import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from core.entitlements import (
     sync_user_entitlements,
 )
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
+from tests import figures
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.entitlements.malformed_answers import (
     CORPUS,
@@ -26,6 +28,7 @@ from tests.entitlements.malformed_answers import (
     MANUAL_DOMAIN,
     SYNC_STATUS,
     MalformedAnswer,
+    markdown_table,
 )
 
 EMAIL = "admin@alpha.example.org"
@@ -40,16 +43,15 @@ _tally = {"cases": 0, "accesses_changed": 0}
 _figures: list[str] = []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _print_figures():
-    """Print the measured figures once the module ran (shown with `pytest -s`)."""
-    yield
-    for line in _figures:
-        print(line)
-    print(
-        f"\nbad input: {_tally['cases']}/{len(CORPUS)} cases classified as expected, "
-        f"{_tally['accesses_changed']} accesses changed, no unexpected exception"
-    )
+@figures.reporter
+def _measured() -> list[str]:
+    if not _tally["cases"]:
+        return []
+    return [
+        *_figures,
+        f"bad input: {_tally['cases']}/{len(CORPUS)} cases classified as expected, "
+        f"{_tally['accesses_changed']} accesses changed, no unexpected exception",
+    ]
 
 
 @pytest.fixture
@@ -121,6 +123,13 @@ def test_corpus_is_large_and_covers_every_class():
     assert len(CORPUS) >= 30
     assert len({case.id for case in CORPUS}) == len(CORPUS)
     assert {case.kind for case in CORPUS} == {str(kind) for kind in AnswerKind}
+
+
+def test_reliability_docs_list_every_case():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+
+    # Regenerate with `python -m tests.entitlements.malformed_answers`.
+    assert markdown_table() in docs.read_text()
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[case.id for case in CORPUS])
