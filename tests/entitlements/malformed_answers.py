@@ -273,10 +273,18 @@ CORPUS: list[MalformedAnswer] = [
     ),
     MalformedAnswer(
         "can-access-string-with-list",
-        'can_access is the string "true" next to a valid list (the list decides)',
+        'can_access is the string "true" next to a valid list (the contract pairs the list '
+        "with can_access true only)",
         admin_of(list(ENTITLED_DOMAINS), can_access="true"),
-        AUTHORITATIVE,
-        "",
+        INVALID,
+        "contradictory",
+    ),
+    MalformedAnswer(
+        "can-access-false-with-empty-list",
+        "can_access false next to an empty list: must not revoke everything",
+        answer({"can_access": False, "can_admin_maildomains": []}),
+        INVALID,
+        "contradictory",
     ),
     MalformedAnswer(
         "list-key-capitalised",

@@ -156,6 +156,10 @@ def classify_body(body: bytes | None) -> UpstreamAnswer:
         if not (isinstance(reason, str) and _REASON_TOKEN.match(reason)):
             reason = "no_information"
         return UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, reason)
+    if entitlements.get("can_access") is not True:
+        # The contract pairs the list with can_access true; a list beside anything else is an
+        # answer we do not understand, and must not be read as "revoke".
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "contradictory")
     domains = entitlements["can_admin_maildomains"]
     if not isinstance(domains, list):
         return UpstreamAnswer.failure(AnswerKind.INVALID, "not_a_list")
