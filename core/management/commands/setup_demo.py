@@ -82,7 +82,7 @@ class Command(BaseCommand):
                     f"  Environment   {env_file} (used by `make run`)",
                     "  Try           .venv/bin/python manage.py simulate_login "
                     "admin@alpha.example.org",
-                    "  In-process    .venv/bin/honcho run -e data/demo.env .venv/bin/python "
+                    f"  In-process    .venv/bin/honcho run -e {env_file} .venv/bin/python "
                     "manage.py sync_entitlements --all --dry-run",
                 ]
             )
