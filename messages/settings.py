@@ -310,6 +310,9 @@ CELERY_ENABLE_UTC = True
 # At-least-once delivery: a task killed mid-way runs again, so every task is idempotent.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A late-ack task whose broker connection dropped will be delivered again: stop this copy
+# rather than run two (Celery 6's default). An unserved login request is re-sent by the sweep.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "interactive"
 # Login syncs on "interactive", full and per-domain resyncs on "bulk" (worker/queues.py).
