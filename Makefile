@@ -8,6 +8,11 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/messages_ci
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
 PYTEST_ARGS ?=
+# Where the embedded default keeps its files (the settings' DATA_DIR).
+DATA_DIR ?= data
+# The demo's periodic resync runs every two minutes, so a revocation shows quickly (set at the
+# first migrate only: afterwards the schedule is edited in the Django admin).
+DEMO_RESYNC_INTERVAL ?= 120
 
 .PHONY: install run demo test test-slow lint bench bench-full clean
 
@@ -20,9 +25,11 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/python manage.py migrate --noinput
+	ENTITLEMENTS_RESYNC_INTERVAL=$(DEMO_RESYNC_INTERVAL) $(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py setup_demo
-	$(BIN)/honcho start -f Procfile
+	@# The file broker never removes fanout bindings: each run starts with a clean control folder.
+	rm -rf "$(DATA_DIR)/broker/control"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile -e "$(abspath $(DATA_DIR))/demo.env"
 
 test: install
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \

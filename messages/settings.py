@@ -226,6 +226,20 @@ ENTITLEMENTS_RESYNC_INTERVAL = env_int("ENTITLEMENTS_RESYNC_INTERVAL", 3600, min
 # Requests for the same user inside this window collapse into one queued task.
 ENTITLEMENTS_SYNC_DEDUP_SECONDS = env_int("ENTITLEMENTS_SYNC_DEDUP_SECONDS", 10, minimum=0)
 ENTITLEMENTS_SYNC_MAX_RETRIES = env_int("ENTITLEMENTS_SYNC_MAX_RETRIES", 5, minimum=0)
+# Retry delays: full jitter under an exponential ceiling, base * 2**retries, capped.
+ENTITLEMENTS_SYNC_RETRY_BASE_DELAY = env_float(
+    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY", 2.0, minimum=0.1
+)
+ENTITLEMENTS_SYNC_RETRY_MAX_DELAY = env_float(
+    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY", 120.0, minimum=1.0
+)
+# A recorded request not picked up by a worker after this long is enqueued again by the sweep.
+ENTITLEMENTS_SYNC_SWEEP_GRACE_SECONDS = env_int(
+    "ENTITLEMENTS_SYNC_SWEEP_GRACE_SECONDS", 120, minimum=10
+)
+# Full resync fan-out: users per bulk message, and upstream calls in flight per message.
+ENTITLEMENTS_SYNC_BATCH_SIZE = env_int("ENTITLEMENTS_SYNC_BATCH_SIZE", 100, minimum=1)
+ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = env_int("ENTITLEMENTS_SYNC_BATCH_CONCURRENCY", 8, minimum=1)
 
 # Upstream protection (core/entitlements/upstream_guard.py, docs/reliability.md). The rate limit
 # is one budget shared through Redis by every worker on every machine; 0 turns it off.
@@ -270,10 +284,21 @@ if CELERY_TASK_TIME_LIMIT * 2 > _VISIBILITY_TIMEOUT:
         "CELERY_VISIBILITY_TIMEOUT must be at least twice CELERY_TASK_TIME_LIMIT "
         f"({_VISIBILITY_TIMEOUT} < 2 x {CELERY_TASK_TIME_LIMIT})"
     )
+# A retry waiting for its countdown is an unacked message on Redis: past the visibility
+# timeout it would be delivered a second time.
+if ENTITLEMENTS_SYNC_RETRY_MAX_DELAY + CELERY_TASK_TIME_LIMIT > _VISIBILITY_TIMEOUT / 2:
+    raise ImproperlyConfigured(
+        "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY plus CELERY_TASK_TIME_LIMIT must stay under half of "
+        f"CELERY_VISIBILITY_TIMEOUT ({ENTITLEMENTS_SYNC_RETRY_MAX_DELAY:g} + "
+        f"{CELERY_TASK_TIME_LIMIT} > {_VISIBILITY_TIMEOUT} / 2)"
+    )
 
 _BROKER_SCHEMES = {"redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem", "memory"}
 CELERY_BROKER_URL = env_url(
-    "CELERY_BROKER_URL", REDIS_URL or "filesystem://", schemes=_BROKER_SCHEMES
+    # "localhost" only silences kombu's "no hostname" warning: the folders below are the broker.
+    "CELERY_BROKER_URL",
+    REDIS_URL or "filesystem://localhost//",
+    schemes=_BROKER_SCHEMES,
 )
 _broker_scheme = urlsplit(CELERY_BROKER_URL).scheme
 if _broker_scheme == "filesystem":
@@ -318,8 +343,13 @@ CELERY_ENABLE_UTC = True
 # At-least-once delivery: a task killed mid-way runs again, so every task is idempotent.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A late-ack task whose broker connection dropped will be delivered again: stop this copy
+# rather than run two (Celery 6's default). An unserved login request is re-sent by the sweep.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "interactive"
+# Login syncs on "interactive", full and per-domain resyncs on "bulk" (worker/queues.py).
+CELERY_TASK_ROUTES = ("worker.queues.route_task",)
 
 # Flower shows every task with its state, arguments and result.
 CELERY_TASK_SEND_SENT_EVENT = True
@@ -327,6 +357,9 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_TRACK_STARTED = True
 
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Flower's basic auth, user:password[,user:password]; `manage.py run_flower` refuses to start
+# without it outside debug.
+FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Sentry ---------------------------------------------------------------------------------

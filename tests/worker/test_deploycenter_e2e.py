@@ -1,0 +1,116 @@
+"""End to end against the local DeployCenter over HTTP: OIDC login, worker, engine, stub.
+
+A login grants what DeployCenter says; a transient 503 is retried until it answers; a 401 is
+not retried; the periodic run revokes a right removed upstream from a user who never logs in
+again."""
+
+import time
+
+import pytest
+
+from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
+from core.sync_requests import request_sync
+from tests.deploycenter_stub import ALPHA_SIRET
+from tests.worker.conftest import FakeProvider
+
+ALPHA, BETA = "alpha.example.org", "beta.example.org"
+ADMIN = "admin@alpha.example.org"
+
+
+def wait_until(predicate, *, timeout=20.0, message="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {message}"
+        time.sleep(0.05)
+
+
+def admin_domains(user) -> set[str]:
+    return set(
+        MailDomainAccess.objects.filter(user=user).values_list("maildomain__name", flat=True)
+    )
+
+
+@pytest.fixture
+def world(
+    transactional_db,
+    celery_worker,
+    celery_app,
+    depends_on_current_app,
+    broker_queues,
+    deploycenter_backend,
+    settings,
+):
+    """A worker, the stub as the configured upstream, the alpha and beta domains."""
+    # Each sync asks the stub: the fresh cache would hide the changes these tests make.
+    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
+    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY = 0.2
+    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY = 0.4
+    for name in (ALPHA, BETA):
+        MailDomain.objects.create(name=name)
+    return deploycenter_backend
+
+
+@pytest.fixture
+def admin(world):
+    """The stub's admin, logged in once (forwarded siret stored)."""
+    user = User.objects.create_user(email=ADMIN, sub="sub-admin")
+    EntitlementSyncState.objects.create(user=user, forwarded_claims={"siret": ALPHA_SIRET})
+    return user
+
+
+def test_oidc_login_lands_deploycenter_rights(world, settings):
+    provider = FakeProvider(settings, passthru=(world.url,))
+
+    browser = provider.login({"sub": "sub-admin", "email": ADMIN, "siret": ALPHA_SIRET})
+
+    assert "_auth_user_id" in browser.session
+    user = User.objects.get(sub="sub-admin")
+    wait_until(lambda: admin_domains(user) == {ALPHA, BETA}, message="the login's sync")
+    [request] = world.requests
+    assert request["query"]["siret"] == [ALPHA_SIRET]
+
+
+def test_503_twice_then_200_succeeds_after_retries(world, admin, celery_app):
+    world.fail_with(503)
+
+    task_id = request_sync(user=admin, trigger="login")
+    wait_until(lambda: world.calls >= 2, message="two failed attempts")
+    world.recover()
+    result = celery_app.AsyncResult(task_id).get(timeout=20)
+
+    assert (result["status"], result["added"]) == ("ok", [ALPHA, BETA])
+    assert world.calls >= 3
+    assert admin_domains(admin) == {ALPHA, BETA}
+
+
+def test_401_is_not_retried_and_changes_nothing(world, admin, celery_app):
+    MailDomainAccess.objects.create(
+        user=admin,
+        maildomain=MailDomain.objects.get(name=ALPHA),
+        source=MailDomainAccess.Source.ENTITLEMENTS,
+    )
+    world.fail_with(401, b'{"detail": "Informations invalides."}', "application/json")
+
+    task_id = request_sync(user=admin, trigger="login")
+    result = celery_app.AsyncResult(task_id).get(timeout=20)
+    time.sleep(1)
+
+    assert (result["status"], result["error_code"]) == ("error", "configuration")
+    assert world.calls == 1
+    assert admin_domains(admin) == {ALPHA}
+
+
+def test_periodic_run_revokes_a_right_removed_upstream(world, admin, celery_app):
+    task_id = request_sync(user=admin, trigger="login")
+    celery_app.AsyncResult(task_id).get(timeout=20)
+    assert admin_domains(admin) == {ALPHA, BETA}
+
+    # Upstream drops beta; the admin never logs in again.
+    world.set_admin_domains(ADMIN, [ALPHA])
+    totals = celery_app.send_task("entitlements.sync_all_admins", args=["periodic"]).get(timeout=20)
+    wait_until(lambda: admin_domains(admin) == {ALPHA}, message="the periodic revocation")
+
+    assert totals["users_enqueued"] == 1
+    revocation = AccessAuditEntry.objects.get(user=admin, action="revoked")
+    assert (revocation.maildomain_name, revocation.trigger) == (BETA, "periodic")

@@ -1,0 +1,123 @@
+"""An OIDC login (mozilla-django-oidc's real code flow, the provider's token and userinfo
+endpoints answered by `responses`) records the forwarded claims and requests a sync; it never
+waits on the entitlements service and succeeds when the broker or the upstream is down."""
+
+import time
+
+from celery.contrib.testing.worker import start_worker
+from django_celery_results.models import TaskResult
+
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
+from core.sync_requests import enqueue_outstanding_requests
+from tests.worker.conftest import QUEUES, producer_app
+
+ALPHA = "alpha.example.org"
+SIRET = "12345678900017"
+
+
+CLAIMS = {
+    "sub": "sub-alice",
+    "email": "alice@alpha.example.org",
+    "given_name": "Alice",
+    "siret": SIRET,
+    "phone_number": "+33 1 23 45 67 89",
+}
+
+
+def logged_in(browser) -> bool:
+    return "_auth_user_id" in browser.session
+
+
+def test_login_returns_before_the_sync_and_the_worker_grants_later(
+    transactional_db,
+    celery_worker,
+    celery_app,
+    depends_on_current_app,
+    broker_queues,
+    provider,
+    scripted_upstream,
+):
+    MailDomain.objects.create(name=ALPHA)
+    scripted_upstream(
+        admins_by_email={CLAIMS["email"]: [ALPHA]}, claims=["siret"], latency_seconds=1.0
+    )
+
+    browser = provider.login(CLAIMS)
+
+    assert logged_in(browser)
+    assert browser.elapsed < 0.5, "the login must not wait on a 1 s upstream"
+    user = User.objects.get(sub="sub-alice")
+    assert not MailDomainAccess.objects.filter(user=user).exists()
+    state = EntitlementSyncState.objects.get(user=user)
+    # Exactly the claims the backend forwards: no phone number, no token.
+    assert state.forwarded_claims == {"siret": SIRET}
+    assert "oidc_access_token" not in browser.session
+    assert "oidc_id_token" not in browser.session
+    assert "the-access-token" not in str(dict(browser.session.items()))
+
+    deadline = time.monotonic() + 20
+    while not MailDomainAccess.objects.filter(user=user).exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    state.refresh_from_db()
+    assert (state.status, state.last_trigger) == ("ok", "login")
+
+
+def test_ten_logins_in_a_second_run_one_sync(
+    transactional_db,
+    celery_worker,
+    celery_app,
+    depends_on_current_app,
+    broker_queues,
+    provider,
+    scripted_upstream,
+):
+    scripted_upstream(admins_by_email={CLAIMS["email"]: []})
+
+    for _ in range(10):
+        assert logged_in(provider.login(CLAIMS))
+
+    user = User.objects.get(sub="sub-alice")
+    deadline = time.monotonic() + 20
+    while not EntitlementSyncState.objects.filter(user=user, status="ok").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1)
+    assert TaskResult.objects.filter(task_name="entitlements.sync_user").count() == 1
+
+
+def test_login_succeeds_while_the_upstream_is_down(
+    transactional_db, broker_queues, provider, scripted_upstream
+):
+    scripted_upstream(unavailable_emails=[CLAIMS["email"]], claims=["siret"])
+
+    browser = provider.login(CLAIMS)
+
+    assert logged_in(browser)
+    assert broker_queues.length("interactive") == 1
+
+
+def test_login_while_the_broker_is_down_succeeds_and_syncs_once_it_is_back(
+    transactional_db, private_redis, provider, scripted_upstream
+):
+    MailDomain.objects.create(name=ALPHA)
+    scripted_upstream(admins_by_email={CLAIMS["email"]: [ALPHA]}, claims=["siret"])
+
+    with producer_app(private_redis.url):
+        browser = provider.login(CLAIMS)
+
+    assert logged_in(browser), "a dead broker must not fail the login"
+    assert browser.elapsed < 2
+    user = User.objects.get(sub="sub-alice")
+    assert EntitlementSyncState.objects.get(user=user).requested_at is not None
+
+    private_redis.start()
+    with producer_app(private_redis.url) as app:
+        assert enqueue_outstanding_requests() == 1
+        with start_worker(app, pool="solo", queues=QUEUES, perform_ping_check=False):
+            deadline = time.monotonic() + 20
+            while not MailDomainAccess.objects.filter(user=user).exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+    assert EntitlementSyncState.objects.get(user=user).status == "ok"

@@ -1,0 +1,68 @@
+"""Named locks with an owner token and a time to live, on the shared Django cache."""
+
+import logging
+import uuid
+
+from django.core.cache import cache
+from redis.exceptions import LockError
+
+logger = logging.getLogger(__name__)
+
+_KEY_PREFIX = "entitlements:lock:"
+
+
+class TTLLock:
+    """A non-blocking lock that only its owner releases and that expires after `ttl` seconds.
+
+    The time to live is what frees the lock of a process killed while holding it, so it must
+    exceed the longest run of the code it protects. On Redis (django-redis) this is redis-py's
+    lock: atomic SET NX PX to take it, a Lua compare-and-delete to release it. Other cache
+    backends (the embedded default's file cache) get the same protocol through `cache.add`,
+    which is not atomic across processes there: good enough for one demo machine only.
+    """
+
+    def __init__(self, name: str, *, ttl: float):
+        self.key = f"{_KEY_PREFIX}{name}"
+        self.ttl = ttl
+        self._token = uuid.uuid4().hex
+        self._held = False
+        self._redis_lock = (
+            # The token is per lock object, not per thread: batch threads own their own locks.
+            cache.lock(self.key, timeout=ttl, thread_local=False)
+            if hasattr(cache, "lock")
+            else None
+        )
+
+    def acquire(self) -> bool:
+        """Take the lock if nobody holds it; never waits."""
+        if self._redis_lock is not None:
+            self._held = self._redis_lock.acquire(blocking=False)
+        else:
+            self._held = cache.add(self.key, self._token, timeout=self.ttl)
+        return self._held
+
+    def release(self) -> None:
+        """Free the lock if this object still owns it; a lock that expired is left alone."""
+        if not self._held:
+            return
+        self._held = False
+        if self._redis_lock is not None:
+            try:
+                self._redis_lock.release()
+            except LockError:
+                logger.warning("lock %s expired before its owner released it", self.key)
+            return
+        if cache.get(self.key) == self._token:
+            cache.delete(self.key)
+
+    def locked(self) -> bool:
+        """Whether anybody holds the lock now."""
+        if self._redis_lock is not None:
+            return self._redis_lock.locked()
+        return cache.get(self.key) is not None
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()

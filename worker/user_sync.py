@@ -1,0 +1,105 @@
+"""One user's sync inside a task: the per-user lock around the engine, and outcome counting."""
+
+import enum
+import logging
+
+from core.entitlements import (
+    EntitlementsUnavailableError,
+    Priority,
+    SyncResult,
+    sync_user_entitlements,
+)
+from core.models import EntitlementSyncState, User
+from worker.locks import TTLLock
+
+logger = logging.getLogger(__name__)
+
+# Hard time limit of entitlements.sync_user: one upstream call with its own timeouts and
+# retries inside, plus one short transaction.
+SYNC_USER_TIME_LIMIT = 60
+# Longer than any one user's sync (the task is killed at its hard limit, a batch thread's
+# user takes far less), so a live sync never loses its lock; a killed one frees it by expiry.
+USER_LOCK_TTL = SYNC_USER_TIME_LIMIT + 30
+
+_FAILED_STATUSES = frozenset(
+    status.value
+    for status in (
+        EntitlementSyncState.Status.INVALID,
+        EntitlementSyncState.Status.ERROR,
+        EntitlementSyncState.Status.UNAVAILABLE,
+    )
+)
+
+
+class Outcome(enum.StrEnum):
+    """How one user's sync inside a batch ended, as the run's counters count it."""
+
+    DONE = "done"
+    CHANGED = "changed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNAVAILABLE = "unavailable"
+
+
+def user_lock(user_id) -> TTLLock:
+    """The lock that keeps two syncs of one user from running at once."""
+    return TTLLock(f"sync-user:{user_id}", ttl=USER_LOCK_TTL)
+
+
+def sync_under_lock(
+    *, user_id, trigger: str, task_id: str, priority: Priority = Priority.INTERACTIVE
+) -> SyncResult | None:
+    """Run the engine's sync of the user while holding their lock; None if the lock is held.
+
+    Raises what the engine raises, EntitlementsUnavailableError included, lock released.
+    """
+    lock = user_lock(user_id)
+    if not lock.acquire():
+        return None
+    try:
+        return sync_user_entitlements(
+            user_id=user_id, trigger=trigger, task_id=task_id, priority=priority
+        )
+    finally:
+        lock.release()
+
+
+def running_sync_serves_request(*, user_id) -> bool:
+    """Whether a sync of the user is running that started after their latest request.
+
+    Such a sync reads the upstream after the request was made, so it honours it: a second
+    task for the same request can stop. A sync that started before the request cannot.
+    """
+    state = (
+        EntitlementSyncState.objects.filter(user_id=user_id)
+        .values("requested_at", "started_at", "finished_at")
+        .first()
+    )
+    if not state or not state["started_at"] or not state["requested_at"]:
+        return False
+    running = state["finished_at"] is None or state["finished_at"] < state["started_at"]
+    return running and state["started_at"] >= state["requested_at"]
+
+
+def sync_for_batch(*, user_id, trigger: str, task_id: str) -> Outcome:
+    """Sync one user of a batch and say how it ended; one user's failure never stops a batch."""
+    try:
+        # Batches are bulk work: under the upstream rate limit, logins go before them.
+        result = sync_under_lock(
+            user_id=user_id, trigger=trigger, task_id=task_id, priority=Priority.BULK
+        )
+    except EntitlementsUnavailableError:
+        return Outcome.UNAVAILABLE
+    except User.DoesNotExist:
+        # Deleted between the fan-out and now: nothing left to sync.
+        return Outcome.SKIPPED
+    except Exception:
+        # Logged with its traceback (Sentry gets it), without the user's email or claims.
+        logger.exception("sync of user %s (%s) failed", user_id, trigger)
+        return Outcome.FAILED
+    if result is None:
+        # Another sync of this user is running now: it is at least as fresh as this run.
+        return Outcome.SKIPPED
+    if result.status in _FAILED_STATUSES:
+        return Outcome.FAILED
+    return Outcome.CHANGED if result.changed else Outcome.DONE
