@@ -7,7 +7,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from celery import current_app
@@ -17,6 +17,7 @@ from django.db import connections
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from core.entitlements import RevocationGuard, new_run_budget
 from core.models import SyncRun
 from worker.locks import TTLLock
 from worker.queues import BULK_QUEUE, SYNC_USERS_BATCH_TASK
@@ -130,6 +131,8 @@ def start_run(
             status=SyncRun.Status.FAILED, error_code="incomplete", finished_at=now
         )
     skipped = another_is_starting or same_scope.exists()
+    # The blast-radius guard's budget, counted before any batch of the run revokes.
+    budget = {} if skipped else asdict(new_run_budget())
     return SyncRun.objects.create(
         scope=scope,
         maildomain_name=maildomain_name,
@@ -137,6 +140,7 @@ def start_run(
         task_id=task_id,
         status=SyncRun.Status.SKIPPED if skipped else SyncRun.Status.RUNNING,
         finished_at=now if skipped else None,
+        **budget,
     )
 
 
@@ -187,11 +191,18 @@ def fan_out(
     return enqueued
 
 
-def sync_batch(*, user_ids: list[str], trigger: str, task_id: str) -> BatchOutcome:
+def sync_batch(
+    *,
+    user_ids: list[str],
+    trigger: str,
+    task_id: str,
+    revocation_guard: RevocationGuard | None = None,
+) -> BatchOutcome:
     """Sync a batch of users with a small pool of threads; count how each ended.
 
     Threads, not processes: each user's sync waits on the upstream most of the time. Users
-    whose upstream was unavailable are listed for a retry of the batch.
+    whose upstream was unavailable are listed for a retry of the batch. The run's task passes
+    its `revocation_guard` (the run's budget), shared by the threads.
     """
     outcome = BatchOutcome()
     if not user_ids:
@@ -209,7 +220,12 @@ def sync_batch(*, user_ids: list[str], trigger: str, task_id: str) -> BatchOutco
                     user_id = pending.get_nowait()
                 except queue.Empty:
                     return
-                result = sync_for_batch(user_id=user_id, trigger=trigger, task_id=task_id)
+                result = sync_for_batch(
+                    user_id=user_id,
+                    trigger=trigger,
+                    task_id=task_id,
+                    revocation_guard=revocation_guard,
+                )
                 with outcome_lock:
                     if result == Outcome.UNAVAILABLE:
                         outcome.retry_user_ids.append(user_id)

@@ -6,6 +6,7 @@ import logging
 from core.entitlements import (
     EntitlementsUnavailableError,
     Priority,
+    RevocationGuard,
     SyncResult,
     sync_user_entitlements,
 )
@@ -47,7 +48,12 @@ def user_lock(user_id) -> TTLLock:
 
 
 def sync_under_lock(
-    *, user_id, trigger: str, task_id: str, priority: Priority = Priority.INTERACTIVE
+    *,
+    user_id,
+    trigger: str,
+    task_id: str,
+    priority: Priority = Priority.INTERACTIVE,
+    revocation_guard: RevocationGuard | None = None,
 ) -> SyncResult | None:
     """Run the engine's sync of the user while holding their lock; None if the lock is held.
 
@@ -58,7 +64,11 @@ def sync_under_lock(
         return None
     try:
         return sync_user_entitlements(
-            user_id=user_id, trigger=trigger, task_id=task_id, priority=priority
+            user_id=user_id,
+            trigger=trigger,
+            task_id=task_id,
+            priority=priority,
+            revocation_guard=revocation_guard,
         )
     finally:
         lock.release()
@@ -81,12 +91,18 @@ def running_sync_serves_request(*, user_id) -> bool:
     return running and state["started_at"] >= state["requested_at"]
 
 
-def sync_for_batch(*, user_id, trigger: str, task_id: str) -> Outcome:
+def sync_for_batch(
+    *, user_id, trigger: str, task_id: str, revocation_guard: RevocationGuard | None = None
+) -> Outcome:
     """Sync one user of a batch and say how it ended; one user's failure never stops a batch."""
     try:
         # Batches are bulk work: under the upstream rate limit, logins go before them.
         result = sync_under_lock(
-            user_id=user_id, trigger=trigger, task_id=task_id, priority=Priority.BULK
+            user_id=user_id,
+            trigger=trigger,
+            task_id=task_id,
+            priority=Priority.BULK,
+            revocation_guard=revocation_guard,
         )
     except EntitlementsUnavailableError:
         return Outcome.UNAVAILABLE

@@ -4,6 +4,15 @@ The one public door. Everything else in this package is an implementation detail
 """
 
 from core.entitlements.backends.base import AnswerKind, EntitlementsBackend, UpstreamAnswer
+from core.entitlements.blast_radius import (
+    ReleaseReport,
+    RunBudget,
+    RunRevocationGuard,
+    discard_held_revocations,
+    new_run_budget,
+    pending_held_revocations,
+    release_held_revocations,
+)
 from core.entitlements.cache import FetchedAnswer, fetch_entitlements
 from core.entitlements.errors import (
     EntitlementsConfigurationError,
@@ -12,6 +21,7 @@ from core.entitlements.errors import (
 )
 from core.entitlements.factory import forwarded_claim_names, get_backend
 from core.entitlements.reconcile import (
+    RevocationGuard,
     SyncResult,
     grant_accesses_for_new_domains,
     reconcile_admin_accesses,
@@ -28,13 +38,21 @@ __all__ = (
     "EntitlementsUnavailableError",
     "FetchedAnswer",
     "Priority",
+    "ReleaseReport",
+    "RevocationGuard",
+    "RunBudget",
+    "RunRevocationGuard",
     "SyncResult",
     "UpstreamAnswer",
+    "discard_held_revocations",
     "fetch_entitlements",
     "forwarded_claim_names",
     "get_backend",
     "grant_accesses_for_new_domains",
+    "new_run_budget",
+    "pending_held_revocations",
     "reconcile_admin_accesses",
+    "release_held_revocations",
     "sync_user_entitlements",
     "upstream_guard_state",
     "users_entitled_to",

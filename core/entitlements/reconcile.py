@@ -2,7 +2,7 @@
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import transaction
@@ -40,6 +40,7 @@ class SyncResult:
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
     cache: CacheStatus = "miss"
+    held: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -58,6 +59,16 @@ class _Plan:
     to_add: dict[str, Any] = field(default_factory=dict)  # domain name -> domain id
     to_remove: dict[str, Any] = field(default_factory=dict)  # domain name -> access id
     unchanged: int = 0
+    held: dict[str, Any] = field(default_factory=dict)  # revocations the guard held back
+
+
+class RevocationGuard(Protocol):
+    """Decides inside a reconcile's transaction whether its revocations may happen now.
+
+    Returns False to hold them: the accesses stay, and the guard records why.
+    """
+
+    def __call__(self, *, user, maildomain_names: list[str]) -> bool: ...
 
 
 def reconcile_admin_accesses(
@@ -68,12 +79,15 @@ def reconcile_admin_accesses(
     task_id: str = "",
     dry_run: bool = False,
     cache: CacheStatus = "miss",
+    revocation_guard: RevocationGuard | None = None,
 ) -> SyncResult:
     """Grant and revoke the user's ADMIN accesses to match an authoritative answer.
 
     Runs in one transaction with the user's sync state row locked, so two syncs of one user
     queue behind each other. A non-authoritative answer changes no access and only records
     why. The query count does not depend on the number of domains. `dry_run` plans only.
+    A `revocation_guard` (a resync run's budget) is asked only when the plan revokes; the
+    revocations it holds stay, and the result lists them as `held`.
     """
     if dry_run:
         plan = _plan(user=user, answer=answer) if answer.is_authoritative else _Plan()
@@ -81,6 +95,12 @@ def reconcile_admin_accesses(
     with transaction.atomic():
         state = _locked_state(user)
         plan = _plan(user=user, answer=answer) if answer.is_authoritative else _Plan()
+        if (
+            plan.to_remove
+            and revocation_guard is not None
+            and not revocation_guard(user=user, maildomain_names=sorted(plan.to_remove))
+        ):
+            plan.held, plan.to_remove = plan.to_remove, {}
         _apply(user=user, plan=plan, trigger=trigger, task_id=task_id)
         _record(state=state, answer=answer, trigger=trigger, task_id=task_id, cache=cache)
     return _result(user=user, answer=answer, trigger=trigger, plan=plan, cache=cache)
@@ -193,6 +213,7 @@ def _result(
         removed=sorted(plan.to_remove),
         unchanged=plan.unchanged,
         cache=cache,
+        held=sorted(plan.held),
     )
 
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from core.entitlements.backends.base import AnswerKind
 from core.entitlements.cache import fetch_entitlements
 from core.entitlements.errors import EntitlementsUnavailableError
-from core.entitlements.reconcile import SyncResult, reconcile_admin_accesses
+from core.entitlements.reconcile import RevocationGuard, SyncResult, reconcile_admin_accesses
 from core.entitlements.upstream_guard import Priority
 from core.models import EntitlementSyncState, User
 
@@ -26,6 +26,7 @@ def sync_user_entitlements(
     force_refresh: bool = False,
     dry_run: bool = False,
     priority: Priority = Priority.INTERACTIVE,
+    revocation_guard: RevocationGuard | None = None,
 ) -> SyncResult:
     """Fetch the user's entitlements and reconcile their ADMIN accesses; return what changed.
 
@@ -33,6 +34,7 @@ def sync_user_entitlements(
     recording it) when the upstream is down and no stale answer is usable: retry later.
     Every other upstream failure is recorded and returned, and changes no access. `priority`
     says whether a person waits (login, manual) or a bulk run does, for the upstream rate limit.
+    A resync run passes its `revocation_guard` (blast_radius.RunRevocationGuard).
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
     try:
@@ -62,17 +64,19 @@ def sync_user_entitlements(
         task_id=task_id,
         dry_run=dry_run,
         cache=fetched.cache,
+        revocation_guard=revocation_guard,
     )
     level = logging.ERROR if fetched.answer.kind in _LOUD else logging.INFO
     logger.log(
         level,
-        "sync of user %s (%s): %s%s, +%d -%d, cache %s%s",
+        "sync of user %s (%s): %s%s, +%d -%d, %d held, cache %s%s",
         user.pk,
         trigger,
         result.status,
         f" ({result.error_code})" if result.error_code else "",
         len(result.added),
         len(result.removed),
+        len(result.held),
         result.cache,
         " (dry run)" if dry_run else "",
     )
