@@ -91,10 +91,19 @@ class RunRevocationGuard:
 
     def __call__(self, *, user, maildomain_names: list[str]) -> bool:
         """True: revoke these accesses now. False: they are held (recorded here)."""
-        if not self._holding and self._reserve(len(maildomain_names)):
-            return True
-        self._holding = True
-        self._hold(user=user, maildomain_names=maildomain_names)
+        if not self._holding:
+            if self._reserve(len(maildomain_names)):
+                return True
+            self._mark_run_holding()
+            self._holding = True
+        # A revocation already pending from an earlier run keeps its row (unique while pending).
+        HeldRevocation.objects.bulk_create(
+            [
+                HeldRevocation(run_id=self.run_id, user=user, maildomain_name=name)
+                for name in maildomain_names
+            ],
+            ignore_conflicts=True,
+        )
         return False
 
     def _reserve(self, count: int) -> bool:
@@ -111,24 +120,16 @@ class RunRevocationGuard:
             ).update(accesses_revoked=F("accesses_revoked") + count)
         )
 
-    def _hold(self, *, user, maildomain_names: list[str]) -> None:
-        """Mark the run holding (the first holder reports it) and record the held revocations."""
-        tripped = SyncRun.objects.filter(pk=self.run_id, revocations_held=False).update(
+    def _mark_run_holding(self) -> None:
+        """Flag the run as holding; the reconcile that flags it reports it once committed."""
+        flagged = SyncRun.objects.filter(pk=self.run_id, revocations_held=False).update(
             revocations_held=True,
             error_code=Case(
                 When(error_code="", then=Value(HELD_ERROR_CODE)), default=F("error_code")
             ),
         )
-        if tripped:
+        if flagged:
             transaction.on_commit(partial(_report_held_run, run_id=self.run_id))
-        # A revocation already pending from an earlier run keeps its row (unique while pending).
-        HeldRevocation.objects.bulk_create(
-            [
-                HeldRevocation(run_id=self.run_id, user=user, maildomain_name=name)
-                for name in maildomain_names
-            ],
-            ignore_conflicts=True,
-        )
 
 
 def _report_held_run(*, run_id: int) -> None:
