@@ -137,7 +137,7 @@ def _report_held_run(*, run_id: int) -> None:
     run = SyncRun.objects.filter(pk=run_id).values(
         "revocable_accesses", "revoke_budget", "accesses_revoked"
     )[0]
-    earlier = "; held revocations of an earlier run are pending" if not run["revoke_budget"] else ""
+    earlier = pending_held_revocations().exclude(run_id=run_id).exists()
     logger.error(
         "resync run %s reached its revocation budget (%s revoked, budget %s of %s revocable "
         "accesses%s): its further revocations are held until an operator releases or "
@@ -146,7 +146,7 @@ def _report_held_run(*, run_id: int) -> None:
         run["accesses_revoked"],
         run["revoke_budget"],
         run["revocable_accesses"],
-        earlier,
+        "; held revocations of an earlier run are pending" if earlier else "",
     )
 
 
