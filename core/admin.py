@@ -17,7 +17,6 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_http_methods
 
 from core.entitlements import (
-    EntitlementsConfigurationError,
     discard_held_revocations,
     forwarded_claim_names,
     release_held_revocations,
@@ -92,10 +91,7 @@ def _claims_display(state: EntitlementSyncState | None, *, with_values: bool) ->
         stored = ", ".join(f"{name}={value}" for name, value in sorted(claims.items()))
     else:
         stored = ", ".join(sorted(claims))
-    try:
-        forwarded = ", ".join(forwarded_claim_names()) or "none"
-    except EntitlementsConfigurationError:
-        forwarded = "unknown: the backend's settings are wrong"
+    forwarded = ", ".join(forwarded_claim_names()) or "none"
     return f"{stored or 'none'} (the backend forwards: {forwarded})"
 
 
