@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             tuning = {
                 "ENTITLEMENTS_CACHE_TIMEOUT": "0",
                 "ENTITLEMENTS_RATE_LIMIT_PER_SECOND": str(RATE_LIMIT_PER_SECOND),
+                # The changed run revokes one access of every user on purpose: the
+                # blast-radius guard (default 10% per run) would hold nine in ten of them.
+                "ENTITLEMENTS_MAX_REVOKE_SHARE": "1",
             }
             if args.batch_size:
                 tuning["ENTITLEMENTS_SYNC_BATCH_SIZE"] = str(args.batch_size)

@@ -222,9 +222,60 @@ class SyncRun(models.Model):
     users_failed = models.PositiveIntegerField(default=0)
     users_skipped = models.PositiveIntegerField(default=0)
     error_code = models.CharField(max_length=64, blank=True)
+    # The blast-radius guard (core/entitlements/blast_radius.py): the accesses the sync could
+    # revoke when the run started, how many of them the run may revoke, how many it did, and
+    # whether it reached its budget and held its further revocations.
+    revocable_accesses = models.PositiveIntegerField(default=0)
+    revoke_budget = models.PositiveIntegerField(default=0)
+    accesses_revoked = models.PositiveIntegerField(default=0)
+    revocations_held = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-started_at"]
+        permissions = [("request_resync", "Can start entitlements resyncs from the admin")]
 
     def __str__(self):
         return f"{self.scope} resync {self.started_at:%Y-%m-%d %H:%M} ({self.status})"
+
+
+class HeldRevocation(models.Model):
+    """A revocation a resync run did not apply because it would have gone over the run's budget.
+
+    The access stays until an operator releases the revocation (it is applied if the user's
+    last answer still does not name the domain) or discards it (the access is kept).
+    """
+
+    class Resolution(models.TextChoices):
+        PENDING = "pending", "Pending"
+        REVOKED = "revoked", "Released: revoked"
+        KEPT = "kept", "Released: kept, the last answer names the domain again"
+        GONE = "gone", "Released: the access was already gone"
+        DISCARDED = "discarded", "Discarded: access kept"
+
+    run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="held_revocations")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="held_revocations")
+    # A name, as in the audit trail: the row must outlive a deleted domain.
+    maildomain_name = models.CharField(max_length=253)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolution = models.CharField(
+        max_length=10, choices=Resolution.choices, default=Resolution.PENDING
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("release_heldrevocation", "Can release or discard held revocations")]
+        constraints = [
+            # A later run holding the same revocation again adds no second pending row.
+            models.UniqueConstraint(
+                fields=["user", "maildomain_name"],
+                condition=models.Q(resolution="pending"),
+                name="unique_pending_held_revocation",
+            ),
+        ]
+
+    def __str__(self):
+        return f"held revocation of {self.maildomain_name} ({self.resolution})"

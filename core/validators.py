@@ -1,11 +1,16 @@
 """Validation of mail domain names."""
 
 import re
+import string
 
 from django.core.exceptions import ValidationError
 
 # One DNS label: letters, digits and inner hyphens, 1 to 63 characters (IDNs in punycode).
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Matched with fullmatch: `$` would also accept a label followed by a newline.
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+# str.lower() maps some non-ASCII letters to ASCII ones (the Kelvin sign "K" becomes "k"):
+# only ASCII letters are lowered, so such a name stays non-ASCII and is refused.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def validate_domain_name(value: str) -> None:
@@ -15,10 +20,15 @@ def validate_domain_name(value: str) -> None:
     labels = value.split(".")
     if len(value) > 253 or len(labels) < 2:
         raise ValidationError("Enter a valid domain name.", code="invalid_domain")
-    if not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+    if not all(_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
         raise ValidationError("Enter a valid domain name.", code="invalid_domain")
+
+
+def ascii_lower(value: str) -> str:
+    """Lower-case the ASCII letters of a name and leave every other character as it is."""
+    return value.translate(_ASCII_LOWER)
 
 
 def normalize_domain_name(value: str) -> str:
     """Return a domain name as stored: surrounding whitespace removed, lower-case."""
-    return value.strip().lower()
+    return ascii_lower(value.strip())

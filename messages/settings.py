@@ -243,6 +243,18 @@ ENTITLEMENTS_SYNC_SWEEP_GRACE_SECONDS = env_int(
 # Full resync fan-out: users per bulk message, and upstream calls in flight per message.
 ENTITLEMENTS_SYNC_BATCH_SIZE = env_int("ENTITLEMENTS_SYNC_BATCH_SIZE", 100, minimum=1)
 ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = env_int("ENTITLEMENTS_SYNC_BATCH_CONCURRENCY", 8, minimum=1)
+# Blast-radius guard (docs/reliability.md): one resync run may revoke at most this share of
+# the accesses the sync could revoke when it started, and always at least the floor, so a small
+# deployment can still revoke a few; past that its revocations are held for an operator.
+# 10 %: an hourly run's real revocations are well under 1 %, while an upstream answering empty
+# lists for everyone would revoke 100 %.
+ENTITLEMENTS_MAX_REVOKE_SHARE = env_float("ENTITLEMENTS_MAX_REVOKE_SHARE", 0.1, minimum=0.0)
+if ENTITLEMENTS_MAX_REVOKE_SHARE > 1:
+    raise ImproperlyConfigured(
+        "ENTITLEMENTS_MAX_REVOKE_SHARE must be between 0 and 1, "
+        f"got {ENTITLEMENTS_MAX_REVOKE_SHARE}"
+    )
+ENTITLEMENTS_MAX_REVOKE_MIN = env_int("ENTITLEMENTS_MAX_REVOKE_MIN", 10, minimum=0)
 
 # Upstream protection (core/entitlements/upstream_guard.py, docs/reliability.md). The rate limit
 # is one budget shared through Redis by every worker on every machine; 0 turns it off.
@@ -352,6 +364,9 @@ CELERY_TASK_ACKS_LATE = True
 # fix-up still closes them every 2 x this many tasks.
 CELERY_DB_REUSE_MAX = 10_000
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A late-ack task whose broker connection dropped will be delivered again: stop this copy
+# rather than run two (Celery 6's default). An unserved login request is re-sent by the sweep.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "interactive"
 # Login syncs on "interactive", full and per-domain resyncs on "bulk" (worker/queues.py).

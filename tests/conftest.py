@@ -6,6 +6,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from tests import figures
 from tests.deploycenter_stub import DeployCenterStub
 from tests.factories import UserFactory
 
@@ -65,3 +66,12 @@ def user_client(user):
     client = APIClient()
     client.force_login(user)
     return client
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Show the figures measured by the tests that ran (docs/reliability.md quotes them)."""
+    measured = figures.lines()
+    if measured:
+        terminalreporter.section("figures")
+        for line in measured:
+            terminalreporter.write_line(line)

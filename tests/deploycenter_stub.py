@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -61,6 +62,8 @@ NOT_AUTHENTICATED = "Informations d'authentification non fournies."
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _SERVER_ERROR_HTML = b"<!doctype html><html><body><h1>Server Error (500)</h1></body></html>"
 _NOT_FOUND_HTML = b"<!doctype html><html><body><h1>Not Found</h1></body></html>"
+# Size of each chunk of a chunked answer (`answer_raw(..., chunked=True)`).
+_CHUNK_BYTES = 64 * 1024
 
 
 def _stable_id(name: str) -> str:
@@ -86,7 +89,7 @@ class DeployCenterStub:
         self._default_accounts = copy.deepcopy(accounts or DEFAULT_ACCOUNTS)
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server = _StubServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._server.stub = self
@@ -149,19 +152,35 @@ class DeployCenterStub:
             self.accounts = copy.deepcopy(self._default_accounts)
             self.latency = 0.0
             self.hang_seconds = 0.0
-            self.forced: tuple[int, bytes, str] | None = None
+            # (status, headers, body) given to every request while set.
+            self.forced: tuple[int, dict[str, str], bytes] | None = None
             self.calls = 0
             self.requests: list[dict[str, Any]] = []
 
     def fail_with(self, status: int, body: bytes = b"", content_type: str = "text/html") -> None:
         """Answer every request with this status and body (503, 429, 500...)."""
-        self.forced = (status, body, content_type)
+        self.forced = (status, {"Content-Type": content_type}, body)
 
     def answer_raw(
-        self, body: bytes, *, status: int = 200, content_type: str = "application/json"
+        self,
+        body: bytes,
+        *,
+        status: int = 200,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        chunked: bool = False,
     ) -> None:
-        """Answer every request with this raw body (malformed JSON, HTML, a huge body...)."""
-        self.forced = (status, body, content_type)
+        """Answer every request with this raw body (malformed JSON, HTML, a huge body...).
+
+        `headers` adds or replaces response headers: a `Content-Encoding` the body does not
+        honour, or a `Content-Length` that lies (the connection is closed after the body).
+        `chunked` streams the body in chunks with no `Content-Length`, so a client cannot
+        refuse it from the headers and must stop reading by itself.
+        """
+        forced_headers = {"Content-Type": content_type, **(headers or {})}
+        if chunked:
+            forced_headers["Transfer-Encoding"] = "chunked"
+        self.forced = (status, forced_headers, body)
 
     def recover(self) -> None:
         """Stop forcing answers and hanging: answer per the contract again."""
@@ -218,8 +237,8 @@ class DeployCenterStub:
         if self.hang_seconds:
             self._release.wait(self.hang_seconds)
         if self.forced:
-            status, body, content_type = self.forced
-            return status, {"Content-Type": content_type}, body
+            status, headers, body = self.forced
+            return status, dict(headers), body
         if path == ENDPOINT_PATH.rstrip("/"):
             location = ENDPOINT_PATH + (f"?{raw_query}" if raw_query else "")
             return 301, {"Location": location, "Content-Type": "text/html; charset=utf-8"}, b""
@@ -336,6 +355,16 @@ def _json(
     )
 
 
+class _StubServer(ThreadingHTTPServer):
+    """A threaded HTTP server that stays quiet when a client drops its connection."""
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that stops reading a huge body resets the connection: expected, not news.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Hands every request to the stub; keeps connections alive like a real server."""
 
@@ -350,17 +379,34 @@ class _Handler(BaseHTTPRequestHandler):
         status, headers, body = self.server.stub.answer(
             self.command, parts.path, parts.query, self.headers
         )
+        chunked = headers.get("Transfer-Encoding") == "chunked"
         try:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            if "Content-Length" in headers:
+                # A forced length may lie: the connection cannot carry another answer.
+                self.close_connection = True
+            elif not chunked:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                self._write_body(body, chunked=chunked)
         except (BrokenPipeError, ConnectionResetError):
             # The client gave up (e.g. its timeout fired during a hang): nothing to answer.
             self.close_connection = True
+
+    def _write_body(self, body: bytes, *, chunked: bool) -> None:
+        if not chunked:
+            self.wfile.write(body)
+            return
+        view = memoryview(body)
+        for start in range(0, len(view), _CHUNK_BYTES):
+            piece = view[start : start + _CHUNK_BYTES]
+            self.wfile.write(b"%x\r\n" % len(piece))
+            self.wfile.write(piece)
+            self.wfile.write(b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -7,6 +7,7 @@ from django.urls import reverse
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
+    HeldRevocation,
     MailDomain,
     MailDomainAccess,
     SyncRun,
@@ -44,6 +45,9 @@ def records(db):
     )
     audit = AccessAuditEntryFactory(user=access.user, maildomain_name="alpha.example.org")
     run = SyncRunFactory(users_enqueued=3, users_done=3, users_changed=1)
+    held = HeldRevocation.objects.create(
+        run=run, user=access.user, maildomain_name="alpha.example.org"
+    )
     return {
         User: access.user,
         MailDomain: access.maildomain,
@@ -51,6 +55,7 @@ def records(db):
         EntitlementSyncState: state,
         AccessAuditEntry: audit,
         SyncRun: run,
+        HeldRevocation: held,
     }
 
 
@@ -58,8 +63,16 @@ def admin_url(model, view: str, *args) -> str:
     return reverse(f"admin:core_{model._meta.model_name}_{view}", args=args)
 
 
-ALL_MODELS = [User, MailDomain, MailDomainAccess, EntitlementSyncState, AccessAuditEntry, SyncRun]
-READ_ONLY_MODELS = [EntitlementSyncState, AccessAuditEntry, SyncRun]
+ALL_MODELS = [
+    User,
+    MailDomain,
+    MailDomainAccess,
+    EntitlementSyncState,
+    AccessAuditEntry,
+    SyncRun,
+    HeldRevocation,
+]
+READ_ONLY_MODELS = [EntitlementSyncState, AccessAuditEntry, SyncRun, HeldRevocation]
 # The management form of the user page's empty accesses inline.
 NO_ACCESS_ROWS = {"maildomain_accesses-TOTAL_FORMS": "0", "maildomain_accesses-INITIAL_FORMS": "0"}
 

@@ -1,10 +1,14 @@
 """Errors never leak exception text: DRF views, Django's own 404/500, malformed bodies."""
 
+import psycopg
 import pytest
-from django.test import RequestFactory
+from django.db import connection
+from django.test import Client, RequestFactory
+from rest_framework.test import APIClient
 
 from core.api import handlers
 from core.api import serializers as api_serializers
+from tests.factories import UserFactory
 
 
 def test_unhandled_error_in_a_view_is_a_generic_500(user_client, monkeypatch, caplog):
@@ -66,3 +70,84 @@ def test_django_uses_the_project_handlers():
 
     assert urls.handler404 == "core.api.handlers.page_not_found"
     assert urls.handler500 == "core.api.handlers.server_error"
+
+
+# --- A real failure: the database connection dies under a request --------------------------
+
+DATABASE_FAILURE_MARKERS = (
+    "OperationalError",
+    "InterfaceError",
+    "terminat",
+    "connection",
+    "psycopg",
+    "Traceback",
+    'File "',
+    "SELECT",
+)
+
+
+def _kill_database_connection() -> None:
+    """Terminate this process's PostgreSQL session from another one, as a crash or a failover
+    would: the next query of the request fails for real."""
+    connection.ensure_connection()
+    backend_pid = connection.connection.info.backend_pid
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as killer:
+        killer.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+
+
+@pytest.fixture
+def database_killed_once(transactional_db):
+    """Yields a function that kills the connection; Django reconnects for the teardown."""
+    yield _kill_database_connection
+    connection.close()
+
+
+def _assert_generic_500(response) -> None:
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Internal server error."}
+    for marker in DATABASE_FAILURE_MARKERS:
+        assert marker not in response.content.decode()
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["debug-off", "debug-on"])
+def test_database_failure_in_provisioning_is_a_generic_500(
+    database_killed_once, settings, debug, caplog
+):
+    settings.DEBUG = debug
+    settings.PROVISIONING_API_KEY = "k3y"
+    client = APIClient(raise_request_exception=False)
+    client.credentials(HTTP_AUTHORIZATION="Bearer k3y")
+    database_killed_once()
+
+    response = client.post(
+        "/api/v1.0/provisioning/maildomains/", {"domains": ["a.example.org"]}, format="json"
+    )
+
+    _assert_generic_500(response)
+    # The operator gets the real error in the logs.
+    assert "OperationalError" in caplog.text
+
+
+def test_database_failure_while_loading_the_session_is_a_generic_500(database_killed_once):
+    client = APIClient(raise_request_exception=False)
+    client.force_login(UserFactory())
+    database_killed_once()
+
+    response = client.get("/api/v1.0/users/me/")
+
+    _assert_generic_500(response)
+
+
+def test_database_failure_outside_the_api_shows_no_traceback(database_killed_once, settings):
+    settings.DEBUG = False
+    client = Client(raise_request_exception=False)
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    database_killed_once()
+
+    response = client.get("/admin/")
+
+    assert response.status_code == 500
+    assert response["Content-Type"].startswith("text/html")
+    for marker in DATABASE_FAILURE_MARKERS:
+        assert marker not in response.content.decode()

@@ -145,6 +145,42 @@ def test_key_is_compared_with_hmac_compare_digest_on_bytes(deploycenter, monkeyp
     assert compared == [(KEY.encode(), KEY.encode())]
 
 
+@pytest.mark.parametrize(
+    "presented",
+    ["", "x", KEY[:-1], KEY + "x", "x" + KEY[1:], KEY[:-1] + "x", KEY.upper(), "y" * 200],
+    ids=[
+        "empty",
+        "one-char",
+        "shorter",
+        "longer",
+        "first-char-wrong",
+        "last-char-wrong",
+        "upper-case",
+        "very-long",
+    ],
+)
+def test_every_wrong_key_goes_through_the_same_comparison(
+    db, provisioning_key, monkeypatch, presented
+):
+    # No check of our own on the key's length or content may answer before compare_digest:
+    # how long a refusal takes must not depend on how much of the key was right.
+    compared = []
+    real_compare_digest = hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((a, b))
+        return real_compare_digest(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {presented}")
+
+    response = client.post(URL, {"domains": ["a.example.org"]}, format="json")
+
+    assert response.status_code == 403
+    assert compared == [(presented.encode(), KEY.encode())]
+
+
 def test_only_post_is_allowed(deploycenter):
     response = deploycenter.get(URL)
 
@@ -191,6 +227,23 @@ def test_only_post_is_allowed(deploycenter):
             '{"domains": ["a.example.org"], "custom_attributes": null}',
             {"custom_attributes": ["This field may not be null."]},
         ),
+        # PostgreSQL's jsonb refuses these: they once made a 500.
+        (
+            '{"domains": ["a.example.org"], "custom_attributes": {"siret": "1\\u00002"}}',
+            {"custom_attributes": ["Must not contain null characters."]},
+        ),
+        (
+            '{"domains": ["a.example.org"], "custom_attributes": {"\\u0000": 1}}',
+            {"custom_attributes": ["Must not contain null characters."]},
+        ),
+        (
+            '{"domains": ["a.example.org"], "custom_attributes": {"a": [{"b": "\\ud800"}]}}',
+            {"custom_attributes": ["Must not contain lone surrogate characters."]},
+        ),
+        (
+            '{"domains": ["a.example.org"], "custom_attributes": {"quota": 1e400}}',
+            {"custom_attributes": ["Must not contain numbers too large for JSON."]},
+        ),
     ],
     ids=[
         "not-json",
@@ -214,6 +267,10 @@ def test_only_post_is_allowed(deploycenter):
         "attributes-a-list",
         "attributes-a-string",
         "attributes-null",
+        "attributes-nul-in-value",
+        "attributes-nul-in-key",
+        "attributes-lone-surrogate",
+        "attributes-infinite-number",
     ],
 )
 def test_bad_input_is_a_400_with_a_clear_body(deploycenter, body, expected):
@@ -346,6 +403,22 @@ def test_invalid_names_are_reported_with_a_generic_error(deploycenter):
         {"domain": "a..example.org", "error": "invalid domain name"},
     ]
     assert list(MailDomain.objects.values_list("name", flat=True)) == ["good.example.org"]
+
+
+def test_names_that_only_look_valid_are_refused(deploycenter):
+    # A newline inside a label once passed the validator (`$` matches before a final "\n"),
+    # and Unicode lowers the Kelvin sign to an ASCII "k": neither may create a domain.
+    names = ["evil\n.example.org", "evil.example\n.org", "\u212aelvin.example.org"]
+
+    response = deploycenter.post(URL, {"domains": names}, format="json")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "created": [],
+        "existing": [],
+        "errors": [{"domain": name, "error": "invalid domain name"} for name in names],
+    }
+    assert not MailDomain.objects.exists()
 
 
 def test_repeating_a_request_changes_nothing(deploycenter):

@@ -51,6 +51,9 @@ def test_valid_environment_starts(tmp_path):
         ("FEATURE_MAILDOMAIN_CREATE", "sometimes"),
         ("FEATURE_MAILDOMAIN_MANAGE_ACCESSES", "2"),
         ("SENTRY_DSN", "not-a-dsn"),
+        ("ENTITLEMENTS_MAX_REVOKE_SHARE", "1.5"),
+        ("ENTITLEMENTS_MAX_REVOKE_SHARE", "-0.1"),
+        ("ENTITLEMENTS_MAX_REVOKE_MIN", "-1"),
     ],
 )
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value):

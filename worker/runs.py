@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from celery import current_app
@@ -19,8 +19,10 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from core.entitlements import (
+    RevocationGuard,
     SyncResult,
     finish_user_syncs,
+    new_run_budget,
     record_sync_unavailable,
     start_user_syncs,
 )
@@ -137,6 +139,8 @@ def start_run(
             status=SyncRun.Status.FAILED, error_code="incomplete", finished_at=now
         )
     skipped = another_is_starting or same_scope.exists()
+    # The blast-radius guard's budget, counted before any batch of the run revokes.
+    budget = {} if skipped else asdict(new_run_budget())
     return SyncRun.objects.create(
         scope=scope,
         maildomain_name=maildomain_name,
@@ -144,6 +148,7 @@ def start_run(
         task_id=task_id,
         status=SyncRun.Status.SKIPPED if skipped else SyncRun.Status.RUNNING,
         finished_at=now if skipped else None,
+        **budget,
     )
 
 
@@ -194,14 +199,21 @@ def fan_out(
     return enqueued
 
 
-def sync_batch(*, user_ids: list[str], trigger: str, task_id: str) -> BatchOutcome:
+def sync_batch(
+    *,
+    user_ids: list[str],
+    trigger: str,
+    task_id: str,
+    revocation_guard: RevocationGuard | None = None,
+) -> BatchOutcome:
     """Sync a batch of users: a small pool of threads fetches, this thread reconciles in bulk.
 
     Threads, not processes: fetching is waiting on the upstream, and it makes no database
     query. The answers that arrived within a short window are reconciled together in one
     transaction (a handful of queries however many users), then their locks are released, so
     a user's lock is held from before their fetch until just after their rights are committed.
-    Users whose upstream was unavailable are listed for a retry of the batch.
+    Users whose upstream was unavailable are listed for a retry of the batch. The run's task
+    passes its `revocation_guard` (the run's budget), asked inside each reconcile.
     """
     outcome = BatchOutcome()
     if not user_ids:
@@ -241,7 +253,7 @@ def sync_batch(*, user_ids: list[str], trigger: str, task_id: str) -> BatchOutco
                 running -= gathered.count(_THREAD_DONE)
                 fetched = [item for item in gathered if item is not _THREAD_DONE]
                 gathered.clear()
-                _finish(fetched, outcome, trigger, task_id)
+                _finish(fetched, outcome, trigger, task_id, revocation_guard)
             except SoftTimeLimitExceeded:
                 # Finish the users in flight, start no new one; the rest goes to the retry.
                 logger.warning(
@@ -276,12 +288,20 @@ def _gather(arrived: queue.SimpleQueue, gathered: list, *, running: int) -> None
             return
 
 
-def _finish(fetched: list[FetchedUser], outcome: BatchOutcome, trigger: str, task_id: str) -> None:
+def _finish(
+    fetched: list[FetchedUser],
+    outcome: BatchOutcome,
+    trigger: str,
+    task_id: str,
+    revocation_guard: RevocationGuard | None,
+) -> None:
     """Record the fetched users' syncs, count them, release their locks."""
     counted: set[int] = set()
     try:
         answered = [item for item in fetched if item.answer is not None]
-        for item, result in zip(answered, _reconcile(answered, trigger, task_id), strict=True):
+        for item, result in zip(
+            answered, _reconcile(answered, trigger, task_id, revocation_guard), strict=True
+        ):
             outcome.counts[outcome_of(result) if isinstance(result, SyncResult) else result] += 1
             counted.add(id(item))
         for item in fetched:
@@ -304,7 +324,12 @@ def _finish(fetched: list[FetchedUser], outcome: BatchOutcome, trigger: str, tas
             item.release()
 
 
-def _reconcile(answered: list[FetchedUser], trigger: str, task_id: str) -> list:
+def _reconcile(
+    answered: list[FetchedUser],
+    trigger: str,
+    task_id: str,
+    revocation_guard: RevocationGuard | None,
+) -> list:
     """Each user's SyncResult, or the Outcome of a user whose reconcile failed.
 
     All together in one transaction; if that fails, one by one, so that one user's failure
@@ -314,7 +339,9 @@ def _reconcile(answered: list[FetchedUser], trigger: str, task_id: str) -> list:
         return []
     answers = [(item.user, item.answer) for item in answered]
     try:
-        return finish_user_syncs(answers=answers, trigger=trigger, task_id=task_id)
+        return finish_user_syncs(
+            answers=answers, trigger=trigger, task_id=task_id, revocation_guard=revocation_guard
+        )
     except SoftTimeLimitExceeded:
         raise
     except Exception:
@@ -324,7 +351,12 @@ def _reconcile(answered: list[FetchedUser], trigger: str, task_id: str) -> list:
     results = []
     for answer in answers:
         try:
-            [result] = finish_user_syncs(answers=[answer], trigger=trigger, task_id=task_id)
+            [result] = finish_user_syncs(
+                answers=[answer],
+                trigger=trigger,
+                task_id=task_id,
+                revocation_guard=revocation_guard,
+            )
         except SoftTimeLimitExceeded:
             raise
         except Exception:

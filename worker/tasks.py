@@ -8,7 +8,7 @@ import logging
 
 from celery import shared_task
 
-from core.entitlements import EntitlementsUnavailableError
+from core.entitlements import EntitlementsUnavailableError, RunRevocationGuard
 from core.models import MailDomain, SyncRun, User
 from core.sync_requests import (
     enqueue_outstanding_requests,
@@ -99,7 +99,13 @@ def sync_domain_admins(self, maildomain_id: str, trigger: str = "admin") -> dict
 def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: str) -> dict:
     """Sync a batch of a run's users concurrently; retry those whose upstream was down."""
     retries = self.request.retries
-    outcome = sync_batch(user_ids=user_ids, trigger=trigger, task_id=self.request.id or "")
+    outcome = sync_batch(
+        user_ids=user_ids,
+        trigger=trigger,
+        task_id=self.request.id or "",
+        # The run's budget: beyond it, the batch holds revocations instead of applying them.
+        revocation_guard=RunRevocationGuard(run_id=run_id),
+    )
     if outcome.retry_user_ids and may_retry(retries=retries):
         record_batch(run_id=run_id, outcome=outcome)
         raise self.retry(

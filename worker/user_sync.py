@@ -8,6 +8,7 @@ from core.entitlements import (
     EntitlementsUnavailableError,
     FetchedAnswer,
     Priority,
+    RevocationGuard,
     SyncResult,
     fetch_user_answer,
     sync_user_entitlements,
@@ -49,7 +50,14 @@ def user_lock(user_id) -> TTLLock:
     return TTLLock(f"sync-user:{user_id}", ttl=USER_LOCK_TTL)
 
 
-def sync_under_lock(*, user_id, trigger: str, task_id: str) -> SyncResult | None:
+def sync_under_lock(
+    *,
+    user_id,
+    trigger: str,
+    task_id: str,
+    priority: Priority = Priority.INTERACTIVE,
+    revocation_guard: RevocationGuard | None = None,
+) -> SyncResult | None:
     """Run the engine's sync of the user while holding their lock; None if the lock is held.
 
     Raises what the engine raises, EntitlementsUnavailableError included, lock released.
@@ -58,7 +66,13 @@ def sync_under_lock(*, user_id, trigger: str, task_id: str) -> SyncResult | None
     if not lock.acquire():
         return None
     try:
-        return sync_user_entitlements(user_id=user_id, trigger=trigger, task_id=task_id)
+        return sync_user_entitlements(
+            user_id=user_id,
+            trigger=trigger,
+            task_id=task_id,
+            priority=priority,
+            revocation_guard=revocation_guard,
+        )
     finally:
         lock.release()
 

@@ -1,5 +1,9 @@
 """Request and response shapes of the API."""
 
+import math
+import re
+from typing import Any
+
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -98,6 +102,31 @@ class StrictStringField(serializers.CharField):
         return data
 
 
+# PostgreSQL's jsonb refuses these with a DataError, which would surface as a 500.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable_json_part(value: Any) -> str:
+    """What in a parsed JSON value PostgreSQL cannot store, or "" when it can all be stored."""
+    # Walked without recursion: the parser already allows nesting close to the stack limit.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str) and "\x00" in item:
+            return "null characters"
+        elif isinstance(item, str) and _SURROGATE.search(item):
+            return "lone surrogate characters"
+        elif isinstance(item, float) and not math.isfinite(item):
+            # 1e400 parses to infinity, which JSON cannot carry back out.
+            return "numbers too large for JSON"
+    return ""
+
+
 class ProvisioningRequestSerializer(serializers.Serializer):
     """DeployCenter's provisioning request."""
 
@@ -118,6 +147,12 @@ class ProvisioningRequestSerializer(serializers.Serializer):
                 f"At most {maximum} domains per request, got {len(domains)}."
             )
         return domains
+
+    def validate_custom_attributes(self, custom_attributes: dict) -> dict:
+        unstorable = unstorable_json_part(custom_attributes)
+        if unstorable:
+            raise serializers.ValidationError(f"Must not contain {unstorable}.")
+        return custom_attributes
 
 
 class ProvisioningErrorSerializer(serializers.Serializer):

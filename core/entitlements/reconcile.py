@@ -3,7 +3,7 @@
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connections, router, transaction
@@ -43,6 +43,7 @@ class SyncResult:
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
     cache: CacheStatus = "miss"
+    held: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -61,6 +62,16 @@ class _Plan:
     to_add: dict[str, Any] = field(default_factory=dict)  # domain name -> domain id
     to_remove: dict[str, Any] = field(default_factory=dict)  # domain name -> access id
     unchanged: int = 0
+    held: dict[str, Any] = field(default_factory=dict)  # revocations the guard held back
+
+
+class RevocationGuard(Protocol):
+    """Decides inside a reconcile's transaction whether its revocations may happen now.
+
+    Returns False to hold them: the accesses stay, and the guard records why.
+    """
+
+    def __call__(self, *, user, maildomain_names: list[str]) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,18 +91,22 @@ def reconcile_admin_accesses(
     task_id: str = "",
     dry_run: bool = False,
     cache: CacheStatus = "miss",
+    revocation_guard: RevocationGuard | None = None,
 ) -> SyncResult:
     """Grant and revoke the user's ADMIN accesses to match an authoritative answer.
 
     Runs in one transaction with the user's sync state row locked, so two syncs of one user
     queue behind each other. A non-authoritative answer changes no access and only records
     why. The query count does not depend on the number of domains. `dry_run` plans only.
+    A `revocation_guard` (a resync run's budget) is asked only when the plan revokes; the
+    revocations it holds stay, and the result lists them as `held`.
     """
     [result] = reconcile_many_admin_accesses(
         answers=[UserAnswer(user, answer, cache)],
         trigger=trigger,
         task_id=task_id,
         dry_run=dry_run,
+        revocation_guard=revocation_guard,
     )
     return result
 
@@ -102,13 +117,15 @@ def reconcile_many_admin_accesses(
     trigger: str,
     task_id: str = "",
     dry_run: bool = False,
+    revocation_guard: RevocationGuard | None = None,
 ) -> list[SyncResult]:
     """reconcile_admin_accesses for many users at once, in one transaction; results in order.
 
     The query count depends neither on the number of users nor on the number of domains: a
-    full resync reconciles a whole batch of users in a handful of statements and one commit.
-    Each user's state row is locked (in user order, so two overlapping calls cannot deadlock)
-    before their accesses are read.
+    full resync reconciles a whole batch of users in a handful of statements and one commit
+    (plus what the `revocation_guard` queries, for users who lose an access). Each user's
+    state row is locked (in user order, so two overlapping calls cannot deadlock) before
+    their accesses are read.
     """
     if len({answer.user.pk for answer in answers}) != len(answers):
         raise ValueError("each user may appear once in a reconcile")
@@ -118,12 +135,23 @@ def reconcile_many_admin_accesses(
         with transaction.atomic():
             states = _locked_states([answer.user for answer in answers])
             plans = _plans(answers)
+            if revocation_guard is not None:
+                _hold_refused_revocations(answers=answers, plans=plans, guard=revocation_guard)
             _apply(plans=plans, answers=answers, trigger=trigger, task_id=task_id)
             _record(states=states, answers=answers, trigger=trigger, task_id=task_id)
     return [
         _result(answer=answer, trigger=trigger, plan=plan)
         for answer, plan in zip(answers, plans, strict=True)
     ]
+
+
+def _hold_refused_revocations(
+    *, answers: Sequence[UserAnswer], plans: Sequence[_Plan], guard: RevocationGuard
+) -> None:
+    """Ask the guard about each user's revocations, in order; hold those it refuses."""
+    for answer, plan in zip(answers, plans, strict=True):
+        if plan.to_remove and not guard(user=answer.user, maildomain_names=sorted(plan.to_remove)):
+            plan.held, plan.to_remove = plan.to_remove, {}
 
 
 def _locked_states(users: Sequence) -> dict[Any, EntitlementSyncState]:
@@ -298,6 +326,7 @@ def _result(*, answer: UserAnswer, trigger: str, plan: _Plan) -> SyncResult:
         removed=sorted(plan.to_remove),
         unchanged=plan.unchanged,
         cache=answer.cache,
+        held=sorted(plan.held),
     )
 
 

@@ -10,6 +10,7 @@ from core.entitlements.backends.base import AnswerKind
 from core.entitlements.cache import FetchedAnswer, fetch_entitlements
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.reconcile import (
+    RevocationGuard,
     SyncResult,
     UserAnswer,
     reconcile_admin_accesses,
@@ -32,6 +33,7 @@ def sync_user_entitlements(
     force_refresh: bool = False,
     dry_run: bool = False,
     priority: Priority = Priority.INTERACTIVE,
+    revocation_guard: RevocationGuard | None = None,
 ) -> SyncResult:
     """Fetch the user's entitlements and reconcile their ADMIN accesses; return what changed.
 
@@ -39,6 +41,7 @@ def sync_user_entitlements(
     recording it) when the upstream is down and no stale answer is usable: retry later.
     Every other upstream failure is recorded and returned, and changes no access. `priority`
     says whether a person waits (login, manual) or a bulk run does, for the upstream rate limit.
+    A resync run passes its `revocation_guard` (blast_radius.RunRevocationGuard).
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
     if not dry_run:
@@ -58,6 +61,7 @@ def sync_user_entitlements(
         task_id=task_id,
         dry_run=dry_run,
         cache=fetched.cache,
+        revocation_guard=revocation_guard,
     )
     _log_result(result, fetched=fetched, dry_run=dry_run)
     return result
@@ -95,7 +99,11 @@ def fetch_user_answer(
 
 
 def finish_user_syncs(
-    *, answers: Sequence[tuple[User, FetchedAnswer]], trigger: str, task_id: str = ""
+    *,
+    answers: Sequence[tuple[User, FetchedAnswer]],
+    trigger: str,
+    task_id: str = "",
+    revocation_guard: RevocationGuard | None = None,
 ) -> list[SyncResult]:
     """Reconcile many users' fetched answers in one transaction and log each; results in order.
 
@@ -105,6 +113,7 @@ def finish_user_syncs(
         answers=[UserAnswer(user, fetched.answer, fetched.cache) for user, fetched in answers],
         trigger=trigger,
         task_id=task_id,
+        revocation_guard=revocation_guard,
     )
     for (_user, fetched), result in zip(answers, results, strict=True):
         _log_result(result, fetched=fetched, dry_run=False)
@@ -135,13 +144,14 @@ def _log_result(result: SyncResult, *, fetched: FetchedAnswer, dry_run: bool) ->
     level = logging.ERROR if fetched.answer.kind in _LOUD else logging.INFO
     logger.log(
         level,
-        "sync of user %s (%s): %s%s, +%d -%d, cache %s%s",
+        "sync of user %s (%s): %s%s, +%d -%d, %d held, cache %s%s",
         result.user_id,
         result.trigger,
         result.status,
         f" ({result.error_code})" if result.error_code else "",
         len(result.added),
         len(result.removed),
+        len(result.held),
         result.cache,
         " (dry run)" if dry_run else "",
     )

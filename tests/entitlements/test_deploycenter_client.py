@@ -262,8 +262,14 @@ def test_json_bodies_are_classified(body, kind, error_code, domains):
         (b"[" * 100_000, "not_json"),
         (b"", "not_json"),
         (b"x" * (MAX_BODY_BYTES + 1), "too_large"),
+        (b'{"entitlements": {"can_access": true, "can_admin_maildomains": NaN}}', "not_json"),
+        (
+            b'{"entitlements": {"can_admin_maildomains": ["alpha.example.org"], '
+            b'"can_admin_maildomains": []}}',
+            "duplicate_key",
+        ),
     ],
-    ids=["html", "truncated", "binary", "deeply nested", "empty", "over 1 MB"],
+    ids=["html", "truncated", "binary", "deeply nested", "empty", "over 1 MB", "nan", "dup key"],
 )
 @responses.activate
 def test_raw_bodies_are_classified(body, error_code):

@@ -98,7 +98,10 @@ def test_refused_connection_is_unavailable(deploycenter_stub):
     ("body", "error_code"),
     [
         (b"<html><body>Bad gateway</body></html>", "not_json"),
-        (b'{"entitlements": {"can_admin_maildomains": "alpha.example.org"}}', "not_a_list"),
+        (
+            b'{"entitlements": {"can_access": true, "can_admin_maildomains": "alpha.example.org"}}',
+            "not_a_list",
+        ),
         (b"[" + b'"a.example.org",' * 200_000 + b"]", "too_large"),
     ],
     ids=["html", "string list", "3 MB body"],

@@ -45,6 +45,7 @@ def test_sync_grants_and_records(deploycenter_backend, domains):
         "removed": [],
         "unchanged": 0,
         "cache": "miss",
+        "held": [],
         "changed": True,
     }
     assert _accesses(user) == ["alpha.example.org", "beta.example.org"]

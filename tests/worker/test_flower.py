@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,13 +35,25 @@ def flower():
         cwd=BASE_DIR,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as process:
+        # Flower only knows the tasks whose events arrive after its event consumer connected:
+        # wait for that log line, not just for the HTTP port.
+        events_connected = threading.Event()
+
+        def read_log():
+            for line in process.stderr:
+                if "kombu.mixins" in line and "Connected to" in line:
+                    events_connected.set()
+
+        threading.Thread(target=read_log, daemon=True).start()
         try:
-            deadline = time.monotonic() + 30
+            assert events_connected.wait(60), "Flower's event consumer did not connect"
+            deadline = time.monotonic() + 60
             while True:
                 try:
-                    if requests.get(f"{url}/api/workers", auth=CREDENTIALS, timeout=2).ok:
+                    if requests.get(f"{url}/api/workers", auth=CREDENTIALS, timeout=5).ok:
                         break
                 except requests.ConnectionError:
                     pass
@@ -70,7 +83,7 @@ def test_flower_shows_the_sync_and_refuses_strangers(
     task_id = request_sync(user=user, trigger="login")
     celery_app.AsyncResult(task_id).get(timeout=20)
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while True:
         info = requests.get(f"{flower}/api/task/info/{task_id}", auth=CREDENTIALS, timeout=5)
         if info.ok and info.json().get("state") == "SUCCESS":

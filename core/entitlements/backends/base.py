@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from core.validators import validate_domain_name
+from core.validators import ascii_lower, validate_domain_name
 
 
 class AnswerKind(enum.StrEnum):
@@ -73,13 +73,14 @@ def normalize_domain_names(names: Iterable[str]) -> tuple[str, ...]:
     """Lower-case names, drop one trailing dot, dedupe and sort; ValueError on any bad name.
 
     One bad name rejects the whole list: a list we cannot fully read is not trusted to revoke.
-    IDNs must come in their ASCII (xn--) form, as MailDomain stores them.
+    IDNs must come in their ASCII (xn--) form, as MailDomain stores them; only ASCII letters
+    are lowered, so no non-ASCII character can turn into an ASCII one and name another domain.
     """
     normalized = set()
     for name in names:
         if not isinstance(name, str):
             raise ValueError("a domain name is not a string")
-        candidate = name.lower().removesuffix(".")
+        candidate = ascii_lower(name).removesuffix(".")
         try:
             validate_domain_name(candidate)
         except ValidationError:

@@ -140,7 +140,9 @@ def classify_body(body: bytes | None) -> UpstreamAnswer:
     if body is None:
         return UpstreamAnswer.failure(AnswerKind.INVALID, "too_large")
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_not_json)
+    except _DuplicateKeyError:
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "duplicate_key")
     except (ValueError, RecursionError):
         return UpstreamAnswer.failure(AnswerKind.INVALID, "not_json")
     if not isinstance(payload, dict):
@@ -154,6 +156,10 @@ def classify_body(body: bytes | None) -> UpstreamAnswer:
         if not (isinstance(reason, str) and _REASON_TOKEN.match(reason)):
             reason = "no_information"
         return UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, reason)
+    if entitlements.get("can_access") is not True:
+        # The contract pairs the list with can_access true; a list beside anything else is an
+        # answer we do not understand, and must not be read as "revoke".
+        return UpstreamAnswer.failure(AnswerKind.INVALID, "contradictory")
     domains = entitlements["can_admin_maildomains"]
     if not isinstance(domains, list):
         return UpstreamAnswer.failure(AnswerKind.INVALID, "not_a_list")
@@ -163,6 +169,27 @@ def classify_body(body: bytes | None) -> UpstreamAnswer:
         return UpstreamAnswer.authoritative(domains)
     except ValueError:
         return UpstreamAnswer.failure(AnswerKind.INVALID, "invalid_domain")
+
+
+class _DuplicateKeyError(ValueError):
+    """A JSON object names a key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when it names a key twice.
+
+    Which duplicate wins differs between parsers (Python keeps the last one): an answer whose
+    admin list depends on that is not trusted to grant or revoke.
+    """
+    payload = dict(pairs)
+    if len(payload) != len(pairs):
+        raise _DuplicateKeyError
+    return payload
+
+
+def _not_json(name: str) -> None:
+    """NaN and Infinity are not JSON (DeployCenter's renderer never writes them)."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _read_body(response: requests.Response, *, deadline: float) -> bytes | None:

@@ -1,6 +1,7 @@
 """manage.py setup_demo: demo domains, users, a superuser and the local backend's mapping."""
 
 import json
+import os
 import secrets
 import shlex
 from pathlib import Path
@@ -73,13 +74,16 @@ class Command(BaseCommand):
             "\n".join(
                 [
                     "Demo ready.",
-                    "  Django admin  http://127.0.0.1:8000/admin/",
-                    "  Flower        http://127.0.0.1:5555/",
+                    f"  Django admin  http://{os.environ.get('WEB_BIND', '127.0.0.1:8000')}/admin/",
+                    f"  Flower        http://{os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}:"
+                    f"{os.environ.get('FLOWER_PORT', '5555')}/",
                     f"  Log in as     {SUPERUSER_EMAIL} / {password} (both)",
                     f"  Entitlements  {mapping_file} (edit it to grant or revoke)",
                     f"  Environment   {env_file} (used by `make run`)",
                     "  Try           .venv/bin/python manage.py simulate_login "
                     "admin@alpha.example.org",
+                    f"  In-process    .venv/bin/honcho run -e {env_file} .venv/bin/python "
+                    "manage.py sync_entitlements --all --dry-run",
                 ]
             )
         )

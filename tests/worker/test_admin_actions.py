@@ -1,0 +1,416 @@
+"""The admin's manual triggers, through the admin client, to real tasks on the test Redis broker
+(and the in-process worker where the sync must run): resync users, a domain, everyone; release
+and discard held revocations; who may do it; what the pages show."""
+
+import re
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+from django.urls import reverse
+
+from core.entitlements import RunRevocationGuard, UpstreamAnswer, reconcile_admin_accesses
+from core.models import (
+    AccessAuditEntry,
+    EntitlementSyncState,
+    HeldRevocation,
+    MailDomain,
+    MailDomainAccess,
+    SyncRun,
+    User,
+)
+from tests.worker.conftest import producer_app
+
+ALPHA, BETA = "alpha.example.org", "beta.example.org"
+SYNC = MailDomainAccess.Source.ENTITLEMENTS
+USERS = reverse("admin:core_user_changelist")
+DOMAINS = reverse("admin:core_maildomain_changelist")
+RUNS = reverse("admin:core_syncrun_changelist")
+HELD = reverse("admin:core_heldrevocation_changelist")
+RESYNC_ALL = reverse("admin:core_syncrun_resync_all")
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def superuser_client(transactional_db, admin_client):
+    return admin_client
+
+
+@pytest.fixture
+def staff_client(transactional_db, make_user):
+    """`make(*permissions)`: a client logged in as a staff user (not superuser) with the view
+    permissions of the admin's pages and the given ones."""
+
+    def make(*codenames: str) -> Client:
+        staff = make_user(is_staff=True)
+        views = ["view_user", "view_maildomain", "view_syncrun", "view_heldrevocation"]
+        staff.user_permissions.set(Permission.objects.filter(codename__in=[*views, *codenames]))
+        client = Client()
+        client.force_login(staff)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def domains(transactional_db):
+    return {name: MailDomain.objects.create(name=name) for name in (ALPHA, BETA)}
+
+
+def shown(response) -> list[str]:
+    """The messages the page shows."""
+    return [str(message) for message in response.context["messages"]]
+
+
+def act(client, url: str, action: str, objects, **extra):
+    return client.post(
+        url,
+        {"action": action, "_selected_action": [str(obj.pk) for obj in objects], **extra},
+        follow=True,
+    )
+
+
+def action_names(client, url: str) -> set[str]:
+    form = client.get(url).context["action_form"]
+    return {name for name, _ in form.fields["action"].choices if name} if form else set()
+
+
+class TestResyncUsers:
+    def test_queues_one_sync_per_user_on_the_broker_and_shows_the_task_ids(
+        self, superuser_client, make_user, broker_queues
+    ):
+        alice, bob = make_user(), make_user()
+
+        response = act(superuser_client, USERS, "resync_entitlements", [alice, bob])
+
+        queued = broker_queues.messages("interactive")
+        assert sorted(message["args"] for message in queued) == sorted(
+            [[str(alice.pk), "admin"], [str(bob.pk), "admin"]]
+        )
+        assert {message["task"] for message in queued} == {"entitlements.sync_user"}
+        [text] = shown(response)
+        assert text.startswith("Entitlements sync queued for 2 user(s): task(s) ")
+        assert all(message["id"] in text for message in queued)
+        assert EntitlementSyncState.objects.get(user=alice).last_trigger == "admin"
+
+    def test_the_sync_runs_on_the_worker(
+        self,
+        superuser_client,
+        celery_worker,
+        celery_app,
+        broker_queues,
+        domains,
+        make_user,
+        scripted_upstream,
+    ):
+        alice = make_user()
+        scripted_upstream(admins_by_email={alice.email: [ALPHA]})
+
+        [text] = shown(act(superuser_client, USERS, "resync_entitlements", [alice]))
+        task_id = re.search(r"task\(s\) (\S+)\.$", text).group(1)
+        result = celery_app.AsyncResult(task_id).get(timeout=20)
+
+        assert (result["trigger"], result["added"]) == ("admin", [ALPHA])
+        assert MailDomainAccess.objects.filter(user=alice, source=SYNC).count() == 1
+        assert EntitlementSyncState.objects.get(user=alice).last_task_id == task_id
+
+    def test_a_request_inside_the_dedup_window_is_served_by_the_queued_task(
+        self, superuser_client, make_user, broker_queues
+    ):
+        alice = make_user()
+        act(superuser_client, USERS, "resync_entitlements", [alice])
+
+        response = act(superuser_client, USERS, "resync_entitlements", [alice])
+
+        assert shown(response) == [
+            "1 user(s) already had a sync queued in the last 10 s: it serves this request."
+        ]
+        assert broker_queues.length("interactive") == 1
+
+    def test_broker_down_says_the_request_is_recorded_for_the_sweep(
+        self, superuser_client, make_user, private_redis
+    ):
+        alice = make_user()
+
+        with producer_app(private_redis.url):  # never started: the broker is down
+            response = act(superuser_client, USERS, "resync_entitlements", [alice])
+
+        assert response.status_code == 200
+        assert shown(response) == [
+            "The task broker cannot be reached: the sync of 1 user(s) was not sent. The "
+            "request is recorded; the sweep sends it once the broker is back."
+        ]
+        state = EntitlementSyncState.objects.get(user=alice)
+        assert (state.requested_at is not None, state.enqueued_at) == (True, None)
+
+    def test_a_big_selection_is_refused_with_the_way_to_go(
+        self, superuser_client, make_user, broker_queues, monkeypatch
+    ):
+        monkeypatch.setattr("core.admin.MAX_USERS_PER_RESYNC_ACTION", 2)
+        users = [make_user() for _ in range(3)]
+
+        response = act(superuser_client, USERS, "resync_entitlements", users)
+
+        assert shown(response) == [
+            "Select at most 2 users, or start a full resync (Sync runs, Resync all admins)."
+        ]
+        assert broker_queues.length("interactive") == 0
+
+
+class TestResyncDomain:
+    def test_starts_a_domain_run_on_the_bulk_queue_and_shows_its_id(
+        self, superuser_client, domains, broker_queues
+    ):
+        response = act(superuser_client, DOMAINS, "resync_domain_admins", [domains[ALPHA]])
+
+        [message] = broker_queues.messages("bulk")
+        assert message["task"] == "entitlements.sync_domain_admins"
+        assert message["args"] == [str(domains[ALPHA].pk), "admin"]
+        assert shown(response) == [f"Resync of {ALPHA}'s admins started: task {message['id']}."]
+
+    def test_broker_down_is_a_clear_error(self, superuser_client, domains, private_redis):
+        with producer_app(private_redis.url):
+            response = act(superuser_client, DOMAINS, "resync_domain_admins", [domains[ALPHA]])
+
+        assert shown(response) == [
+            f"The task broker cannot be reached: the resync of {ALPHA}'s admins was not "
+            "started. Try again later."
+        ]
+
+
+class TestResyncAll:
+    def test_the_button_leads_to_a_form_that_starts_the_full_run(
+        self, superuser_client, broker_queues
+    ):
+        changelist = superuser_client.get(RUNS).content.decode()
+        form = superuser_client.get(RESYNC_ALL)
+
+        assert f'href="{RESYNC_ALL}"' in changelist
+        assert form.status_code == 200
+        assert 'name="csrfmiddlewaretoken"' in form.content.decode()
+        response = superuser_client.post(RESYNC_ALL, follow=True)
+
+        [message] = broker_queues.messages("bulk")
+        assert (message["task"], message["args"]) == ("entitlements.sync_all_admins", ["admin"])
+        assert response.redirect_chain == [(RUNS, 302)]
+        assert shown(response) == [
+            f"Full resync started: task {message['id']}. Its run shows here once a worker takes it."
+        ]
+
+    def test_the_run_it_starts_shows_in_the_changelist(
+        self, superuser_client, celery_worker, celery_app, broker_queues, scripted_upstream
+    ):
+        [text] = shown(superuser_client.post(RESYNC_ALL, follow=True))
+        task_id = re.search(r"task (\S+)\. ", text).group(1)
+        totals = celery_app.AsyncResult(task_id).get(timeout=20)
+
+        run = SyncRun.objects.get(pk=totals["run_id"])
+        assert (run.trigger, run.scope) == ("admin", "all")
+        assert superuser_client.get(RUNS).context["cl"].result_list[0] == run
+
+    def test_a_post_without_the_csrf_token_is_refused(self, transactional_db, admin_user):
+        browser = Client(enforce_csrf_checks=True)
+        browser.force_login(admin_user)
+
+        assert browser.post(RESYNC_ALL).status_code == 403
+
+    def test_broker_down_is_a_clear_error(self, superuser_client, private_redis):
+        with producer_app(private_redis.url):
+            response = superuser_client.post(RESYNC_ALL, follow=True)
+
+        assert shown(response) == [
+            "The task broker cannot be reached: the full resync was not started. Try again later."
+        ]
+
+
+class TestPermissions:
+    def test_staff_without_the_permission_gets_no_trigger(
+        self, staff_client, make_user, domains, broker_queues
+    ):
+        client = staff_client()
+        alice = make_user()
+
+        assert "resync_entitlements" not in action_names(client, USERS)
+        assert "resync_domain_admins" not in action_names(client, DOMAINS)
+        assert f'href="{RESYNC_ALL}"' not in client.get(RUNS).content.decode()
+        assert client.get(RESYNC_ALL).status_code == 403
+        assert client.post(RESYNC_ALL).status_code == 403
+        act(client, USERS, "resync_entitlements", [alice])
+        assert broker_queues.length("interactive") == broker_queues.length("bulk") == 0
+
+    def test_staff_with_the_permission_may(self, staff_client, make_user, broker_queues):
+        client = staff_client("request_resync")
+
+        assert "resync_entitlements" in action_names(client, USERS)
+        assert client.get(RESYNC_ALL).status_code == 200
+        act(client, USERS, "resync_entitlements", [make_user()])
+        assert broker_queues.length("interactive") == 1
+
+    def test_non_staff_are_sent_to_the_login_page(self, transactional_db, make_user, broker_queues):
+        client = Client()
+        client.force_login(make_user())
+
+        response = client.post(RESYNC_ALL)
+
+        assert response.status_code == 302
+        assert response["Location"].startswith(reverse("admin:login"))
+        assert broker_queues.length("bulk") == 0
+
+    def test_releasing_needs_its_own_permission(self, staff_client):
+        assert not {"release_held", "discard_held"} & action_names(staff_client(), RUNS)
+        assert {"release_held", "discard_held"} <= action_names(
+            staff_client("release_heldrevocation"), HELD
+        )
+
+
+class TestPages:
+    def test_runs_show_newest_first_with_progress_and_revocations(self, superuser_client):
+        older = SyncRun.objects.create(trigger="periodic", status="done", users_enqueued=2)
+        newer = SyncRun.objects.create(
+            trigger="admin",
+            users_enqueued=4,
+            users_done=2,
+            users_failed=1,
+            revocable_accesses=1000,
+            revoke_budget=100,
+            accesses_revoked=100,
+            revocations_held=True,
+        )
+
+        response = superuser_client.get(RUNS)
+
+        assert list(response.context["cl"].result_list) == [newer, older]
+        page = response.content.decode()
+        assert "3/4 (75 %)" in page
+        assert "100/100 of 1000, held" in page
+
+    def test_claim_values_show_to_superusers_only(
+        self, superuser_client, staff_client, make_user, scripted_upstream
+    ):
+        scripted_upstream(claims=["siret"])
+        alice = make_user()
+        EntitlementSyncState.objects.create(
+            user=alice, forwarded_claims={"siret": "12345678900017"}
+        )
+        staff = staff_client("view_entitlementsyncstate")
+        user_page = reverse("admin:core_user_change", args=[alice.pk])
+        state_page = reverse("admin:core_entitlementsyncstate_change", args=[alice.pk])
+
+        for page in (user_page, state_page):
+            staff_view = staff.get(page).content.decode()
+            superuser_view = superuser_client.get(page).content.decode()
+            assert "siret (the backend forwards: siret)" in staff_view
+            assert "12345678900017" not in staff_view
+            assert "siret=12345678900017 (the backend forwards: siret)" in superuser_view
+
+    def test_user_page_shows_the_latest_audit_rows_and_pending_held_revocations(
+        self, superuser_client, held
+    ):
+        user = held["users"][0]
+        AccessAuditEntry.objects.create(
+            user=user, maildomain_name=BETA, action="granted", trigger="login", task_id="t-1"
+        )
+
+        page = superuser_client.get(reverse("admin:core_user_change", args=[user.pk]))
+
+        text = page.content.decode()
+        assert "1 access change(s) by the sync" in text
+        assert "<td>granted</td><td>beta.example.org</td><td>login</td><td>t-1</td>" in text
+        assert f"{HELD}?user__id__exact={user.pk}" in text
+        assert "1 pending</a>: alpha.example.org" in text
+
+    def test_held_revocations_render(self, superuser_client, held):
+        changelist = superuser_client.get(HELD, {"run__id__exact": held["run"].pk})
+        change = superuser_client.get(
+            reverse("admin:core_heldrevocation_change", args=[HeldRevocation.objects.first().pk])
+        )
+
+        assert changelist.context["cl"].result_count == 3
+        assert change.status_code == 200
+        run_page = superuser_client.get(reverse("admin:core_syncrun_change", args=[held["run"].pk]))
+        assert "3 held revocation(s), 3 pending" in run_page.content.decode()
+
+
+@pytest.fixture
+def held(domains, make_user):
+    """A run that held the revocation of alpha for three users; the first has since been told
+    alpha again by a login sync."""
+    users = [make_user() for _ in range(3)]
+    for user in users:
+        MailDomainAccess.objects.create(user=user, maildomain=domains[ALPHA], source=SYNC)
+    run = SyncRun.objects.create(trigger="periodic", revoke_budget=0)
+    guard = RunRevocationGuard(run_id=run.pk)
+    for user in users:
+        reconcile_admin_accesses(
+            user=user,
+            answer=UpstreamAnswer.authoritative([]),
+            trigger="periodic",
+            revocation_guard=guard,
+        )
+    EntitlementSyncState.objects.filter(user=users[0]).update(entitled_domains=[ALPHA])
+    return {"run": run, "users": users}
+
+
+class TestReleaseFromTheAdmin:
+    def test_release_asks_for_confirmation_with_a_dry_run_then_revokes(
+        self, superuser_client, held
+    ):
+        first = act(superuser_client, RUNS, "release_held", [held["run"]])
+
+        assert first.status_code == 200
+        page = first.content.decode()
+        assert "3 pending held revocation(s): 2 would be revoked, 1 kept" in page
+        assert MailDomainAccess.objects.filter(source=SYNC).count() == 3
+
+        second = act(superuser_client, RUNS, "release_held", [held["run"]], confirmed="yes")
+
+        assert shown(second) == [
+            'Held revocations released: 2 revoked (audit trigger "release"), 1 kept, '
+            "0 already gone."
+        ]
+        assert MailDomainAccess.objects.filter(source=SYNC).get().user == held["users"][0]
+        assert AccessAuditEntry.objects.filter(trigger="release", action="revoked").count() == 2
+        operator = User.objects.get(email="admin@example.com")
+        assert set(HeldRevocation.objects.values_list("resolved_by", flat=True)) == {operator.pk}
+
+    def test_discard_from_the_held_revocations_list_keeps_the_accesses(
+        self, superuser_client, held
+    ):
+        rows = list(HeldRevocation.objects.filter(user__in=held["users"][1:]))
+
+        confirm = act(superuser_client, HELD, "discard_held", rows)
+        assert "2 pending held revocation(s) would be discarded" in confirm.content.decode()
+        done = act(superuser_client, HELD, "discard_held", rows, confirmed="yes")
+
+        assert shown(done) == ["2 held revocation(s) discarded; accesses kept."]
+        assert MailDomainAccess.objects.filter(source=SYNC).count() == 3
+        assert HeldRevocation.objects.filter(resolution="pending").count() == 1
+
+    def test_select_all_across_pages_releases_every_row_of_the_filter(self, superuser_client, held):
+        response = superuser_client.post(
+            HELD,
+            {
+                "action": "release_held",
+                "select_across": "1",
+                "index": "0",
+                "_selected_action": [str(HeldRevocation.objects.first().pk)],
+            },
+        )
+        assert 'name="select_across" value="1"' in response.content.decode()
+
+        # The confirmation posts back the page's selection and select_across, as it got them.
+        superuser_client.post(
+            HELD,
+            {
+                "action": "release_held",
+                "select_across": "1",
+                "confirmed": "yes",
+                "_selected_action": [str(HeldRevocation.objects.first().pk)],
+            },
+        )
+
+        assert not HeldRevocation.objects.filter(resolution="pending").exists()
