@@ -45,16 +45,22 @@ class RssSampler:
                 return
 
 
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    """User plus system CPU seconds the processes used so far."""
-    total = 0.0
+def cpu_snapshot(processes: list[psutil.Process]) -> dict[tuple[int, float], float]:
+    """User plus system CPU seconds each process used so far, by (pid, start time)."""
+    snapshot = {}
     for process in processes:
         try:
             times = process.cpu_times()
+            snapshot[process.pid, process.create_time()] = times.user + times.system
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
-    return total
+    return snapshot
+
+
+def cpu_used(before: dict, after: dict) -> float:
+    """CPU seconds used between two snapshots; a process born since counts from its start
+    (one that ended meanwhile is missed)."""
+    return sum(seconds - before.get(key, 0.0) for key, seconds in after.items())
 
 
 @dataclass
@@ -81,7 +87,7 @@ def full_resync(
     app,
     *,
     workers: list[WorkerProcess],
-    cpu_watch: dict[str, list[psutil.Process]],
+    cpu_watch: dict[str, Callable[[], list[psutil.Process]]],
     redis_client,
     during: Callable[[Callable[[], bool]], None] | None = None,
     timeout: float = 3600,
@@ -89,10 +95,11 @@ def full_resync(
     """Run entitlements.sync_all_admins as beat would and wait for its last user's row.
 
     Timed from the task's start (its SyncRun row) to the last bookkeeping row it updated.
+    `cpu_watch` lists, by part, the processes whose CPU time the run is charged.
     `during(running)` is called once the run has started, with a callable telling whether the
     run is still in progress.
     """
-    cpu_before = {name: cpu_seconds(processes) for name, processes in cpu_watch.items()}
+    cpu_before = {name: cpu_snapshot(processes()) for name, processes in cpu_watch.items()}
     psutil.cpu_percent()
     with RssSampler(workers) as sampler:
         task_id = app.send_task(FANOUT_TASK, kwargs={"trigger": "periodic"}).id
@@ -123,7 +130,8 @@ def full_resync(
         worker_peak_rss=dict(sampler.peaks),
         fanout_peak_rss=int(fanout_rss),
         cpu_seconds={
-            name: cpu_seconds(processes) - cpu_before[name] for name, processes in cpu_watch.items()
+            name: cpu_used(cpu_before[name], cpu_snapshot(processes()))
+            for name, processes in cpu_watch.items()
         },
         machine_cpu_percent=machine_cpu,
     )

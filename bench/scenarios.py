@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+from django.conf import settings
 from django.core.management import call_command
 
 from bench import data
@@ -196,12 +197,19 @@ def _storm(mode, figures, redis_server, workers) -> None:
 
 def _run(workers, stub, redis_server, during=None) -> RunFigures:
     """One full resync with CPU accounting of every part of the benchmark."""
+    database = f" {settings.DATABASES['default']['NAME']} "
     watched = {
-        "workers": [process for worker in workers for process in worker.tree()],
-        "stub": [psutil.Process(stub.process.pid)],
-        "redis": [psutil.Process(redis_server.process.pid)],
-        "postgres": [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"],
-        "bench": [psutil.Process()],
+        "workers": lambda: [process for worker in workers for process in worker.tree()],
+        "stub": lambda: [psutil.Process(stub.process.pid)],
+        "redis": lambda: [psutil.Process(redis_server.process.pid)],
+        # The backends serving the benchmark's database (their title names it).
+        "postgres": lambda: [
+            process
+            for process in psutil.process_iter(["name", "cmdline"])
+            if process.info["name"] == "postgres"
+            and database in " ".join(process.info["cmdline"] or ())
+        ],
+        "bench": lambda: [psutil.Process()],
     }
     return full_resync(
         app, workers=workers, cpu_watch=watched, redis_client=redis_server.client, during=during
