@@ -106,6 +106,14 @@ class RunRevocationGuard:
         )
         return False
 
+    def admit_batch(self, *, count: int) -> bool:
+        """Reserve `count` revocations at once: all of a batch reconcile's, one UPDATE.
+
+        False changes nothing: the reconcile then asks user by user (__call__), so what is
+        left of the budget is still used and the rest held, exactly as one by one.
+        """
+        return not self._holding and self._reserve(count)
+
     def _reserve(self, count: int) -> bool:
         """Take `count` from the run's budget in one conditional UPDATE; False if it is spent.
 

@@ -4,9 +4,12 @@ threads, reconciled together, every lock released, one user's trouble never the 
 from collections.abc import Mapping
 from typing import Any
 
-from core.entitlements import EntitlementsBackend, UpstreamAnswer
-from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
-from worker.runs import sync_batch
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from core.entitlements import EntitlementsBackend, RunRevocationGuard, UpstreamAnswer
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, SyncRun, User
+from worker.runs import start_run, sync_batch
 from worker.user_sync import user_lock
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
@@ -95,3 +98,35 @@ def test_a_user_deleted_during_the_batch_is_skipped_and_the_others_synced(
     assert not User.objects.filter(pk=vanishing.pk).exists()
     assert all(_rights(user) == {ALPHA} for user in others)
     assert not user_lock(vanishing.pk).locked()
+
+
+def test_a_batch_within_its_run_budget_reserves_its_revocations_in_one_statement(
+    transactional_db, make_user, scripted_upstream, settings
+):
+    settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = 1
+    alpha = MailDomain.objects.create(name=ALPHA)
+    users = [make_user() for _ in range(6)]
+    for user in users:
+        MailDomainAccess.objects.create(
+            user=user, maildomain=alpha, source=MailDomainAccess.Source.ENTITLEMENTS
+        )
+    scripted_upstream(admins_by_email={user.email: [] for user in users})
+    run = start_run(scope=SyncRun.Scope.ALL, trigger="periodic", task_id="")
+    SyncRun.objects.filter(pk=run.pk).update(revoke_budget=100)
+
+    with CaptureQueriesContext(connection) as queries:
+        sync_batch(
+            user_ids=[str(user.pk) for user in users],
+            trigger="periodic",
+            task_id="",
+            revocation_guard=RunRevocationGuard(run_id=run.pk),
+        )
+
+    reservations = [
+        q for q in queries.captured_queries if q["sql"].startswith('UPDATE "core_syncrun"')
+    ]
+    # One batch, one thread: the answers arrive within one reconcile window or a few.
+    assert 1 <= len(reservations) <= 3
+    run.refresh_from_db()
+    assert run.accesses_revoked == 6
+    assert not MailDomainAccess.objects.filter(user__in=users).exists()
