@@ -166,17 +166,18 @@ class Figures:
         for latency in (25, 2000):
             p99 = v.get(f"login_overhead_p99_ms_async_{latency}")
             lines.append(
-                f"| {latency} ms | {v.get(f'login_overhead_p50_ms_async_{latency}')} | {p99} "
-                f"| {v.get(f'login_overhead_p50_ms_inline_{latency}')} "
-                f"| {v.get(f'login_overhead_p99_ms_inline_{latency}')} "
-                f"| {v.get(f'login_overhead_inline_{latency}_logins')} "
+                f"| {latency} ms | {_n(v.get(f'login_overhead_p50_ms_async_{latency}'))} "
+                f"| {_n(p99)} "
+                f"| {_n(v.get(f'login_overhead_p50_ms_inline_{latency}'))} "
+                f"| {_n(v.get(f'login_overhead_p99_ms_inline_{latency}'))} "
+                f"| {_n(v.get(f'login_overhead_inline_{latency}_logins'))} "
                 f"| {_met(p99 is not None and p99 <= 3)} |"
             )
         lines += [
             "",
             f"Async: {self.mode.logins} logins at each latency. Inline at 2 s: "
-            f"{v.get('login_overhead_inline_2000_logins')} logins, {self.mode.inline_threads} at "
-            "a time.",
+            f"{_n(v.get('login_overhead_inline_2000_logins'))} logins, "
+            f"{self.mode.inline_threads} at a time.",
             "",
             "**2. Login to rights** (ms from the end of the login step to the access committed; "
             "upstream 25 ms idle, 20 ms during the full run)",
@@ -194,8 +195,8 @@ class Figures:
         ]
         for count in (1, 50, 500):
             lines.append(
-                f"| {count} | {v.get(f'queries_per_sync_{count}')} "
-                f"| {v.get(f'queries_per_sync_unchanged_{count}')} |"
+                f"| {count} | {_n(v.get(f'queries_per_sync_{count}'))} "
+                f"| {_n(v.get(f'queries_per_sync_unchanged_{count}'))} |"
             )
         counts = {v.get(f"queries_per_sync_{count}") for count in (1, 50, 500)}
         lines += [
@@ -220,7 +221,7 @@ class Figures:
                 continue
             cpu = run["cpu_seconds"]
             lines.append(
-                f"| {title} | {run['users']} | {run['seconds']} | {run['users_per_s']} "
+                f"| {title} | {run['users']} | {_n(run['seconds'])} | {_n(run['users_per_s'])} "
                 f"| {run['changed']} | {run['failed']} | {run['machine_cpu_percent']} "
                 f"| {cpu.get('workers')} / {cpu.get('postgres')} / {cpu.get('stub')} / "
                 f"{cpu.get('redis')} / {cpu.get('bench')} |"
@@ -228,16 +229,16 @@ class Figures:
         rate = v.get("full_resync_users_per_s", 0)
         lines += [
             "",
-            f"- No-op baseline: {v.get('noop_tasks_per_s')} tasks/s; the full resync runs at "
-            f"{v.get('full_resync_ratio_to_noop')}x that (users per second over tasks per "
+            f"- No-op baseline: {_n(v.get('noop_tasks_per_s'))} tasks/s; the full resync runs at "
+            f"{_n(v.get('full_resync_ratio_to_noop'))}x that (users per second over tasks per "
             "second: a batch task carries many users).",
-            f"- Target 100,000 users in 5 min (≥ 333 users/s): {rate} users/s over "
-            f"{v.get('full_resync_users')} users, {_met(rate >= 333)}.",
+            f"- Target 100,000 users in 5 min (≥ 333 users/s): {_n(rate)} users/s over "
+            f"{_n(v.get('full_resync_users'))} users, {_met(rate >= 333)}.",
             f"- One shared worker (`-Q interactive,bulk`) instead: "
-            f"{v.get('full_resync_users_per_s_shared')} users/s.",
-            f"- Unchanged run: {v.get('unchanged_run_access_writes')} access rows written "
+            f"{_n(v.get('full_resync_users_per_s_shared'))} users/s.",
+            f"- Unchanged run: {_n(v.get('unchanged_run_access_writes'))} access rows written "
             f"(target 0: {_met(v.get('unchanged_run_access_writes') == 0)}), costing "
-            f"{v.get('unchanged_run_cost_ratio')} of the changed run's time.",
+            f"{_n(v.get('unchanged_run_cost_ratio'))} of the changed run's time.",
             "",
             "**6. Memory** (peak RSS, MB: bulk worker = main process + pool children)",
             "",
@@ -249,18 +250,20 @@ class Figures:
         for name, title in (("worker", "bulk worker"), ("fanout", "fan-out task's process")):
             ratio = v.get(f"peak_rss_ratio_{name}")
             lines.append(
-                f"| {title} | {v.get(f'peak_rss_mb_{name}_{small}')} "
-                f"| {v.get(f'peak_rss_mb_{name}')} | {ratio} "
+                f"| {title} | {_n(v.get(f'peak_rss_mb_{name}_{small}'))} "
+                f"| {_n(v.get(f'peak_rss_mb_{name}'))} | {_n(ratio)} "
                 f"| {_met(ratio is not None and ratio <= 1.2)} |"
             )
         queued = v.get("storm_queued_syncs")
         storm_p99 = v.get("storm_login_overhead_p99_ms")
         lines += [
             "",
-            f"**7. Enqueue storm**: {v.get('storm_logins')} logins of {v.get('storm_users')} "
-            f"users in {v.get('storm_seconds')} s queued {queued} syncs (target ≤ 100: "
+            f"**7. Enqueue storm**: {_n(v.get('storm_logins'))} logins of "
+            f"{_n(v.get('storm_users'))} users in {_n(v.get('storm_seconds'))} s queued "
+            f"{queued} syncs (target ≤ 100: "
             f"{_met(queued is not None and queued <= 100)}); login step p50 "
-            f"{v.get('storm_login_overhead_p50_ms')} ms, p99 {storm_p99} ms (target ≤ 3 ms: "
+            f"{_n(v.get('storm_login_overhead_p50_ms'))} ms, p99 {_n(storm_p99)} ms "
+            "(target ≤ 3 ms: "
             f"{_met(storm_p99 is not None and storm_p99 <= 3)}).",
             "",
             "<details><summary>Every line the command printed</summary>",
@@ -274,6 +277,13 @@ class Figures:
         return "\n".join(lines)
 
 
+def _n(value) -> str:
+    """A figure as the tables show it: two decimals, one from 100 up."""
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"
+    return "n/a" if value is None else str(value)
+
+
 def _met(condition: bool) -> str:
     return "met" if condition else "**not met**"
 
@@ -281,7 +291,7 @@ def _met(condition: bool) -> str:
 def _rights_row(values: dict, title: str, suffix: str, target_ms: int) -> str:
     p99 = values.get(f"login_to_rights_p99_{suffix}")
     return (
-        f"| {title} | {values.get(f'login_to_rights_p50_{suffix}')} | {p99} "
+        f"| {title} | {_n(values.get(f'login_to_rights_p50_{suffix}'))} | {_n(p99)} "
         f"| p99 ≤ {target_ms} ms | {_met(p99 is not None and p99 <= target_ms)} |"
     )
 
