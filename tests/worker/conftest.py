@@ -1,9 +1,7 @@
-"""Fixtures of the worker tests: the broker's queues on the test Redis, a private Redis that a
-test may stop, producer apps pointed at it, users."""
+"""Fixtures of the worker tests: the broker's queues on the test Redis, producer apps pointed at
+another broker (e.g. the private Redis of tests/conftest.py), users."""
 
 import json
-import socket
-import subprocess
 import time
 import uuid
 from base64 import b64decode
@@ -70,56 +68,6 @@ def broker_queues():
     yield queues
     queues.clear()
     queues.client.close()
-
-
-class PrivateRedis:
-    """A throwaway redis-server on a free port, which a test may stop and start again."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    server = PrivateRedis(tmp_path)
-    yield server
-    server.stop()
 
 
 @contextmanager
