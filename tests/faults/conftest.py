@@ -124,10 +124,13 @@ def domains(transactional_db):
 
 @pytest.fixture
 def make_admins(domains, upstream):
-    """Create `count` users whose login stored the stub's siret; the stub names `upstream_domains`
-    for each; each starts holding `held` (sync-created) accesses."""
+    """Create `count` users whose login stored the stub's siret; the stub (the shared one, or
+    `stub`) names `upstream_domains` for each; each starts holding `held` (sync-created)
+    accesses."""
 
-    def make(count: int, *, upstream_domains=(ALPHA, BETA), held=(), prefix="admin") -> list:
+    def make(
+        count: int, *, upstream_domains=(ALPHA, BETA), held=(), prefix="admin", stub=None
+    ) -> list:
         token = uuid.uuid4().hex[:8]
         users = User.objects.bulk_create(
             [
@@ -151,7 +154,7 @@ def make_admins(domains, upstream):
             ]
         )
         for user in users:
-            upstream.set_admin_domains(user.email, list(upstream_domains))
+            (stub or upstream).set_admin_domains(user.email, list(upstream_domains))
         return users
 
     return make
