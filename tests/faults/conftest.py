@@ -79,9 +79,10 @@ def upstream(deploycenter_backend, settings):
 def start_worker(transactional_db, upstream, shared_broker, tmp_path):
     """Start `celery -A messages worker` subprocesses; each is stopped after the test.
 
-    start(name=, concurrency=, queues=, redis_url=, loglevel=, **settings) -> WorkerProcess.
-    The worker uses the test database, the given Redis (default: the suite's) as cache and
-    broker, and WORKER_DEFAULTS overridden by the settings given.
+    start(name=, concurrency=, queues=, redis_url=, loglevel=, wait=, **settings) ->
+    WorkerProcess. The worker uses the test database, the given Redis (default: the suite's)
+    as cache and broker, and WORKER_DEFAULTS overridden by the settings given. With
+    wait=False it is only launched: call its wait_ready().
     """
     started: list[WorkerProcess] = []
 
@@ -92,6 +93,7 @@ def start_worker(transactional_db, upstream, shared_broker, tmp_path):
         queues: tuple[str, ...] = (INTERACTIVE_QUEUE, BULK_QUEUE),
         redis_url: str | None = None,
         loglevel: str = "INFO",
+        wait: bool = True,
         **variables,
     ) -> WorkerProcess:
         name = name or f"w{len(started) + 1}"
@@ -109,9 +111,11 @@ def start_worker(transactional_db, upstream, shared_broker, tmp_path):
             loglevel=loglevel,
         )
         started.append(worker)
-        return worker.start()
+        return worker.start() if wait else worker.launch()
 
     yield start
+    for worker in started:
+        worker.begin_stop()
     for worker in started:
         worker.stop()
 

@@ -77,9 +77,14 @@ class WorkerProcess:
         self.loglevel = loglevel
         self.process: subprocess.Popen | None = None
         self._log_file = None
+        self._stopping_children: list[psutil.Process] | None = None
 
     def start(self, *, timeout: float = 90.0) -> "WorkerProcess":
         """Start the worker and wait for its "ready." line (it then consumes its queues)."""
+        return self.launch().wait_ready(timeout=timeout)
+
+    def launch(self) -> "WorkerProcess":
+        """Start the worker without waiting (several can start together), see `wait_ready`."""
         self._log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -106,6 +111,10 @@ class WorkerProcess:
             start_new_session=True,
             preexec_fn=_stop_with_parent,
         )
+        return self
+
+    def wait_ready(self, *, timeout: float = 90.0) -> "WorkerProcess":
+        """Wait for the worker's "ready." line."""
         deadline = time.monotonic() + timeout
         marker = f"{self.name}@"
         while not any(marker in line and "ready." in line for line in self.log().splitlines()):
@@ -150,21 +159,27 @@ class WorkerProcess:
             self.process.wait(timeout=10)
         self._close_log()
 
+    def begin_stop(self) -> None:
+        """Ask for a warm shutdown without waiting (several workers can stop together)."""
+        if self.alive() and self._stopping_children is None:
+            self._stopping_children = self.pool_children()
+            self.process.terminate()
+
     def stop(self, *, timeout: float = 30.0) -> None:
         """Warm shutdown: SIGTERM to the main process only (a group signal can hang billiard);
         SIGKILL the group if it does not exit in time."""
-        if self.alive():
-            children = self.pool_children()
-            self.process.terminate()
+        self.begin_stop()
+        if self._stopping_children is not None:
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
             # A pool child still there once its main process is gone would run on, orphaned.
-            for child in children:
+            for child in self._stopping_children:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     child.kill()
+        self._stopping_children = None
         self._close_log()
 
     def log(self) -> str:
