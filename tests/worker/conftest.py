@@ -137,6 +137,7 @@ def scripted_upstream(settings):
 
 IDP = "https://idp.example.test"
 CLIENT_SECRET = "s" * 64
+ACCESS_TOKEN = "the-access-token"
 
 
 class FakeProvider:
@@ -145,6 +146,8 @@ class FakeProvider:
 
     def __init__(self, settings, *, passthru: tuple[str, ...] = ()):
         self.passthru = passthru
+        # Every token handed out, for tests that check none of them leaks.
+        self.issued_tokens: list[str] = []
         settings.OIDC_RP_CLIENT_ID = "messages"
         settings.OIDC_RP_CLIENT_SECRET = CLIENT_SECRET
         settings.OIDC_RP_SIGN_ALGO = "HS256"
@@ -169,6 +172,7 @@ class FakeProvider:
             CLIENT_SECRET,
             algorithm="HS256",
         )
+        self.issued_tokens += [id_token, ACCESS_TOKEN]
         with responses.RequestsMock() as provider:
             for prefix in self.passthru:
                 provider.add_passthru(prefix)
@@ -176,7 +180,7 @@ class FakeProvider:
                 f"{IDP}/token",
                 json={
                     "id_token": id_token,
-                    "access_token": "the-access-token",
+                    "access_token": ACCESS_TOKEN,
                     "token_type": "Bearer",
                 },
             )
