@@ -1,5 +1,6 @@
 """Flower, started by `manage.py run_flower` as operators do, shows a sync with its state and
-result behind basic auth, and refuses anybody without the credentials."""
+result behind basic auth, and refuses anybody without the credentials; run open in debug, its
+API (which can apply tasks) still refuses everybody, whatever FLOWER_UNAUTHENTICATED_API says."""
 
 import os
 import socket
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,16 +20,17 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 CREDENTIALS = ("ops", "a-long-flower-password")
 
 
-@pytest.fixture
-def flower():
+@contextmanager
+def running_flower(**environment: str):
+    """`manage.py run_flower` as operators start it; yields its URL once it serves."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {
         **os.environ,
-        "FLOWER_BASIC_AUTH": ":".join(CREDENTIALS),
         # Must be ignored: it would open Flower's API to anybody.
         "FLOWER_UNAUTHENTICATED_API": "true",
+        **environment,
     }
     url = f"http://127.0.0.1:{port}"
     with subprocess.Popen(
@@ -53,8 +56,8 @@ def flower():
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    if requests.get(f"{url}/api/workers", auth=CREDENTIALS, timeout=5).ok:
-                        break
+                    requests.get(f"{url}/", timeout=5)
+                    break
                 except requests.ConnectionError:
                     pass
                 assert process.poll() is None, "Flower exited"
@@ -65,6 +68,12 @@ def flower():
             # Flower replaced run_flower's process (exec): this is Flower's own PID.
             process.terminate()
             process.wait(timeout=20)
+
+
+@pytest.fixture
+def flower():
+    with running_flower(FLOWER_BASIC_AUTH=":".join(CREDENTIALS)) as url:
+        yield url
 
 
 def test_flower_shows_the_sync_and_refuses_strangers(
@@ -96,7 +105,7 @@ def test_flower_shows_the_sync_and_refuses_strangers(
     assert "'status': 'ok'" in task["result"]
     assert user.email not in info.text
 
-    for path in ("/", "/tasks", f"/api/task/info/{task_id}", "/api/workers"):
+    for path in ("/", "/tasks", f"/api/task/info/{task_id}", "/api/workers", "/api/tasks"):
         assert requests.get(f"{flower}{path}", timeout=5).status_code == 401, path
     wrong = (CREDENTIALS[0], "wrong")
     assert requests.get(f"{flower}/api/tasks", auth=wrong, timeout=5).status_code == 401
@@ -104,3 +113,20 @@ def test_flower_shows_the_sync_and_refuses_strangers(
         f"{flower}/api/task/async-apply/entitlements.sync_all_admins", timeout=5
     )
     assert applied.status_code == 401
+
+
+def test_open_flower_in_debug_keeps_its_api_closed(transactional_db, broker_queues):
+    # Debug on loopback may run Flower without basic auth (its pages are open), but the API
+    # that applies tasks stays closed even though FLOWER_UNAUTHENTICATED_API asks otherwise.
+    environment = {"DJANGO_DEBUG": "true", "FLOWER_BASIC_AUTH": ""}
+    with running_flower(**environment) as url:
+        assert requests.get(f"{url}/", timeout=5).status_code == 200
+        for path in ("/api/workers", "/api/tasks", "/api/task/info/x", "/api/queues/length"):
+            assert requests.get(f"{url}{path}", timeout=5).status_code == 401, path
+        applied = requests.post(
+            f"{url}/api/task/async-apply/entitlements.sync_all_admins", json={}, timeout=5
+        )
+        assert applied.status_code == 401
+        assert requests.post(f"{url}/api/task/revoke/x", timeout=5).status_code == 401
+
+    assert broker_queues.length("bulk") == 0, "no task was applied"
