@@ -261,13 +261,15 @@ def kill_whole_worker_round(start_worker, make_admins, stub, rng, *, round_numbe
         assert not any(finished_since(user, sent_at) for user in users)
         killed_at = time.monotonic()
         worker.kill()
-    start_worker(name=f"rescuer{round_number}", concurrency=2, **WHOLE_WORKER_SETTINGS)
+    rescuer = start_worker(name=f"rescuer{round_number}", concurrency=2, **WHOLE_WORKER_SETTINGS)
     wait_until(
         lambda: all(finished_since(user, sent_at) for user in users),
         timeout=150,
         every=0.5,
         message="the redelivery after the visibility timeout",
     )
+    # The next round's syncs must go to its own doomed worker.
+    rescuer.stop()
     return {
         "users": users,
         "task_ids": [task_ids[user] for user in users],
