@@ -2,6 +2,8 @@
 settings (from the environment), the DeployCenter stub over HTTP, users the stub knows, and the
 figures each test measures (printed in pytest's summary, quoted in docs/reliability.md)."""
 
+import os
+import time
 import uuid
 from collections import Counter
 
@@ -34,6 +36,13 @@ WORKER_DEFAULTS = {
 }
 
 _measured: list[str] = []
+
+
+def fault_seed() -> int:
+    """The seed of a test's random draws: FAULTS_SEED replays a run; printed either way."""
+    seed = int(os.environ.get("FAULTS_SEED") or time.time())
+    print(f"random draws with FAULTS_SEED={seed}")
+    return seed
 
 
 @figures.reporter

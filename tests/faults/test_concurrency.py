@@ -22,7 +22,7 @@ from core.authentication import record_login
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, SyncRun
 from core.sync_requests import request_domain_resync, request_full_resync, request_sync
 from tests.deploycenter_stub import ALPHA_SIRET
-from tests.faults.conftest import DOMAINS, duplicate_access_rows, synced_domains
+from tests.faults.conftest import DOMAINS, duplicate_access_rows, fault_seed, synced_domains
 from tests.support import wait_until
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
@@ -81,9 +81,7 @@ def assert_trail_alternates(users, held_at_start) -> None:
 def run_mix(start_worker, make_admins, upstream, settings, report_figure, *, threads, seconds):
     # Every request sends its task: as much concurrency as possible.
     settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS = 0
-    seed = int(time.time())
-    print(f"operations drawn with seed {seed}")
-    rng = random.Random(seed)
+    rng = random.Random(fault_seed())
     users = []
     for _index in range(10):
         users += make_admins(1, upstream_domains=random_domains(rng), held=random_domains(rng))

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections import Counter
+from urllib.parse import urlsplit
 
 import pytest
 from django.utils import timezone
@@ -47,7 +48,7 @@ class OwnStub:
 
     def __init__(self):
         self.stub = DeployCenterStub().start()
-        self.port = self.stub._server.server_address[1]
+        self.port = urlsplit(self.stub.url).port
         self.admins: dict[str, list[str]] = {}
 
     def set_admin_domains(self, email: str, domains: list[str]) -> None:

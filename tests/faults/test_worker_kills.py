@@ -10,7 +10,6 @@ writes done (a row lock held by the test stops its deferred foreign-key check at
 after the commit but before the message is acknowledged (a table lock stops the result store).
 """
 
-import os
 import random
 import statistics
 import time
@@ -28,6 +27,7 @@ from tests.faults.conftest import (
     BETA,
     GAMMA,
     duplicate_access_rows,
+    fault_seed,
     synced_domains,
     upstream_calls_by_email,
 )
@@ -40,12 +40,6 @@ WAITING_ON_UPSTREAM = "waiting on the upstream"
 INSIDE_TRANSACTION = "inside the reconcile transaction, at its commit"
 AFTER_COMMIT = "after the commit, before the ack"
 PHASES = (WAITING_ON_UPSTREAM, INSIDE_TRANSACTION, AFTER_COMMIT)
-
-
-def _seed() -> int:
-    seed = int(os.environ.get("FAULTS_SEED") or time.time())
-    print(f"kill points drawn with FAULTS_SEED={seed}")
-    return seed
 
 
 def _conninfo() -> str:
@@ -189,7 +183,7 @@ def slow_upstream(upstream):
 
 
 def run_child_kills(start_worker, make_admins, stub, report_figure, *, kills: int) -> None:
-    rng = random.Random(_seed())
+    rng = random.Random(fault_seed())
     worker = start_worker(concurrency=1)
     users = make_admins(kills, held=(GAMMA,))
     plan = [PHASES[index % len(PHASES)] for index in range(kills)]
@@ -278,7 +272,7 @@ def kill_whole_worker_round(start_worker, make_admins, stub, rng, *, round_numbe
 
 
 def run_whole_worker_kills(start_worker, make_admins, stub, report_figure, *, rounds: int) -> None:
-    rng = random.Random(_seed())
+    rng = random.Random(fault_seed())
     users, task_ids, recovery = [], [], []
     for round_number in range(rounds):
         outcome = kill_whole_worker_round(
