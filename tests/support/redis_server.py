@@ -54,7 +54,3 @@ class PrivateRedis:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
-
-    def client(self) -> redis.Redis:
-        """A client of this server's db 0."""
-        return redis.Redis.from_url(self.url)

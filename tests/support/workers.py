@@ -127,9 +127,11 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int:
+        """The main process's id (also its process group's)."""
         return self.process.pid
 
     def alive(self) -> bool:
+        """Whether the main process still runs."""
         return self.process is not None and self.process.poll() is None
 
     def pool_children(self) -> list[psutil.Process]:
@@ -190,9 +192,3 @@ class WorkerProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-    def __enter__(self) -> "WorkerProcess":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
