@@ -421,5 +421,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # At DEBUG urllib3 logs every request line, and the entitlements request carries the
+        # user's email and claims in its query string: never below INFO, whatever LOG_LEVEL.
+        "urllib3": {"level": "INFO"},
     },
 }

@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from tests import figures
 from tests.deploycenter_stub import DeployCenterStub
 from tests.factories import UserFactory
+from tests.support import PrivateRedis
 
 DEPLOYCENTER_BACKEND = "core.entitlements.backends.deploycenter.DeployCenterEntitlementsBackend"
 
@@ -52,6 +53,14 @@ def deploycenter_backend(settings, deploycenter_stub):
     settings.ENTITLEMENTS_BACKEND = DEPLOYCENTER_BACKEND
     settings.ENTITLEMENTS_BACKEND_PARAMETERS = deploycenter_stub.backend_parameters()
     return deploycenter_stub
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A throwaway redis-server a test may stop and start (not started yet); stopped after."""
+    server = PrivateRedis(tmp_path)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -223,7 +223,14 @@ class DeployCenterStub:
         with self._lock:
             self.calls += 1
             self.requests.append(
-                {"method": method, "path": path, "query": query, "headers": dict(headers)}
+                {
+                    "method": method,
+                    "path": path,
+                    "query": query,
+                    "headers": dict(headers),
+                    # When it arrived (time.monotonic()), to measure the rate the stub sees.
+                    "at": time.monotonic(),
+                }
             )
 
     def answer(

@@ -4,7 +4,7 @@ import logging
 import uuid
 
 from django.core.cache import cache
-from redis.exceptions import LockError
+from redis.exceptions import LockError, LockNotOwnedError
 
 logger = logging.getLogger(__name__)
 
@@ -19,12 +19,17 @@ class TTLLock:
     lock: atomic SET NX PX to take it, a Lua compare-and-delete to release it. Other cache
     backends (the embedded default's file cache) get the same protocol through `cache.add`,
     which is not atomic across processes there: good enough for one demo machine only.
+
+    `owner` (a task id) makes the holder known: a lock found held by the same owner is taken
+    back. Celery redelivers a task killed mid-way (late acks) under its own id, and without
+    this the new copy would wait out the lock its dead predecessor left.
     """
 
-    def __init__(self, name: str, *, ttl: float):
+    def __init__(self, name: str, *, ttl: float, owner: str = ""):
         self.key = f"{_KEY_PREFIX}{name}"
         self.ttl = ttl
-        self._token = uuid.uuid4().hex
+        self._owner = owner
+        self._token = owner or uuid.uuid4().hex
         self._held = False
         self._redis_lock = (
             # The token is per lock object, not per thread: batch threads own their own locks.
@@ -36,10 +41,27 @@ class TTLLock:
     def acquire(self) -> bool:
         """Take the lock if nobody holds it; never waits."""
         if self._redis_lock is not None:
-            self._held = self._redis_lock.acquire(blocking=False)
+            self._held = self._redis_lock.acquire(blocking=False, token=self._token)
         else:
             self._held = cache.add(self.key, self._token, timeout=self.ttl)
+        if not self._held and self._owner:
+            self._held = self._take_back()
         return self._held
+
+    def _take_back(self) -> bool:
+        """Take the lock over, with a fresh TTL, if it is held under our owner's name."""
+        if self._redis_lock is None:
+            if cache.get(self.key) != self._token:
+                return False
+            cache.set(self.key, self._token, timeout=self.ttl)
+            return True
+        # Compare-and-expire in one Lua script: only a lock still holding our token is renewed.
+        self._redis_lock.local.token = self._token.encode()
+        try:
+            return self._redis_lock.reacquire()
+        except LockNotOwnedError:
+            self._redis_lock.local.token = None
+            return False
 
     def release(self) -> None:
         """Free the lock if this object still owns it; a lock that expired is left alone."""

@@ -45,9 +45,12 @@ class Outcome(enum.StrEnum):
     UNAVAILABLE = "unavailable"
 
 
-def user_lock(user_id) -> TTLLock:
-    """The lock that keeps two syncs of one user from running at once."""
-    return TTLLock(f"sync-user:{user_id}", ttl=USER_LOCK_TTL)
+def user_lock(user_id, *, owner: str = "") -> TTLLock:
+    """The lock that keeps two syncs of one user from running at once.
+
+    `owner` is the task id: a redelivered task takes back the lock its killed run left.
+    """
+    return TTLLock(f"sync-user:{user_id}", ttl=USER_LOCK_TTL, owner=owner)
 
 
 def sync_under_lock(
@@ -62,7 +65,7 @@ def sync_under_lock(
 
     Raises what the engine raises, EntitlementsUnavailableError included, lock released.
     """
-    lock = user_lock(user_id)
+    lock = user_lock(user_id, owner=task_id)
     if not lock.acquire():
         return None
     try:

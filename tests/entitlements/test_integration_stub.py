@@ -1,5 +1,6 @@
 """The DeployCenter backend against the local stub over real HTTP: every kind of answer."""
 
+import logging
 import threading
 
 import pytest
@@ -54,6 +55,18 @@ def test_request_carries_service_auth_and_no_authorization(backend, deploycenter
     assert request["headers"]["X-Service-Auth"] == f"Bearer {deploycenter_stub.api_key}"
     assert "Authorization" not in request["headers"]
     assert request["query"]["account_email"] == ["admin@alpha.example.org"]
+
+
+def test_even_at_debug_level_no_log_carries_the_email_or_the_claim(backend, caplog):
+    # The request line (urllib3 logs it at DEBUG) carries both in its query string.
+    caplog.set_level(logging.DEBUG)
+
+    assert _ask(backend)[0] is AnswerKind.AUTHORITATIVE
+
+    assert caplog.records, "the backend logs each call"
+    assert "admin@alpha" not in caplog.text
+    assert "admin%40alpha" not in caplog.text
+    assert ALPHA_SIRET not in caplog.text
 
 
 def test_wrong_key_is_a_configuration_error(deploycenter_stub):

@@ -1,9 +1,7 @@
-"""Fixtures of the worker tests: the broker's queues on the test Redis, a private Redis that a
-test may stop, producer apps pointed at it, users."""
+"""Fixtures of the worker tests: the broker's queues on the test Redis, producer apps pointed at
+another broker (e.g. the private Redis of tests/conftest.py), users."""
 
 import json
-import socket
-import subprocess
 import time
 import uuid
 from base64 import b64decode
@@ -70,56 +68,6 @@ def broker_queues():
     yield queues
     queues.clear()
     queues.client.close()
-
-
-class PrivateRedis:
-    """A throwaway redis-server on a free port, which a test may stop and start again."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    server = PrivateRedis(tmp_path)
-    yield server
-    server.stop()
 
 
 @contextmanager
@@ -193,6 +141,7 @@ def scripted_upstream(settings):
 
 IDP = "https://idp.example.test"
 CLIENT_SECRET = "s" * 64
+ACCESS_TOKEN = "the-access-token"
 
 
 class FakeProvider:
@@ -201,6 +150,8 @@ class FakeProvider:
 
     def __init__(self, settings, *, passthru: tuple[str, ...] = ()):
         self.passthru = passthru
+        # Every token handed out, for tests that check none of them leaks.
+        self.issued_tokens: list[str] = []
         settings.OIDC_RP_CLIENT_ID = "messages"
         settings.OIDC_RP_CLIENT_SECRET = CLIENT_SECRET
         settings.OIDC_RP_SIGN_ALGO = "HS256"
@@ -225,6 +176,7 @@ class FakeProvider:
             CLIENT_SECRET,
             algorithm="HS256",
         )
+        self.issued_tokens += [id_token, ACCESS_TOKEN]
         with responses.RequestsMock() as provider:
             for prefix in self.passthru:
                 provider.add_passthru(prefix)
@@ -232,7 +184,7 @@ class FakeProvider:
                 f"{IDP}/token",
                 json={
                     "id_token": id_token,
-                    "access_token": "the-access-token",
+                    "access_token": ACCESS_TOKEN,
                     "token_type": "Bearer",
                 },
             )

@@ -11,17 +11,11 @@ import pytest
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from core.sync_requests import request_sync
 from tests.deploycenter_stub import ALPHA_SIRET
+from tests.support import wait_until
 from tests.worker.conftest import FakeProvider
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 ADMIN = "admin@alpha.example.org"
-
-
-def wait_until(predicate, *, timeout=20.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {message}"
-        time.sleep(0.05)
 
 
 def admin_domains(user) -> set[str]:

@@ -66,6 +66,20 @@ def test_expired_lock_is_free_and_its_late_owner_cannot_release_the_next_one(cac
     current.release()
 
 
+def test_a_lock_left_under_an_owner_is_taken_back_by_that_owner_only(cache_backend):
+    # A task's run took the lock under the task id, then its process was killed.
+    assert TTLLock("user:1", ttl=1, owner="task-1").acquire()
+
+    assert not TTLLock("user:1", ttl=30, owner="task-2").acquire()
+    assert not TTLLock("user:1", ttl=30).acquire()
+    redelivered = TTLLock("user:1", ttl=30, owner="task-1")
+    assert redelivered.acquire()
+    time.sleep(1.2)
+    assert redelivered.locked(), "taking the lock back renews its time to live"
+    redelivered.release()
+    assert not TTLLock("user:1", ttl=30).locked()
+
+
 def test_lock_of_a_killed_process_expires_by_its_ttl(settings):
     script = textwrap.dedent(
         """

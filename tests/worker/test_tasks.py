@@ -2,7 +2,7 @@
 test Redis and PostgreSQL), with the engine and a scripted upstream."""
 
 import gc
-import time
+import uuid
 
 import psutil
 import pytest
@@ -18,18 +18,12 @@ from core.models import (
     SyncRun,
 )
 from core.sync_requests import request_sync
+from tests.support import wait_until
 from worker.locks import TTLLock
 from worker.runs import run_lock
 from worker.user_sync import user_lock
 
 ALPHA, BETA, GAMMA = "alpha.example.org", "beta.example.org", "gamma.example.org"
-
-
-def wait_until(predicate, *, timeout=20.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {message}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -154,6 +148,28 @@ class TestSyncUser:
             result = worker.AsyncResult(task_id).get(timeout=20)
 
         assert (result["status"], result["error_code"]) == ("skipped", "served_by_running_sync")
+
+    def test_a_redelivered_task_takes_back_the_lock_its_killed_run_left(
+        self, worker, domains, scripted_upstream, make_user
+    ):
+        user = make_user()
+        scripted_upstream(admins_by_email={user.email: [ALPHA]})
+        task_id = str(uuid.uuid4())
+        # The task's first run was killed mid-sync: it started after the request, never
+        # finished, and left the user's lock under its task id. The broker redelivers it.
+        EntitlementSyncState.objects.create(
+            user=user, requested_at=timezone.now(), last_trigger="login"
+        )
+        EntitlementSyncState.objects.filter(user=user).update(started_at=timezone.now())
+        assert user_lock(user.pk, owner=task_id).acquire()
+
+        result = worker.send_task(
+            "entitlements.sync_user", args=[str(user.pk), "login"], task_id=task_id
+        ).get(timeout=20)
+
+        assert result["status"] == "ok", result
+        assert result["added"] == [ALPHA]
+        assert not user_lock(user.pk).locked()
 
     def test_unknown_user_is_skipped(self, worker, make_user):
         result = worker.send_task(
