@@ -234,7 +234,7 @@ def sync_batch(
                     user = pending.get_nowait()
                 except queue.Empty:
                     return
-                arrived.put(fetch_under_lock(user=user))
+                arrived.put(fetch_under_lock(user=user, task_id=task_id))
         finally:
             arrived.put(_THREAD_DONE)
             # A custom backend may use the database: a thread's connection must not leak.

@@ -115,12 +115,13 @@ class FetchedUser:
             self.lock = None
 
 
-def fetch_under_lock(*, user: User) -> FetchedUser:
+def fetch_under_lock(*, user: User, task_id: str) -> FetchedUser:
     """Take the user's lock and fetch their answer for a batch; the lock stays held.
 
-    Never raises for one user: a batch goes on whatever happens to one of its users.
+    The batch's task id owns the lock, so a redelivered batch takes back what its killed run
+    left. Never raises for one user: a batch goes on whatever happens to one of its users.
     """
-    lock = user_lock(user.pk)
+    lock = user_lock(user.pk, owner=task_id)
     if not lock.acquire():
         # Another sync of this user is running now: it is at least as fresh as this run.
         return FetchedUser(user=user, outcome=Outcome.SKIPPED)

@@ -130,3 +130,19 @@ def test_a_batch_within_its_run_budget_reserves_its_revocations_in_one_statement
     run.refresh_from_db()
     assert run.accesses_revoked == 6
     assert not MailDomainAccess.objects.filter(user__in=users).exists()
+
+
+def test_a_redelivered_batch_takes_back_the_locks_its_killed_run_left(
+    transactional_db, make_user, scripted_upstream
+):
+    MailDomain.objects.create(name=ALPHA)
+    user = make_user()
+    scripted_upstream(admins_by_email={user.email: [ALPHA]})
+    # What a batch killed mid-way leaves: the user's lock, held under the batch's task id.
+    assert user_lock(user.pk, owner="batch-1").acquire()
+
+    outcome = sync_batch(user_ids=[str(user.pk)], trigger="periodic", task_id="batch-1")
+
+    assert (outcome.as_dict()["done"], outcome.as_dict()["skipped"]) == (1, 0)
+    assert _rights(user) == {ALPHA}
+    assert not user_lock(user.pk).locked()
