@@ -23,6 +23,7 @@ import redis
 
 from bench.stub import CONTROL_PATH
 from tests.deploycenter_stub import DEFAULT_API_KEY, DEFAULT_SERVICE_ID, ENDPOINT_PATH
+from tests.support.redis_server import PrivateRedis as TestsPrivateRedis
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOYCENTER_BACKEND = "core.entitlements.backends.deploycenter.DeployCenterEntitlementsBackend"
@@ -52,42 +53,20 @@ def stop_process(process: subprocess.Popen, *, timeout: float = 30) -> None:
         process.wait(timeout=10)
 
 
-class PrivateRedis:
-    """A throwaway redis-server on a free port, without persistence."""
+class PrivateRedis(TestsPrivateRedis):
+    """The benchmark's broker and cache: the tests' throwaway redis-server, started at once."""
 
     def __init__(self, directory: Path):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        super().__init__(directory)
+        try:
+            self.start()
+        except (OSError, RuntimeError):
+            raise BenchSetupError("redis-server did not start (is it installed?)") from None
         self.client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise BenchSetupError("redis-server did not start (is it installed?)") from None
-                time.sleep(0.05)
 
     def stop(self) -> None:
         self.client.close()
-        stop_process(self.process)
+        super().stop()
 
 
 class StubProcess:
