@@ -24,8 +24,10 @@ RATE_SETTINGS = {
     "ENTITLEMENTS_SYNC_BATCH_SIZE": 25,
     "ENTITLEMENTS_SYNC_BATCH_CONCURRENCY": 8,
 }
-# Arrival times are taken at the stub, after the network: allow a few requests of jitter.
-JITTER_REQUESTS = 3
+# Arrival times are taken at the stub, after the network and the stub's own threads: on a
+# loaded 2-core machine requests admitted apart can arrive bunched (seen: 11 over). A broken
+# limiter overshoots by hundreds over a 2,000-request run; the sustained rate stays strict.
+JITTER_REQUESTS = 15
 
 
 def login_to_rights(user) -> float:
