@@ -11,9 +11,9 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from bench.data import CLAIMS
-from core.authentication import LOGIN_TRIGGER, record_login
-from core.entitlements import sync_user_entitlements
-from core.models import EntitlementSyncState, User
+from core.authentication import record_login
+from core.entitlements import RequestOutcome, sync_user_entitlements
+from core.models import EntitlementSyncState, Trigger, User
 
 # The claims an identity provider hands over at login; only the siret is forwarded and kept.
 LOGIN_CLAIMS = {**CLAIMS, "given_name": "Bench", "phone_number": "+33 1 00 00 00 00"}
@@ -31,9 +31,9 @@ def async_login(user: User) -> None:
 def inline_login(user: User) -> None:
     """The seed product's design: the same login step asks the upstream and reconciles inline."""
     EntitlementSyncState.objects.filter(user=user).update(
-        forwarded_claims=CLAIMS, requested_at=timezone.now(), last_trigger=LOGIN_TRIGGER
+        forwarded_claims=CLAIMS, requested_at=timezone.now(), last_trigger=Trigger.LOGIN
     )
-    sync_user_entitlements(user_id=user.pk, trigger=LOGIN_TRIGGER)
+    sync_user_entitlements(user_id=user.pk, trigger=Trigger.LOGIN)
 
 
 def timed_logins(
@@ -182,9 +182,9 @@ def storm(
                 if delay > 0:
                     time.sleep(delay)
                 begin = time.perf_counter()
-                task_id = record_login(user=users[number % len(users)], claims=LOGIN_CLAIMS)
+                request = record_login(user=users[number % len(users)], claims=LOGIN_CLAIMS)
                 timings.append(_ms(time.perf_counter() - begin))
-                if task_id:
+                if request.outcome == RequestOutcome.QUEUED:
                     with sent_lock:
                         sent += 1
         finally:

@@ -17,9 +17,14 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_http_methods
 
 from core.entitlements import (
+    RequestOutcome,
+    SyncNotEnqueuedError,
     discard_held_revocations,
     forwarded_claim_names,
     release_held_revocations,
+    request_domain_resync,
+    request_full_resync,
+    request_sync,
 )
 from core.models import (
     AccessAuditEntry,
@@ -28,19 +33,11 @@ from core.models import (
     MailDomain,
     MailDomainAccess,
     SyncRun,
+    Trigger,
     User,
-    normalize_email,
 )
-from core.sync_requests import (
-    SyncNotEnqueuedError,
-    request_domain_resync,
-    request_full_resync,
-    request_sync,
-)
-from core.validators import normalize_domain_name
+from core.validators import normalize_domain_name, normalize_email
 
-# The trigger recorded for syncs an operator starts from the admin.
-ADMIN_TRIGGER = "admin"
 # A bigger selection is a job for a full resync, not for a web request sending one task each.
 MAX_USERS_PER_RESYNC_ACTION = 100
 # Task ids listed in a message; the rest are counted.
@@ -211,15 +208,11 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
             )
             return
         # Outside a transaction (the changelist runs in autocommit) each task is sent here and
-        # now; a send that failed clears the user's enqueued_at.
-        requested = {user.pk: request_sync(user=user, trigger=ADMIN_TRIGGER) for user in users}
-        not_sent = set(
-            EntitlementSyncState.objects.filter(
-                user_id__in=requested, enqueued_at__isnull=True
-            ).values_list("user_id", flat=True)
-        )
-        queued = [task_id for pk, task_id in requested.items() if task_id and pk not in not_sent]
-        collapsed = [pk for pk, task_id in requested.items() if not task_id]
+        # now, so each outcome is final.
+        requests = [request_sync(user=user, trigger=Trigger.ADMIN) for user in users]
+        queued = [r.task_id for r in requests if r.outcome == RequestOutcome.QUEUED]
+        collapsed = [r for r in requests if r.outcome == RequestOutcome.COLLAPSED]
+        not_sent = [r for r in requests if r.outcome == RequestOutcome.NOT_SENT]
         if queued:
             self.message_user(
                 request,
@@ -362,7 +355,7 @@ class MailDomainAdmin(ResyncPermissionMixin, admin.ModelAdmin):
         """Start a per-domain resync run for each selected domain."""
         for maildomain in queryset:
             try:
-                task_id = request_domain_resync(maildomain=maildomain, trigger=ADMIN_TRIGGER)
+                task_id = request_domain_resync(maildomain=maildomain, trigger=Trigger.ADMIN)
             except SyncNotEnqueuedError:
                 self.message_user(
                     request,
@@ -630,7 +623,7 @@ class SyncRunAdmin(
             raise PermissionDenied
         if request.method == "POST":
             try:
-                task_id = request_full_resync(trigger=ADMIN_TRIGGER)
+                task_id = request_full_resync(trigger=Trigger.ADMIN)
             except SyncNotEnqueuedError:
                 self.message_user(
                     request,

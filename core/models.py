@@ -7,7 +7,7 @@ from django.contrib.auth.models import PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 
-from core.validators import validate_domain_name
+from core.validators import normalize_email, validate_domain_name
 
 
 class BaseModel(models.Model):
@@ -21,11 +21,16 @@ class BaseModel(models.Model):
         abstract = True
 
 
-def normalize_email(email: str) -> str:
-    """Lower-case the domain part of an email and keep the local part as is (RFC 5321)."""
-    email = (email or "").strip()
-    local, at, domain = email.rpartition("@")
-    return f"{local}@{domain.lower()}" if at else email
+class Trigger(models.TextChoices):
+    """What started a sync or a run; recorded on the sync state, the audit trail and runs."""
+
+    LOGIN = "login", "Login"
+    ADMIN = "admin", "Django admin"
+    COMMAND = "command", "Command line"
+    PERIODIC = "periodic", "Periodic resync"
+    SWEEP = "sweep", "Sweep of requests that never ran"
+    PROVISIONING = "provisioning", "Provisioning API"
+    RELEASE = "release", "Release of held revocations"
 
 
 class UserManager(BaseUserManager):
@@ -139,6 +144,9 @@ class EntitlementSyncState(models.Model):
         UNAVAILABLE = "unavailable", "Upstream unavailable"
         INVALID = "invalid", "Invalid upstream answer"
         ERROR = "error", "Error"
+        # Not synced and not a failure: the user cannot be asked (unknown, or another sync of
+        # theirs is running and serves the request).
+        SKIPPED = "skipped", "Skipped"
 
     user = models.OneToOneField(
         User, on_delete=models.CASCADE, primary_key=True, related_name="sync_state"
@@ -156,7 +164,7 @@ class EntitlementSyncState(models.Model):
     # Every domain named by the last authoritative answer, provisioned here or not yet.
     entitled_domains = models.JSONField(default=list, blank=True)
     answer_fingerprint = models.CharField(max_length=64, blank=True)
-    last_trigger = models.CharField(max_length=32, blank=True)
+    last_trigger = models.CharField(max_length=32, choices=Trigger.choices, blank=True)
     last_task_id = models.CharField(max_length=255, blank=True)
 
     class Meta:
@@ -183,7 +191,7 @@ class AccessAuditEntry(models.Model):
     maildomain_name = models.CharField(max_length=253)
     role = models.CharField(max_length=20, default=MailDomainAccess.Role.ADMIN)
     action = models.CharField(max_length=10, choices=Action.choices)
-    trigger = models.CharField(max_length=32)
+    trigger = models.CharField(max_length=32, choices=Trigger.choices)
     task_id = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
@@ -211,7 +219,7 @@ class SyncRun(models.Model):
 
     scope = models.CharField(max_length=10, choices=Scope.choices, default=Scope.ALL)
     maildomain_name = models.CharField(max_length=253, blank=True)
-    trigger = models.CharField(max_length=32)
+    trigger = models.CharField(max_length=32, choices=Trigger.choices)
     task_id = models.CharField(max_length=255, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
     started_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -222,7 +230,7 @@ class SyncRun(models.Model):
     users_failed = models.PositiveIntegerField(default=0)
     users_skipped = models.PositiveIntegerField(default=0)
     error_code = models.CharField(max_length=64, blank=True)
-    # The blast-radius guard (core/entitlements/blast_radius.py): the accesses the sync could
+    # The revocation budget (core/entitlements/revocation_budget.py): the accesses the sync could
     # revoke when the run started, how many of them the run may revoke, how many it did, and
     # whether it reached its budget and held its further revocations.
     revocable_accesses = models.PositiveIntegerField(default=0)

@@ -1,12 +1,16 @@
-"""Read-only queries of the domain, shared by the API and the admin."""
+"""Read-only queries of the domain: for the API, the admin, the sync and its requests."""
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from django.db.models import QuerySet
+from django.db import connections, router
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, TextField
+from django.db.models.functions import Cast
 
-from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User, normalize_email
+from core.models import EntitlementSyncState, HeldRevocation, MailDomain, MailDomainAccess, User
+from core.validators import normalize_email
 
 
 @dataclass(frozen=True)
@@ -60,3 +64,102 @@ def find_user(*, user_id: uuid.UUID | None = None, email: str | None = None) -> 
     if email:
         return User.objects.filter(email=normalize_email(email)).first()
     return None
+
+
+# --- The sync's bookkeeping ------------------------------------------------------------------
+
+
+def users_entitled_to(name: str) -> QuerySet:
+    """Ids of the users whose last authoritative answer named the domain `name`."""
+    return states_entitled_to_any([name]).values_list("user_id", flat=True)
+
+
+def states_entitled_to_any(names: Iterable[str]) -> QuerySet:
+    """Sync states whose last authoritative answer named at least one of `names`."""
+    names = sorted(set(names))
+    states = EntitlementSyncState.objects.all()
+    if connections[router.db_for_read(EntitlementSyncState)].vendor == "postgresql":
+        # jsonb ?| matches string elements of a top-level array.
+        return states.filter(entitled_domains__has_any_keys=names)
+    # SQLite has no JSON containment lookup: match the quoted name in the stored JSON text.
+    # Exact, because domain names hold no character that JSON escapes. Callers pass at most
+    # a few hundred names (SQLite caps the depth of an OR chain at 1000).
+    condition = Q()
+    for name in names:
+        condition |= Q(entitled_domains_text__contains=f'"{name}"')
+    return states.alias(entitled_domains_text=Cast("entitled_domains", TextField())).filter(
+        condition
+    )
+
+
+def outstanding_requests(*, now: datetime, grace: timedelta) -> QuerySet:
+    """(user id, trigger) of requests no sync has served and no recent task carries."""
+    stuck_before = now - grace
+    still_running = Q(finished_at__isnull=True) | Q(finished_at__lt=F("started_at"))
+    return (
+        EntitlementSyncState.objects.filter(requested_at__isnull=False)
+        .filter(
+            Q(started_at__isnull=True)
+            | Q(started_at__lt=F("requested_at"))
+            # The sync that took the request died without finishing.
+            | (still_running & Q(started_at__lt=stuck_before))
+        )
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stuck_before))
+        .order_by()
+        .values_list("user_id", "last_trigger")
+    )
+
+
+def users_due_for_full_resync() -> QuerySet:
+    """Ids of users the periodic resync covers.
+
+    Those who hold a sync-created access (a revocation upstream must land), whose last
+    answer named domains (some may have been provisioned since), and those whose last sync
+    did not end well or never ran.
+    """
+    holds_synced_access = MailDomainAccess.objects.filter(
+        user=OuterRef("pk"), source=MailDomainAccess.Source.ENTITLEMENTS
+    )
+    state = EntitlementSyncState.objects.filter(user=OuterRef("pk"))
+    state_needs_sync = state.filter(
+        ~Q(status=EntitlementSyncState.Status.OK) | ~Q(entitled_domains=[])
+    )
+    return (
+        User.objects.filter(Exists(holds_synced_access) | ~Exists(state) | Exists(state_needs_sync))
+        .order_by()
+        .values_list("pk", flat=True)
+    )
+
+
+def users_of_domain(*, maildomain: MailDomain) -> QuerySet:
+    """Ids of users a resync of one domain covers: its admins and those last told they may be."""
+    return (
+        User.objects.filter(
+            Q(pk__in=MailDomainAccess.objects.filter(maildomain=maildomain).values("user_id"))
+            | Q(pk__in=users_entitled_to(maildomain.name))
+        )
+        .order_by()
+        .values_list("pk", flat=True)
+    )
+
+
+def running_sync_serves_request(*, user_id) -> bool:
+    """Whether a sync of the user is running that started after their latest request.
+
+    Such a sync reads the upstream after the request was made, so it honours it: a second
+    task for the same request can stop. A sync that started before the request cannot.
+    """
+    state = (
+        EntitlementSyncState.objects.filter(user_id=user_id)
+        .values("requested_at", "started_at", "finished_at")
+        .first()
+    )
+    if not state or not state["started_at"] or not state["requested_at"]:
+        return False
+    running = state["finished_at"] is None or state["finished_at"] < state["started_at"]
+    return running and state["started_at"] >= state["requested_at"]
+
+
+def pending_held_revocations() -> QuerySet:
+    """Held revocations no operator has released or discarded yet."""
+    return HeldRevocation.objects.filter(resolution=HeldRevocation.Resolution.PENDING)

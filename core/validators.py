@@ -1,4 +1,4 @@
-"""Validation of mail domain names."""
+"""Validation and normalisation of what people and upstreams send: domain names, e-mails."""
 
 import re
 import string
@@ -32,3 +32,10 @@ def ascii_lower(value: str) -> str:
 def normalize_domain_name(value: str) -> str:
     """Return a domain name as stored: surrounding whitespace removed, lower-case."""
     return ascii_lower(value.strip())
+
+
+def normalize_email(email: str) -> str:
+    """Lower-case the domain part of an email and keep the local part as is (RFC 5321)."""
+    email = (email or "").strip()
+    local, at, domain = email.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else email

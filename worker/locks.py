@@ -1,8 +1,9 @@
-"""Named locks with an owner token and a time to live, on the shared Django cache."""
+"""Named locks with an owner token and a time to live, and the locks the sync takes."""
 
 import logging
 import uuid
 
+from django.conf import settings
 from django.core.cache import cache
 from redis.exceptions import LockError, LockNotOwnedError
 
@@ -88,3 +89,25 @@ class TTLLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+# Hard time limit of entitlements.sync_user: one upstream call with its own timeouts and
+# retries inside, plus one short transaction.
+SYNC_USER_TIME_LIMIT = 60
+# Longer than any one user's sync (the task is killed at its hard limit, a batch thread's
+# user takes far less), so a live sync never loses its lock; a killed one frees it by expiry.
+USER_LOCK_TTL = SYNC_USER_TIME_LIMIT + 30
+
+
+def user_lock(user_id, *, owner: str = "") -> TTLLock:
+    """The lock that keeps two syncs of one user from running at once.
+
+    `owner` is the task id: a redelivered task takes back the lock its killed run left.
+    """
+    return TTLLock(f"sync-user:{user_id}", ttl=USER_LOCK_TTL, owner=owner)
+
+
+def run_lock(*, scope_key: str) -> TTLLock:
+    """The lock held while a run of this scope starts and fans out."""
+    # Outlives the fan-out task's hard time limit, so only a killed fan-out leaves it behind.
+    return TTLLock(f"resync:{scope_key}", ttl=settings.CELERY_TASK_TIME_LIMIT + 60)

@@ -6,7 +6,8 @@ from django.apps import apps as global_apps
 from django.conf import settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from worker.queues import SWEEP_PENDING_SYNCS_TASK, SYNC_ALL_ADMINS_TASK
+from core.entitlements import TaskName
+from core.models import Trigger
 
 FULL_RESYNC_NAME = "entitlements: resync all admins"
 SWEEP_NAME = "entitlements: sweep sync requests that never ran"
@@ -29,14 +30,14 @@ def ensure_periodic_tasks(*, apps=global_apps, **kwargs) -> None:
     resync_every = settings.ENTITLEMENTS_RESYNC_INTERVAL
     _ensure(
         name=FULL_RESYNC_NAME,
-        task=SYNC_ALL_ADMINS_TASK,
+        task=TaskName.SYNC_ALL_ADMINS,
         every_seconds=resync_every,
-        kwargs={"trigger": "periodic"},
+        kwargs={"trigger": Trigger.PERIODIC},
         description="Re-syncs every admin so upstream revocations land for everyone.",
     )
     _ensure(
         name=SWEEP_NAME,
-        task=SWEEP_PENDING_SYNCS_TASK,
+        task=TaskName.SWEEP_PENDING_SYNCS,
         every_seconds=SWEEP_EVERY_SECONDS,
         kwargs={},
         description="Enqueues recorded sync requests that never reached a worker.",

@@ -1,72 +1,69 @@
 """Celery tasks of the entitlements sync: thin wrappers adding locks, retries and counting.
 
 Arguments are ids and a trigger name, results are small JSON dicts: no email, claim or
-token ever reaches the broker, the result backend or Flower.
+token ever reaches the broker, the result backend or Flower. A result's `status` takes the
+values of the user's sync state (EntitlementSyncState.Status).
 """
 
 import logging
 
 from celery import shared_task
 
-from core.entitlements import EntitlementsUnavailableError, RunRevocationGuard
-from core.models import MailDomain, SyncRun, User
-from core.sync_requests import (
+from core.entitlements import (
+    EntitlementsUnavailableError,
+    RunRevocationBudget,
+    SyncResult,
+    TaskName,
     enqueue_outstanding_requests,
-    users_due_for_full_resync,
-    users_of_domain,
+    runs,
+    sync_user_entitlements,
 )
-from worker.queues import (
-    SWEEP_PENDING_SYNCS_TASK,
-    SYNC_ALL_ADMINS_TASK,
-    SYNC_DOMAIN_ADMINS_TASK,
-    SYNC_USER_TASK,
-    SYNC_USERS_BATCH_TASK,
-)
+from core.models import EntitlementSyncState, MailDomain, SyncRun, Trigger, User
+from core.selectors import running_sync_serves_request, users_due_for_full_resync, users_of_domain
+from worker.batches import sync_batch
+from worker.fan_out import run_resync
+from worker.locks import SYNC_USER_TIME_LIMIT, user_lock
 from worker.retry import may_retry, retry_countdown
-from worker.runs import record_batch, run_resync, sync_batch
-from worker.user_sync import (
-    SYNC_USER_TIME_LIMIT,
-    running_sync_serves_request,
-    sync_under_lock,
-)
 
 logger = logging.getLogger(__name__)
+
+Status = EntitlementSyncState.Status
 
 
 # max_retries=None: the bound is ENTITLEMENTS_SYNC_MAX_RETRIES, applied by worker.retry.
 @shared_task(
     bind=True,
-    name=SYNC_USER_TASK,
+    name=TaskName.SYNC_USER,
     max_retries=None,
     time_limit=SYNC_USER_TIME_LIMIT,
     soft_time_limit=SYNC_USER_TIME_LIMIT - 5,
 )
-def sync_user(self, user_id: str, trigger: str) -> dict:
+def sync_user(self, user_id: str, trigger: Trigger) -> dict:
     """Sync one user's admin accesses; retry while the upstream is down or another sync runs."""
     retries = self.request.retries
     try:
-        result = sync_under_lock(user_id=user_id, trigger=trigger, task_id=self.request.id or "")
+        result = _sync_under_lock(user_id=user_id, trigger=trigger, task_id=self.request.id or "")
     except EntitlementsUnavailableError as error:
         # The engine recorded the failure and left every access as it was.
         if may_retry(retries=retries):
             raise self.retry(countdown=retry_countdown(retries=retries)) from error
         logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
-        return _not_synced(user_id, trigger, status="unavailable", reason=error.error_code)
+        return _not_synced(user_id, trigger, status=Status.UNAVAILABLE, reason=error.error_code)
     except User.DoesNotExist:
-        return _not_synced(user_id, trigger, status="skipped", reason="unknown_user")
+        return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="unknown_user")
     if result is not None:
         return result.as_dict()
     # Another sync of this user holds the lock.
     if running_sync_serves_request(user_id=user_id):
-        return _not_synced(user_id, trigger, status="skipped", reason="served_by_running_sync")
+        return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="served_by_running_sync")
     if may_retry(retries=retries):
         raise self.retry(countdown=retry_countdown(retries=retries))
     # Still recorded as requested and unserved: the sweep sends it again later.
-    return _not_synced(user_id, trigger, status="skipped", reason="locked")
+    return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="locked")
 
 
-@shared_task(bind=True, name=SYNC_ALL_ADMINS_TASK)
-def sync_all_admins(self, trigger: str = "periodic") -> dict:
+@shared_task(bind=True, name=TaskName.SYNC_ALL_ADMINS)
+def sync_all_admins(self, trigger: Trigger = Trigger.PERIODIC) -> dict:
     """Resync every user the periodic run covers, in batches on the bulk queue."""
     return run_resync(
         scope=SyncRun.Scope.ALL,
@@ -78,12 +75,12 @@ def sync_all_admins(self, trigger: str = "periodic") -> dict:
     )
 
 
-@shared_task(bind=True, name=SYNC_DOMAIN_ADMINS_TASK)
-def sync_domain_admins(self, maildomain_id: str, trigger: str = "admin") -> dict:
+@shared_task(bind=True, name=TaskName.SYNC_DOMAIN_ADMINS)
+def sync_domain_admins(self, maildomain_id: str, trigger: Trigger = Trigger.ADMIN) -> dict:
     """Resync the admins of one mail domain and those last told they may administer it."""
     maildomain = MailDomain.objects.filter(pk=maildomain_id).first()
     if maildomain is None:
-        return {"status": "skipped", "reason": "unknown_domain"}
+        return {"run_status": SyncRun.Status.SKIPPED, "reason": "unknown_domain"}
     return run_resync(
         scope=SyncRun.Scope.DOMAIN,
         scope_key=f"domain:{maildomain.pk}",
@@ -95,8 +92,8 @@ def sync_domain_admins(self, maildomain_id: str, trigger: str = "admin") -> dict
     )
 
 
-@shared_task(bind=True, name=SYNC_USERS_BATCH_TASK, max_retries=None)
-def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: str) -> dict:
+@shared_task(bind=True, name=TaskName.SYNC_USERS_BATCH, max_retries=None)
+def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -> dict:
     """Sync a batch of a run's users concurrently; retry those whose upstream was down."""
     retries = self.request.retries
     outcome = sync_batch(
@@ -104,26 +101,45 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: str) -> di
         trigger=trigger,
         task_id=self.request.id or "",
         # The run's budget: beyond it, the batch holds revocations instead of applying them.
-        revocation_guard=RunRevocationGuard(run_id=run_id),
+        revocation_budget=RunRevocationBudget(run_id=run_id),
     )
     if outcome.retry_user_ids and may_retry(retries=retries):
-        record_batch(run_id=run_id, outcome=outcome)
+        runs.record_batch(run_id=run_id, outcome=outcome)
         raise self.retry(
             args=[outcome.retry_user_ids, run_id, trigger],
             countdown=retry_countdown(retries=retries),
         )
     outcome.give_up_retries()
-    record_batch(run_id=run_id, outcome=outcome)
+    runs.record_batch(run_id=run_id, outcome=outcome)
     return {"run_id": run_id, **outcome.as_dict()}
 
 
-@shared_task(name=SWEEP_PENDING_SYNCS_TASK)
-def sweep_pending_syncs() -> dict:
+# Runs every minute and usually sends nothing: its results would flood the result backend
+# and Flower, so none is kept; what it sends is logged.
+@shared_task(name=TaskName.SWEEP_PENDING_SYNCS, ignore_result=True)
+def sweep_pending_syncs() -> int:
     """Enqueue every recorded sync request that never ran (e.g. the broker was down)."""
-    return {"enqueued": enqueue_outstanding_requests()}
+    sent = enqueue_outstanding_requests()
+    if sent:
+        logger.info("sweep: %d sync request(s) re-enqueued", sent)
+    return sent
 
 
-def _not_synced(user_id: str, trigger: str, *, status: str, reason: str) -> dict:
+def _sync_under_lock(*, user_id, trigger: Trigger, task_id: str) -> SyncResult | None:
+    """Run the user's sync while holding their lock; None if another sync holds it.
+
+    Raises what the sync raises, EntitlementsUnavailableError included, lock released.
+    """
+    lock = user_lock(user_id, owner=task_id)
+    if not lock.acquire():
+        return None
+    try:
+        return sync_user_entitlements(user_id=user_id, trigger=trigger, task_id=task_id)
+    finally:
+        lock.release()
+
+
+def _not_synced(user_id: str, trigger: str, *, status: Status, reason: str) -> dict:
     """The result of a sync_user that did not reconcile, shaped like a sync result."""
     return {
         "user_id": user_id,

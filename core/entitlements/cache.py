@@ -4,8 +4,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -14,21 +13,11 @@ from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.factory import get_backend
 from core.entitlements.upstream_guard import Priority, UpstreamGuardError, guarded_upstream_call
-from core.models import normalize_email
-
-CacheStatus = Literal["miss", "hit", "stale"]
+from core.validators import normalize_email
 
 # Answers worth keeping: they describe the user. Request and configuration errors describe
 # us and must show again as soon as they are fixed; invalid answers are never trusted.
 _CACHEABLE = frozenset({AnswerKind.AUTHORITATIVE, AnswerKind.NO_INFORMATION})
-
-
-@dataclass(frozen=True, slots=True)
-class FetchedAnswer:
-    """An upstream answer and where it came from: the upstream (miss) or the cache."""
-
-    answer: UpstreamAnswer
-    cache: CacheStatus
 
 
 def cache_key(user_id: Any) -> str:
@@ -42,7 +31,7 @@ def fetch_entitlements(
     forwarded_claims: Mapping[str, Any],
     force_refresh: bool = False,
     priority: Priority = Priority.INTERACTIVE,
-) -> FetchedAnswer:
+) -> UpstreamAnswer:
     """The user's answer: cached if fresh (unless forced), else asked upstream.
 
     When the upstream is unavailable, the last cached answer is served as stale while it is
@@ -56,16 +45,16 @@ def fetch_entitlements(
     age = time.time() - entry["fetched_at"] if entry else None
 
     if entry and not force_refresh and age < settings.ENTITLEMENTS_CACHE_TIMEOUT:
-        return FetchedAnswer(UpstreamAnswer.from_dict(entry["answer"]), "hit")
+        return UpstreamAnswer.from_dict(entry["answer"], cache="hit")
 
     answer = _ask_upstream(backend, user, forwarded_claims, priority)
     if answer.kind is AnswerKind.UNAVAILABLE:
         if entry and age < settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS:
-            return FetchedAnswer(UpstreamAnswer.from_dict(entry["answer"]), "stale")
+            return UpstreamAnswer.from_dict(entry["answer"], cache="stale")
         raise EntitlementsUnavailableError(answer.error_code)
     if answer.kind in _CACHEABLE:
         _store(key, request, answer)
-    return FetchedAnswer(answer, "miss")
+    return answer
 
 
 class _Unavailable(Exception):

@@ -1,7 +1,7 @@
 """The reconcile service: make a user's ADMIN accesses match a classified answer, atomically."""
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -9,15 +9,13 @@ from django.conf import settings
 from django.db import connections, router, transaction
 from django.utils import timezone
 
-from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
-from core.entitlements.cache import CacheStatus
-from core.entitlements.selectors import states_entitled_to_any
-from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess
+from core.chunks import chunked
+from core.entitlements.accesses import Grant, Revocation, grant_accesses, revoke_accesses
+from core.entitlements.backends.base import AnswerKind, CacheStatus, UpstreamAnswer
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, Trigger, User
 
 Status = EntitlementSyncState.Status
 
-# Domains granted per transaction by the provisioning grant (SQLite's OR-depth limit).
-_GRANT_CHUNK = 200
 # Domain names looked up per query: far below SQLite's limit on bound parameters.
 _NAMES_PER_QUERY = 500
 
@@ -62,51 +60,50 @@ class _Plan:
     to_add: dict[str, Any] = field(default_factory=dict)  # domain name -> domain id
     to_remove: dict[str, Any] = field(default_factory=dict)  # domain name -> access id
     unchanged: int = 0
-    held: dict[str, Any] = field(default_factory=dict)  # revocations the guard held back
+    held: dict[str, Any] = field(default_factory=dict)  # revocations the budget held back
 
 
-class RevocationGuard(Protocol):
+# One user and their classified answer, ready to reconcile.
+UserAnswer = tuple[User, UpstreamAnswer]
+
+
+class RevocationBudget(Protocol):
     """Decides inside a reconcile's transaction whether its revocations may happen now.
 
-    Returns False to hold them: the accesses stay, and the guard records why.
+    A run's budget (revocation_budget.RunRevocationBudget) is the one implementation: it
+    holds the revocations past the run's share, recording them for an operator.
     """
 
-    def __call__(self, *, user, maildomain_names: list[str]) -> bool: ...
+    def admit_batch(self, *, count: int) -> bool:
+        """Reserve `count` revocations at once; False changes nothing (then ask one by one)."""
 
-
-@dataclass(frozen=True, slots=True)
-class UserAnswer:
-    """One user's classified answer, ready to reconcile, and where it came from."""
-
-    user: Any
-    answer: UpstreamAnswer
-    cache: CacheStatus = "miss"
+    def __call__(self, *, user, maildomain_names: list[str]) -> bool:
+        """True: revoke these now. False: they are held (and recorded)."""
 
 
 def reconcile_admin_accesses(
     *,
     user,
     answer: UpstreamAnswer,
-    trigger: str,
+    trigger: Trigger,
     task_id: str = "",
     dry_run: bool = False,
-    cache: CacheStatus = "miss",
-    revocation_guard: RevocationGuard | None = None,
+    revocation_budget: RevocationBudget | None = None,
 ) -> SyncResult:
     """Grant and revoke the user's ADMIN accesses to match an authoritative answer.
 
     Runs in one transaction with the user's sync state row locked, so two syncs of one user
     queue behind each other. A non-authoritative answer changes no access and only records
     why. The query count does not depend on the number of domains. `dry_run` plans only.
-    A `revocation_guard` (a resync run's budget) is asked only when the plan revokes; the
+    A `revocation_budget` (a resync run's) is asked only when the plan revokes; the
     revocations it holds stay, and the result lists them as `held`.
     """
     [result] = reconcile_many_admin_accesses(
-        answers=[UserAnswer(user, answer, cache)],
+        answers=[(user, answer)],
         trigger=trigger,
         task_id=task_id,
         dry_run=dry_run,
-        revocation_guard=revocation_guard,
+        revocation_budget=revocation_budget,
     )
     return result
 
@@ -114,29 +111,29 @@ def reconcile_admin_accesses(
 def reconcile_many_admin_accesses(
     *,
     answers: Sequence[UserAnswer],
-    trigger: str,
+    trigger: Trigger,
     task_id: str = "",
     dry_run: bool = False,
-    revocation_guard: RevocationGuard | None = None,
+    revocation_budget: RevocationBudget | None = None,
 ) -> list[SyncResult]:
     """reconcile_admin_accesses for many users at once, in one transaction; results in order.
 
     The query count depends neither on the number of users nor on the number of domains: a
     full resync reconciles a whole batch of users in a handful of statements and one commit
-    (plus what the `revocation_guard` queries, for users who lose an access). Each user's
+    (plus what the `revocation_budget` queries, for users who lose an access). Each user's
     state row is locked (in user order, so two overlapping calls cannot deadlock) before
     their accesses are read.
     """
-    if len({answer.user.pk for answer in answers}) != len(answers):
+    if len({user.pk for user, _answer in answers}) != len(answers):
         raise ValueError("each user may appear once in a reconcile")
     if dry_run:
         plans = _plans(answers)
     else:
         with transaction.atomic():
-            states = _locked_states([answer.user for answer in answers])
+            states = _locked_states([user for user, _answer in answers])
             plans = _plans(answers)
-            if revocation_guard is not None:
-                _hold_refused_revocations(answers=answers, plans=plans, guard=revocation_guard)
+            if revocation_budget is not None:
+                _hold_refused_revocations(answers=answers, plans=plans, budget=revocation_budget)
             _apply(plans=plans, answers=answers, trigger=trigger, task_id=task_id)
             _record(states=states, answers=answers, trigger=trigger, task_id=task_id)
     return [
@@ -146,19 +143,18 @@ def reconcile_many_admin_accesses(
 
 
 def _hold_refused_revocations(
-    *, answers: Sequence[UserAnswer], plans: Sequence[_Plan], guard: RevocationGuard
+    *, answers: Sequence[UserAnswer], plans: Sequence[_Plan], budget: RevocationBudget
 ) -> None:
-    """Ask the guard about each user's revocations, in order; hold those it refuses.
+    """Ask the budget about each user's revocations, in order; hold those it refuses.
 
-    A guard with `admit_batch(count=...)` (a run's budget) is first asked for all of them at
-    once: one statement instead of one per user in the usual case, the budget not reached.
+    It is first asked for all of them at once: one statement instead of one per user in the
+    usual case, the budget not reached.
     """
     total = sum(len(plan.to_remove) for plan in plans)
-    admit_batch = getattr(guard, "admit_batch", None)
-    if not total or (admit_batch is not None and admit_batch(count=total)):
+    if not total or budget.admit_batch(count=total):
         return
-    for answer, plan in zip(answers, plans, strict=True):
-        if plan.to_remove and not guard(user=answer.user, maildomain_names=sorted(plan.to_remove)):
+    for (user, _answer), plan in zip(answers, plans, strict=True):
+        if plan.to_remove and not budget(user=user, maildomain_names=sorted(plan.to_remove)):
             plan.held, plan.to_remove = plan.to_remove, {}
 
 
@@ -181,21 +177,21 @@ def _locked_states(users: Sequence) -> dict[Any, EntitlementSyncState]:
 def _plans(answers: Sequence[UserAnswer]) -> list[_Plan]:
     """Diff each user's access rows against the entitled domains that exist here."""
     strict = settings.ENTITLEMENTS_STRICT_MODE
-    authoritative = [answer for answer in answers if answer.answer.is_authoritative]
+    authoritative = [user.pk for user, answer in answers if answer.is_authoritative]
     rows: dict[Any, list] = defaultdict(list)
     if authoritative:
-        for user_id, *row in MailDomainAccess.objects.filter(
-            user_id__in=[answer.user.pk for answer in authoritative]
-        ).values_list("user_id", "id", "maildomain__name", "role", "source"):
+        for user_id, *row in MailDomainAccess.objects.filter(user_id__in=authoritative).values_list(
+            "user_id", "id", "maildomain__name", "role", "source"
+        ):
             rows[user_id].append(row)
     plans = [_Plan() for _ in answers]
     missing: list[set[str]] = [set() for _ in answers]
-    for answer, plan, plan_missing in zip(answers, plans, missing, strict=True):
-        if not answer.answer.is_authoritative:
+    for (user, answer), plan, plan_missing in zip(answers, plans, missing, strict=True):
+        if not answer.is_authoritative:
             continue
-        entitled = set(answer.answer.domains)
+        entitled = set(answer.domains)
         has_row = set()
-        for access_id, name, role, source in rows[answer.user.pk]:
+        for access_id, name, role, source in rows[user.pk]:
             has_row.add(name)
             if name in entitled:
                 plan.unchanged += 1
@@ -215,51 +211,35 @@ def _plans(answers: Sequence[UserAnswer]) -> list[_Plan]:
 
 def _domain_ids(names: set[str]) -> dict[str, Any]:
     """Ids of the existing domains among `names`; one query per chunk of names."""
-    ordered = sorted(names)
     found = {}
-    for start in range(0, len(ordered), _NAMES_PER_QUERY):
-        chunk = ordered[start : start + _NAMES_PER_QUERY]
+    for chunk in chunked(sorted(names), _NAMES_PER_QUERY):
         found.update(MailDomain.objects.filter(name__in=chunk).values_list("name", "id"))
     return found
 
 
 def _apply(
-    *, plans: Sequence[_Plan], answers: Sequence[UserAnswer], trigger: str, task_id: str
+    *, plans: Sequence[_Plan], answers: Sequence[UserAnswer], trigger: Trigger, task_id: str
 ) -> None:
-    """Write the plans: one insert, one delete and one audit insert at most."""
-    to_create = [
-        MailDomainAccess(
-            user=answer.user,
-            maildomain_id=domain_id,
-            role=MailDomainAccess.Role.ADMIN,
-            source=MailDomainAccess.Source.ENTITLEMENTS,
-        )
-        for answer, plan in zip(answers, plans, strict=True)
-        for domain_id in plan.to_add.values()
-    ]
-    if to_create:
-        # ignore_conflicts: a row made by hand at this very moment wins, the sync never fails.
-        MailDomainAccess.objects.bulk_create(to_create, ignore_conflicts=True)
-    to_delete = [access_id for plan in plans for access_id in plan.to_remove.values()]
-    if to_delete:
-        MailDomainAccess.objects.filter(id__in=to_delete).delete()
-    entries = [
-        AccessAuditEntry(
-            user=answer.user,
-            maildomain_name=name,
-            action=action,
-            trigger=trigger,
-            task_id=task_id,
-        )
-        for answer, plan in zip(answers, plans, strict=True)
-        for action, names in (
-            (AccessAuditEntry.Action.GRANTED, plan.to_add),
-            (AccessAuditEntry.Action.REVOKED, plan.to_remove),
-        )
-        for name in sorted(names)
-    ]
-    if entries:
-        AccessAuditEntry.objects.bulk_create(entries)
+    """Write the plans: one insert, one delete and their audit rows at most."""
+    users = [user for user, _answer in answers]
+    grant_accesses(
+        grants=[
+            Grant(user.pk, domain_id, name)
+            for user, plan in zip(users, plans, strict=True)
+            for name, domain_id in sorted(plan.to_add.items())
+        ],
+        trigger=trigger,
+        task_id=task_id,
+    )
+    revoke_accesses(
+        revocations=[
+            Revocation(user.pk, access_id, name)
+            for user, plan in zip(users, plans, strict=True)
+            for name, access_id in sorted(plan.to_remove.items())
+        ],
+        trigger=trigger,
+        task_id=task_id,
+    )
 
 
 # The bookkeeping a reconcile writes; the last two change only with an authoritative answer.
@@ -284,16 +264,16 @@ def _record(
     """Update the bookkeeping; the domain list only changes on an authoritative answer."""
     now = timezone.now()
     recorded = []
-    for answer in answers:
-        state = states[answer.user.pk]
-        state.status = STATUS_BY_KIND[answer.answer.kind]
-        state.error_code = _error_code(answer.answer, answer.cache)
+    for user, answer in answers:
+        state = states[user.pk]
+        state.status = STATUS_BY_KIND[answer.kind]
+        state.error_code = _error_code(answer)
         state.finished_at = now
         state.last_trigger = trigger
         state.last_task_id = task_id
-        if answer.answer.is_authoritative:
-            state.entitled_domains = list(answer.answer.domains)
-            state.answer_fingerprint = answer.answer.fingerprint
+        if answer.is_authoritative:
+            state.entitled_domains = list(answer.domains)
+            state.answer_fingerprint = answer.fingerprint
         recorded.append(state)
     _update_rows(recorded, _RECORDED_FIELDS)
 
@@ -325,79 +305,20 @@ def _update_rows(states: Sequence[EntitlementSyncState], fields: list[str]) -> N
 
 def _result(*, answer: UserAnswer, trigger: str, plan: _Plan) -> SyncResult:
     """The SyncResult of a reconcile."""
+    user, upstream = answer
     return SyncResult(
-        user_id=str(answer.user.pk),
+        user_id=str(user.pk),
         trigger=trigger,
-        status=str(STATUS_BY_KIND[answer.answer.kind]),
-        error_code=_error_code(answer.answer, answer.cache),
+        status=str(STATUS_BY_KIND[upstream.kind]),
+        error_code=_error_code(upstream),
         added=sorted(plan.to_add),
         removed=sorted(plan.to_remove),
         unchanged=plan.unchanged,
-        cache=answer.cache,
+        cache=upstream.cache,
         held=sorted(plan.held),
     )
 
 
-def _error_code(answer: UpstreamAnswer, cache: CacheStatus) -> str:
+def _error_code(answer: UpstreamAnswer) -> str:
     """Why the answer is not authoritative, or "stale" when a stale answer stood in."""
-    return answer.error_code or ("stale" if cache == "stale" else "")
-
-
-def grant_accesses_for_new_domains(
-    *, maildomains: Iterable[MailDomain], trigger: str = "provisioning"
-) -> int:
-    """Grant ADMIN access on new domains to users whose last answer named them; return count.
-
-    A provisioned domain gets its admins at once instead of at their next sync.
-    """
-    domains = {domain.name: domain for domain in maildomains}
-    names = sorted(domains)
-    granted = 0
-    for start in range(0, len(names), _GRANT_CHUNK):
-        chunk = names[start : start + _GRANT_CHUNK]
-        with transaction.atomic():
-            granted += _grant_chunk({name: domains[name] for name in chunk}, trigger=trigger)
-    return granted
-
-
-def _grant_chunk(domains: dict[str, MailDomain], *, trigger: str) -> int:
-    """Grant one chunk of domains; states are locked so no sync of these users runs meanwhile."""
-    # Locked in user order, so two grants over overlapping users cannot deadlock.
-    entitled = states_entitled_to_any(domains).select_for_update().order_by("user_id")
-    pairs = {
-        (user_id, name)
-        for user_id, names in entitled.values_list("user_id", "entitled_domains")
-        for name in domains.keys() & set(names)
-    }
-    if not pairs:
-        return 0
-    existing = set(
-        MailDomainAccess.objects.filter(
-            user_id__in={user_id for user_id, _ in pairs}, maildomain__in=domains.values()
-        ).values_list("user_id", "maildomain__name")
-    )
-    new = sorted(pairs - existing)
-    MailDomainAccess.objects.bulk_create(
-        [
-            MailDomainAccess(
-                user_id=user_id,
-                maildomain=domains[name],
-                role=MailDomainAccess.Role.ADMIN,
-                source=MailDomainAccess.Source.ENTITLEMENTS,
-            )
-            for user_id, name in new
-        ],
-        ignore_conflicts=True,
-    )
-    AccessAuditEntry.objects.bulk_create(
-        [
-            AccessAuditEntry(
-                user_id=user_id,
-                maildomain_name=name,
-                action=AccessAuditEntry.Action.GRANTED,
-                trigger=trigger,
-            )
-            for user_id, name in new
-        ]
-    )
-    return len(new)
+    return answer.error_code or ("stale" if answer.cache == "stale" else "")

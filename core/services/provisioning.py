@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.entitlements import grant_accesses_for_new_domains
-from core.models import MailDomain
+from core.models import MailDomain, Trigger
 from core.validators import normalize_domain_name, validate_domain_name
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def provision_maildomains(
             _update_custom_attributes(existing.values(), custom_attributes)
     # Users already told upstream that they administer a new domain get it now, not at their
     # next sync (which may be an hour away).
-    grant_accesses_for_new_domains(maildomains=created, trigger="provisioning")
+    grant_accesses_for_new_domains(maildomains=created, trigger=Trigger.PROVISIONING)
     result = ProvisioningResult(
         created=created,
         existing=[existing[name] for name in valid_names if name in existing],

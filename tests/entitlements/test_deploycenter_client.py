@@ -11,7 +11,7 @@ import requests
 import responses
 from responses import matchers
 
-from core.entitlements import AnswerKind
+from core.entitlements.backends.base import AnswerKind
 from core.entitlements.backends.deploycenter import MAX_BODY_BYTES, DeployCenterEntitlementsBackend
 from core.models import User
 

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from core.entitlements import AnswerKind
+from core.entitlements.backends.base import AnswerKind
 from core.entitlements.backends.deploycenter import DeployCenterEntitlementsBackend
 from core.models import User
 from tests.deploycenter_stub import ALPHA_SIRET, GAMMA_SIRET

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from core.entitlements import AnswerKind
+from core.entitlements.backends.base import AnswerKind
 from core.entitlements.backends.local import LocalEntitlementsBackend
 from core.models import User
 

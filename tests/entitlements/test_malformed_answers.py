@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from core.entitlements import (
-    AnswerKind,
     EntitlementsUnavailableError,
     UpstreamAnswer,
     get_backend,
     sync_user_entitlements,
 )
+from core.entitlements.backends.base import AnswerKind
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests import figures
 from tests.deploycenter_stub import ALPHA_SIRET

@@ -6,16 +6,15 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from core.entitlements import (
-    AnswerKind,
-    UpstreamAnswer,
+from core.entitlements import UpstreamAnswer, grant_accesses_for_new_domains
+from core.entitlements.backends.base import AnswerKind
+from core.entitlements.reconcile import (
     UserAnswer,
-    grant_accesses_for_new_domains,
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
-    users_entitled_to,
 )
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
+from core.selectors import users_entitled_to
 
 ADMIN = MailDomainAccess.Role.ADMIN
 MANUAL = MailDomainAccess.Source.MANUAL

@@ -9,14 +9,13 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from core.entitlements import (
-    RunRevocationGuard,
+    RunRevocationBudget,
     UpstreamAnswer,
     discard_held_revocations,
-    new_run_budget,
-    pending_held_revocations,
-    reconcile_admin_accesses,
     release_held_revocations,
 )
+from core.entitlements.reconcile import reconcile_admin_accesses
+from core.entitlements.revocation_budget import new_run_budget
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
@@ -26,6 +25,7 @@ from core.models import (
     SyncRun,
     User,
 )
+from core.selectors import pending_held_revocations
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 SYNC = MailDomainAccess.Source.ENTITLEMENTS
@@ -65,7 +65,7 @@ def reconcile(user, *names, guard=None, trigger="periodic"):
         user=user,
         answer=UpstreamAnswer.authoritative(names),
         trigger=trigger,
-        revocation_guard=guard,
+        revocation_budget=guard,
     )
 
 
@@ -101,7 +101,7 @@ class TestReconcileHook:
 
     def test_the_guard_is_not_asked_and_costs_nothing_when_nothing_is_revoked(self, domains):
         [user] = make_admins(1, domains)
-        guard = RunRevocationGuard(run_id=run_with_budget(0).pk)
+        guard = RunRevocationBudget(run_id=run_with_budget(0).pk)
         reconcile(user, ALPHA, BETA)
 
         with CaptureQueriesContext(connection) as unguarded:
@@ -128,7 +128,7 @@ class TestRunGuard:
     def test_revokes_up_to_the_budget_then_holds_everything(self, domains):
         users = make_admins(5, domains)
         run = run_with_budget(3)
-        guard = RunRevocationGuard(run_id=run.pk)
+        guard = RunRevocationBudget(run_id=run.pk)
 
         results = [reconcile(user, guard=guard) for user in users]
 
@@ -151,17 +151,17 @@ class TestRunGuard:
         [third] = make_admins(1, domains, names=(BETA,))
         run = run_with_budget(3)
 
-        assert reconcile(first, guard=RunRevocationGuard(run_id=run.pk)).removed == [ALPHA, BETA]
+        assert reconcile(first, guard=RunRevocationBudget(run_id=run.pk)).removed == [ALPHA, BETA]
         # Two more exceed the one left: held, and from now on the run holds everything, in
         # every batch (a fresh guard each), even a revocation that would fit.
-        assert reconcile(second, guard=RunRevocationGuard(run_id=run.pk)).held == [ALPHA, BETA]
-        assert reconcile(third, guard=RunRevocationGuard(run_id=run.pk)).held == [BETA]
+        assert reconcile(second, guard=RunRevocationBudget(run_id=run.pk)).held == [ALPHA, BETA]
+        assert reconcile(third, guard=RunRevocationBudget(run_id=run.pk)).held == [BETA]
         assert SyncRun.objects.get(pk=run.pk).accesses_revoked == 2
 
     def test_a_rolled_back_reconcile_gives_its_reservation_back(self, domains):
         [user] = make_admins(1, domains)
         run = run_with_budget(1)
-        guard = RunRevocationGuard(run_id=run.pk)
+        guard = RunRevocationBudget(run_id=run.pk)
 
         with pytest.raises(RuntimeError), transaction.atomic():
             reconcile(user, guard=guard)
@@ -175,8 +175,8 @@ class TestRunGuard:
         [user] = make_admins(1, domains)
         first, second = run_with_budget(0), run_with_budget(0)
 
-        reconcile(user, guard=RunRevocationGuard(run_id=first.pk))
-        reconcile(user, guard=RunRevocationGuard(run_id=second.pk))
+        reconcile(user, guard=RunRevocationBudget(run_id=first.pk))
+        reconcile(user, guard=RunRevocationBudget(run_id=second.pk))
 
         assert list(pending_held_revocations().values_list("run_id", flat=True)) == [first.pk]
         assert SyncRun.objects.get(pk=second.pk).revocations_held
@@ -188,7 +188,7 @@ def test_concurrent_reservations_never_exceed_the_budget(domains):
     10: exactly 10 revoke, 20 are held, whatever the interleaving."""
     users = make_admins(30, domains)
     run = run_with_budget(10)
-    guard = RunRevocationGuard(run_id=run.pk)
+    guard = RunRevocationBudget(run_id=run.pk)
     barrier = threading.Barrier(len(users))
     results, errors = [], []
 
@@ -251,7 +251,7 @@ def held_everywhere(domains):
     sync, one whose access was revoked by a login sync, one whose access was deleted by hand."""
     users = make_admins(6, domains)
     run = run_with_budget(0)
-    guard = RunRevocationGuard(run_id=run.pk)
+    guard = RunRevocationBudget(run_id=run.pk)
     for user in users:
         reconcile(user, guard=guard)
     told_again = users[:2]

@@ -5,12 +5,9 @@ import time
 
 import pytest
 
-from core.entitlements import (
-    EntitlementsUnavailableError,
-    Priority,
-    fetch_entitlements,
-    upstream_guard_state,
-)
+from core.entitlements import EntitlementsUnavailableError, Priority
+from core.entitlements.cache import fetch_entitlements
+from core.entitlements.upstream_guard import upstream_guard_state
 from core.models import User
 
 CLAIMS = {"siret": "12345678900017"}

@@ -19,8 +19,8 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from core.authentication import record_login
+from core.entitlements.requests import request_domain_resync, request_full_resync, request_sync
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, SyncRun
-from core.sync_requests import request_domain_resync, request_full_resync, request_sync
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import DOMAINS, duplicate_access_rows, fault_seed, synced_domains
 from tests.support import wait_until

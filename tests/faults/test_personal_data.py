@@ -24,8 +24,8 @@ from django.forms.models import model_to_dict
 from django.test import Client
 from django_celery_results.models import TaskResult
 
+from core.entitlements.requests import request_domain_resync, request_full_resync, request_sync
 from core.models import EntitlementSyncState, MailDomain, SyncRun, User
-from core.sync_requests import request_domain_resync, request_full_resync, request_sync
 from tests.deploycenter_stub import DeployCenterStub
 from tests.faults.conftest import ALPHA, BETA, GAMMA, synced_domains
 from tests.support import wait_until

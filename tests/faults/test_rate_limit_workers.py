@@ -11,8 +11,8 @@ from bisect import bisect_right
 import pytest
 from django.utils import timezone
 
+from core.entitlements.requests import request_full_resync, request_sync
 from core.models import SyncRun
-from core.sync_requests import request_full_resync, request_sync
 from tests.faults.conftest import ALPHA, synced_domains
 from tests.support import wait_until
 

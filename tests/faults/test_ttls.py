@@ -25,13 +25,12 @@ from django.core.cache import cache
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from core.entitlements.requests import request_full_resync, request_sync
 from core.models import EntitlementSyncState, MailDomainAccess, SyncRun
-from core.sync_requests import request_full_resync, request_sync
 from tests.faults.conftest import ALPHA, BETA, synced_domains
 from tests.support import wait_until
 from tests.support.workers import BASE_DIR
-from worker.runs import run_lock
-from worker.user_sync import USER_LOCK_TTL, user_lock
+from worker.locks import USER_LOCK_TTL, run_lock, user_lock
 
 TIME_LIMIT = 10
 TTL_SETTINGS = {
@@ -190,8 +189,8 @@ def hold_locks_then_die(*, env: dict, user_id) -> None:
         f"""
         import django
         django.setup()
-        from worker.runs import run_lock
-        from worker.user_sync import user_lock
+        from worker.locks import run_lock
+        from worker.locks import user_lock
         assert user_lock({str(user_id)!r}, owner="killed-task").acquire()
         assert run_lock(scope_key="all").acquire()
         print("held", flush=True)

@@ -16,8 +16,8 @@ import pytest
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from core.entitlements.requests import request_full_resync, request_sync
 from core.models import EntitlementSyncState, MailDomainAccess, SyncRun
-from core.sync_requests import request_full_resync, request_sync
 from tests.deploycenter_stub import DeployCenterStub
 from tests.faults.conftest import ALPHA, BETA, synced_domains
 from tests.support import wait_until

@@ -20,8 +20,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from core.entitlements.requests import request_sync
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain
-from core.sync_requests import request_sync
 from tests.faults.conftest import (
     ALPHA,
     BETA,
@@ -32,7 +32,7 @@ from tests.faults.conftest import (
     upstream_calls_by_email,
 )
 from tests.support import wait_until
-from worker.user_sync import user_lock
+from worker.locks import user_lock
 
 UPSTREAM_LATENCY = 0.4
 # Where a kill lands; each is drawn several times per run, in random order, at random delays.

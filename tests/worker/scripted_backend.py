@@ -4,7 +4,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from core.entitlements import AnswerKind, EntitlementsBackend, UpstreamAnswer
+from core.entitlements import UpstreamAnswer
+from core.entitlements.backends.base import AnswerKind, EntitlementsBackend
 
 SCRIPTED_BACKEND = "tests.worker.scripted_backend.ScriptedBackend"
 

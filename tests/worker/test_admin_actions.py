@@ -9,7 +9,8 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
-from core.entitlements import RunRevocationGuard, UpstreamAnswer, reconcile_admin_accesses
+from core.entitlements import RunRevocationBudget, UpstreamAnswer
+from core.entitlements.reconcile import reconcile_admin_accesses
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
@@ -343,13 +344,13 @@ def held(domains, make_user):
     for user in users:
         MailDomainAccess.objects.create(user=user, maildomain=domains[ALPHA], source=SYNC)
     run = SyncRun.objects.create(trigger="periodic", revoke_budget=0)
-    guard = RunRevocationGuard(run_id=run.pk)
+    guard = RunRevocationBudget(run_id=run.pk)
     for user in users:
         reconcile_admin_accesses(
             user=user,
             answer=UpstreamAnswer.authoritative([]),
             trigger="periodic",
-            revocation_guard=guard,
+            revocation_budget=guard,
         )
     EntitlementSyncState.objects.filter(user=users[0]).update(entitled_domains=[ALPHA])
     return {"run": run, "users": users}

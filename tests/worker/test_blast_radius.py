@@ -11,7 +11,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
 
-from core.entitlements import RunRevocationGuard
+from core.entitlements import RunRevocationBudget
+from core.entitlements.runs import start_run
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
@@ -22,11 +23,11 @@ from core.models import (
     User,
 )
 from tests import figures
-from worker.runs import start_run, sync_batch
+from worker.batches import sync_batch
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 SYNC = MailDomainAccess.Source.ENTITLEMENTS
-GUARD_LOGGER = "core.entitlements.blast_radius"
+GUARD_LOGGER = "core.entitlements.revocation_budget"
 
 _measured: list[str] = []
 
@@ -224,7 +225,7 @@ def _batch_at_once(users, run_id: int, barrier: threading.Barrier) -> None:
             user_ids=[str(user.pk) for user in users],
             trigger="periodic",
             task_id="",
-            revocation_guard=RunRevocationGuard(run_id=run_id),
+            revocation_budget=RunRevocationBudget(run_id=run_id),
         )
     finally:
         connections.close_all()
@@ -233,7 +234,7 @@ def _batch_at_once(users, run_id: int, barrier: threading.Barrier) -> None:
 def test_a_login_sync_revokes_a_held_access_and_the_release_finds_it_gone(
     worker, admins, scripted_upstream, settings
 ):
-    from core.sync_requests import request_sync
+    from core.entitlements.requests import request_sync
 
     settings.ENTITLEMENTS_MAX_REVOKE_MIN = 0
     settings.ENTITLEMENTS_MAX_REVOKE_SHARE = 0
@@ -273,7 +274,7 @@ class TestReleaseCommand:
             user_ids=[str(user.pk) for user in users],
             trigger="periodic",
             task_id="",
-            revocation_guard=RunRevocationGuard(run_id=run.pk),
+            revocation_budget=RunRevocationBudget(run_id=run.pk),
         )
         EntitlementSyncState.objects.filter(user=users[0]).update(entitled_domains=[ALPHA])
         return run

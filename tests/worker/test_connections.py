@@ -11,7 +11,7 @@ from celery import Celery
 from django.conf import settings
 from django.db import connection
 
-from worker.queues import SWEEP_PENDING_SYNCS_TASK
+from core.entitlements import TaskName
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,14 +43,14 @@ def test_a_worker_reuses_its_database_connection_across_tasks(transactional_db, 
     ) as worker:
         try:
             # The first task opens the pool child's connection.
-            app.send_task(SWEEP_PENDING_SYNCS_TASK, queue="interactive")
+            app.send_task(TaskName.SWEEP_PENDING_SYNCS, queue="interactive")
             deadline = time.monotonic() + 30
             while not app.control.ping(timeout=0.5):
                 assert time.monotonic() < deadline, "the worker did not start"
             time.sleep(2)
             before = _sessions()
             for _ in range(8):
-                app.send_task(SWEEP_PENDING_SYNCS_TASK, queue="interactive")
+                app.send_task(TaskName.SWEEP_PENDING_SYNCS, queue="interactive")
             time.sleep(4)
             # Reopened per task, it would be 8 more sessions (several per task with a results
             # backend write); kept, none.

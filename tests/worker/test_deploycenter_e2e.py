@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from core.entitlements.requests import request_sync
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
-from core.sync_requests import request_sync
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.support import wait_until
 from tests.worker.conftest import FakeProvider

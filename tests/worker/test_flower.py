@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from core.sync_requests import request_sync
+from core.entitlements.requests import request_sync
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 CREDENTIALS = ("ops", "a-long-flower-password")

@@ -7,8 +7,8 @@ import time
 from celery.contrib.testing.worker import start_worker
 from django_celery_results.models import TaskResult
 
+from core.entitlements.requests import enqueue_outstanding_requests
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
-from core.sync_requests import enqueue_outstanding_requests
 from tests.worker.conftest import QUEUES, producer_app
 
 ALPHA = "alpha.example.org"

@@ -7,10 +7,12 @@ from typing import Any
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from core.entitlements import EntitlementsBackend, RunRevocationGuard, UpstreamAnswer
+from core.entitlements import RunRevocationBudget, UpstreamAnswer
+from core.entitlements.backends.base import EntitlementsBackend
+from core.entitlements.runs import start_run
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, SyncRun, User
-from worker.runs import start_run, sync_batch
-from worker.user_sync import user_lock
+from worker.batches import sync_batch
+from worker.locks import user_lock
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 VANISHING = "vanishing@example.org"
@@ -119,7 +121,7 @@ def test_a_batch_within_its_run_budget_reserves_its_revocations_in_one_statement
             user_ids=[str(user.pk) for user in users],
             trigger="periodic",
             task_id="",
-            revocation_guard=RunRevocationGuard(run_id=run.pk),
+            revocation_budget=RunRevocationBudget(run_id=run.pk),
         )
 
     reservations = [

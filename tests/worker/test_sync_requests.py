@@ -9,18 +9,18 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from core.models import EntitlementSyncState
-from core.sync_requests import (
-    SYNC_USER_TASK,
+from core.entitlements.requests import (
+    TaskName,
     enqueue_outstanding_requests,
     request_sync,
 )
+from core.models import EntitlementSyncState
 from tests.worker.conftest import producer_app
 from worker import queues
 
 
 def test_task_name_matches_the_worker_registration():
-    assert SYNC_USER_TASK == queues.SYNC_USER_TASK
+    assert TaskName.SYNC_USER == queues.TaskName.SYNC_USER
 
 
 def test_first_request_records_and_enqueues_after_commit(

@@ -10,6 +10,7 @@ from django.db import connection
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from core.entitlements.requests import request_sync
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
@@ -17,11 +18,8 @@ from core.models import (
     MailDomainAccess,
     SyncRun,
 )
-from core.sync_requests import request_sync
 from tests.support import wait_until
-from worker.locks import TTLLock
-from worker.runs import run_lock
-from worker.user_sync import user_lock
+from worker.locks import TTLLock, run_lock, user_lock
 
 ALPHA, BETA, GAMMA = "alpha.example.org", "beta.example.org", "gamma.example.org"
 
@@ -224,7 +222,7 @@ def population(transactional_db, domains, make_user):
 
 
 def test_full_resync_covers_exactly_who_may_change(population):
-    from core.sync_requests import users_due_for_full_resync
+    from core.entitlements.requests import users_due_for_full_resync
 
     covered = {str(pk) for pk in users_due_for_full_resync()}
 

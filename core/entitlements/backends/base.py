@@ -5,7 +5,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from django.core.exceptions import ValidationError
 
@@ -23,6 +23,10 @@ class AnswerKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"
 
 
+# Where an answer came from: the upstream now ("miss"), or the shared cache, fresh or stale.
+CacheStatus = Literal["miss", "hit", "stale"]
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamAnswer:
     """A classified upstream answer: the admin domain list when authoritative, else a reason."""
@@ -32,6 +36,8 @@ class UpstreamAnswer:
     domains: tuple[str, ...] = ()
     # Short token saying why an answer is not authoritative (e.g. "not_activated", "timeout").
     error_code: str = ""
+    # Set by the shared cache; a backend always answers "miss".
+    cache: CacheStatus = "miss"
 
     @classmethod
     def authoritative(cls, domains: Iterable[str]) -> "UpstreamAnswer":
@@ -56,7 +62,7 @@ class UpstreamAnswer:
         return hashlib.sha256("\n".join(self.domains).encode()).hexdigest()
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-able form, for the shared cache."""
+        """A JSON-able form, for the shared cache (which sets `cache` when it reads it back)."""
         return {
             "kind": str(self.kind),
             "domains": list(self.domains),
@@ -64,9 +70,9 @@ class UpstreamAnswer:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "UpstreamAnswer":
-        """Rebuild an answer stored by `as_dict`."""
-        return cls(AnswerKind(data["kind"]), tuple(data["domains"]), data["error_code"])
+    def from_dict(cls, data: Mapping[str, Any], *, cache: CacheStatus) -> "UpstreamAnswer":
+        """Rebuild an answer stored by `as_dict`, served from the cache as `cache`."""
+        return cls(AnswerKind(data["kind"]), tuple(data["domains"]), data["error_code"], cache)
 
 
 def normalize_domain_names(names: Iterable[str]) -> tuple[str, ...]:

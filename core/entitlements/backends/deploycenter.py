@@ -12,7 +12,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from core.entitlements.backends.base import AnswerKind, EntitlementsBackend, UpstreamAnswer
-from core.models import normalize_email
+from core.validators import normalize_email
 
 logger = logging.getLogger(__name__)
 

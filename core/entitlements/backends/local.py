@@ -14,7 +14,7 @@ from core.entitlements.backends.base import (
     UpstreamAnswer,
     normalize_domain_names,
 )
-from core.models import normalize_email
+from core.validators import normalize_email
 
 logger = logging.getLogger(__name__)
 

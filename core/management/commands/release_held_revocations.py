@@ -2,17 +2,14 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from core.entitlements import (
-    discard_held_revocations,
-    pending_held_revocations,
-    release_held_revocations,
-)
+from core.entitlements import discard_held_revocations, release_held_revocations
 from core.models import HeldRevocation, SyncRun
+from core.selectors import pending_held_revocations
 
 
 class Command(BaseCommand):
     help = (
-        "Release the revocations a resync run held at its blast-radius budget (--run ID, or "
+        "Release the revocations a resync run held at its revocation budget (--run ID, or "
         "--all pending): each is re-checked against the user's last answer and revoked only "
         "if that answer still does not name the domain. --discard keeps the accesses instead; "
         "--dry-run says what would happen and writes nothing."

@@ -4,7 +4,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from core.authentication import OIDCAuthenticationBackend
-from core.models import EntitlementSyncState, User, normalize_email
+from core.entitlements import RequestOutcome
+from core.models import EntitlementSyncState, User
+from core.validators import normalize_email
 
 
 class Command(BaseCommand):
@@ -37,9 +39,10 @@ class Command(BaseCommand):
         state = EntitlementSyncState.objects.get(user=user)
         self.stdout.write(f"Logged in {user.email} (sub {user.sub}).")
         self.stdout.write(f"Stored forwarded claims: {state.forwarded_claims or 'none'}")
-        if backend.sync_task_id:
-            self.stdout.write(f"Sync queued: task {backend.sync_task_id}.")
-        elif state.enqueued_at is None:
+        request = backend.sync_request
+        if request.outcome == RequestOutcome.QUEUED:
+            self.stdout.write(f"Sync queued: task {request.task_id}.")
+        elif request.outcome == RequestOutcome.NOT_SENT:
             self.stdout.write("The broker is unreachable: the sweep will send the sync later.")
         else:
             self.stdout.write("A sync queued moments ago serves this login too.")

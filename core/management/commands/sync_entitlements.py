@@ -1,37 +1,57 @@
-"""manage.py sync_entitlements: resync one user, one domain's admins, or every admin."""
+"""manage.py sync_entitlements: resync one user, one domain's admins, or every admin.
 
+Exit codes: 0 done, 1 an error (unknown user, broker down...), 3 --wait timed out, 4 the run
+held revocations that an operator must release or discard.
+"""
+
+import argparse
 import time
 
 from celery import current_app
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
 
-from core.entitlements import EntitlementsUnavailableError, sync_user_entitlements
-from core.models import (
-    AccessAuditEntry,
-    EntitlementSyncState,
-    MailDomain,
-    SyncRun,
-    User,
-    normalize_email,
-)
-from core.sync_requests import (
+from core.entitlements import (
+    EntitlementsUnavailableError,
+    RequestOutcome,
     SyncNotEnqueuedError,
     request_domain_resync,
     request_full_resync,
     request_sync,
-    users_due_for_full_resync,
-    users_of_domain,
+    sync_user_entitlements,
 )
+from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, SyncRun, Trigger, User
+from core.selectors import users_due_for_full_resync, users_of_domain
+from core.validators import normalize_domain_name, normalize_email
 
-TRIGGER = "command"
+EXIT_TIMEOUT = 3
+EXIT_HELD_REVOCATIONS = 4
 _POLL_SECONDS = 0.5
+
+
+def _positive_seconds(value: str) -> float:
+    """argparse type of --timeout: a number of seconds above zero."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be above zero, not {value}")
+    return seconds
+
+
+def _count(number: int, noun: str) -> str:
+    """'1 user', '2 users'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 class Command(BaseCommand):
     help = (
         "Resync entitlements of one user (--user), of one domain's admins (--domain) or of "
         "every admin (--all) through the workers; --dry-run prints what would change, "
-        "in this process, writing nothing."
+        "in this process, writing nothing. Exit codes: 3 when --wait times out, 4 when the "
+        "run held revocations for an operator."
     )
 
     def add_arguments(self, parser):
@@ -49,7 +69,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--timeout",
-            type=float,
+            type=_positive_seconds,
             default=600,
             metavar="SECONDS",
             help="how long --wait waits (default 600)",
@@ -73,9 +93,9 @@ class Command(BaseCommand):
             return self._sync_user(target_user, wait=wait, timeout=timeout)
         try:
             if maildomain:
-                task_id = request_domain_resync(maildomain=maildomain, trigger=TRIGGER)
+                task_id = request_domain_resync(maildomain=maildomain, trigger=Trigger.COMMAND)
             else:
-                task_id = request_full_resync(trigger=TRIGGER)
+                task_id = request_full_resync(trigger=Trigger.COMMAND)
         except SyncNotEnqueuedError as error:
             raise CommandError(str(error)) from None
         self.stdout.write(f"Resync started: task {task_id} (Flower, or the admin's sync runs).")
@@ -84,19 +104,19 @@ class Command(BaseCommand):
 
     def _sync_user(self, user: User, *, wait: bool, timeout: float) -> None:
         """Request a sync of the user through the one door, and optionally wait for it."""
-        task_id = request_sync(user=user, trigger=TRIGGER)
-        state = EntitlementSyncState.objects.get(user=user)
-        if state.enqueued_at is None:
+        request = request_sync(user=user, trigger=Trigger.COMMAND)
+        if request.outcome == RequestOutcome.NOT_SENT:
             raise CommandError(
                 "The task broker cannot be reached. The request is recorded: the sweep "
                 "sends it once the broker is back."
             )
-        if task_id:
-            self.stdout.write(f"Sync of {user.email} queued: task {task_id}.")
+        if request.outcome == RequestOutcome.QUEUED:
+            self.stdout.write(f"Sync of {user.email} queued: task {request.task_id}.")
         else:
             self.stdout.write(f"A sync of {user.email} was already queued; it serves this one.")
         if wait:
-            self._wait_for_user(user, requested_at=state.requested_at, timeout=timeout)
+            requested_at = EntitlementSyncState.objects.get(user=user).requested_at
+            self._wait_for_user(user, requested_at=requested_at, timeout=timeout)
 
     def _wait_for_user(self, user: User, *, requested_at, timeout: float) -> None:
         """Wait for a sync that started after the request to finish, then say what it did."""
@@ -107,7 +127,11 @@ class Command(BaseCommand):
             if started and finished and started >= requested_at and finished >= started:
                 break
             if time.monotonic() > deadline:
-                raise CommandError(f"No sync finished within {timeout:g} s; is a worker up?")
+                raise CommandError(
+                    f"No sync of {user.email} finished within {timeout:g} s; is a worker "
+                    "serving the interactive queue? The request stays recorded.",
+                    returncode=EXIT_TIMEOUT,
+                )
             time.sleep(_POLL_SECONDS)
         self.stdout.write(
             f"Status: {state.status}" + (f" ({state.error_code})" if state.error_code else "")
@@ -118,50 +142,75 @@ class Command(BaseCommand):
     def _wait_for_run(self, task_id: str, *, timeout: float) -> None:
         """Wait for the fan-out, then follow the run's counters to the end."""
         deadline = time.monotonic() + timeout
-        totals = current_app.AsyncResult(task_id).get(timeout=timeout, propagate=True)
-        if totals.get("status") == SyncRun.Status.SKIPPED:
+        try:
+            started = current_app.AsyncResult(task_id).get(timeout=timeout, propagate=True)
+        except CeleryTimeoutError:
             raise CommandError(
-                f"Run #{totals['run_id']} skipped: another run of the same scope is in progress."
+                f"The resync did not start within {timeout:g} s; is a worker serving the "
+                "bulk queue?",
+                returncode=EXIT_TIMEOUT,
+            ) from None
+        if started.get("run_status") == SyncRun.Status.SKIPPED:
+            raise CommandError(
+                f"Run #{started.get('run_id')} skipped: another run of the same scope is in "
+                "progress."
+                if "run_id" in started
+                else f"The resync did not start: {started.get('reason', started)}"
             )
-        if "run_id" not in totals:
-            raise CommandError(f"The resync did not start: {totals.get('reason', totals)}")
-        bar = ProgressBar(self.stderr)
-        while True:
-            run = SyncRun.objects.get(pk=totals["run_id"])
-            bar.show(run)
-            if run.status != SyncRun.Status.RUNNING:
-                break
-            if time.monotonic() > deadline:
-                bar.close()
-                raise CommandError(f"Run #{run.pk} still running after {timeout:g} s.")
-            time.sleep(_POLL_SECONDS)
-        bar.close()
+        run = self._follow(started["run_id"], deadline=deadline, timeout=timeout)
         self.stdout.write(
-            f"Run #{run.pk} {run.status}: {run.users_enqueued} users, {run.users_done} done "
-            f"({run.users_changed} changed), {run.users_failed} failed, "
+            f"Run #{run.pk} {run.status}: {_count(run.users_enqueued, 'user')}, "
+            f"{run.users_done} done ({run.users_changed} changed), {run.users_failed} failed, "
             f"{run.users_skipped} skipped."
         )
+        held = run.held_revocations.filter(resolution="pending").count()
+        if run.revocations_held:
+            raise CommandError(
+                f"Run #{run.pk} reached its revocation budget and held "
+                f"{_count(held, 'revocation')} for an operator: review them in the admin "
+                f"(Held revocations), then run `manage.py release_held_revocations --run "
+                f"{run.pk}` (or --discard).",
+                returncode=EXIT_HELD_REVOCATIONS,
+            )
+
+    def _follow(self, run_id: int, *, deadline: float, timeout: float) -> SyncRun:
+        """Show a run's progress until it ends; its final row."""
+        with tqdm(file=self.stderr._out, unit=" users", dynamic_ncols=True) as bar:
+            while True:
+                run = SyncRun.objects.get(pk=run_id)
+                bar.total = run.users_enqueued or None
+                bar.n = run.users_done + run.users_failed + run.users_skipped
+                bar.set_postfix(
+                    changed=run.users_changed, failed=run.users_failed, skipped=run.users_skipped
+                )
+                if run.status != SyncRun.Status.RUNNING:
+                    return run
+                if time.monotonic() > deadline:
+                    raise CommandError(
+                        f"Run #{run.pk} still running after {timeout:g} s; it goes on in the "
+                        "workers (the admin's sync runs show it).",
+                        returncode=EXIT_TIMEOUT,
+                    )
+                time.sleep(_POLL_SECONDS)
 
     def _dry_run(self, user_ids) -> None:
         """Compute each user's plan in this process and print the changes; write nothing."""
         user_ids = list(user_ids)
-        bar = ProgressBar(self.stderr)
         would_change = 0
-        for number, user_id in enumerate(user_ids, start=1):
+        for user_id in tqdm(user_ids, file=self.stderr._out, unit=" users", leave=False):
             line = self._dry_run_one(user_id)
             if line:
                 would_change += 1
-                bar.clear()
-                self.stdout.write(line)
-            bar.show_count(number, len(user_ids))
-        bar.close()
-        self.stdout.write(f"Dry run: {len(user_ids)} users checked, {would_change} would change.")
+                tqdm.write(line, file=self.stdout._out)
+        self.stdout.write(
+            f"Dry run: {_count(len(user_ids), 'user')} checked, {would_change} would change."
+        )
 
     def _dry_run_one(self, user_id) -> str:
         """One user's line of the dry run, or "" when nothing would change."""
         email = User.objects.values_list("email", flat=True).get(pk=user_id)
         try:
-            result = sync_user_entitlements(user_id=user_id, trigger=TRIGGER, dry_run=True)
+            result = sync_user_entitlements(user_id=user_id, trigger=Trigger.COMMAND, dry_run=True)
         except EntitlementsUnavailableError as error:
             return f"{email}: upstream unavailable ({error.error_code}), nothing would change"
         if result.status != EntitlementSyncState.Status.OK:
@@ -171,48 +220,6 @@ class Command(BaseCommand):
         changes = [f"grant {name}" for name in result.added]
         changes += [f"revoke {name}" for name in result.removed]
         return f"{email}: would {', '.join(changes)}"
-
-
-class ProgressBar:
-    """A one-line text progress bar on a terminal stream."""
-
-    width = 30
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.shown = False
-
-    def show(self, run: SyncRun) -> None:
-        """Draw a run's progress: counted users over enqueued users."""
-        counted = run.users_done + run.users_failed + run.users_skipped
-        self._draw(
-            counted,
-            run.users_enqueued,
-            f"changed {run.users_changed} · failed {run.users_failed} · "
-            f"skipped {run.users_skipped}",
-        )
-
-    def show_count(self, done: int, total: int) -> None:
-        """Draw a plain count."""
-        self._draw(done, total, "")
-
-    def clear(self) -> None:
-        """Erase the bar so a normal line can be printed."""
-        if self.shown:
-            self.stream.write("\r\033[K", ending="")
-
-    def close(self) -> None:
-        """End the bar's line."""
-        if self.shown:
-            self.stream.write("")
-            self.shown = False
-
-    def _draw(self, done: int, total: int, detail: str) -> None:
-        filled = self.width * done // total if total else 0
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {done}/{total or '?'} users {detail}", ending="")
-        self.stream.flush()
-        self.shown = True
 
 
 def _user_by_email(email: str) -> User:
@@ -226,6 +233,6 @@ def _user_by_email(email: str) -> User:
 def _domain_by_name(name: str) -> MailDomain:
     """The mail domain with this name, or a CommandError."""
     try:
-        return MailDomain.objects.get(name=name.strip().lower())
+        return MailDomain.objects.get(name=normalize_domain_name(name))
     except MailDomain.DoesNotExist:
         raise CommandError(f"No mail domain named {name!r}.") from None

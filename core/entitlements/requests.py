@@ -1,8 +1,14 @@
-"""The one door to request an entitlements sync, the sweep of requests that never ran, and
-the selectors of whom an admin-wide resync covers."""
+"""Requesting a sync: the one door for a login, the admin, the command line and the sweep.
 
+A request is recorded on the user's sync state row first, then its task is sent once the
+transaction commits. A broker that cannot be reached loses nothing: the sweep
+(`enqueue_outstanding_requests`) sends whatever is recorded and was never served.
+"""
+
+import enum
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -10,23 +16,50 @@ import sentry_sdk
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from core.entitlements import users_entitled_to
-from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
+from core.models import EntitlementSyncState, MailDomain, Trigger, User
+from core.selectors import outstanding_requests
 
 logger = logging.getLogger(__name__)
 
-# Tasks are named, not imported: core never imports the worker package (worker/queues.py
-# registers the same names).
-SYNC_USER_TASK = "entitlements.sync_user"
-SYNC_ALL_ADMINS_TASK = "entitlements.sync_all_admins"
-SYNC_DOMAIN_ADMINS_TASK = "entitlements.sync_domain_admins"
+
+class TaskName(enum.StrEnum):
+    """The entitlements tasks: stable public names, read by operators in Flower and beat.
+
+    Defined here, not in the worker: core sends tasks by name and never imports the worker.
+    """
+
+    SYNC_USER = "entitlements.sync_user"
+    SYNC_ALL_ADMINS = "entitlements.sync_all_admins"
+    SYNC_DOMAIN_ADMINS = "entitlements.sync_domain_admins"
+    SYNC_USERS_BATCH = "entitlements.sync_users_batch"
+    SWEEP_PENDING_SYNCS = "entitlements.sweep_pending_syncs"
 
 
 class SyncNotEnqueuedError(Exception):
     """The broker could not be reached: the resync was not started."""
+
+
+class RequestOutcome(enum.StrEnum):
+    """What became of one sync request."""
+
+    # A task of its own carries it (sent, or sent when the transaction commits).
+    QUEUED = "queued"
+    # A task queued moments ago for the same user serves it.
+    COLLAPSED = "collapsed"
+    # The broker could not be reached: recorded, the sweep sends it later.
+    NOT_SENT = "not_sent"
+
+
+@dataclass(slots=True)
+class SyncRequest:
+    """The answer of request_sync; final once the caller's transaction has committed."""
+
+    user_id: uuid.UUID
+    outcome: RequestOutcome
+    task_id: str | None = None
 
 
 # One quick reconnection attempt, then give up: a login must not hang on a dead broker, and
@@ -37,17 +70,17 @@ _PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step":
 def request_sync(
     *,
     user: User,
-    trigger: str,
+    trigger: Trigger,
     queue: str | None = None,
     forwarded_claims: dict | None = None,
-) -> str | None:
+) -> SyncRequest:
     """Record that the user's entitlements need a sync and enqueue its task after commit.
 
     Requests for one user inside ENTITLEMENTS_SYNC_DEDUP_SECONDS collapse into the task the
     first of them queued. A login passes the `forwarded_claims` it stores on the way (same
-    statement). Returns the id of the task that carries this request, or None when it was
-    collapsed. Never raises for a broker that cannot be reached: the request stays recorded
-    and `enqueue_outstanding_requests` (the sweep) sends it later.
+    statement). Never raises for a broker that cannot be reached: the request stays recorded,
+    the outcome says NOT_SENT (in autocommit at once, else once the transaction commits), and
+    `enqueue_outstanding_requests` (the sweep) sends it later.
     """
     now = timezone.now()
     fields = {"requested_at": now, "last_trigger": trigger}
@@ -57,24 +90,28 @@ def request_sync(
     if not _record_and_claim(
         user_id=user.pk, fields=fields, now=now, not_enqueued_since=not_enqueued_since
     ):
-        return None
-    return _send_after_commit(user_id=user.pk, trigger=trigger, queue=queue, claimed_at=now)
+        return SyncRequest(user_id=user.pk, outcome=RequestOutcome.COLLAPSED)
+    request = SyncRequest(user_id=user.pk, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4()))
+    transaction.on_commit(
+        partial(_send, request=request, trigger=trigger, queue=queue, claimed_at=now)
+    )
+    return request
 
 
-def request_full_resync(*, trigger: str) -> str:
+def request_full_resync(*, trigger: Trigger) -> str:
     """Start a resync of every admin (entitlements.sync_all_admins); return its task id.
 
     Raises SyncNotEnqueuedError when the broker cannot be reached.
     """
-    return _send_resync(SYNC_ALL_ADMINS_TASK, args=[trigger])
+    return _send_resync(TaskName.SYNC_ALL_ADMINS, args=[trigger])
 
 
-def request_domain_resync(*, maildomain: MailDomain, trigger: str) -> str:
+def request_domain_resync(*, maildomain: MailDomain, trigger: Trigger) -> str:
     """Start a resync of one domain's admins (entitlements.sync_domain_admins); return its id.
 
     Raises SyncNotEnqueuedError when the broker cannot be reached.
     """
-    return _send_resync(SYNC_DOMAIN_ADMINS_TASK, args=[str(maildomain.pk), trigger])
+    return _send_resync(TaskName.SYNC_DOMAIN_ADMINS, args=[str(maildomain.pk), trigger])
 
 
 def enqueue_outstanding_requests() -> int:
@@ -90,67 +127,22 @@ def enqueue_outstanding_requests() -> int:
     for user_id, trigger in outstanding_requests(now=now, grace=grace).iterator(chunk_size=500):
         if not _claim(user_id=user_id, now=now, not_enqueued_since=now - grace):
             continue
-        _send_after_commit(
-            user_id=user_id,
-            trigger=trigger or "sweep",
-            queue=None,
-            claimed_at=now,
-            # A copy still queued when the next sweep sends another is useless: drop it.
-            expires=grace.total_seconds(),
+        request = SyncRequest(
+            user_id=user_id, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4())
+        )
+        transaction.on_commit(
+            partial(
+                _send,
+                request=request,
+                trigger=trigger or Trigger.SWEEP,
+                queue=None,
+                claimed_at=now,
+                # A copy still queued when the next sweep sends another is useless: drop it.
+                expires=grace.total_seconds(),
+            )
         )
         sent += 1
     return sent
-
-
-def outstanding_requests(*, now: datetime, grace: timedelta) -> QuerySet:
-    """(user id, trigger) of requests no sync has served and no recent task carries."""
-    stuck_before = now - grace
-    still_running = Q(finished_at__isnull=True) | Q(finished_at__lt=F("started_at"))
-    return (
-        EntitlementSyncState.objects.filter(requested_at__isnull=False)
-        .filter(
-            Q(started_at__isnull=True)
-            | Q(started_at__lt=F("requested_at"))
-            # The sync that took the request died without finishing.
-            | (still_running & Q(started_at__lt=stuck_before))
-        )
-        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stuck_before))
-        .order_by()
-        .values_list("user_id", "last_trigger")
-    )
-
-
-def users_due_for_full_resync() -> QuerySet:
-    """Ids of users the periodic resync covers.
-
-    Those who hold a sync-created access (a revocation upstream must land), whose last
-    answer named domains (some may have been provisioned since), and those whose last sync
-    did not end well or never ran.
-    """
-    holds_synced_access = MailDomainAccess.objects.filter(
-        user=OuterRef("pk"), source=MailDomainAccess.Source.ENTITLEMENTS
-    )
-    state = EntitlementSyncState.objects.filter(user=OuterRef("pk"))
-    state_needs_sync = state.filter(
-        ~Q(status=EntitlementSyncState.Status.OK) | ~Q(entitled_domains=[])
-    )
-    return (
-        User.objects.filter(Exists(holds_synced_access) | ~Exists(state) | Exists(state_needs_sync))
-        .order_by()
-        .values_list("pk", flat=True)
-    )
-
-
-def users_of_domain(*, maildomain: MailDomain) -> QuerySet:
-    """Ids of users a resync of one domain covers: its admins and those last told they may be."""
-    return (
-        User.objects.filter(
-            Q(pk__in=MailDomainAccess.objects.filter(maildomain=maildomain).values("user_id"))
-            | Q(pk__in=users_entitled_to(maildomain.name))
-        )
-        .order_by()
-        .values_list("pk", flat=True)
-    )
 
 
 # A row's first request turns "never synced" into "pending"; later ones keep the last outcome.
@@ -199,35 +191,21 @@ def _claim(*, user_id, now: datetime, not_enqueued_since: datetime) -> bool:
     )
 
 
-def _send_after_commit(
-    *, user_id, trigger: str, queue: str | None, claimed_at: datetime, expires=None
-) -> str:
-    """Send the sync task once the current transaction commits; return its id."""
-    task_id = str(uuid.uuid4())
-    transaction.on_commit(
-        partial(
-            _send,
-            user_id=user_id,
-            trigger=trigger,
-            queue=queue,
-            task_id=task_id,
-            claimed_at=claimed_at,
-            expires=expires,
-        )
-    )
-    return task_id
-
-
 def _send(
-    *, user_id, trigger: str, queue: str | None, task_id: str, claimed_at: datetime, expires
+    *,
+    request: SyncRequest,
+    trigger: str,
+    queue: str | None,
+    claimed_at: datetime,
+    expires: float | None = None,
 ) -> None:
     """Put the sync task on the broker; on failure, log and leave the request to the sweep."""
     options = {"queue": queue} if queue else {}
     try:
         current_app.send_task(
-            SYNC_USER_TASK,
-            args=[str(user_id), trigger],
-            task_id=task_id,
+            TaskName.SYNC_USER,
+            args=[str(request.user_id), trigger],
+            task_id=request.task_id,
             expires=expires,
             retry=True,
             retry_policy=_PUBLISH_RETRY_POLICY,
@@ -238,13 +216,14 @@ def _send(
     except Exception as error:
         logger.warning(
             "entitlements sync task %s not enqueued (%s); the sweep will retry it",
-            task_id,
+            request.task_id,
             type(error).__name__,
         )
         sentry_sdk.capture_exception(error)
-        EntitlementSyncState.objects.filter(user_id=user_id, enqueued_at=claimed_at).update(
+        EntitlementSyncState.objects.filter(user_id=request.user_id, enqueued_at=claimed_at).update(
             enqueued_at=None
         )
+        request.outcome = RequestOutcome.NOT_SENT
 
 
 def _send_resync(task_name: str, *, args: list) -> str:

@@ -1,4 +1,4 @@
-"""The sync of one user, or of a batch: bookkeeping, fetch through the shared cache, reconcile."""
+"""The sync itself: of one user, or of a batch: bookkeeping, fetch through the cache, reconcile."""
 
 import logging
 import uuid
@@ -6,18 +6,18 @@ from collections.abc import Iterable, Sequence
 
 from django.utils import timezone
 
-from core.entitlements.backends.base import AnswerKind
-from core.entitlements.cache import FetchedAnswer, fetch_entitlements
+from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
+from core.entitlements.cache import fetch_entitlements
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.reconcile import (
-    RevocationGuard,
+    RevocationBudget,
     SyncResult,
     UserAnswer,
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
 from core.entitlements.upstream_guard import Priority
-from core.models import EntitlementSyncState, User
+from core.models import EntitlementSyncState, Trigger, User
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +28,11 @@ _LOUD = frozenset({AnswerKind.INVALID, AnswerKind.CONFIGURATION})
 def sync_user_entitlements(
     *,
     user_id: uuid.UUID | str,
-    trigger: str,
+    trigger: Trigger,
     task_id: str = "",
     force_refresh: bool = False,
     dry_run: bool = False,
     priority: Priority = Priority.INTERACTIVE,
-    revocation_guard: RevocationGuard | None = None,
 ) -> SyncResult:
     """Fetch the user's entitlements and reconcile their ADMIN accesses; return what changed.
 
@@ -41,13 +40,13 @@ def sync_user_entitlements(
     recording it) when the upstream is down and no stale answer is usable: retry later.
     Every other upstream failure is recorded and returned, and changes no access. `priority`
     says whether a person waits (login, manual) or a bulk run does, for the upstream rate limit.
-    A resync run passes its `revocation_guard` (blast_radius.RunRevocationGuard).
+    A user's own sync is never held by a revocation budget: their fresh answer is theirs.
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
     if not dry_run:
         _mark_started([user])
     try:
-        fetched = fetch_user_answer(user=user, force_refresh=force_refresh, priority=priority)
+        answer = fetch_user_answer(user=user, force_refresh=force_refresh, priority=priority)
     except EntitlementsUnavailableError as error:
         if dry_run:
             _log_unavailable(user, trigger=trigger, error=error)
@@ -55,15 +54,9 @@ def sync_user_entitlements(
             record_sync_unavailable(user=user, trigger=trigger, task_id=task_id, error=error)
         raise
     result = reconcile_admin_accesses(
-        user=user,
-        answer=fetched.answer,
-        trigger=trigger,
-        task_id=task_id,
-        dry_run=dry_run,
-        cache=fetched.cache,
-        revocation_guard=revocation_guard,
+        user=user, answer=answer, trigger=trigger, task_id=task_id, dry_run=dry_run
     )
-    _log_result(result, fetched=fetched, dry_run=dry_run)
+    _log_result(result, answer=answer, dry_run=dry_run)
     return result
 
 
@@ -80,7 +73,7 @@ def start_user_syncs(*, user_ids: Iterable[uuid.UUID | str]) -> list[User]:
 
 def fetch_user_answer(
     *, user: User, force_refresh: bool = False, priority: Priority = Priority.INTERACTIVE
-) -> FetchedAnswer:
+) -> UpstreamAnswer:
     """The user's classified answer, through the shared cache and the upstream guard.
 
     Reads the forwarded claims of a user loaded with their sync state (select_related), so it
@@ -100,28 +93,26 @@ def fetch_user_answer(
 
 def finish_user_syncs(
     *,
-    answers: Sequence[tuple[User, FetchedAnswer]],
-    trigger: str,
+    answers: Sequence[UserAnswer],
+    trigger: Trigger,
     task_id: str = "",
-    revocation_guard: RevocationGuard | None = None,
+    revocation_budget: RevocationBudget | None = None,
 ) -> list[SyncResult]:
     """Reconcile many users' fetched answers in one transaction and log each; results in order.
 
-    Each user ends as sync_user_entitlements would end them, in a fixed number of queries.
+    Each user ends as sync_user_entitlements would end them, in a fixed number of queries;
+    a run passes its `revocation_budget`.
     """
     results = reconcile_many_admin_accesses(
-        answers=[UserAnswer(user, fetched.answer, fetched.cache) for user, fetched in answers],
-        trigger=trigger,
-        task_id=task_id,
-        revocation_guard=revocation_guard,
+        answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
     )
-    for (_user, fetched), result in zip(answers, results, strict=True):
-        _log_result(result, fetched=fetched, dry_run=False)
+    for (_user, answer), result in zip(answers, results, strict=True):
+        _log_result(result, answer=answer, dry_run=False)
     return results
 
 
 def record_sync_unavailable(
-    *, user: User, trigger: str, task_id: str, error: EntitlementsUnavailableError
+    *, user: User, trigger: Trigger, task_id: str, error: EntitlementsUnavailableError
 ) -> None:
     """Record that the upstream was unavailable for the user's sync; accesses stay as they were."""
     _log_unavailable(user, trigger=trigger, error=error)
@@ -140,8 +131,8 @@ def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailable
     )
 
 
-def _log_result(result: SyncResult, *, fetched: FetchedAnswer, dry_run: bool) -> None:
-    level = logging.ERROR if fetched.answer.kind in _LOUD else logging.INFO
+def _log_result(result: SyncResult, *, answer: UpstreamAnswer, dry_run: bool) -> None:
+    level = logging.ERROR if answer.kind in _LOUD else logging.INFO
     logger.log(
         level,
         "sync of user %s (%s): %s%s, +%d -%d, %d held, cache %s%s",

@@ -1,0 +1,168 @@
+"""Resync runs (all admins, or one domain's): when one may start, how it counts, when it ends.
+
+The rules of a SyncRun row. The Celery side (the run's lock, the fan-out of batches on the
+bulk queue, the batch's threads) lives in the worker; it calls these.
+"""
+
+import enum
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from core.entitlements.reconcile import SyncResult
+from core.entitlements.revocation_budget import new_run_budget
+from core.models import EntitlementSyncState, SyncRun, Trigger
+
+_FAILED_STATUSES = frozenset(
+    {
+        EntitlementSyncState.Status.INVALID,
+        EntitlementSyncState.Status.ERROR,
+        EntitlementSyncState.Status.UNAVAILABLE,
+    }
+)
+
+
+class Outcome(enum.StrEnum):
+    """How one user's sync inside a run's batch ended, as the run's counters count it."""
+
+    DONE = "done"
+    CHANGED = "changed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+def outcome_of(result: SyncResult) -> Outcome:
+    """How a finished sync counts in its run."""
+    if result.status in _FAILED_STATUSES:
+        return Outcome.FAILED
+    return Outcome.CHANGED if result.changed else Outcome.DONE
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one batch did: counts per outcome, and the users worth trying again later."""
+
+    counts: Counter = field(default_factory=Counter)
+    retry_user_ids: list[str] = field(default_factory=list)
+
+    def count(self, result: SyncResult | Outcome) -> None:
+        """Count one user: a finished sync by what it did, or an outcome given outright."""
+        self.counts[outcome_of(result) if isinstance(result, SyncResult) else result] += 1
+
+    def give_up_retries(self) -> None:
+        """Count the users left for a retry as failed: the batch will not try them again."""
+        self.counts[Outcome.FAILED] += len(self.retry_user_ids)
+        self.retry_user_ids = []
+
+    def as_dict(self) -> dict[str, int]:
+        """The batch's totals as its task returns them and its run counts them."""
+        return {
+            "done": self.counts[Outcome.DONE] + self.counts[Outcome.CHANGED],
+            "changed": self.counts[Outcome.CHANGED],
+            "failed": self.counts[Outcome.FAILED],
+            "skipped": self.counts[Outcome.SKIPPED],
+            "retrying": len(self.retry_user_ids),
+        }
+
+
+def batch_expiry_seconds() -> int:
+    """How long a batch may wait in the queue before it is dropped unrun.
+
+    One resync interval: by then the next periodic run covers its users again, so a slow run
+    never piles up behind the next one.
+    """
+    return settings.ENTITLEMENTS_RESYNC_INTERVAL
+
+
+def start_run(
+    *,
+    scope: SyncRun.Scope,
+    trigger: Trigger,
+    task_id: str,
+    maildomain_name: str = "",
+    another_is_starting: bool = False,
+) -> SyncRun:
+    """Create the run's row: running, or skipped when a run of the same scope is in progress.
+
+    Call with the scope's run lock held (else pass `another_is_starting`), so two starts
+    cannot both see no run in progress. A run whose batches may still be queued (younger
+    than the batch expiry) is in progress; an older one still marked running lost batches to
+    expiry and is closed as failed.
+    """
+    now = timezone.now()
+    same_scope = SyncRun.objects.filter(
+        scope=scope, maildomain_name=maildomain_name, status=SyncRun.Status.RUNNING
+    )
+    if not another_is_starting:
+        expired_before = now - timedelta(seconds=batch_expiry_seconds())
+        same_scope.filter(started_at__lt=expired_before).update(
+            status=SyncRun.Status.FAILED, error_code="incomplete", finished_at=now
+        )
+    skipped = another_is_starting or same_scope.exists()
+    # The revocation budget, counted before any batch of the run revokes.
+    budget = {} if skipped else asdict(new_run_budget())
+    return SyncRun.objects.create(
+        scope=scope,
+        maildomain_name=maildomain_name,
+        trigger=trigger,
+        task_id=task_id,
+        status=SyncRun.Status.SKIPPED if skipped else SyncRun.Status.RUNNING,
+        finished_at=now if skipped else None,
+        **budget,
+    )
+
+
+def record_fan_out(*, run_id: int, users_enqueued: int) -> None:
+    """Write the run's total once every batch is sent; close it if nothing was or all came back.
+
+    Written once, after the last batch is sent: until then no batch can mistake a partial
+    count for the total and close the run early.
+    """
+    SyncRun.objects.filter(pk=run_id).update(users_enqueued=users_enqueued)
+    if users_enqueued == 0:
+        SyncRun.objects.filter(pk=run_id).update(
+            status=SyncRun.Status.DONE, finished_at=timezone.now()
+        )
+    else:
+        finish_if_complete(run_id=run_id)
+
+
+def record_fan_out_failed(*, run_id: int, users_enqueued: int) -> None:
+    """Close a run whose fan-out could not send all its batches."""
+    SyncRun.objects.filter(pk=run_id).update(
+        users_enqueued=users_enqueued,
+        status=SyncRun.Status.FAILED,
+        error_code="fanout_failed",
+        finished_at=timezone.now(),
+    )
+
+
+def record_batch(*, run_id: int, outcome: BatchOutcome) -> None:
+    """Add a batch's counts to its run (one UPDATE), then close the run if it was the last."""
+    totals = outcome.as_dict()
+    SyncRun.objects.filter(pk=run_id).update(
+        users_done=F("users_done") + totals["done"],
+        users_changed=F("users_changed") + totals["changed"],
+        users_failed=F("users_failed") + totals["failed"],
+        users_skipped=F("users_skipped") + totals["skipped"],
+    )
+    finish_if_complete(run_id=run_id)
+
+
+def finish_if_complete(*, run_id: int) -> bool:
+    """Mark the run done once every enqueued user is counted; True for the call that did it.
+
+    Both the fan-out (after writing the total) and every batch (after adding its counts)
+    call this, so whichever comes last closes the run, exactly once.
+    """
+    counted = F("users_done") + F("users_failed") + F("users_skipped")
+    return bool(
+        SyncRun.objects.filter(
+            Q(pk=run_id, status=SyncRun.Status.RUNNING, users_enqueued__gt=0),
+            Q(users_enqueued__lte=counted),
+        ).update(status=SyncRun.Status.DONE, finished_at=timezone.now())
+    )
