@@ -36,7 +36,7 @@ from core.entitlements.service import (
     start_user_syncs,
     sync_user_entitlements,
 )
-from core.entitlements.upstream_guard import Priority, upstream_guard_state
+from core.entitlements.upstream_guard import Priority
 
 __all__ = (
     "AnswerKind",
@@ -68,6 +68,5 @@ __all__ = (
     "release_held_revocations",
     "start_user_syncs",
     "sync_user_entitlements",
-    "upstream_guard_state",
     "users_entitled_to",
 )
