@@ -21,6 +21,7 @@ from core.entitlements import (
     forwarded_claim_names,
     release_held_revocations,
 )
+from core.entitlements.upstream_guard import upstream_status
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
@@ -620,6 +621,8 @@ class SyncRunAdmin(
         extra_context = {
             **(extra_context or {}),
             "can_request_resync": self.has_request_resync_permission(request),
+            # The breaker and rate limit toward the upstream, at the top of the runs they pace.
+            "upstream_status": upstream_status(),
         }
         return super().changelist_view(request, extra_context=extra_context)
 
