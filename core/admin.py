@@ -26,6 +26,7 @@ from core.entitlements import (
     request_full_resync,
     request_sync,
 )
+from core.entitlements.upstream_guard import upstream_status
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
@@ -613,6 +614,8 @@ class SyncRunAdmin(
         extra_context = {
             **(extra_context or {}),
             "can_request_resync": self.has_request_resync_permission(request),
+            # The breaker and rate limit toward the upstream, at the top of the runs they pace.
+            "upstream_status": upstream_status(),
         }
         return super().changelist_view(request, extra_context=extra_context)
 

@@ -9,12 +9,8 @@ import pytest
 from django.core.cache import caches
 from django_redis import get_redis_connection
 
-from core.entitlements.upstream_guard import (
-    Priority,
-    RedisRateLimiter,
-    UnlimitedRateLimiter,
-    get_rate_limiter,
-)
+from core.entitlements.rate_limit import get_rate_limiter
+from core.entitlements.upstream_guard import Priority
 from tests.entitlements import upstream_guard_processes
 
 RATE = 100.0
@@ -75,10 +71,14 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[-1]
 
 
-def test_limiter_follows_the_settings(settings, limit):
-    assert isinstance(get_rate_limiter(), RedisRateLimiter)
+def test_a_rate_of_zero_turns_the_limit_off(settings, limit):
     settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 0
-    assert isinstance(get_rate_limiter(), UnlimitedRateLimiter)
+    limiter = get_rate_limiter()
+
+    granted = [limiter.acquire(priority=Priority.BULK, timeout=0) for _ in range(BURST * 5)]
+
+    assert all(granted)
+    assert limiter.state() == {"enabled": False}
 
 
 def test_bulk_callers_leave_the_reserve_to_interactive_ones(settings, limit):

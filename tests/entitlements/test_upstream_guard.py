@@ -1,4 +1,4 @@
-"""The door the engine calls around each upstream request: breaker and rate limit together,
+"""The guard the engine calls around each upstream request: breaker and rate limit together,
 outcome recording, behaviour without Redis, the operators' view and the settings."""
 
 import json
@@ -12,15 +12,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django_redis import get_redis_connection
 
 import messages.settings
-from core.entitlements.upstream_guard import (
-    CircuitOpenError,
-    Priority,
-    RateLimitTimeoutError,
-    get_circuit_breaker,
-    get_rate_limiter,
-    guarded_upstream_call,
-    upstream_guard_state,
-)
+from core.entitlements import upstream_guard
+from core.entitlements.circuit_breaker import CircuitBreaker, CircuitOpenError
+from core.entitlements.rate_limit import RateLimitTimeoutError, get_rate_limiter
+from core.entitlements.upstream_guard import Priority, guarded_upstream_call, upstream_status
 
 THRESHOLD = 3
 COOLDOWN = 0.4
@@ -90,7 +85,7 @@ def test_calls_resume_by_themselves_when_the_upstream_is_back(guard):
         call(calls=calls)
 
     assert len(calls) == 5
-    assert get_circuit_breaker().state()["state"] == "closed"
+    assert CircuitBreaker().state()["state"] == "closed"
 
 
 def test_a_non_transient_answer_counts_as_the_upstream_being_up(guard):
@@ -99,7 +94,7 @@ def test_a_non_transient_answer_counts_as_the_upstream_being_up(guard):
     with pytest.raises(UpstreamRefused):
         call(outcome=UpstreamRefused())
 
-    assert get_circuit_breaker().state()["state"] == "closed"
+    assert CircuitBreaker().state()["state"] == "closed"
 
 
 def test_a_rate_limit_timeout_gives_the_probe_back(guard, settings):
@@ -113,7 +108,7 @@ def test_a_rate_limit_timeout_gives_the_probe_back(guard, settings):
         call(max_wait=0.1)
 
     assert timed_out.value.code == "rate_limited"
-    assert get_circuit_breaker().allow().probe_token  # not held by the caller that gave up
+    assert CircuitBreaker().allow().probe_token  # not held by the caller that gave up
 
 
 def test_an_interrupted_call_gives_the_probe_back(guard):
@@ -122,8 +117,8 @@ def test_an_interrupted_call_gives_the_probe_back(guard):
     with pytest.raises(KeyboardInterrupt):
         call(outcome=KeyboardInterrupt())
 
-    assert get_circuit_breaker().state()["state"] == "half_open"
-    assert get_circuit_breaker().allow().probe_token
+    assert CircuitBreaker().state()["state"] == "half_open"
+    assert CircuitBreaker().allow().probe_token
 
 
 def test_calls_go_through_when_redis_is_unreachable(settings, caplog):
@@ -138,10 +133,12 @@ def test_calls_go_through_when_redis_is_unreachable(settings, caplog):
 
     assert len(calls) == 2
     assert "unreachable in Redis; calling anyway" in caplog.text
-    assert upstream_guard_state()["error"] == "redis_unreachable"
+    assert upstream_status()["error"] == "redis_unreachable"
 
 
-def test_embedded_default_keeps_the_breaker_per_process_without_rate_limit(settings, tmp_path):
+def test_without_a_redis_cache_calls_go_through_unguarded_with_one_warning(
+    settings, tmp_path, caplog
+):
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
@@ -150,17 +147,27 @@ def test_embedded_default_keeps_the_breaker_per_process_without_rate_limit(setti
         }
     }
     settings.ENTITLEMENTS_CIRCUIT_FAILURE_THRESHOLD = THRESHOLD
+    settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 0.5
+    settings.ENTITLEMENTS_RATE_LIMIT_BURST = 1
+    settings.ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE = 0.0
+    upstream_guard._warn_unguarded.cache_clear()  # once per process: start this test afresh
+    calls = []
 
-    for _ in range(THRESHOLD):
-        with pytest.raises(UpstreamDown):
-            call(outcome=UpstreamDown())
-    with pytest.raises(CircuitOpenError):
-        call()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(THRESHOLD + 2):
+            with pytest.raises(UpstreamDown):
+                call(outcome=UpstreamDown(), calls=calls, max_wait=0)
+        call(calls=calls, max_wait=0)
 
-    state = upstream_guard_state()
-    assert state["circuit"]["state"] == "open"
-    assert state["circuit"]["shared"] is False
-    assert state["rate_limit"] == {"enabled": False}
+    assert len(calls) == THRESHOLD + 3  # neither the breaker nor the rate limit stopped one
+    unguarded = [r for r in caplog.records if "calls are not guarded" in r.getMessage()]
+    assert len(unguarded) == 1
+    assert unguarded[0].levelno == logging.WARNING
+    assert upstream_status() == {
+        "circuit": {"state": "off"},
+        "rate_limit": {"enabled": False},
+        "error": "no_redis_cache",
+    }
 
 
 def test_operators_see_the_circuit_and_the_bucket(guard, settings):
@@ -169,13 +176,12 @@ def test_operators_see_the_circuit_and_the_bucket(guard, settings):
         with pytest.raises(UpstreamDown):
             call(outcome=UpstreamDown())
 
-    state = json.loads(json.dumps(upstream_guard_state()))
+    state = json.loads(json.dumps(upstream_status()))
 
     assert state["circuit"]["state"] == "open"
     assert state["circuit"]["failure_threshold"] == THRESHOLD
     assert state["circuit"]["reopens_at"].endswith("+00:00")
     assert 0 < state["circuit"]["reopens_in"] <= COOLDOWN
-    assert state["circuit"]["shared"] is True
     assert state["rate_limit"]["enabled"] is True
     assert state["rate_limit"]["per_second"] == 1.0
     assert state["rate_limit"]["tokens"] == pytest.approx(100 - THRESHOLD, abs=1)

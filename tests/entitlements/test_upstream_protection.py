@@ -7,7 +7,7 @@ import pytest
 
 from core.entitlements import EntitlementsUnavailableError, Priority
 from core.entitlements.cache import fetch_entitlements
-from core.entitlements.upstream_guard import upstream_guard_state
+from core.entitlements.upstream_guard import upstream_status
 from core.models import User
 
 CLAIMS = {"siret": "12345678900017"}
@@ -37,7 +37,7 @@ def test_an_outage_opens_the_circuit_and_stops_calling_upstream(deploycenter_bac
     assert deploycenter_backend.calls == 3
     assert codes[:3] == ["http_503"] * 3
     assert set(codes[3:]) == {"circuit_open"}
-    assert upstream_guard_state()["circuit"]["state"] == "open"
+    assert upstream_status()["circuit"]["state"] == "open"
 
 
 def test_calls_resume_by_themselves_after_the_cool_down(deploycenter_backend):
@@ -52,7 +52,7 @@ def test_calls_resume_by_themselves_after_the_cool_down(deploycenter_backend):
 
     assert fetched.cache == "miss"
     assert deploycenter_backend.calls == 4
-    assert upstream_guard_state()["circuit"]["state"] == "closed"
+    assert upstream_status()["circuit"]["state"] == "closed"
 
 
 def test_local_backend_is_never_throttled_or_cut(settings, db):

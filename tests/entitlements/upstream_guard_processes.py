@@ -1,5 +1,5 @@
-"""Drive the upstream guard from separate OS processes, as several workers on several machines
-would; the cross-process tests start this module with `python -m`.
+"""Drive the circuit breaker and the rate limit from separate OS processes, as several workers
+on several machines would; the cross-process tests start this module with `python -m`.
 
     python -m tests.entitlements.upstream_guard_processes breaker allow failure success state
     python -m tests.entitlements.upstream_guard_processes hammer PRIORITY THREADS PACE
@@ -44,9 +44,9 @@ def run(*args: str, env: dict[str, str]) -> object:
 
 
 def _breaker(operations: list[str]) -> list:
-    from core.entitlements.upstream_guard import get_circuit_breaker
+    from core.entitlements.circuit_breaker import CircuitBreaker
 
-    breaker = get_circuit_breaker()
+    breaker = CircuitBreaker()
     results = []
     for operation in operations:
         if operation == "allow":
@@ -64,7 +64,8 @@ def _breaker(operations: list[str]) -> list:
 
 
 def _hammer(priority: str, threads: int, pace: float) -> dict:
-    from core.entitlements.upstream_guard import Priority, get_rate_limiter
+    from core.entitlements.rate_limit import get_rate_limiter
+    from core.entitlements.upstream_guard import Priority
 
     limiter = get_rate_limiter()
     limiter.acquire(priority=Priority(priority), timeout=0)  # connect before the start line
