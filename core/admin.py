@@ -25,8 +25,8 @@ from core.entitlements import (
     request_domain_resync,
     request_full_resync,
     request_sync,
+    upstream_status,
 )
-from core.entitlements.upstream_guard import upstream_status
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,

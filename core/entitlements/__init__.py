@@ -32,7 +32,7 @@ from core.entitlements.sync import (
     start_user_syncs,
     sync_user_entitlements,
 )
-from core.entitlements.upstream_guard import Priority
+from core.entitlements.upstream_guard import Priority, upstream_status
 
 __all__ = (
     "EntitlementsConfigurationError",
@@ -61,4 +61,5 @@ __all__ = (
     "runs",
     "start_user_syncs",
     "sync_user_entitlements",
+    "upstream_status",
 )

@@ -1,0 +1,52 @@
+"""The layer rules of docs/architecture.md, read from the source: who may import whom."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+APPLICATION = sorted(
+    path
+    for package in ("core", "worker", "messages")
+    for path in (REPO / package).rglob("*.py")
+    if "migrations" not in path.parts
+)
+MAX_MODULE_LINES = 400
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module a file imports, absolute names (`from x import y` gives x and x.y)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+    return names
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts)
+
+
+@pytest.mark.parametrize("path", APPLICATION, ids=_module)
+def test_core_never_imports_the_worker(path):
+    if not _module(path).startswith("core."):
+        return
+    assert not [name for name in _imports(path) if name.split(".")[0] == "worker"]
+
+
+@pytest.mark.parametrize("path", APPLICATION, ids=_module)
+def test_outside_the_package_entitlements_are_used_through_their_door(path):
+    module = _module(path)
+    if module.startswith("core.entitlements"):
+        return
+    inner = [name for name in _imports(path) if name.startswith("core.entitlements.")]
+    # A backend is an extension point: custom backends subclass the base interface.
+    assert [name for name in inner if name != "core.entitlements.backends.base"] == []
+
+
+@pytest.mark.parametrize("path", APPLICATION, ids=_module)
+def test_no_module_is_over_the_size_a_reader_holds(path):
+    assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
