@@ -1,9 +1,10 @@
 """Sentry receives no secret and no personal data, and still what an operator needs.
 
-A local ingest server (tests/support/sentry_ingest.py) is the DSN. The web reports a failing
-OIDC callback, run through mozilla-django-oidc's real code flow in this process; a real
-`celery -A messages worker`, configured by SENTRY_DSN in its environment, reports a sync whose
-DeployCenter answer is invalid. Every byte each one sent, decoded, is searched.
+A local ingest server (tests/support/sentry_ingest.py) is the DSN. The web, this process's
+WSGI application on a real local HTTP server (the path production takes), reports a failing
+OIDC callback run through mozilla-django-oidc's real code flow, and a signed-in user's failing
+API call; a real `celery -A messages worker`, configured by SENTRY_DSN in its environment,
+reports a sync whose DeployCenter answer is invalid. Every byte sent, decoded, is searched.
 """
 
 import secrets
@@ -12,15 +13,17 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import jwt
 import pytest
+import requests
 import responses
 import sentry_sdk
 from django.db import connection
 from django.test import Client
 
-from core.models import EntitlementSyncState, User
+from core.models import EntitlementSyncState, MailDomainAccess, User
 from messages.sentry import init_sentry, scrub_text
 from tests.support import WorkerProcess, wait_until, worker_environment
 from tests.support.sentry_ingest import SentryIngest
+from tests.support.web_server import WebServer
 from tests.worker.conftest import IDP, FakeProvider, producer_app
 
 SYNC_USER_TASK = "entitlements.sync_user"
@@ -33,15 +36,52 @@ def sentry_ingest():
 
 
 @pytest.fixture
-def sentry_in_process(sentry_ingest, settings):
-    """This process reports to the local ingest as the web does with SENTRY_DSN set."""
+def sentry_web(sentry_ingest, settings, transactional_db):
+    """The web on a local server, reporting to the local ingest as with SENTRY_DSN set
+    (messages/settings.py's two steps); yields (server, ingest)."""
     init_sentry(dsn=sentry_ingest.dsn, environment="test")
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "messages.sentry.user_id_middleware"]
-    yield sentry_ingest
-    client = sentry_sdk.get_client()
-    client.flush(timeout=5)
-    client.close()
-    sentry_sdk.get_global_scope().set_client(None)
+    try:
+        with WebServer() as server:
+            yield server, sentry_ingest
+    finally:
+        client = sentry_sdk.get_client()
+        client.flush(timeout=5)
+        client.close()
+        sentry_sdk.get_global_scope().set_client(None)
+
+
+@pytest.fixture
+def refuse_rows(transactional_db):
+    """refuse_rows(model): PostgreSQL refuses the model's new rows with an error whose DETAIL
+    quotes their user's e-mail, as it does for a duplicate key: a failure inside the project's
+    code that no handling of integrity errors (identity conflicts, existing domains) turns
+    into a clean refusal. The triggers are dropped after the test."""
+    tables = []
+
+    def refuse(model) -> None:
+        table = model._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                CREATE OR REPLACE FUNCTION refuse_row() RETURNS trigger AS $$
+                BEGIN
+                    RAISE EXCEPTION 'row refused by the test'
+                        USING DETAIL = format('Key (email)=(%s) already exists.',
+                                              (SELECT email FROM {User._meta.db_table}
+                                               WHERE id = NEW.user_id));
+                END $$ LANGUAGE plpgsql;
+                CREATE TRIGGER refuse_row BEFORE INSERT ON {table}
+                    FOR EACH ROW EXECUTE FUNCTION refuse_row();
+                """
+            )
+        tables.append(table)
+
+    yield refuse
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"DROP TRIGGER IF EXISTS refuse_row ON {table}")
+        cursor.execute("DROP FUNCTION IF EXISTS refuse_row()")
 
 
 def encodings(value: str) -> list[str]:
@@ -54,31 +94,38 @@ def leaks(raw: bytes, values_by_name: dict[str, list[str]]) -> list[str]:
     return [name for name, values in values_by_name.items() if any(v in text for v in values)]
 
 
-def failing_oidc_callback(settings, claims: dict) -> dict[str, str]:
+def failing_oidc_callback(settings, base_url: str, claims: dict) -> dict[str, str]:
     """Run the OIDC code flow to a callback that fails; return every secret it handled."""
     FakeProvider(settings)
     client_secret = secrets.token_urlsafe(32)
     settings.OIDC_RP_CLIENT_SECRET = client_secret
-    browser = Client(raise_request_exception=False)
-    authorize = browser.get("/oidc/authenticate/")
-    query = parse_qs(urlsplit(authorize["Location"]).query)
-    now = int(time.time())
-    handled = {
-        "client secret": client_secret,
-        "access token": f"at-{secrets.token_urlsafe(24)}",
-        "refresh token": f"rt-{secrets.token_urlsafe(24)}",
-        "authorization code": f"code-{secrets.token_urlsafe(16)}",
-        "state": query["state"][0],
-        "nonce": query["nonce"][0],
-        "session cookie": browser.cookies[settings.SESSION_COOKIE_NAME].value,
-    }
-    handled["id token"] = jwt.encode(
-        {"iss": IDP, "sub": claims["sub"], "nonce": handled["nonce"], "iat": now, "exp": now + 300},
-        client_secret,
-        algorithm="HS256",
-    )
-    with responses.RequestsMock() as provider:
-        provider.add_passthru("http://127.0.0.1")  # the ingest
+    browser = requests.Session()
+    # The provider's endpoints are answered here, in the server's threads too.
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as provider:
+        provider.add_passthru(base_url)
+        authorize = browser.get(f"{base_url}/oidc/authenticate/", allow_redirects=False)
+        query = parse_qs(urlsplit(authorize.headers["Location"]).query)
+        now = int(time.time())
+        handled = {
+            "client secret": client_secret,
+            "access token": f"at-{secrets.token_urlsafe(24)}",
+            "refresh token": f"rt-{secrets.token_urlsafe(24)}",
+            "authorization code": f"code-{secrets.token_urlsafe(16)}",
+            "state": query["state"][0],
+            "nonce": query["nonce"][0],
+            "session cookie": browser.cookies[settings.SESSION_COOKIE_NAME],
+        }
+        handled["id token"] = jwt.encode(
+            {
+                "iss": IDP,
+                "sub": claims["sub"],
+                "nonce": handled["nonce"],
+                "iat": now,
+                "exp": now + 60,
+            },
+            client_secret,
+            algorithm="HS256",
+        )
         provider.post(
             f"{IDP}/token",
             json={
@@ -90,65 +137,92 @@ def failing_oidc_callback(settings, claims: dict) -> dict[str, str]:
         )
         provider.get(f"{IDP}/userinfo", json=claims)
         response = browser.get(
-            "/oidc/callback/", {"code": handled["authorization code"], "state": handled["state"]}
+            f"{base_url}/oidc/callback/",
+            params={"code": handled["authorization code"], "state": handled["state"]},
+            allow_redirects=False,
         )
     assert response.status_code == 500
     return handled
 
 
-def refuse_sync_states_quoting_the_email() -> None:
-    """Make PostgreSQL refuse the login's sync-state row with a unique violation whose DETAIL
-    quotes the user's e-mail, as psycopg reports a duplicate key: a failure inside the
-    project's code, whatever the login does about identity conflicts."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            CREATE FUNCTION refuse_sync_state() RETURNS trigger AS $$
-            BEGIN
-                RAISE unique_violation
-                    USING MESSAGE = 'duplicate key value violates unique constraint',
-                          DETAIL = format('Key (email)=(%s) already exists.',
-                                          (SELECT email FROM {User._meta.db_table}
-                                           WHERE id = NEW.user_id));
-            END $$ LANGUAGE plpgsql;
-            CREATE TRIGGER refuse_sync_state BEFORE INSERT
-                ON {EntitlementSyncState._meta.db_table}
-                FOR EACH ROW EXECUTE FUNCTION refuse_sync_state();
-            """
-        )
-
-
 def test_a_failing_oidc_callback_reports_no_secret_nor_personal_data(
-    db, settings, deploycenter_backend, sentry_in_process
+    settings, deploycenter_backend, refuse_rows, sentry_web
 ):
-    refuse_sync_states_quoting_the_email()
+    server, ingest = sentry_web
+    refuse_rows(EntitlementSyncState)
     token = secrets.token_hex(4)
     email = f"agathe.{token}@mairie-{token}.example.org"
     siret = f"812345{secrets.randbelow(10**8):08d}"
     claims = {"sub": f"sub-{token}", "email": email, "siret": siret, "given_name": "Agathe"}
 
-    handled = failing_oidc_callback(settings, claims)
-    sentry_sdk.flush(timeout=5)
+    handled = failing_oidc_callback(settings, server.url, claims)
+    sentry_sdk.flush(timeout=10)
+    assert ingest.events(), "the failure reached Sentry"
 
-    events = sentry_in_process.events()
-    assert events, "the failing callback reached Sentry"
+    events = ingest.events()
     exceptions = [value for event in events for value in event["exception"]["values"]]
-    # What an operator needs: the exception's type and module, the view.
+    # What an operator needs: the exception's type and module, the view, where it failed.
     assert any(
-        value["type"] == "IntegrityError" and value["module"] == "django.db.utils"
+        value["type"] == "ProgrammingError" and value["module"] == "django.db.utils"
         for value in exceptions
     ), exceptions
-    assert any(event.get("transaction") == "/oidc/callback/" for event in events), events
-    assert any("duplicate key value" in value["value"] for value in exceptions), exceptions
+    assert any("row refused by the test" in value["value"] for value in exceptions), exceptions
     frames = [frame for value in exceptions for frame in value["stacktrace"]["frames"]]
     assert any(frame["module"] == "core.authentication" for frame in frames)
+    for event in events:
+        assert event["transaction"] == "/oidc/callback/"
+        assert event["request"]["url"] == f"{server.url}/oidc/callback/"
+        assert event["request"]["method"] == "GET"
     found = leaks(
-        sentry_in_process.raw(),
+        ingest.raw(),
         {
             **{name: [value] for name, value in handled.items()},
             "e-mail": encodings(email),
             "e-mail's local part": [email.split("@")[0]],
             "siret claim": [siret],
+        },
+    )
+    assert not found, found
+
+
+def test_a_failing_api_call_reports_the_user_id_only(settings, refuse_rows, sentry_web):
+    server, ingest = sentry_web
+    settings.FEATURE_MAILDOMAIN_CREATE = True
+    refuse_rows(MailDomainAccess)
+    token = secrets.token_hex(4)
+    email = f"agathe.{token}@mairie-{token}.example.org"
+    user = User.objects.create_user(email=email, sub=f"sub-{token}", is_staff=True)
+    signed_in = Client()
+    signed_in.force_login(user)
+    session = signed_in.cookies[settings.SESSION_COOKIE_NAME].value
+    csrf = secrets.token_hex(16)
+    # The query string names the user too: a link an operator might have followed.
+    response = requests.post(
+        f"{server.url}/api/v1.0/admin/maildomains/?email={quote(email)}",
+        json={"name": f"mairie-{token}.example.org"},
+        cookies={settings.SESSION_COOKIE_NAME: session, settings.CSRF_COOKIE_NAME: csrf},
+        headers={"X-CSRFToken": csrf, "Authorization": f"Bearer secret-{token}"},
+        timeout=10,
+    )
+    assert response.status_code == 500
+    sentry_sdk.flush(timeout=10)
+    assert ingest.events(), "the failure reached Sentry"
+
+    events = ingest.events()
+    for event in events:
+        assert event["user"] == {"id": str(user.pk)}
+        assert event["request"]["url"] == f"{server.url}/api/v1.0/admin/maildomains/"
+        assert event["request"]["method"] == "POST"
+        assert event["request"]["headers"]["Content-Type"] == "application/json"
+    found = leaks(
+        ingest.raw(),
+        {
+            "e-mail": encodings(email),
+            "e-mail's local part": [email.split("@")[0]],
+            "session cookie": [session],
+            "CSRF cookie": [csrf],
+            "authorization header": [f"secret-{token}"],
+            "request body": [f"mairie-{token}"],
         },
     )
     assert not found, found
