@@ -39,7 +39,8 @@ def sentry_ingest():
 def sentry_web(sentry_ingest, settings, transactional_db):
     """The web on a local server, reporting to the local ingest as with SENTRY_DSN set
     (messages/settings.py's two steps); yields (server, ingest)."""
-    init_sentry(dsn=sentry_ingest.dsn, environment="test")
+    # Every request traced too: transactions and their spans are searched with the events.
+    init_sentry(dsn=sentry_ingest.dsn, environment="test", traces_sample_rate=1.0)
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "messages.sentry.user_id_middleware"]
     try:
         with WebServer() as server:
@@ -158,6 +159,7 @@ def test_a_failing_oidc_callback_reports_no_secret_nor_personal_data(
     handled = failing_oidc_callback(settings, server.url, claims)
     sentry_sdk.flush(timeout=10)
     assert ingest.events(), "the failure reached Sentry"
+    assert any(envelope.payloads("transaction") for envelope in ingest.envelopes)
 
     events = ingest.events()
     exceptions = [value for event in events for value in event["exception"]["values"]]
@@ -207,6 +209,7 @@ def test_a_failing_api_call_reports_the_user_id_only(settings, refuse_rows, sent
     assert response.status_code == 500
     sentry_sdk.flush(timeout=10)
     assert ingest.events(), "the failure reached Sentry"
+    assert any(envelope.payloads("transaction") for envelope in ingest.envelopes)
 
     events = ingest.events()
     for event in events:
@@ -246,6 +249,7 @@ def test_a_failing_worker_sync_reports_no_email_siret_nor_api_key(
             data_dir=tmp_path,
             SENTRY_DSN=sentry_ingest.dsn,
             SENTRY_ENVIRONMENT="test",
+            SENTRY_TRACES_SAMPLE_RATE=1.0,
             ENTITLEMENTS_CACHE_TIMEOUT=0,
             ENTITLEMENTS_STALE_FALLBACK_SECONDS=0,
         ),
@@ -263,6 +267,7 @@ def test_a_failing_worker_sync_reports_no_email_siret_nor_api_key(
         worker.stop()
 
     assert deploycenter_backend.calls >= 1
+    assert any(envelope.payloads("transaction") for envelope in sentry_ingest.envelopes)
     [event, *_] = sentry_ingest.events()
     assert event["level"] == "error"
     assert event["extra"]["celery-job"]["task_name"] == SYNC_USER_TASK
