@@ -387,17 +387,16 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 SENTRY_DSN = env_url("SENTRY_DSN", "", schemes={"http", "https"})
 if SENTRY_DSN:
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.django import DjangoIntegration
+    from messages.sentry import init_sentry
 
-    sentry_sdk.init(
+    # Scrubbed of secrets and personal data (messages/sentry.py, docs/operations.md).
+    init_sentry(
         dsn=SENTRY_DSN,
         environment=env_str("SENTRY_ENVIRONMENT", "production"),
-        integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=True)],
-        send_default_pii=False,
         traces_sample_rate=env_float("SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0),
     )
+    # Events carry the signed-in user's id, never their e-mail.
+    MIDDLEWARE.append("messages.sentry.user_id_middleware")
 
 # --- Misc -----------------------------------------------------------------------------------
 

@@ -1,0 +1,157 @@
+"""Sentry error reporting that sends no secret and no personal data (docs/operations.md)."""
+
+import re
+from typing import Any
+
+import sentry_sdk
+from sentry_sdk.integrations.celery import CeleryIntegration
+from sentry_sdk.integrations.django import DjangoIntegration
+from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
+from sentry_sdk.utils import capture_internal_exceptions
+
+FILTERED = "[Filtered]"
+# Values under these keys are replaced wherever the SDK's scrubber looks (request, extra,
+# user, breadcrumb and span data): the OIDC flow's tokens and claims, DeployCenter's query.
+DENYLIST = (
+    *DEFAULT_DENYLIST,
+    "access_token",
+    "api_key",
+    "claims",
+    "client_secret",
+    "code",
+    "email",
+    "forwarded_claims",
+    "http.query",
+    "http.fragment",
+    "id_token",
+    "nonce",
+    "params",
+    "payload",
+    "query_string",
+    "refresh_token",
+    "siret",
+    "state",
+    "token_info",
+    "token_payload",
+    "user_info",
+    "x-service-auth",
+    "x_service_auth",
+)
+# Request headers an operator may need; every other one (cookies, keys) is dropped.
+KEPT_HEADERS = frozenset({"accept", "content-length", "content-type", "host", "user-agent"})
+
+# Text scrubbed from every string of an event or breadcrumb (exception messages, log
+# messages and their arguments): a message may quote a URL, a database row or a header.
+_SCRUBBED_TEXT = (
+    # A query string, in an absolute or a relative URL (requests' errors quote the latter).
+    (re.compile(r"\?[\w.%\[\]-]+=[^\s\"'<>#]*"), "?" + FILTERED),
+    # PostgreSQL's DETAIL line quotes the row: "Key (email)=(a@b.c) already exists".
+    (re.compile(r"DETAIL:[^\n]*"), "DETAIL: " + FILTERED),
+    (re.compile(r"\bKey \(([^)]*)\)=[^\n]*"), r"Key (\1)=" + FILTERED),
+    (re.compile(r"Failing row contains \([^\n]*\)"), "Failing row contains " + FILTERED),
+    (re.compile(r"\bBearer\s+\S+", re.IGNORECASE), "Bearer " + FILTERED),
+    # JSON Web Tokens (OIDC id tokens).
+    (re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]*"), FILTERED),
+    # E-mail addresses, as written and percent-encoded.
+    (re.compile(r"[\w.+%-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.IGNORECASE), FILTERED),
+)
+
+
+def init_sentry(*, dsn: str, environment: str, traces_sample_rate: float = 0.0) -> None:
+    """Start the Sentry SDK for the web and the worker, with every scrubbing hook installed."""
+    sentry_sdk.init(
+        dsn=dsn,
+        environment=environment,
+        integrations=[
+            # Transactions named after the URL pattern, never the path (it may hold an id).
+            DjangoIntegration(transaction_style="url"),
+            CeleryIntegration(monitor_beat_tasks=True),
+        ],
+        # send_default_pii stays unset, which means False: sentry-sdk 2.75 deprecates setting
+        # it in favour of `data_collection`, and that option would switch the scrubber off.
+        # Frame locals hold the OIDC client secret, tokens and claims, and DeployCenter's
+        # parameters: no denylist can name them all, so none is sent.
+        include_local_variables=False,
+        max_request_body_size="never",
+        event_scrubber=EventScrubber(denylist=list(DENYLIST), recursive=True),
+        before_send=scrub_event,
+        before_send_transaction=scrub_event,
+        before_breadcrumb=scrub_breadcrumb,
+        traces_sample_rate=traces_sample_rate,
+    )
+
+
+def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+    """Keep what an operator needs (exception type, module, task, user id), drop the rest."""
+    request = event.get("request")
+    if isinstance(request, dict):
+        for key in ("query_string", "cookies", "data", "env"):
+            request.pop(key, None)
+        headers = request.get("headers")
+        if isinstance(headers, dict):
+            request["headers"] = {
+                name: value for name, value in headers.items() if name.lower() in KEPT_HEADERS
+            }
+    user = event.get("user")
+    if isinstance(user, dict):
+        event["user"] = {"id": user["id"]} if "id" in user else {}
+    for span in event.get("spans") or ():
+        data = span.get("data") if isinstance(span, dict) else None
+        if isinstance(data, dict):
+            data.pop("http.query", None)
+            data.pop("http.fragment", None)
+    return _scrubbed(event)
+
+
+def scrub_breadcrumb(breadcrumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+    """Drop a request's query string and fragment, and scrub the message and data."""
+    data = breadcrumb.get("data")
+    if isinstance(data, dict):
+        data.pop("http.query", None)
+        data.pop("http.fragment", None)
+    return _scrubbed(breadcrumb)
+
+
+def scrub_text(text: str) -> str:
+    """The text without query strings, database rows, tokens or e-mail addresses."""
+    for pattern, replacement in _SCRUBBED_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _scrubbed(value: Any) -> Any:
+    """Every string of a JSON-like value scrubbed, containers changed in place."""
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            value[key] = _scrubbed(item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            value[index] = _scrubbed(item)
+    elif isinstance(value, tuple):
+        return tuple(_scrubbed(item) for item in value)
+    return value
+
+
+def user_id_middleware(get_response):
+    """Give the request's Sentry events the user's id, and nothing else about the user."""
+
+    def middleware(request):
+        with sentry_sdk.new_scope() as scope:
+            scope.add_event_processor(_user_id_processor(request))
+            return get_response(request)
+
+    return middleware
+
+
+def _user_id_processor(request):
+    def add_user_id(event, hint):
+        # A failed lookup (e.g. the database is what failed) must not lose the event.
+        with capture_internal_exceptions():
+            user = request.user
+            if user.is_authenticated:
+                event["user"] = {"id": str(user.pk)}
+        return event
+
+    return add_user_id
