@@ -62,6 +62,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a probe answers whatever Host it sends and never opens a session (core/health.py).
+    "core.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files from STATIC_ROOT (filled by `collectstatic`) by every web process.
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from django.conf import settings
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -108,6 +109,9 @@ def _wait_for_listening(process: subprocess.Popen, log_path: Path) -> str:
     while time.monotonic() < deadline:
         match = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", log_path.read_text())
         if match:
+            # The worker loads Django after the master listens: wait for its first answer, as
+            # compose's start_period does, so no later request carries the start-up time.
+            requests.get(f"{match[1]}/healthz/", timeout=60)
             return match[1]
         if process.poll() is not None:
             break
@@ -262,13 +266,29 @@ def test_operator_pages_are_styled_and_serve_every_static_file(web_server, brows
     )
 
 
-def test_gunicorn_serves_static_files(web_server):
-    """What a reverse proxy gets from the web process itself."""
+def test_gunicorn_serves_static_files_and_health(web_server):
+    """What a reverse proxy or a probe gets from the web process itself."""
     stylesheet = requests.get(f"{web_server}/static/admin/css/base.css", timeout=10)
+    health = requests.get(f"{web_server}/healthz/", timeout=30)
 
     assert stylesheet.status_code == 200
     assert stylesheet.headers["Content-Type"].startswith("text/css")
     assert "--header-bg" in stylesheet.text
+    assert health.status_code == 200, health.text
+    assert health.json() == {"database": "ok", "cache": "ok", "broker": "ok"}
+
+
+def test_compose_healthcheck_command_passes_against_gunicorn(web_server):
+    """docker-compose.yml's probe for the web service, run as is but for the port."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    command = compose["services"]["web"]["healthcheck"]["test"][1:]  # after "CMD"
+    command = [part.replace("http://127.0.0.1:8000", web_server) for part in command]
+
+    probe = subprocess.run(
+        [sys.executable, *command[1:]], capture_output=True, text=True, timeout=60
+    )
+
+    assert probe.returncode == 0, probe.stderr
 
 
 def test_hashed_static_files_are_cached_for_good(web_server, static_root):
