@@ -27,6 +27,8 @@ install: $(BIN)/.installed
 run: install
 	ENTITLEMENTS_RESYNC_INTERVAL=$(DEMO_RESYNC_INTERVAL) $(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py setup_demo
+	@# The admin's CSS and JS, served by the web process itself (WhiteNoise).
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	@# The file broker never removes fanout bindings: each run starts with a clean control folder.
 	rm -rf "$(DATA_DIR)/broker/control"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile -e "$(abspath $(DATA_DIR))/demo.env"

@@ -62,7 +62,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a probe answers whatever Host it sends and never opens a session (core/health.py).
+    "core.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files from STATIC_ROOT (filled by `collectstatic`) by every web process.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -405,7 +409,13 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Filled by `manage.py collectstatic` (`make run`, the Docker image build), served by WhiteNoise.
+STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT") or DATA_DIR / "static").resolve()
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed, compressed copies: browsers cache them for good, a deploy changes their names.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

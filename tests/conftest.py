@@ -6,7 +6,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from tests import figures
+from tests import artifacts, figures
 from tests.deploycenter_stub import DeployCenterStub
 from tests.factories import UserFactory
 from tests.support import PrivateRedis
@@ -25,6 +25,23 @@ def _isolated_cache(settings):
     cache.close()
     yield
     cache.close()
+
+
+@pytest.fixture(scope="session")
+def _empty_static_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("static")
+
+
+@pytest.fixture(autouse=True)
+def _static_files_without_collectstatic(settings, _empty_static_root):
+    """In-process tests render pages without a `collectstatic` first: the plain storage needs no
+    manifest, and WhiteNoise gets an existing, empty STATIC_ROOT. The production set-up
+    (collectstatic, hashed names, WhiteNoise) is checked by tests/test_admin_browser.py."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    settings.STATIC_ROOT = _empty_static_root
 
 
 @pytest.fixture
@@ -78,9 +95,15 @@ def user_client(user):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Show the figures measured by the tests that ran (docs/reliability.md quotes them)."""
+    """Show the figures measured by the tests that ran (docs/reliability.md quotes them) and
+    where the artefacts they kept are."""
     measured = figures.lines()
     if measured:
         terminalreporter.section("figures")
         for line in measured:
+            terminalreporter.write_line(line)
+    kept = artifacts.lines()
+    if kept:
+        terminalreporter.section("artefacts")
+        for line in kept:
             terminalreporter.write_line(line)

@@ -135,3 +135,11 @@ def test_dockerfile_builds_the_package_and_runs_as_a_non_root_user():
     assert ["RUN", "pip install ."] in instructions
     users = [argument for keyword, argument in instructions if keyword == "USER"]
     assert users and users[-1] not in {"root", "0"}
+
+
+def test_web_is_healthchecked_through_healthz(services):
+    command = services["web"]["healthcheck"]["test"]
+
+    # The image is python:3.11-slim, without curl: the probe must be Python.
+    assert command[:3] == ["CMD", "python", "-c"]
+    assert "http://127.0.0.1:8000/healthz/" in command[3]
