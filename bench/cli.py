@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ENTITLEMENTS_CACHE_TIMEOUT": "0",
                 "ENTITLEMENTS_RATE_LIMIT_PER_SECOND": str(RATE_LIMIT_PER_SECOND),
                 # The changed run revokes one access of every user on purpose: the
-                # blast-radius guard (default 10% per run) would hold nine in ten of them.
+                # revocation budget (default 10% per run) would hold nine in ten of them.
                 "ENTITLEMENTS_MAX_REVOKE_SHARE": "1",
             }
             if args.batch_size:

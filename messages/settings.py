@@ -247,7 +247,7 @@ ENTITLEMENTS_SYNC_SWEEP_GRACE_SECONDS = env_int(
 # Full resync fan-out: users per bulk message, and upstream calls in flight per message.
 ENTITLEMENTS_SYNC_BATCH_SIZE = env_int("ENTITLEMENTS_SYNC_BATCH_SIZE", 100, minimum=1)
 ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = env_int("ENTITLEMENTS_SYNC_BATCH_CONCURRENCY", 8, minimum=1)
-# Blast-radius guard (docs/reliability.md): one resync run may revoke at most this share of
+# Revocation budget (docs/reliability.md): one resync run may revoke at most this share of
 # the accesses the sync could revoke when it started, and always at least the floor, so a small
 # deployment can still revoke a few; past that its revocations are held for an operator.
 # 10 %: an hourly run's real revocations are well under 1 %, while an upstream answering empty

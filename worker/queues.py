@@ -1,6 +1,6 @@
 """Queue names and the router that sends each entitlements task to its queue."""
 
-from core.entitlements import TaskName
+from core.task_names import TaskName
 
 # A person waits on a login-triggered sync: it must never sit behind a full resync.
 INTERACTIVE_QUEUE = "interactive"

@@ -30,21 +30,28 @@ class RateLimitTimeoutError(UpstreamGuardError):
         self.waited = waited
 
 
-# KEYS: bucket hash. ARGV: rate per second, burst, tokens that must remain after taking one
-# (0 for interactive callers, the reserve for bulk ones), key ttl ms.
-# Returns {1 if granted else 0, seconds to wait before a token may be there, as a string}.
-_TAKE_TOKEN = Script(
-    None,
-    b"""
+# The bucket's tokens now, refilled at `rate` since its last use (Redis clock, in seconds).
+# KEYS: bucket hash. ARGV[1]: rate per second, ARGV[2]: burst.
+_REFILLED_TOKENS = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local keep = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(bucket[1]) or burst
 local at = tonumber(bucket[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+"""
+
+# KEYS: bucket hash. ARGV: rate per second, burst, tokens that must remain after taking one
+# (0 for interactive callers, the reserve for bulk ones), key ttl ms.
+# Returns {1 if granted else 0, seconds to wait before a token may be there, as a string}.
+_TAKE_TOKEN = Script(
+    None,
+    (
+        _REFILLED_TOKENS
+        + """
+local keep = tonumber(ARGV[3])
 local granted = 0
 local wait = 0
 if tokens - 1 >= keep then
@@ -58,23 +65,12 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
   'at', string.format('%.6f', now))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {granted, string.format('%.6f', wait)}
-""",
+"""
+    ).encode(),
 )
 
 # Returns the tokens in the bucket now, as a string (the burst when the bucket is untouched).
-_PEEK_TOKENS = Script(
-    None,
-    b"""
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(bucket[1]) or burst
-local at = tonumber(bucket[2]) or now
-return string.format('%.6f', math.min(burst, tokens + math.max(0, now - at) * rate))
-""",
-)
+_PEEK_TOKENS = Script(None, (_REFILLED_TOKENS + "return string.format('%.6f', tokens)").encode())
 
 
 class RedisRateLimiter:

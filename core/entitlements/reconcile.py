@@ -221,25 +221,14 @@ def _apply(
     *, plans: Sequence[_Plan], answers: Sequence[UserAnswer], trigger: Trigger, task_id: str
 ) -> None:
     """Write the plans: one insert, one delete and their audit rows at most."""
-    users = [user for user, _answer in answers]
-    grant_accesses(
-        grants=[
-            Grant(user.pk, domain_id, name)
-            for user, plan in zip(users, plans, strict=True)
-            for name, domain_id in sorted(plan.to_add.items())
-        ],
-        trigger=trigger,
-        task_id=task_id,
-    )
-    revoke_accesses(
-        revocations=[
-            Revocation(user.pk, access_id, name)
-            for user, plan in zip(users, plans, strict=True)
-            for name, access_id in sorted(plan.to_remove.items())
-        ],
-        trigger=trigger,
-        task_id=task_id,
-    )
+    grants, revocations = [], []
+    for (user, _answer), plan in zip(answers, plans, strict=True):
+        grants += [Grant(user.pk, id_, name) for name, id_ in sorted(plan.to_add.items())]
+        revocations += [
+            Revocation(user.pk, id_, name) for name, id_ in sorted(plan.to_remove.items())
+        ]
+    grant_accesses(grants=grants, trigger=trigger, task_id=task_id)
+    revoke_accesses(revocations=revocations, trigger=trigger, task_id=task_id)
 
 
 # The bookkeeping a reconcile writes; the last two change only with an authoritative answer.

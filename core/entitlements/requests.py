@@ -21,21 +21,9 @@ from django.utils import timezone
 
 from core.models import EntitlementSyncState, MailDomain, Trigger, User
 from core.selectors import outstanding_requests
+from core.task_names import TaskName
 
 logger = logging.getLogger(__name__)
-
-
-class TaskName(enum.StrEnum):
-    """The entitlements tasks: stable public names, read by operators in Flower and beat.
-
-    Defined here, not in the worker: core sends tasks by name and never imports the worker.
-    """
-
-    SYNC_USER = "entitlements.sync_user"
-    SYNC_ALL_ADMINS = "entitlements.sync_all_admins"
-    SYNC_DOMAIN_ADMINS = "entitlements.sync_domain_admins"
-    SYNC_USERS_BATCH = "entitlements.sync_users_batch"
-    SWEEP_PENDING_SYNCS = "entitlements.sweep_pending_syncs"
 
 
 class SyncNotEnqueuedError(Exception):

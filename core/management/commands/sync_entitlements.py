@@ -120,23 +120,22 @@ class Command(BaseCommand):
 
     def _wait_for_user(self, user: User, *, requested_at, timeout: float) -> None:
         """Wait for a sync that started after the request to finish, then say what it did."""
-        deadline = time.monotonic() + timeout
-        while True:
-            state = EntitlementSyncState.objects.get(user=user)
+
+        def served(state: EntitlementSyncState) -> bool:
             started, finished = state.started_at, state.finished_at
-            if started and finished and started >= requested_at and finished >= started:
-                break
-            if time.monotonic() > deadline:
-                raise CommandError(
-                    f"No sync of {user.email} finished within {timeout:g} s; is a worker "
-                    "serving the interactive queue? The request stays recorded.",
-                    returncode=EXIT_TIMEOUT,
-                )
-            time.sleep(_POLL_SECONDS)
+            return bool(started and finished and started >= requested_at and finished >= started)
+
+        state = _poll(
+            lambda: EntitlementSyncState.objects.get(user=user),
+            until=served,
+            deadline=time.monotonic() + timeout,
+            timeout_message=f"No sync of {user.email} finished within {timeout:g} s; is a "
+            "worker serving the interactive queue? The request stays recorded.",
+        )
         self.stdout.write(
             f"Status: {state.status}" + (f" ({state.error_code})" if state.error_code else "")
         )
-        for entry in AccessAuditEntry.objects.filter(user=user, created_at__gte=started):
+        for entry in AccessAuditEntry.objects.filter(user=user, created_at__gte=state.started_at):
             self.stdout.write(f"  {entry.action} {entry.role} of {entry.maildomain_name}")
 
     def _wait_for_run(self, task_id: str, *, timeout: float) -> None:
@@ -176,22 +175,22 @@ class Command(BaseCommand):
     def _follow(self, run_id: int, *, deadline: float, timeout: float) -> SyncRun:
         """Show a run's progress until it ends; its final row."""
         with tqdm(file=self.stderr._out, unit=" users", dynamic_ncols=True) as bar:
-            while True:
-                run = SyncRun.objects.get(pk=run_id)
+
+            def show(run: SyncRun) -> bool:
                 bar.total = run.users_enqueued or None
                 bar.n = run.users_done + run.users_failed + run.users_skipped
                 bar.set_postfix(
                     changed=run.users_changed, failed=run.users_failed, skipped=run.users_skipped
                 )
-                if run.status != SyncRun.Status.RUNNING:
-                    return run
-                if time.monotonic() > deadline:
-                    raise CommandError(
-                        f"Run #{run.pk} still running after {timeout:g} s; it goes on in the "
-                        "workers (the admin's sync runs show it).",
-                        returncode=EXIT_TIMEOUT,
-                    )
-                time.sleep(_POLL_SECONDS)
+                return run.status != SyncRun.Status.RUNNING
+
+            return _poll(
+                lambda: SyncRun.objects.get(pk=run_id),
+                until=show,
+                deadline=deadline,
+                timeout_message=f"Run #{run_id} still running after {timeout:g} s; it goes on "
+                "in the workers (the admin's sync runs show it).",
+            )
 
     def _dry_run(self, user_ids) -> None:
         """Compute each user's plan in this process and print the changes; write nothing."""
@@ -220,6 +219,17 @@ class Command(BaseCommand):
         changes = [f"grant {name}" for name in result.added]
         changes += [f"revoke {name}" for name in result.removed]
         return f"{email}: would {', '.join(changes)}"
+
+
+def _poll(read, *, until, deadline: float, timeout_message: str):
+    """Read a row every half second until `until(row)`; a CommandError (exit 3) past deadline."""
+    while True:
+        row = read()
+        if until(row):
+            return row
+        if time.monotonic() > deadline:
+            raise CommandError(timeout_message, returncode=EXIT_TIMEOUT)
+        time.sleep(_POLL_SECONDS)
 
 
 def _user_by_email(email: str) -> User:
