@@ -174,6 +174,11 @@ OIDC_TIMEOUT = env_float("OIDC_TIMEOUT", 5.0, minimum=0.1)
 OIDC_CREATE_USER = env_bool("OIDC_CREATE_USER", True)
 OIDC_AUTH_REQUEST_EXTRA_PARAMS = env_json("OIDC_AUTH_REQUEST_EXTRA_PARAMS", {}, expect=dict)
 OIDC_USE_NONCE = env_bool("OIDC_USE_NONCE", True)
+# Off: a login whose e-mail belongs to a local user without a `sub` is refused. On: that user
+# is adopted (their `sub` set); whoever controls the e-mail at the provider gets the account.
+OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION = env_bool(
+    "OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION", False
+)
 # Tokens are never kept: the sync only needs the forwarded claims, stored at login.
 OIDC_STORE_ACCESS_TOKEN = False
 OIDC_STORE_ID_TOKEN = False

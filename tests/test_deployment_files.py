@@ -125,7 +125,9 @@ def test_compose_environment_passes_the_settings_validation(services, tmp_path):
         name: interpolate(str(value)) for name, value in services["web"]["environment"].items()
     }
     # A required variable is a placeholder: the backend must be a class the settings can load.
-    environment["ENTITLEMENTS_BACKEND"] = "core.entitlements.backends.local.LocalEntitlementsBackend"
+    environment["ENTITLEMENTS_BACKEND"] = (
+        "core.entitlements.backends.local.LocalEntitlementsBackend"
+    )
 
     result = start_django(tmp_path, **environment)
 

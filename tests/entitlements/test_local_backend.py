@@ -49,7 +49,11 @@ def test_a_lost_setting_keeps_every_access_through_a_sync(settings, db):
 
     result = sync_user_entitlements(user_id=user.pk, trigger="login")
 
-    assert (result.status, result.error_code, result.removed) == ("no_information", "no_mapping", [])
+    assert (result.status, result.error_code, result.removed) == (
+        "no_information",
+        "no_mapping",
+        [],
+    )
     assert MailDomainAccess.objects.filter(user=user).count() == 1
 
 
