@@ -231,6 +231,13 @@ FEATURE_MAILDOMAIN_MANAGE_ACCESSES = env_bool("FEATURE_MAILDOMAIN_MANAGE_ACCESSE
 
 PROVISIONING_API_KEY = env_str("PROVISIONING_API_KEY")
 PROVISIONING_MAX_DOMAINS = env_int("PROVISIONING_MAX_DOMAINS", 1000, minimum=1)
+# custom_attributes bounds: every stored value must render in the admin (a 900-deep one did not).
+PROVISIONING_CUSTOM_ATTRIBUTES_MAX_DEPTH = env_int(
+    "PROVISIONING_CUSTOM_ATTRIBUTES_MAX_DEPTH", 10, minimum=1
+)
+PROVISIONING_CUSTOM_ATTRIBUTES_MAX_BYTES = env_int(
+    "PROVISIONING_CUSTOM_ATTRIBUTES_MAX_BYTES", 64 * 1024, minimum=2
+)
 
 ENTITLEMENTS_BACKEND = env_str(
     "ENTITLEMENTS_BACKEND", "core.entitlements.backends.local.LocalEntitlementsBackend"

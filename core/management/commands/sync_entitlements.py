@@ -22,6 +22,7 @@ from core.sync_requests import (
     users_due_for_full_resync,
     users_of_domain,
 )
+from core.validators import normalize_domain_name
 
 TRIGGER = "command"
 _POLL_SECONDS = 0.5
@@ -226,6 +227,6 @@ def _user_by_email(email: str) -> User:
 def _domain_by_name(name: str) -> MailDomain:
     """The mail domain with this name, or a CommandError."""
     try:
-        return MailDomain.objects.get(name=name.strip().lower())
+        return MailDomain.objects.get(name=normalize_domain_name(name.strip()))
     except MailDomain.DoesNotExist:
         raise CommandError(f"No mail domain named {name!r}.") from None
