@@ -1,11 +1,17 @@
 """OIDC login: users are found by their `sub`, never by email alone; a login requests a sync."""
 
+import logging
+
 from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend as BaseOIDCBackend
 
 from core.entitlements import SyncRequest, forwarded_claim_names, request_sync
 from core.models import EntitlementSyncState, Trigger, User
 from core.validators import normalize_email
+
+logger = logging.getLogger(__name__)
 
 
 def record_login(*, user: User, claims: dict) -> SyncRequest:
@@ -19,7 +25,13 @@ def record_login(*, user: User, claims: dict) -> SyncRequest:
 
 
 class OIDCAuthenticationBackend(BaseOIDCBackend):
-    """Creates or updates the user from the OIDC claims, then records the login."""
+    """Creates or updates the user from the OIDC claims, then records the login.
+
+    A login whose e-mail belongs to another local user is refused like a failed
+    authentication (mozilla-django-oidc's failure redirect), never a 500. With
+    OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION, a user without a `sub` is adopted by e-mail;
+    a user holding another `sub` never is. Log lines name users by id, never by e-mail.
+    """
 
     # What became of the sync the last login requested (None before a login).
     sync_request: SyncRequest | None = None
@@ -28,26 +40,67 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
         sub = claims.get("sub")
         if not sub:
             return self.UserModel.objects.none()
-        return self.UserModel.objects.filter(sub=sub)
+        users = self.UserModel.objects.filter(sub=sub)
+        email = normalize_email(claims.get("email", ""))
+        if users.exists() or not email or not settings.OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION:
+            return users
+        return self.UserModel.objects.filter(Q(sub__isnull=True) | Q(sub=""), email=email)
 
     def create_user(self, claims):
-        user = self.UserModel.objects.create_user(
-            email=normalize_email(claims.get("email", "")),
-            sub=claims["sub"],
-            full_name=self._full_name(claims),
-        )
-        # Made with the user: the login's request then records itself in one UPDATE.
-        EntitlementSyncState.objects.create(user=user)
+        email = normalize_email(claims.get("email", ""))
+        holder = self.UserModel.objects.filter(email=email).values_list("pk", flat=True).first()
+        if holder is not None:
+            _refuse(holder)
+            return None
+        try:
+            # A savepoint: a concurrent first login of the same person may win the insert.
+            with transaction.atomic():
+                user = self.UserModel.objects.create_user(
+                    email=email, sub=claims["sub"], full_name=self._full_name(claims)
+                )
+                # Made with the user: the login's request then records itself in one UPDATE.
+                EntitlementSyncState.objects.create(user=user)
+        except IntegrityError:
+            logger.warning("OIDC login refused: its subject or e-mail was taken meanwhile")
+            return None
         self.sync_request = record_login(user=user, claims=claims)
         return user
 
     def update_user(self, user, claims):
-        user.email = normalize_email(claims.get("email", user.email))
+        email = normalize_email(claims.get("email", user.email))
+        holder = (
+            self.UserModel.objects.filter(email=email)
+            .exclude(pk=user.pk)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if holder is not None:
+            _refuse(holder)
+            return None
+        if not user.sub:
+            # Only reached through OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION.
+            user.sub = claims["sub"]
+            logger.warning("OIDC login adopted user %s by e-mail: its subject is now set", user.pk)
+        user.email = email
         user.full_name = self._full_name(claims) or user.full_name
-        user.save(update_fields=["email", "full_name", "updated_at"])
+        try:
+            with transaction.atomic():
+                user.save(update_fields=["sub", "email", "full_name", "updated_at"])
+        except IntegrityError:
+            logger.warning("OIDC login of user %s refused: its e-mail was taken meanwhile", user.pk)
+            return None
         self.sync_request = record_login(user=user, claims=claims)
         return user
 
     def _full_name(self, claims) -> str:
         parts = [claims.get(field, "") for field in settings.OIDC_USERINFO_FULLNAME_FIELDS]
         return " ".join(part for part in parts if part).strip()
+
+
+def _refuse(holder_id) -> None:
+    """Log a login refused because its e-mail belongs to another user, naming only their id."""
+    logger.warning(
+        "OIDC login refused: its e-mail belongs to user %s, who has another or no OIDC subject "
+        "(see OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION in docs/operations.md)",
+        holder_id,
+    )

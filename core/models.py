@@ -7,7 +7,7 @@ from django.contrib.auth.models import PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 
-from core.validators import normalize_email, validate_domain_name
+from core.validators import normalize_domain_name, normalize_email, validate_domain_name
 
 
 class BaseModel(models.Model):
@@ -103,7 +103,8 @@ class MailDomain(BaseModel):
         return self.name
 
     def save(self, *args, **kwargs):
-        self.name = self.name.strip().lower()
+        # The shared normaliser: str.lower() would turn the Kelvin sign into an ASCII "k".
+        self.name = normalize_domain_name(self.name)
         super().save(*args, **kwargs)
 
 

@@ -40,10 +40,24 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
-if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
+# HTTPS (docs/operations.md, "HTTPS"). Production serves through a TLS proxy that sets
+# X-Forwarded-Proto; only DJANGO_BEHIND_TLS_PROXY makes Django trust that header, and only then
+# can it tell a plain request from a proxied HTTPS one, so the redirect follows that switch (on
+# its own it would loop behind the proxy). Secure cookies and HSTS are on whenever debug is off:
+# browsers ignore HSTS on plain HTTP, and `make run`'s demo env turns the cookies' flag off.
+_BEHIND_TLS_PROXY = env_bool("DJANGO_BEHIND_TLS_PROXY", False)
+if _BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", _BEHIND_TLS_PROXY)
+# The load balancer's health check speaks plain HTTP to the container.
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+SECURE_HSTS_SECONDS = env_int(
+    "DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600, minimum=0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+# Only the header's flag: joining the browsers' preload list is a separate, manual submission.
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", not DEBUG)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -178,6 +192,11 @@ OIDC_TIMEOUT = env_float("OIDC_TIMEOUT", 5.0, minimum=0.1)
 OIDC_CREATE_USER = env_bool("OIDC_CREATE_USER", True)
 OIDC_AUTH_REQUEST_EXTRA_PARAMS = env_json("OIDC_AUTH_REQUEST_EXTRA_PARAMS", {}, expect=dict)
 OIDC_USE_NONCE = env_bool("OIDC_USE_NONCE", True)
+# Off: a login whose e-mail belongs to a local user without a `sub` is refused. On: that user
+# is adopted (their `sub` set); whoever controls the e-mail at the provider gets the account.
+OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION = env_bool(
+    "OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION", False
+)
 # Tokens are never kept: the sync only needs the forwarded claims, stored at login.
 OIDC_STORE_ACCESS_TOKEN = False
 OIDC_STORE_ID_TOKEN = False
@@ -216,6 +235,13 @@ FEATURE_MAILDOMAIN_MANAGE_ACCESSES = env_bool("FEATURE_MAILDOMAIN_MANAGE_ACCESSE
 
 PROVISIONING_API_KEY = env_str("PROVISIONING_API_KEY")
 PROVISIONING_MAX_DOMAINS = env_int("PROVISIONING_MAX_DOMAINS", 1000, minimum=1)
+# custom_attributes bounds: every stored value must render in the admin (a 900-deep one did not).
+PROVISIONING_CUSTOM_ATTRIBUTES_MAX_DEPTH = env_int(
+    "PROVISIONING_CUSTOM_ATTRIBUTES_MAX_DEPTH", 10, minimum=1
+)
+PROVISIONING_CUSTOM_ATTRIBUTES_MAX_BYTES = env_int(
+    "PROVISIONING_CUSTOM_ATTRIBUTES_MAX_BYTES", 64 * 1024, minimum=2
+)
 
 ENTITLEMENTS_BACKEND = env_str(
     "ENTITLEMENTS_BACKEND", "core.entitlements.backends.local.LocalEntitlementsBackend"

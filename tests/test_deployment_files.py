@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("web", "worker", "beat", "flower", "migrate")
 # Read by something other than messages/settings.py: the postgres image, Flower itself.
 EXTERNAL_VARIABLES = {"POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH"}
-# Compose refuses to start without these (`${NAME:?message}`): nothing secret has a default.
-REQUIRED_SECRETS = {"DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH"}
+# Compose refuses to start without these (`${NAME:?message}`): nothing secret has a default,
+# and no backend either (a lost ENTITLEMENTS_BACKEND must stop the stack, not run it unmapped).
+REQUIRED_SECRETS = {
+    "DJANGO_SECRET_KEY",
+    "POSTGRES_PASSWORD",
+    "FLOWER_BASIC_AUTH",
+    "ENTITLEMENTS_BACKEND",
+}
 _INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
 
@@ -118,6 +124,10 @@ def test_compose_environment_passes_the_settings_validation(services, tmp_path):
     environment = {
         name: interpolate(str(value)) for name, value in services["web"]["environment"].items()
     }
+    # A required variable is a placeholder: the backend must be a class the settings can load.
+    environment["ENTITLEMENTS_BACKEND"] = (
+        "core.entitlements.backends.local.LocalEntitlementsBackend"
+    )
 
     result = start_django(tmp_path, **environment)
 

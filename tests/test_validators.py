@@ -29,6 +29,8 @@ def test_valid_names_are_accepted(name):
         "bücher.example.org",
         "alpha\u200b.example.org",
         "localhost",
+        # A top-level label of one character: no such domain exists.
+        "example.a",
         "alpha.example.org.",
         "a..example.org",
         "-a.example.org",
@@ -47,7 +49,10 @@ def test_invalid_names_are_refused(name):
 @pytest.mark.parametrize(
     ("raw", "normalised"),
     [
-        (" Alpha.Example.ORG\n", "alpha.example.org"),
+        ("Alpha.Example.ORG", "alpha.example.org"),
+        # One trailing dot, the fully qualified spelling, is dropped at every door.
+        ("Alpha.Example.ORG.", "alpha.example.org"),
+        ("alpha.example.org..", "alpha.example.org."),
         # Unicode lowers the Kelvin sign to an ASCII "k": it must stay non-ASCII, so the name is
         # refused instead of silently becoming another domain.
         ("\u212aelvin.example.org", "\u212aelvin.example.org"),

@@ -15,19 +15,27 @@ logger = logging.getLogger(__name__)
 
 # The `request.auth` of a request that presented the provisioning key.
 PROVISIONING_CLIENT = "provisioning-client"
+# The scheme, case-sensitive, and the one space before the key (docs/api.md).
+_SCHEME = "Bearer "
 
 
 def provisioning_key_matches(*, authorization: str) -> bool:
-    """True when the header is exactly `Bearer <PROVISIONING_API_KEY>` and a key is set."""
+    """True when the header is exactly `Bearer <PROVISIONING_API_KEY>` (one space, nothing
+    around) and a key is set."""
     expected = settings.PROVISIONING_API_KEY
     if not expected:
         logger.warning("Provisioning request refused: PROVISIONING_API_KEY is not set")
         return False
-    scheme, _, presented = authorization.partition(" ")
-    if scheme != "Bearer":
+    if not authorization.startswith(_SCHEME):
         return False
-    # Constant time on bytes, so the time taken does not tell how much of the key matched.
-    return hmac.compare_digest(presented.strip().encode(), expected.encode())
+    # Exactly the key after "Bearer ": another space, a second token or a tab is part of what
+    # is compared, so it never matches. Constant time on bytes, so the time taken does not
+    # tell how much of the key matched; surrogatepass: any str a WSGI server or a test client
+    # hands over encodes, so no header can make a 500.
+    presented = authorization.removeprefix(_SCHEME)
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 class ProvisioningKeyAuthentication(BaseAuthentication):

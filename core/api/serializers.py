@@ -1,5 +1,6 @@
 """Request and response shapes of the API."""
 
+import json
 import math
 import re
 from typing import Any
@@ -127,13 +128,39 @@ def unstorable_json_part(value: Any) -> str:
     return ""
 
 
+def json_depth(value: Any) -> int:
+    """How many objects and arrays deep a parsed JSON value nests (a scalar: 0)."""
+    # Walked without recursion, like unstorable_json_part.
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+class DomainListField(serializers.ListField):
+    """A list of domain names, or one string of names separated by commas (the seed product's
+    form); blank pieces of such a string are dropped."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            data = [piece.strip() for piece in data.split(",") if piece.strip()]
+        return super().to_internal_value(data)
+
+
 class ProvisioningRequestSerializer(serializers.Serializer):
     """DeployCenter's provisioning request."""
 
-    domains = serializers.ListField(
+    domains = DomainListField(
         child=StrictStringField(allow_blank=True, trim_whitespace=False),
         allow_empty=False,
-        help_text="Domain names to provision; at most PROVISIONING_MAX_DOMAINS (default 1000).",
+        help_text=(
+            "Domain names to provision, as a list or one comma-separated string; at most "
+            "PROVISIONING_MAX_DOMAINS (default 1000)."
+        ),
     )
     custom_attributes = serializers.DictField(
         required=False,
@@ -152,6 +179,22 @@ class ProvisioningRequestSerializer(serializers.Serializer):
         unstorable = unstorable_json_part(custom_attributes)
         if unstorable:
             raise serializers.ValidationError(f"Must not contain {unstorable}.")
+        # Bounded so that every page and export showing a stored value can render it.
+        max_depth = settings.PROVISIONING_CUSTOM_ATTRIBUTES_MAX_DEPTH
+        if json_depth(custom_attributes) > max_depth:
+            raise serializers.ValidationError(
+                f"Must not nest objects and lists more than {max_depth} levels deep "
+                "(PROVISIONING_CUSTOM_ATTRIBUTES_MAX_DEPTH)."
+            )
+        max_bytes = settings.PROVISIONING_CUSTOM_ATTRIBUTES_MAX_BYTES
+        size = len(
+            json.dumps(custom_attributes, ensure_ascii=False, separators=(",", ":")).encode()
+        )
+        if size > max_bytes:
+            raise serializers.ValidationError(
+                f"Must not exceed {max_bytes} bytes as compact JSON, got {size} "
+                "(PROVISIONING_CUSTOM_ATTRIBUTES_MAX_BYTES)."
+            )
         return custom_attributes
 
 

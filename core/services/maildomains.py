@@ -5,14 +5,13 @@ from django.db import IntegrityError, transaction
 
 from core.models import MailDomain, MailDomainAccess, User
 from core.services.errors import AlreadyExistsError, InvalidDomainNameError
-from core.validators import normalize_domain_name, validate_domain_name
+from core.validators import clean_domain_name
 
 
 def create_maildomain(*, name: str, creator: User) -> MailDomain:
     """Create a mail domain and make its creator a manual ADMIN of it."""
-    name = normalize_domain_name(name)
     try:
-        validate_domain_name(name)
+        name = clean_domain_name(name.strip())
     except ValidationError:
         raise InvalidDomainNameError(
             "Enter a valid domain name, such as example.org (IDNs in punycode).", field="name"

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from core.entitlements import grant_accesses_for_new_domains
 from core.models import MailDomain, Trigger
-from core.validators import normalize_domain_name, validate_domain_name
+from core.validators import clean_domain_name, normalize_domain_name
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,12 @@ def provision_maildomains(
 ) -> ProvisioningResult:
     """Create the missing domains and set `custom_attributes` on every named domain.
 
-    Names are normalised (whitespace, case) and de-duplicated; invalid ones are reported in
-    `errors`. `custom_attributes=None` leaves existing domains' attributes untouched (new ones
-    get `{}`). Idempotent: a repeated call writes nothing, not even `updated_at`. Safe against a
-    concurrent call naming the same domains: a domain the other call created counts as
-    existing. Users whose last entitlements answer named a created domain get its ADMIN access.
+    Names are normalised (whitespace, ASCII case, one trailing dot) and de-duplicated;
+    invalid ones are reported in `errors`. `custom_attributes=None` leaves existing domains'
+    attributes untouched (new ones get `{}`). Idempotent: a repeated call writes nothing, not
+    even `updated_at`. Safe against a concurrent call naming the same domains: a domain the
+    other call created counts as existing. Users whose last entitlements answer named a created
+    domain get its ADMIN access.
     """
     valid_names, errors = _normalise_names(names)
     with transaction.atomic():
@@ -90,13 +91,10 @@ def _normalise_names(names: Iterable[str]) -> tuple[list[str], list[Provisioning
     valid: dict[str, None] = {}
     invalid: dict[str, None] = {}
     for raw in names:
-        name = normalize_domain_name(raw)
         try:
-            validate_domain_name(name)
+            valid[clean_domain_name(raw.strip())] = None
         except ValidationError:
-            invalid[name] = None
-        else:
-            valid[name] = None
+            invalid[normalize_domain_name(raw.strip())] = None
     return list(valid), [
         ProvisioningError(domain=name, error=INVALID_DOMAIN_NAME) for name in invalid
     ]

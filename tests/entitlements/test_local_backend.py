@@ -5,9 +5,12 @@ import os
 
 import pytest
 
+from core.entitlements import sync_user_entitlements
 from core.entitlements.backends.base import AnswerKind
 from core.entitlements.backends.local import LocalEntitlementsBackend
-from core.models import User
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
+
+LOCAL_BACKEND = "core.entitlements.backends.local.LocalEntitlementsBackend"
 
 
 def _domains(backend, email):
@@ -16,8 +19,43 @@ def _domains(backend, email):
     return answer.domains
 
 
-def test_by_default_nobody_administers_anything():
-    assert _domains(LocalEntitlementsBackend(), "someone@example.org") == ()
+def test_without_a_mapping_it_answers_no_information_not_an_empty_list():
+    answer = LocalEntitlementsBackend().get_entitlements(
+        user=User(email="someone@example.org"), forwarded_claims={}
+    )
+
+    assert (answer.kind, answer.error_code, answer.domains) == (
+        AnswerKind.NO_INFORMATION,
+        "no_mapping",
+        (),
+    )
+
+
+def test_an_explicit_empty_map_is_a_mapping_that_grants_nothing():
+    assert _domains(LocalEntitlementsBackend(admins_by_email={}), "someone@example.org") == ()
+
+
+def test_a_lost_setting_keeps_every_access_through_a_sync(settings, db):
+    """ENTITLEMENTS_BACKEND_PARAMETERS lost: the sync must not revoke what an earlier sync
+    granted (per-user syncs are outside the blast-radius guard)."""
+    settings.ENTITLEMENTS_BACKEND = LOCAL_BACKEND
+    settings.ENTITLEMENTS_BACKEND_PARAMETERS = {}
+    user = User.objects.create_user(email="admin@alpha.example.org")
+    EntitlementSyncState.objects.create(user=user)
+    MailDomainAccess.objects.create(
+        user=user,
+        maildomain=MailDomain.objects.create(name="alpha.example.org"),
+        source=MailDomainAccess.Source.ENTITLEMENTS,
+    )
+
+    result = sync_user_entitlements(user_id=user.pk, trigger="login")
+
+    assert (result.status, result.error_code, result.removed) == (
+        "no_information",
+        "no_mapping",
+        [],
+    )
+    assert MailDomainAccess.objects.filter(user=user).count() == 1
 
 
 def test_maps_by_email_and_by_email_domain_add_up():

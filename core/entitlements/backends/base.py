@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from django.core.exceptions import ValidationError
 
-from core.validators import ascii_lower, validate_domain_name
+from core.validators import clean_domain_name
 
 
 class AnswerKind(enum.StrEnum):
@@ -86,12 +86,10 @@ def normalize_domain_names(names: Iterable[str]) -> tuple[str, ...]:
     for name in names:
         if not isinstance(name, str):
             raise ValueError("a domain name is not a string")
-        candidate = ascii_lower(name).removesuffix(".")
         try:
-            validate_domain_name(candidate)
+            normalized.add(clean_domain_name(name))
         except ValidationError:
             raise ValueError("not a valid domain name") from None
-        normalized.add(candidate)
     return tuple(sorted(normalized))
 
 

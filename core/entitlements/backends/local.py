@@ -18,6 +18,8 @@ from core.validators import normalize_email
 
 logger = logging.getLogger(__name__)
 
+# The error code of every answer of a backend given no mapping at all.
+NO_MAPPING = "no_mapping"
 _MAPPING_KEYS = frozenset({"admins_by_email", "admins_by_email_domain"})
 
 
@@ -26,6 +28,8 @@ class LocalEntitlementsBackend(EntitlementsBackend):
 
     With `mapping_file`, the maps are read from that JSON file (same two keys) and re-read
     whenever the file changes, so a demo can edit it and watch rights appear and disappear.
+    Given no map and no file (ENTITLEMENTS_BACKEND_PARAMETERS lost or never set), it answers
+    "no information" rather than an empty list, so a lost setting never revokes anything.
     """
 
     guard_upstream_calls = False
@@ -42,6 +46,13 @@ class LocalEntitlementsBackend(EntitlementsBackend):
         self._lock = threading.Lock()
         self._mapping_file = Path(mapping_file) if mapping_file else None
         self._mapping_version: tuple[int, int] | None = None
+        self._has_mapping = bool(mapping_file) or (
+            admins_by_email is not None or admins_by_email_domain is not None
+        )
+        if not self._has_mapping:
+            logger.warning(
+                "local entitlements backend has no mapping: every sync answers no information"
+            )
         if self._mapping_file:
             try:
                 self._reload_mapping_file()
@@ -57,6 +68,8 @@ class LocalEntitlementsBackend(EntitlementsBackend):
 
     def get_entitlements(self, *, user, forwarded_claims: Mapping[str, Any]) -> UpstreamAnswer:
         """Return the union of the domains mapped to the user's email and email domain."""
+        if not self._has_mapping:
+            return UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, NO_MAPPING)
         if self._mapping_file:
             try:
                 self._reload_mapping_file()

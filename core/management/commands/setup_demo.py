@@ -65,6 +65,8 @@ class Command(BaseCommand):
             # shows at the very next sync.
             "ENTITLEMENTS_CACHE_TIMEOUT": "0",
             "FLOWER_BASIC_AUTH": f"{SUPERUSER_EMAIL}:{password}",
+            # The demo is served on plain http: a browser would not send back secure cookies.
+            "DJANGO_SECURE_COOKIES": "false",
         }
         # Shell quoting: honcho reads the file with shlex, which would eat JSON's quotes.
         _write_private(

@@ -243,6 +243,6 @@ def _user_by_email(email: str) -> User:
 def _domain_by_name(name: str) -> MailDomain:
     """The mail domain with this name, or a CommandError."""
     try:
-        return MailDomain.objects.get(name=normalize_domain_name(name))
+        return MailDomain.objects.get(name=normalize_domain_name(name.strip()))
     except MailDomain.DoesNotExist:
         raise CommandError(f"No mail domain named {name!r}.") from None
