@@ -9,7 +9,6 @@ from django.test.utils import CaptureQueriesContext
 from core.entitlements import UpstreamAnswer, grant_accesses_for_new_domains
 from core.entitlements.backends.base import AnswerKind
 from core.entitlements.reconcile import (
-    UserAnswer,
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
@@ -267,7 +266,7 @@ def test_concurrent_reconciles_of_one_user_end_correct(transactional_db, state_e
 
 def _reconcile_many(pairs, **kwargs):
     return reconcile_many_admin_accesses(
-        answers=[UserAnswer(user, answer) for user, answer in pairs],
+        answers=list(pairs),
         trigger=kwargs.pop("trigger", "periodic"),
         **kwargs,
     )

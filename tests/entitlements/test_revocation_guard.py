@@ -78,11 +78,15 @@ class TestReconcileHook:
         [user] = make_admins(1, domains, names=(ALPHA, BETA))
         calls = []
 
-        def hold(*, user, maildomain_names):
-            calls.append(maildomain_names)
-            return False
+        class Holding:
+            def admit_batch(self, *, count):
+                return False
 
-        result = reconcile(user, guard=hold)
+            def __call__(self, *, user, maildomain_names):
+                calls.append(maildomain_names)
+                return False
+
+        result = reconcile(user, guard=Holding())
 
         assert calls == [[ALPHA, BETA]]
         assert (result.removed, result.held, result.changed) == ([], [ALPHA, BETA], False)
@@ -94,7 +98,11 @@ class TestReconcileHook:
     def test_an_allowing_guard_lets_the_revocations_happen(self, domains):
         [user] = make_admins(1, domains, names=(ALPHA, BETA))
 
-        result = reconcile(user, ALPHA, guard=lambda **kwargs: True)
+        class Allowing:
+            def admit_batch(self, *, count):
+                return True
+
+        result = reconcile(user, ALPHA, guard=Allowing())
 
         assert (result.removed, result.held) == ([BETA], [])
         assert names_of(user) == {ALPHA}

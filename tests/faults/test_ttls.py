@@ -221,7 +221,7 @@ def run_killed_lock_holder(
     hold_locks_then_die(env=worker.env, user_id=user.pk)
 
     requested_at = timezone.now()
-    task_id = request_sync(user=user, trigger="login")
+    task_id = request_sync(user=user, trigger="login").task_id
     wait_until(
         lambda: TaskResult.objects.filter(task_id=task_id, status="RETRY").exists(),
         message="the login sync to wait for the dead holder's lock",

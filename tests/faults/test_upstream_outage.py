@@ -201,7 +201,7 @@ def test_stale_answer_stands_in_inside_its_window_and_never_past_it(
     [user] = make_admins(1)
 
     def sync() -> dict:
-        task_id = request_sync(user=user, trigger="login")
+        task_id = request_sync(user=user, trigger="login").task_id
         return json.loads(
             wait_until(
                 lambda: TaskResult.objects.filter(task_id=task_id, status="SUCCESS").first(),

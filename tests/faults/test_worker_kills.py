@@ -123,7 +123,7 @@ def kill_child_mid_sync(worker, stub, *, user, phase: str, delay: float) -> dict
     happened (the phase observed, when the kill landed)."""
     before = worker_lost_count(worker)
     sent_at = timezone.now()
-    task_id = request_sync(user=user, trigger="login")
+    task_id = request_sync(user=user, trigger="login").task_id
     wait_until(lambda: started_since(user, sent_at), message="the sync to start", every=0.005)
     if phase == WAITING_ON_UPSTREAM:
         wait_until(
@@ -242,11 +242,11 @@ def kill_whole_worker_round(start_worker, make_admins, stub, rng, *, round_numbe
     task_ids = {}
     alpha = MailDomain.objects.get(name=ALPHA).pk
     with held_lock("SELECT 1 FROM core_maildomain WHERE id = %s FOR UPDATE", [alpha]):
-        task_ids[blocked_user] = request_sync(user=blocked_user, trigger="login")
+        task_ids[blocked_user] = request_sync(user=blocked_user, trigger="login").task_id
         wait_until(lambda: waiting_on_lock("COMMIT"), message="a blocked commit")
         for user in upstream_users:
             time.sleep(rng.uniform(0, UPSTREAM_LATENCY / 2))
-            task_ids[user] = request_sync(user=user, trigger="login")
+            task_ids[user] = request_sync(user=user, trigger="login").task_id
         wait_until(
             lambda: all(upstream_calls_by_email(stub)[u.email] for u in upstream_users),
             message="both upstream requests",

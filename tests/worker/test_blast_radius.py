@@ -245,7 +245,9 @@ def test_a_login_sync_revokes_a_held_access_and_the_release_finds_it_gone(
 
     # A fresh per-user answer is authoritative for that user: not held.
     login_user = users[0]
-    result = worker.AsyncResult(request_sync(user=login_user, trigger="login")).get(timeout=20)
+    result = worker.AsyncResult(request_sync(user=login_user, trigger="login").task_id).get(
+        timeout=20
+    )
     assert result["removed"] == [ALPHA]
     assert not synced_accesses_of(login_user)
 

@@ -124,7 +124,8 @@ class TestSyncEntitlements:
         run_row = SyncRun.objects.get()
         assert (run_row.trigger, run_row.status) == ("command", "done")
         assert f"Run #{run_row.pk} done: 5 users, 5 done (1 changed), 0 failed, 0 skipped." in out
-        assert "[##############################] 5/5 users" in err
+        # tqdm's bar, on stderr: the run's counters reach the total.
+        assert "5/5" in err and "100%" in err
 
     def test_domain_run_waits(self, worker, domains, make_user, scripted_upstream):
         admin = make_user()
@@ -133,8 +134,44 @@ class TestSyncEntitlements:
 
         out, _ = run("sync_entitlements", "--domain", ALPHA, "--wait", "--timeout", "20")
 
-        assert "done: 1 users, 1 done (1 changed)" in out
+        assert "done: 1 user, 1 done (1 changed)" in out
         assert SyncRun.objects.get().maildomain_name == ALPHA
+
+    @pytest.mark.parametrize("timeout", ["0", "-5", "soon"])
+    def test_a_timeout_that_is_not_a_positive_number_is_refused(self, transactional_db, timeout):
+        with pytest.raises(CommandError, match="--timeout"):
+            run("sync_entitlements", "--all", "--wait", "--timeout", timeout)
+
+    def test_waiting_past_the_timeout_ends_with_a_message_and_exit_code_3(
+        self, transactional_db, make_user, broker_queues
+    ):
+        user = make_user()
+
+        # A broker and no worker: the request is queued and nobody serves it.
+        with pytest.raises(CommandError, match=r"No sync of .* finished within 1 s") as refused:
+            run("sync_entitlements", "--user", user.email, "--wait", "--timeout", "1")
+
+        assert refused.value.returncode == 3
+
+    def test_held_revocations_are_reported_with_exit_code_4(
+        self, worker, domains, make_user, scripted_upstream, settings
+    ):
+        settings.ENTITLEMENTS_MAX_REVOKE_MIN = 0
+        settings.ENTITLEMENTS_MAX_REVOKE_SHARE = 0
+        users = [make_user() for _ in range(2)]
+        for user in users:
+            MailDomainAccess.objects.create(
+                user=user, maildomain=domains[ALPHA], source=MailDomainAccess.Source.ENTITLEMENTS
+            )
+        scripted_upstream(admins_by_email={user.email: [] for user in users})
+
+        with pytest.raises(CommandError, match="held 2 revocations") as held:
+            run("sync_entitlements", "--all", "--wait", "--timeout", "20")
+
+        run_row = SyncRun.objects.get()
+        assert held.value.returncode == 4
+        assert f"release_held_revocations --run {run_row.pk}" in str(held.value)
+        assert MailDomainAccess.objects.count() == 2
 
     def test_full_run_while_the_broker_is_down_is_a_clear_error(
         self, transactional_db, private_redis
@@ -174,6 +211,12 @@ class TestSimulateLogin:
         assert user.sub == f"simulated:{user.email}"
         # The second login fell inside the dedup window.
         assert broker_queues.length("interactive") == 1
+
+    @pytest.mark.parametrize("value", ["not-an-email", "a@", "@example.org", "a b@example.org"])
+    def test_a_value_that_is_not_an_email_is_refused(self, transactional_db, value):
+        with pytest.raises(CommandError, match="not an e-mail address"):
+            run("simulate_login", value)
+        assert not User.objects.exists()
 
     def test_malformed_claim_is_a_clear_error(self, transactional_db):
         with pytest.raises(CommandError, match="NAME=VALUE"):

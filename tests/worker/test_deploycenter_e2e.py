@@ -68,7 +68,7 @@ def test_oidc_login_lands_deploycenter_rights(world, settings):
 def test_503_twice_then_200_succeeds_after_retries(world, admin, celery_app):
     world.fail_with(503)
 
-    task_id = request_sync(user=admin, trigger="login")
+    task_id = request_sync(user=admin, trigger="login").task_id
     wait_until(lambda: world.calls >= 2, message="two failed attempts")
     world.recover()
     result = celery_app.AsyncResult(task_id).get(timeout=20)
@@ -86,7 +86,7 @@ def test_401_is_not_retried_and_changes_nothing(world, admin, celery_app):
     )
     world.fail_with(401, b'{"detail": "Informations invalides."}', "application/json")
 
-    task_id = request_sync(user=admin, trigger="login")
+    task_id = request_sync(user=admin, trigger="login").task_id
     result = celery_app.AsyncResult(task_id).get(timeout=20)
     time.sleep(1)
 
@@ -96,7 +96,7 @@ def test_401_is_not_retried_and_changes_nothing(world, admin, celery_app):
 
 
 def test_periodic_run_revokes_a_right_removed_upstream(world, admin, celery_app):
-    task_id = request_sync(user=admin, trigger="login")
+    task_id = request_sync(user=admin, trigger="login").task_id
     celery_app.AsyncResult(task_id).get(timeout=20)
     assert admin_domains(admin) == {ALPHA, BETA}
 

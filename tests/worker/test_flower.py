@@ -93,7 +93,7 @@ def test_flower_shows_the_sync_and_refuses_strangers(
     # first events can still be missed. A sync Flower shows proves the events flow; the
     # first one it shows is the one checked.
     for user in users:
-        task_id = request_sync(user=user, trigger="login")
+        task_id = request_sync(user=user, trigger="login").task_id
         celery_app.AsyncResult(task_id).get(timeout=20)
         info = _task_in_flower(flower, task_id, seconds=15)
         if info is not None:

@@ -10,6 +10,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core.entitlements.requests import (
+    RequestOutcome,
     TaskName,
     enqueue_outstanding_requests,
     request_sync,
@@ -29,7 +30,7 @@ def test_first_request_records_and_enqueues_after_commit(
     user = make_user()
 
     with transaction.atomic():
-        task_id = request_sync(user=user, trigger="login")
+        task_id = request_sync(user=user, trigger="login").task_id
         # Nothing reaches the broker before the transaction commits.
         assert broker_queues.length("interactive") == 0
 
@@ -64,7 +65,7 @@ def test_ten_requests_in_a_second_queue_one_task(transactional_db, make_user, br
     task_ids = []
     for _ in range(10):
         with transaction.atomic():
-            task_ids.append(request_sync(user=user, trigger="login"))
+            task_ids.append(request_sync(user=user, trigger="login").task_id)
         time.sleep(0.05)
 
     assert task_ids[0] is not None
@@ -97,7 +98,7 @@ def test_concurrent_requests_from_many_connections_queue_one_task(
         thread.join()
 
     assert len(results) == 8
-    assert sum(task_id is not None for task_id in results) == 1
+    assert sum(request.outcome == RequestOutcome.QUEUED for request in results) == 1
     assert broker_queues.length("interactive") == 1
 
 
@@ -111,7 +112,7 @@ def test_request_after_the_dedup_window_queues_again(
         enqueued_at=timezone.now() - timedelta(seconds=11)
     )
 
-    assert request_sync(user=user, trigger="admin") is not None
+    assert request_sync(user=user, trigger="admin").task_id is not None
 
     assert [m["args"][1] for m in broker_queues.messages("interactive")] == ["login", "admin"]
 
@@ -144,7 +145,7 @@ def test_broker_down_does_not_fail_the_caller_and_the_sweep_sends_it_later(
     with producer_app(private_redis.url):
         started = time.perf_counter()
         with transaction.atomic():
-            task_id = request_sync(user=user, trigger="login")
+            task_id = request_sync(user=user, trigger="login").task_id
         elapsed = time.perf_counter() - started
 
     assert task_id is not None
@@ -172,11 +173,13 @@ def test_broker_dying_while_running_does_not_fail_the_caller(
     private_redis.start()
     first, second = make_user(), make_user()
     with producer_app(private_redis.url):
-        assert request_sync(user=first, trigger="login") is not None
+        assert request_sync(user=first, trigger="login").task_id is not None
         private_redis.stop()
         with transaction.atomic():
-            request_sync(user=second, trigger="login")
+            unsent = request_sync(user=second, trigger="login")
 
+    # Known once the transaction committed and the send failed.
+    assert unsent.outcome == RequestOutcome.NOT_SENT
     assert EntitlementSyncState.objects.get(user=first).enqueued_at is not None
     assert EntitlementSyncState.objects.get(user=second).enqueued_at is None
 

@@ -1,6 +1,8 @@
 """manage.py simulate_login: run the post-login path of an OIDC login without a provider."""
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.core.validators import validate_email
 from django.db import transaction
 
 from core.authentication import OIDCAuthenticationBackend
@@ -27,6 +29,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         email = normalize_email(options["email"])
+        try:
+            validate_email(email)
+        except ValidationError:
+            raise CommandError(f"{options['email']!r} is not an e-mail address.") from None
         claims = {"email": email, "sub": _subject_for(email), **_parse_claims(options["claim"])}
         backend = OIDCAuthenticationBackend()
         if not backend.verify_claims(claims):
