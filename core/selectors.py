@@ -9,7 +9,15 @@ from django.db import connections, router
 from django.db.models import Exists, F, OuterRef, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
-from core.models import EntitlementSyncState, HeldRevocation, MailDomain, MailDomainAccess, User
+from core.models import (
+    AccessAuditEntry,
+    EntitlementSyncState,
+    HeldRevocation,
+    MailDomain,
+    MailDomainAccess,
+    SyncRun,
+    User,
+)
 from core.validators import normalize_email
 
 
@@ -160,6 +168,45 @@ def running_sync_serves_request(*, user_id) -> bool:
     return running and state["started_at"] >= state["requested_at"]
 
 
-def pending_held_revocations() -> QuerySet:
-    """Held revocations no operator has released or discarded yet."""
-    return HeldRevocation.objects.filter(resolution=HeldRevocation.Resolution.PENDING)
+def pending_held_revocations(*, user: User | None = None) -> QuerySet:
+    """Held revocations no operator has released or discarded yet (of one user, if given)."""
+    pending = HeldRevocation.objects.filter(resolution=HeldRevocation.Resolution.PENDING)
+    return pending if user is None else pending.filter(user=user)
+
+
+def count_pending(held: QuerySet) -> int:
+    """How many of these held revocations are still pending."""
+    return held.filter(resolution=HeldRevocation.Resolution.PENDING).count()
+
+
+def held_revocations_of_runs(runs: QuerySet) -> QuerySet:
+    """Every held revocation of these runs, whatever its resolution."""
+    return HeldRevocation.objects.filter(run__in=runs.values("pk"))
+
+
+# --- What the admin shows --------------------------------------------------------------------
+
+
+def get_sync_state(*, user: User) -> EntitlementSyncState | None:
+    """The user's sync state row, None before their first sync request."""
+    return EntitlementSyncState.objects.filter(user=user).first()
+
+
+def audit_entries_of(*, user: User) -> QuerySet[AccessAuditEntry]:
+    """The access changes the sync made for the user, newest first."""
+    return AccessAuditEntry.objects.filter(user=user)
+
+
+def running_full_run() -> SyncRun | None:
+    """The run over all admins that is in progress, if any."""
+    return SyncRun.objects.filter(scope=SyncRun.Scope.ALL, status=SyncRun.Status.RUNNING).first()
+
+
+def error_codes_in_use(*, model: type[EntitlementSyncState] | type[SyncRun]) -> list[str]:
+    """The non-empty error codes the sync states (or runs) hold, sorted."""
+    return list(
+        model.objects.exclude(error_code="")
+        .order_by("error_code")
+        .values_list("error_code", flat=True)
+        .distinct()
+    )

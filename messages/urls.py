@@ -1,10 +1,12 @@
-"""Top-level URLs: the admin, OIDC login, the REST API and its schema."""
+"""Top-level URLs: the admin (also at `/`), OIDC login, the REST API and its schema."""
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="admin:index"), name="root"),
     path("admin/", admin.site.urls),
     path("oidc/", include("mozilla_django_oidc.urls")),
     path("api/v1.0/", include("core.api.urls")),

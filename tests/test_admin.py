@@ -142,7 +142,7 @@ def test_user_page_shows_sync_state_accesses_and_audit_link(admin_client, record
     assert "upstream_timeout" in page
     assert "not-yet.example.org" in page
     assert "alpha.example.org" in page  # the accesses inline
-    assert "1 access change(s) by the sync" in page
+    assert "1 access change by the sync" in page
     audit = admin_client.get(
         admin_url(AccessAuditEntry, "changelist"), {"user__id__exact": str(user.pk)}
     )

@@ -94,7 +94,7 @@ class TestResyncUsers:
         )
         assert {message["task"] for message in queued} == {"entitlements.sync_user"}
         [text] = shown(response)
-        assert text.startswith("Entitlements sync queued for 2 user(s): task(s) ")
+        assert text.startswith("Entitlements sync queued for 2 users: tasks ")
         assert all(message["id"] in text for message in queued)
         assert EntitlementSyncState.objects.get(user=alice).last_trigger == "admin"
 
@@ -112,7 +112,7 @@ class TestResyncUsers:
         scripted_upstream(admins_by_email={alice.email: [ALPHA]})
 
         [text] = shown(act(superuser_client, USERS, "resync_entitlements", [alice]))
-        task_id = re.search(r"task\(s\) (\S+)\.$", text).group(1)
+        task_id = re.search(r"task (\S+)\.$", text).group(1)
         result = celery_app.AsyncResult(task_id).get(timeout=20)
 
         assert (result["trigger"], result["added"]) == ("admin", [ALPHA])
@@ -128,7 +128,7 @@ class TestResyncUsers:
         response = act(superuser_client, USERS, "resync_entitlements", [alice])
 
         assert shown(response) == [
-            "1 user(s) already had a sync queued in the last 10 s: it serves this request."
+            "1 user already had a sync queued in the last 10 s: it serves this request."
         ]
         assert broker_queues.length("interactive") == 1
 
@@ -142,7 +142,7 @@ class TestResyncUsers:
 
         assert response.status_code == 200
         assert shown(response) == [
-            "The task broker cannot be reached: the sync of 1 user(s) was not sent. The "
+            "The task broker cannot be reached: the sync of 1 user was not sent. The "
             "request is recorded; the sweep sends it once the broker is back."
         ]
         state = EntitlementSyncState.objects.get(user=alice)
@@ -151,7 +151,7 @@ class TestResyncUsers:
     def test_a_big_selection_is_refused_with_the_way_to_go(
         self, superuser_client, make_user, broker_queues, monkeypatch
     ):
-        monkeypatch.setattr("core.admin.MAX_USERS_PER_RESYNC_ACTION", 2)
+        monkeypatch.setattr("core.admin.users.MAX_USERS_PER_RESYNC_ACTION", 2)
         users = [make_user() for _ in range(3)]
 
         response = act(superuser_client, USERS, "resync_entitlements", users)
@@ -287,7 +287,7 @@ class TestPages:
         assert list(response.context["cl"].result_list) == [newer, older]
         page = response.content.decode()
         assert "3/4 (75 %)" in page
-        assert "100/100 of 1000, held" in page
+        assert "revoked 100 of budget 100 (1000 revocable), the rest held" in page
 
     def test_claim_values_show_to_superusers_only(
         self, superuser_client, staff_client, make_user, scripted_upstream
@@ -319,7 +319,7 @@ class TestPages:
         page = superuser_client.get(reverse("admin:core_user_change", args=[user.pk]))
 
         text = page.content.decode()
-        assert "1 access change(s) by the sync" in text
+        assert "1 access change by the sync" in text
         assert "<td>granted</td><td>beta.example.org</td><td>login</td><td>t-1</td>" in text
         assert f"{HELD}?user__id__exact={user.pk}" in text
         assert "1 pending</a>: alpha.example.org" in text
@@ -333,7 +333,7 @@ class TestPages:
         assert changelist.context["cl"].result_count == 3
         assert change.status_code == 200
         run_page = superuser_client.get(reverse("admin:core_syncrun_change", args=[held["run"].pk]))
-        assert "3 held revocation(s), 3 pending" in run_page.content.decode()
+        assert "3 held revocations, 3 pending" in run_page.content.decode()
 
 
 @pytest.fixture
@@ -364,7 +364,7 @@ class TestReleaseFromTheAdmin:
 
         assert first.status_code == 200
         page = first.content.decode()
-        assert "3 pending held revocation(s): 2 would be revoked, 1 kept" in page
+        assert "3 pending held revocations: 2 would be revoked, 1 kept" in page
         assert MailDomainAccess.objects.filter(source=SYNC).count() == 3
 
         second = act(superuser_client, RUNS, "release_held", [held["run"]], confirmed="yes")
@@ -384,10 +384,10 @@ class TestReleaseFromTheAdmin:
         rows = list(HeldRevocation.objects.filter(user__in=held["users"][1:]))
 
         confirm = act(superuser_client, HELD, "discard_held", rows)
-        assert "2 pending held revocation(s) would be discarded" in confirm.content.decode()
+        assert "2 pending held revocations would be discarded" in confirm.content.decode()
         done = act(superuser_client, HELD, "discard_held", rows, confirmed="yes")
 
-        assert shown(done) == ["2 held revocation(s) discarded; accesses kept."]
+        assert shown(done) == ["2 held revocations discarded; accesses kept."]
         assert MailDomainAccess.objects.filter(source=SYNC).count() == 3
         assert HeldRevocation.objects.filter(resolution="pending").count() == 1
 

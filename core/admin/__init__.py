@@ -1,0 +1,11 @@
+"""Django admin for operators: users and their rights, mail domains, the sync's records, and
+the manual triggers (resync a user, a domain, everyone; release or discard held revocations)."""
+
+from django.contrib import admin
+
+# Importing the modules registers their ModelAdmins.
+from core.admin import held_revocations, maildomains, sync, users  # noqa: F401
+
+# The service has no site of its own beside the admin (`/` leads to it): no "View site" link
+# that would only come back here.
+admin.site.site_url = None
