@@ -1,17 +1,50 @@
-"""Shared fixtures: a clean cache namespace per test, API clients, factories."""
+"""The suite's shared fixtures: a clean cache namespace per test, API clients, users and domains,
+the broker's queues and an in-process worker, the scripted upstream, the fake OIDC provider; and
+the `broker` marker on every test that needs a Celery broker or worker (tests/faults/conftest.py
+adds the fault suite's own)."""
 
 import uuid
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+import worker.tasks
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests import artifacts, figures
 from tests.deploycenter_stub import DeployCenterStub
 from tests.factories import UserFactory
 from tests.support import PrivateRedis
+from tests.support.broker import QUEUES, BrokerQueues
+from tests.support.oidc_provider import FakeProvider
+
+# worker.tasks is imported here, once, before any test app exists: celery's testing helpers
+# restore the global list of shared-task finalizers after each test app, so tasks first
+# imported inside one test would be missing from every later test app.
 
 DEPLOYCENTER_BACKEND = "core.entitlements.backends.deploycenter.DeployCenterEntitlementsBackend"
+ALPHA, BETA = "alpha.example.org", "beta.example.org"
+
+# A test that uses one of these fixtures needs the Celery broker (the test Redis) or a worker.
+BROKER_FIXTURES = {
+    "broker_queues",
+    "celery_worker",
+    "worker",
+    "flower",
+    "start_worker",
+    "shared_broker",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Mark `broker` every test that uses a broker fixture (before `-m` selects), so the mark
+    follows the fixtures and cannot drift; tests that start a worker process themselves carry
+    the mark in their module."""
+    for item in items:
+        if BROKER_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.broker)
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +125,119 @@ def user_client(user):
     client = APIClient()
     client.force_login(user)
     return client
+
+
+@pytest.fixture
+def broker_queues():
+    """The test Redis's broker queues, emptied before and after the test (only our queue
+    keys on our own db number: nothing else on the shared server is touched)."""
+    queues = BrokerQueues(django_settings.CELERY_BROKER_URL)
+    queues.clear()
+    yield queues
+    queues.clear()
+    queues.client.close()
+
+
+@pytest.fixture
+def make_user(db):
+    """`make(**fields)`: a user with a unique e-mail and `sub` unless given."""
+
+    def make(**fields) -> User:
+        token = uuid.uuid4().hex[:12]
+        fields.setdefault("email", f"user-{token}@example.org")
+        fields.setdefault("sub", f"sub-{token}")
+        return User.objects.create_user(**fields)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def celery_config():
+    """The test app gets the project's own Celery settings (acks_late, routes, results in
+    the database...), on the test Redis."""
+    return {
+        name.removeprefix("CELERY_").lower(): value
+        for name, value in vars(django_settings._wrapped).items()
+        if name.startswith("CELERY_")
+    }
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters():
+    return {"queues": QUEUES}
+
+
+@pytest.fixture
+def scripted_upstream(settings):
+    """Point the engine at the scripted backend; call it again to change the answers."""
+    from tests.support.scripted_backend import SCRIPTED_BACKEND
+
+    settings.ENTITLEMENTS_BACKEND = SCRIPTED_BACKEND
+    # Every sync asks the upstream: no fresh answer, no stale stand-in.
+    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
+
+    def script(*, admins_by_email=None, unavailable_emails=(), claims=(), latency_seconds=0.0):
+        settings.ENTITLEMENTS_BACKEND_PARAMETERS = {
+            "admins_by_email": admins_by_email or {},
+            "unavailable_emails": list(unavailable_emails),
+            "claims": list(claims),
+            "latency_seconds": latency_seconds,
+        }
+
+    script()
+    return script
+
+
+@pytest.fixture
+def provider(settings):
+    """The fake OIDC provider (tests/support/oidc_provider.py), configured in the settings."""
+    return FakeProvider(settings)
+
+
+@pytest.fixture
+def worker(transactional_db, celery_worker, celery_app, depends_on_current_app, broker_queues):
+    """A running in-process worker; tasks are sent through the test app, results read from it."""
+    return celery_app
+
+
+@pytest.fixture
+def domains(transactional_db):
+    """The mail domains alpha.example.org and beta.example.org, by name."""
+    return {name: MailDomain.objects.create(name=name) for name in (ALPHA, BETA)}
+
+
+@pytest.fixture
+def make_synced_admins(domains):
+    """`make(count, names=(alpha,), source=entitlements)`: users holding accesses on `names`,
+    with a last answer that named them."""
+
+    def make(
+        count: int, *, names=(ALPHA,), source=MailDomainAccess.Source.ENTITLEMENTS
+    ) -> list[User]:
+        batch = uuid.uuid4().hex[:8]
+        users = User.objects.bulk_create(
+            User(email=f"admin-{batch}-{number}@example.org", sub=f"{batch}-{number}", password="!")
+            for number in range(count)
+        )
+        MailDomainAccess.objects.bulk_create(
+            MailDomainAccess(user=user, maildomain=domains[name], source=source)
+            for user in users
+            for name in names
+        )
+        EntitlementSyncState.objects.bulk_create(
+            EntitlementSyncState(user=user, status="ok", entitled_domains=list(names))
+            for user in users
+        )
+        return users
+
+    return make
+
+
+@pytest.fixture
+def fast_password_hasher(settings):
+    """Log users in without the slow production hasher (for the admin pages' tests)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def pytest_terminal_summary(terminalreporter):

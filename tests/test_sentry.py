@@ -22,9 +22,10 @@ from django.test import Client
 from core.models import EntitlementSyncState, MailDomainAccess, User
 from messages.sentry import init_sentry, scrub_text
 from tests.support import WorkerProcess, wait_until, worker_environment
+from tests.support.broker import producer_app
+from tests.support.oidc_provider import IDP, FakeProvider
 from tests.support.sentry_ingest import SentryIngest
 from tests.support.web_server import WebServer
-from tests.worker.conftest import IDP, FakeProvider, producer_app
 
 SYNC_USER_TASK = "entitlements.sync_user"
 

@@ -15,7 +15,8 @@ from core.models import EntitlementSyncState, User
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import ALPHA, BETA, synced_domains, upstream_calls_by_email
 from tests.support import wait_until
-from tests.worker.conftest import FakeProvider, producer_app
+from tests.support.broker import producer_app
+from tests.support.oidc_provider import FakeProvider
 
 # The sweep leaves a request alone this long after a task was sent for it (the minimum).
 SWEEP_GRACE_SECONDS = 10

@@ -29,7 +29,8 @@ from core.models import EntitlementSyncState, MailDomain, SyncRun, User
 from tests.deploycenter_stub import DeployCenterStub
 from tests.faults.conftest import ALPHA, BETA, GAMMA, synced_domains
 from tests.support import wait_until
-from tests.worker.conftest import CLIENT_SECRET, FakeProvider, producer_app
+from tests.support.broker import producer_app
+from tests.support.oidc_provider import CLIENT_SECRET, FakeProvider
 
 _BASE64 = re.compile(rb"^[A-Za-z0-9+/=\s]{8,}$")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "a": "\a", "b": "\b", '"': '"', "\\": "\\"}

@@ -38,7 +38,7 @@ from tests.factories import (
 from tests.support import worker_environment
 from worker.schedules import FULL_RESYNC_NAME
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 SCREENSHOTS = artifacts.ARTIFACTS_DIR / "screenshots"

@@ -12,7 +12,7 @@ from core.entitlements.requests import request_sync
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.support import wait_until
-from tests.worker.conftest import FakeProvider
+from tests.support.oidc_provider import FakeProvider
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 ADMIN = "admin@alpha.example.org"

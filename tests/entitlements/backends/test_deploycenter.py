@@ -18,7 +18,7 @@ from core.models import User
 BASE_URL = "https://deploycenter.test/api/v1.0/entitlements/"
 API_KEY = "s3cret-service-key"
 SIRET = "12345678900017"
-SAMPLES = json.loads((Path(__file__).parent / "data" / "deploycenter-samples.json").read_text())
+SAMPLES = json.loads((Path(__file__).parents[1] / "data" / "deploycenter-samples.json").read_text())
 
 AUTHORITATIVE = AnswerKind.AUTHORITATIVE
 NO_INFORMATION = AnswerKind.NO_INFORMATION

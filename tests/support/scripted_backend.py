@@ -7,7 +7,7 @@ from typing import Any
 from core.entitlements import UpstreamAnswer
 from core.entitlements.backends.base import AnswerKind, EntitlementsBackend
 
-SCRIPTED_BACKEND = "tests.worker.scripted_backend.ScriptedBackend"
+SCRIPTED_BACKEND = "tests.support.scripted_backend.ScriptedBackend"
 
 
 class ScriptedBackend(EntitlementsBackend):

@@ -9,7 +9,7 @@ from django_celery_results.models import TaskResult
 
 from core.entitlements.requests import enqueue_outstanding_requests
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
-from tests.worker.conftest import QUEUES, producer_app
+from tests.support.broker import QUEUES, producer_app
 
 ALPHA = "alpha.example.org"
 SIRET = "12345678900017"

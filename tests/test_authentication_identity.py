@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from core.models import EntitlementSyncState, User
-from tests.worker.conftest import FakeProvider
+from tests.support.oidc_provider import FakeProvider
 
 EMAIL = "alice@alpha.example.org"
 

@@ -18,7 +18,7 @@ from core.models import (
     SyncRun,
     User,
 )
-from tests.worker.conftest import producer_app
+from tests.support.broker import producer_app
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 

@@ -16,7 +16,7 @@ from core.entitlements.requests import (
     request_sync,
 )
 from core.models import EntitlementSyncState
-from tests.worker.conftest import producer_app
+from tests.support.broker import producer_app
 from worker import queues
 
 
@@ -160,7 +160,7 @@ def test_broker_down_does_not_fail_the_caller_and_the_sweep_sends_it_later(
         # Sent once: the sweep's own claim dedups the next sweep.
         assert enqueue_outstanding_requests() == 0
 
-    from tests.worker.conftest import BrokerQueues
+    from tests.support.broker import BrokerQueues
 
     [message] = BrokerQueues(private_redis.url).messages("interactive")
     assert message["args"] == [str(user.pk), "login"]
