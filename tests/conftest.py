@@ -7,17 +7,21 @@ import uuid
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
+from django.test import Client
 from rest_framework.test import APIClient
 
 import worker.tasks
-from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
+from core.entitlements import RunRevocationBudget
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, SyncRun, User
 from tests import artifacts, figures
 from tests.deploycenter_stub import DeployCenterStub
 from tests.factories import UserFactory
 from tests.support import PrivateRedis
 from tests.support.broker import QUEUES, BrokerQueues
 from tests.support.oidc_provider import FakeProvider
+from tests.support.revocations import reconcile
 
 # worker.tasks is imported here, once, before any test app exists: celery's testing helpers
 # restore the global list of shared-task finalizers after each test app, so tasks first
@@ -238,6 +242,45 @@ def make_synced_admins(domains):
 def fast_password_hasher(settings):
     """Log users in without the slow production hasher (for the admin pages' tests)."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def superuser_client(transactional_db, admin_client):
+    """The admin client of pytest-django, its superuser in a transactional test."""
+    return admin_client
+
+
+@pytest.fixture
+def staff_client(transactional_db, make_user):
+    """`make(*permissions)`: a client logged in as a staff user (not superuser) with the view
+    permissions of the admin's pages and the given ones."""
+
+    def make(*codenames: str) -> Client:
+        staff = make_user(is_staff=True)
+        views = ["view_user", "view_maildomain", "view_syncrun", "view_heldrevocation"]
+        staff.user_permissions.set(Permission.objects.filter(codename__in=[*views, *codenames]))
+        client = Client()
+        client.force_login(staff)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def held(domains, make_user):
+    """A run that held the revocation of alpha for three users (for the admin's pages); the first
+    has since been told alpha again by a login sync."""
+    users = [make_user() for _ in range(3)]
+    for user in users:
+        MailDomainAccess.objects.create(
+            user=user, maildomain=domains[ALPHA], source=MailDomainAccess.Source.ENTITLEMENTS
+        )
+    run = SyncRun.objects.create(trigger="periodic", revoke_budget=0)
+    guard = RunRevocationBudget(run_id=run.pk)
+    for user in users:
+        reconcile(user, guard=guard)
+    EntitlementSyncState.objects.filter(user=users[0]).update(entitled_domains=[ALPHA])
+    return {"run": run, "users": users}
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,25 +1,21 @@
 """The admin's manual triggers, through the admin client, to real tasks on the test Redis broker
-(and the in-process worker where the sync must run): resync users, a domain, everyone; release
-and discard held revocations; who may do it; what the pages show."""
+(and the in-process worker where the sync must run): resync users, a domain, everyone; who may do
+it; what the pages show."""
 
 import re
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
-from core.entitlements import RunRevocationBudget, UpstreamAnswer
-from core.entitlements.reconcile import reconcile_admin_accesses
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
     HeldRevocation,
-    MailDomain,
     MailDomainAccess,
     SyncRun,
-    User,
 )
+from tests.support.admin_pages import act, action_names, shown
 from tests.support.broker import producer_app
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
@@ -31,53 +27,7 @@ HELD = reverse("admin:core_heldrevocation_changelist")
 RESYNC_ALL = reverse("admin:core_syncrun_resync_all")
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def superuser_client(transactional_db, admin_client):
-    return admin_client
-
-
-@pytest.fixture
-def staff_client(transactional_db, make_user):
-    """`make(*permissions)`: a client logged in as a staff user (not superuser) with the view
-    permissions of the admin's pages and the given ones."""
-
-    def make(*codenames: str) -> Client:
-        staff = make_user(is_staff=True)
-        views = ["view_user", "view_maildomain", "view_syncrun", "view_heldrevocation"]
-        staff.user_permissions.set(Permission.objects.filter(codename__in=[*views, *codenames]))
-        client = Client()
-        client.force_login(staff)
-        return client
-
-    return make
-
-
-@pytest.fixture
-def domains(transactional_db):
-    return {name: MailDomain.objects.create(name=name) for name in (ALPHA, BETA)}
-
-
-def shown(response) -> list[str]:
-    """The messages the page shows."""
-    return [str(message) for message in response.context["messages"]]
-
-
-def act(client, url: str, action: str, objects, **extra):
-    return client.post(
-        url,
-        {"action": action, "_selected_action": [str(obj.pk) for obj in objects], **extra},
-        follow=True,
-    )
-
-
-def action_names(client, url: str) -> set[str]:
-    form = client.get(url).context["action_form"]
-    return {name for name, _ in form.fields["action"].choices if name} if form else set()
+pytestmark = pytest.mark.usefixtures("fast_password_hasher")
 
 
 class TestResyncUsers:
@@ -334,84 +284,3 @@ class TestPages:
         assert change.status_code == 200
         run_page = superuser_client.get(reverse("admin:core_syncrun_change", args=[held["run"].pk]))
         assert "3 held revocations, 3 pending" in run_page.content.decode()
-
-
-@pytest.fixture
-def held(domains, make_user):
-    """A run that held the revocation of alpha for three users; the first has since been told
-    alpha again by a login sync."""
-    users = [make_user() for _ in range(3)]
-    for user in users:
-        MailDomainAccess.objects.create(user=user, maildomain=domains[ALPHA], source=SYNC)
-    run = SyncRun.objects.create(trigger="periodic", revoke_budget=0)
-    guard = RunRevocationBudget(run_id=run.pk)
-    for user in users:
-        reconcile_admin_accesses(
-            user=user,
-            answer=UpstreamAnswer.authoritative([]),
-            trigger="periodic",
-            revocation_budget=guard,
-        )
-    EntitlementSyncState.objects.filter(user=users[0]).update(entitled_domains=[ALPHA])
-    return {"run": run, "users": users}
-
-
-class TestReleaseFromTheAdmin:
-    def test_release_asks_for_confirmation_with_a_dry_run_then_revokes(
-        self, superuser_client, held
-    ):
-        first = act(superuser_client, RUNS, "release_held", [held["run"]])
-
-        assert first.status_code == 200
-        page = first.content.decode()
-        assert "3 pending held revocations: 2 would be revoked, 1 kept" in page
-        assert MailDomainAccess.objects.filter(source=SYNC).count() == 3
-
-        second = act(superuser_client, RUNS, "release_held", [held["run"]], confirmed="yes")
-
-        assert shown(second) == [
-            'Held revocations released: 2 revoked (audit trigger "release"), 1 kept, '
-            "0 already gone."
-        ]
-        assert MailDomainAccess.objects.filter(source=SYNC).get().user == held["users"][0]
-        assert AccessAuditEntry.objects.filter(trigger="release", action="revoked").count() == 2
-        operator = User.objects.get(email="admin@example.com")
-        assert set(HeldRevocation.objects.values_list("resolved_by", flat=True)) == {operator.pk}
-
-    def test_discard_from_the_held_revocations_list_keeps_the_accesses(
-        self, superuser_client, held
-    ):
-        rows = list(HeldRevocation.objects.filter(user__in=held["users"][1:]))
-
-        confirm = act(superuser_client, HELD, "discard_held", rows)
-        assert "2 pending held revocations would be discarded" in confirm.content.decode()
-        done = act(superuser_client, HELD, "discard_held", rows, confirmed="yes")
-
-        assert shown(done) == ["2 held revocations discarded; accesses kept."]
-        assert MailDomainAccess.objects.filter(source=SYNC).count() == 3
-        assert HeldRevocation.objects.filter(resolution="pending").count() == 1
-
-    def test_select_all_across_pages_releases_every_row_of_the_filter(self, superuser_client, held):
-        response = superuser_client.post(
-            HELD,
-            {
-                "action": "release_held",
-                "select_across": "1",
-                "index": "0",
-                "_selected_action": [str(HeldRevocation.objects.first().pk)],
-            },
-        )
-        assert 'name="select_across" value="1"' in response.content.decode()
-
-        # The confirmation posts back the page's selection and select_across, as it got them.
-        superuser_client.post(
-            HELD,
-            {
-                "action": "release_held",
-                "select_across": "1",
-                "confirmed": "yes",
-                "_selected_action": [str(HeldRevocation.objects.first().pk)],
-            },
-        )
-
-        assert not HeldRevocation.objects.filter(resolution="pending").exists()

@@ -21,9 +21,7 @@ RUNS = reverse("admin:core_syncrun_changelist")
 STATES = reverse("admin:core_entitlementsyncstate_changelist")
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+pytestmark = pytest.mark.usefixtures("fast_password_hasher")
 
 
 def text_of(response) -> str:

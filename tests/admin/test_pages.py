@@ -21,10 +21,7 @@ from tests.factories import (
     UserFactory,
 )
 
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+pytestmark = pytest.mark.usefixtures("fast_password_hasher")
 
 
 @pytest.fixture

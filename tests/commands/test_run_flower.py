@@ -1,6 +1,7 @@
-"""Flower, started by `manage.py run_flower` as operators do, shows a sync with its state and
-result behind basic auth, and refuses anybody without the credentials; run open in debug, its
-API (which can apply tasks) still refuses everybody, whatever FLOWER_UNAUTHENTICATED_API says."""
+"""`manage.py run_flower` as operators start it: Flower shows a sync with its state and result
+behind basic auth and refuses anybody without the credentials; run open in debug, its API (which
+can apply tasks) still refuses everybody, whatever FLOWER_UNAUTHENTICATED_API says; it refuses to
+start without credentials outside debug, or with malformed ones."""
 
 import os
 import socket
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from django.core.management import CommandError
 
 from core.entitlements.requests import request_sync
+from tests.support.commands import run
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 CREDENTIALS = ("ops", "a-long-flower-password")
@@ -141,3 +144,26 @@ def test_open_flower_in_debug_keeps_its_api_closed(transactional_db, broker_queu
         assert requests.post(f"{url}/api/task/revoke/x", timeout=5).status_code == 401
 
     assert broker_queues.length("bulk") == 0, "no task was applied"
+
+
+class TestRunFlowerRefusals:
+    def test_refuses_without_basic_auth_outside_debug(self, settings):
+        settings.FLOWER_BASIC_AUTH = ""
+        settings.DEBUG = False
+
+        with pytest.raises(CommandError, match="FLOWER_BASIC_AUTH is not set"):
+            run("run_flower")
+
+    def test_refuses_open_flower_on_a_public_address_even_in_debug(self, settings):
+        settings.FLOWER_BASIC_AUTH = ""
+        settings.DEBUG = True
+
+        with pytest.raises(CommandError, match="FLOWER_BASIC_AUTH is not set"):
+            run("run_flower", "--address", "0.0.0.0")
+
+    @pytest.mark.parametrize("auth", ["admin", "admin:", ":secret", "a:b,broken"])
+    def test_refuses_malformed_credentials(self, settings, auth):
+        settings.FLOWER_BASIC_AUTH = auth
+
+        with pytest.raises(CommandError, match="user:password"):
+            run("run_flower")

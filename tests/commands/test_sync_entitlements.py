@@ -1,42 +1,20 @@
-"""Management commands: sync_entitlements, simulate_login, setup_demo, run_flower."""
+"""The sync_entitlements command: a user, a domain or everyone, queued or waited for."""
 
-import io
-import json
-import os
 import re
-import stat
 
 import pytest
-from django.core.management import CommandError, call_command
-from honcho.environ import parse as parse_env_file
+from django.core.management import CommandError
 
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
-    MailDomain,
     MailDomainAccess,
     SyncRun,
-    User,
 )
 from tests.support.broker import producer_app
+from tests.support.commands import run
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
-
-
-def run(*args) -> tuple[str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    call_command(*args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
-
-
-@pytest.fixture
-def domains(transactional_db):
-    return {name: MailDomain.objects.create(name=name) for name in (ALPHA, BETA)}
-
-
-@pytest.fixture
-def worker(transactional_db, celery_worker, celery_app, depends_on_current_app, broker_queues):
-    return celery_app
 
 
 class TestSyncEntitlements:
@@ -178,106 +156,3 @@ class TestSyncEntitlements:
     ):
         with producer_app(private_redis.url), pytest.raises(CommandError, match="broker"):
             run("sync_entitlements", "--all")
-
-
-class TestSimulateLogin:
-    def test_creates_the_user_stores_forwarded_claims_and_requests_a_sync(
-        self, transactional_db, broker_queues, scripted_upstream
-    ):
-        scripted_upstream(claims=["siret"])
-
-        out, _ = run(
-            "simulate_login", "New.Person@Example.ORG", "--claim", "siret=123", "--claim", "x=y"
-        )
-
-        user = User.objects.get(email="New.Person@example.org")
-        assert user.sub == "simulated:New.Person@example.org"
-        state = EntitlementSyncState.objects.get(user=user)
-        assert state.forwarded_claims == {"siret": "123"}
-        [message] = broker_queues.messages("interactive")
-        assert message["args"] == [str(user.pk), "login"]
-        assert f"Sync queued: task {message['id']}" in out
-
-    def test_an_existing_user_keeps_their_account(
-        self, transactional_db, make_user, broker_queues, scripted_upstream
-    ):
-        user = make_user(sub=None)
-
-        run("simulate_login", user.email)
-        run("simulate_login", user.email)
-
-        assert User.objects.count() == 1
-        user.refresh_from_db()
-        assert user.sub == f"simulated:{user.email}"
-        # The second login fell inside the dedup window.
-        assert broker_queues.length("interactive") == 1
-
-    @pytest.mark.parametrize("value", ["not-an-email", "a@", "@example.org", "a b@example.org"])
-    def test_a_value_that_is_not_an_email_is_refused(self, transactional_db, value):
-        with pytest.raises(CommandError, match="not an e-mail address"):
-            run("simulate_login", value)
-        assert not User.objects.exists()
-
-    def test_malformed_claim_is_a_clear_error(self, transactional_db):
-        with pytest.raises(CommandError, match="NAME=VALUE"):
-            run("simulate_login", "a@example.org", "--claim", "siret")
-
-
-class TestSetupDemo:
-    def test_is_idempotent_and_prints_working_credentials(
-        self, transactional_db, settings, tmp_path
-    ):
-        settings.DATA_DIR = tmp_path
-
-        first, _ = run("setup_demo")
-        (tmp_path / "demo_entitlements.json").write_text('{"admins_by_email": {}}')
-        second, _ = run("setup_demo")
-
-        assert first == second
-        assert MailDomain.objects.count() == 3
-        assert User.objects.count() == 4
-        password = (tmp_path / "demo_password").read_text().strip()
-        assert f"operator@example.org / {password}" in first
-        operator = User.objects.get(email="operator@example.org")
-        assert operator.is_superuser and operator.check_password(password)
-        assert json.loads((tmp_path / "demo_entitlements.json").read_text()) == {
-            "admins_by_email": {}
-        }, "an edited mapping is kept"
-        for secret in ("demo_password", "demo.env"):
-            assert stat.S_IMODE(os.stat(tmp_path / secret).st_mode) == 0o600
-
-    def test_environment_file_reads_back_through_honcho(self, transactional_db, settings, tmp_path):
-        settings.DATA_DIR = tmp_path
-        run("setup_demo")
-
-        env = parse_env_file((tmp_path / "demo.env").read_text())
-
-        assert env["ENTITLEMENTS_BACKEND"].endswith("LocalEntitlementsBackend")
-        assert json.loads(env["ENTITLEMENTS_BACKEND_PARAMETERS"]) == {
-            "mapping_file": str(tmp_path / "demo_entitlements.json")
-        }
-        password = (tmp_path / "demo_password").read_text().strip()
-        assert env["FLOWER_BASIC_AUTH"] == f"operator@example.org:{password}"
-
-
-class TestRunFlowerRefusals:
-    def test_refuses_without_basic_auth_outside_debug(self, settings):
-        settings.FLOWER_BASIC_AUTH = ""
-        settings.DEBUG = False
-
-        with pytest.raises(CommandError, match="FLOWER_BASIC_AUTH is not set"):
-            run("run_flower")
-
-    def test_refuses_open_flower_on_a_public_address_even_in_debug(self, settings):
-        settings.FLOWER_BASIC_AUTH = ""
-        settings.DEBUG = True
-
-        with pytest.raises(CommandError, match="FLOWER_BASIC_AUTH is not set"):
-            run("run_flower", "--address", "0.0.0.0")
-
-    @pytest.mark.parametrize("auth", ["admin", "admin:", ":secret", "a:b,broken"])
-    def test_refuses_malformed_credentials(self, settings, auth):
-        settings.FLOWER_BASIC_AUTH = auth
-
-        with pytest.raises(CommandError, match="user:password"):
-            run("run_flower")

@@ -1,28 +1,25 @@
 """The blast-radius guard in real full runs: the in-process worker on the test Redis and
-PostgreSQL, batches in parallel, a scripted upstream; and the release_held_revocations command."""
+PostgreSQL, batches in parallel, a scripted upstream."""
 
 import io
 import logging
 import threading
 import time
-import uuid
 
-import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import call_command
 from django.db import connections
 
 from core.entitlements import RunRevocationBudget
 from core.entitlements.runs import start_run
 from core.models import (
     AccessAuditEntry,
-    EntitlementSyncState,
     HeldRevocation,
-    MailDomain,
     MailDomainAccess,
     SyncRun,
     User,
 )
 from tests import figures
+from tests.support import wait_until
 from worker.batches import sync_batch
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
@@ -37,50 +34,14 @@ def _figures() -> list[str]:
     return list(_measured)
 
 
-def wait_until(predicate, *, timeout=60.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {message}"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def domains(transactional_db):
-    return {name: MailDomain.objects.create(name=name) for name in (ALPHA, BETA)}
-
-
-@pytest.fixture
-def worker(transactional_db, celery_worker, celery_app, depends_on_current_app, broker_queues):
-    return celery_app
-
-
-@pytest.fixture
-def admins(domains):
-    """`make(count)`: users holding a sync-made access on alpha that their last answer named."""
-
-    def make(count: int) -> list[User]:
-        batch = uuid.uuid4().hex[:8]
-        users = User.objects.bulk_create(
-            User(email=f"admin-{batch}-{n}@example.org", sub=f"{batch}-{n}", password="!")
-            for n in range(count)
-        )
-        MailDomainAccess.objects.bulk_create(
-            MailDomainAccess(user=user, maildomain=domains[ALPHA], source=SYNC) for user in users
-        )
-        EntitlementSyncState.objects.bulk_create(
-            EntitlementSyncState(user=user, status="ok", entitled_domains=[ALPHA]) for user in users
-        )
-        return users
-
-    return make
-
-
 def full_run(worker, *, trigger="periodic") -> SyncRun:
     """Run entitlements.sync_all_admins on the worker and wait for its run to close."""
     run_id = worker.send_task("entitlements.sync_all_admins", args=[trigger]).get(timeout=30)[
         "run_id"
     ]
-    wait_until(lambda: SyncRun.objects.get(pk=run_id).status == "done", message="the run")
+    wait_until(
+        lambda: SyncRun.objects.get(pk=run_id).status == "done", timeout=60, message="the run"
+    )
     return SyncRun.objects.get(pk=run_id)
 
 
@@ -89,13 +50,13 @@ def synced_accesses() -> int:
 
 
 def test_upstream_emptying_everyones_list_revokes_the_budget_and_holds_the_rest(
-    worker, admins, scripted_upstream, settings, caplog
+    worker, make_synced_admins, scripted_upstream, settings, caplog
 ):
     settings.ENTITLEMENTS_MAX_REVOKE_SHARE = 0.1
     settings.ENTITLEMENTS_MAX_REVOKE_MIN = 10
     # Not what this test is about: the upstream rate limit would pace the run at 50 users/s.
     settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 0
-    users = admins(1000)
+    users = make_synced_admins(1000)
     # The upstream answers, for everyone, a valid empty list.
     scripted_upstream(admins_by_email={user.email: [] for user in users})
 
@@ -127,8 +88,8 @@ def test_upstream_emptying_everyones_list_revokes_the_budget_and_holds_the_rest(
     )
 
 
-def test_a_normal_run_revoking_a_few_holds_nothing(worker, admins, scripted_upstream):
-    users = admins(50)
+def test_a_normal_run_revoking_a_few_holds_nothing(worker, make_synced_admins, scripted_upstream):
+    users = make_synced_admins(50)
     leaving = users[:3]
     scripted_upstream(
         admins_by_email={user.email: [] if user in leaving else [ALPHA] for user in users}
@@ -143,11 +104,11 @@ def test_a_normal_run_revoking_a_few_holds_nothing(worker, admins, scripted_upst
 
 
 def test_the_next_run_holds_every_revocation_while_held_ones_are_pending(
-    worker, admins, scripted_upstream, settings, caplog
+    worker, make_synced_admins, scripted_upstream, settings, caplog
 ):
     settings.ENTITLEMENTS_MAX_REVOKE_MIN = 2
     settings.ENTITLEMENTS_MAX_REVOKE_SHARE = 0
-    users = admins(5)
+    users = make_synced_admins(5)
     scripted_upstream(admins_by_email={user.email: [] for user in users})
     first = full_run(worker)
     assert (first.accesses_revoked, HeldRevocation.objects.count()) == (2, 3)
@@ -175,7 +136,7 @@ def synced_accesses_of(user) -> int:
 
 
 def test_parallel_batches_racing_at_the_boundary_never_exceed_the_budget(
-    transactional_db, admins, scripted_upstream, settings
+    transactional_db, make_synced_admins, scripted_upstream, settings
 ):
     """Two batches of one run at once, each with eight threads, each thread its own database
     connection: the sum of their revocations is the budget, never more, over five runs."""
@@ -185,7 +146,7 @@ def test_parallel_batches_racing_at_the_boundary_never_exceed_the_budget(
     settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 0
     revoked_per_run = []
     for _ in range(5):
-        users = admins(80)
+        users = make_synced_admins(80)
         scripted_upstream(admins_by_email={user.email: [] for user in users})
         run = start_run(scope=SyncRun.Scope.ALL, trigger="periodic", task_id="")
         budget = run.revoke_budget
@@ -232,13 +193,13 @@ def _batch_at_once(users, run_id: int, barrier: threading.Barrier) -> None:
 
 
 def test_a_login_sync_revokes_a_held_access_and_the_release_finds_it_gone(
-    worker, admins, scripted_upstream, settings
+    worker, make_synced_admins, scripted_upstream, settings
 ):
     from core.entitlements.requests import request_sync
 
     settings.ENTITLEMENTS_MAX_REVOKE_MIN = 0
     settings.ENTITLEMENTS_MAX_REVOKE_SHARE = 0
-    users = admins(3)
+    users = make_synced_admins(3)
     scripted_upstream(admins_by_email={user.email: [] for user in users})
     run = full_run(worker)
     assert HeldRevocation.objects.filter(run=run).count() == 3
@@ -261,59 +222,3 @@ def test_a_login_sync_revokes_a_held_access_and_the_release_finds_it_gone(
     assert HeldRevocation.objects.get(user=login_user).resolution == "gone"
     assert AccessAuditEntry.objects.filter(user=login_user, action="revoked").count() == 1
     assert synced_accesses() == 0
-
-
-class TestReleaseCommand:
-    @pytest.fixture
-    def held_run(self, admins, scripted_upstream, settings):
-        """A run that held the revocations of four users; one of them named alpha again since."""
-        settings.ENTITLEMENTS_MAX_REVOKE_MIN = 0
-        settings.ENTITLEMENTS_MAX_REVOKE_SHARE = 0
-        users = admins(4)
-        scripted_upstream(admins_by_email={user.email: [] for user in users})
-        run = start_run(scope=SyncRun.Scope.ALL, trigger="periodic", task_id="")
-        sync_batch(
-            user_ids=[str(user.pk) for user in users],
-            trigger="periodic",
-            task_id="",
-            revocation_budget=RunRevocationBudget(run_id=run.pk),
-        )
-        EntitlementSyncState.objects.filter(user=users[0]).update(entitled_domains=[ALPHA])
-        return run
-
-    def run(self, *args) -> str:
-        out = io.StringIO()
-        call_command("release_held_revocations", *args, stdout=out)
-        return out.getvalue()
-
-    def test_dry_run_says_what_would_happen_and_writes_nothing(self, held_run):
-        out = self.run("--run", str(held_run.pk), "--dry-run")
-
-        assert out.startswith("Dry run: 4 held revocation(s)")
-        assert "3 would be revoked, 1 kept" in out
-        assert synced_accesses() == 4
-        assert HeldRevocation.objects.filter(resolution="pending").count() == 4
-
-    def test_release_revokes_the_still_stale_ones(self, held_run):
-        out = self.run("--run", str(held_run.pk))
-
-        assert "3 revoked, 1 kept" in out
-        assert synced_accesses() == 1
-        assert AccessAuditEntry.objects.filter(trigger="release", action="revoked").count() == 3
-        assert self.run("--all") == "No pending held revocation (all runs).\n"
-
-    def test_discard_keeps_the_accesses(self, held_run):
-        assert self.run("--all", "--discard", "--dry-run") == (
-            "Dry run: 4 held revocation(s) of all runs would be discarded; accesses kept.\n"
-        )
-        out = self.run("--all", "--discard")
-
-        assert out == "4 held revocation(s) of all runs discarded; accesses kept.\n"
-        assert synced_accesses() == 4
-        assert set(HeldRevocation.objects.values_list("resolution", flat=True)) == {"discarded"}
-
-    def test_a_target_is_required_and_an_unknown_run_is_a_clear_error(self, transactional_db):
-        with pytest.raises(CommandError, match="one of the arguments --run --all is required"):
-            self.run()
-        with pytest.raises(CommandError, match="No resync run #999999"):
-            self.run("--run", "999999")

@@ -14,7 +14,6 @@ from core.entitlements.requests import request_sync
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
-    MailDomain,
     MailDomainAccess,
     SyncRun,
 )
@@ -29,17 +28,6 @@ def fast_retries(settings):
     settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY = 0.05
     settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY = 0.2
     settings.ENTITLEMENTS_SYNC_MAX_RETRIES = 5
-
-
-@pytest.fixture
-def domains(transactional_db):
-    return {name: MailDomain.objects.create(name=name) for name in (ALPHA, BETA)}
-
-
-@pytest.fixture
-def worker(transactional_db, celery_worker, celery_app, depends_on_current_app, broker_queues):
-    """A running worker; tasks are sent through the test app, results read from it."""
-    return celery_app
 
 
 def accesses(user):
