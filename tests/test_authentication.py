@@ -4,6 +4,7 @@ waits on the entitlements service and succeeds when the broker or the upstream i
 
 import time
 
+import pytest
 from celery.contrib.testing.worker import start_worker
 from django_celery_results.models import TaskResult
 
@@ -97,6 +98,7 @@ def test_login_succeeds_while_the_upstream_is_down(
     assert broker_queues.length("interactive") == 1
 
 
+@pytest.mark.broker
 def test_login_while_the_broker_is_down_succeeds_and_syncs_once_it_is_back(
     transactional_db, private_redis, provider, scripted_upstream
 ):

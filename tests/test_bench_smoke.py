@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 FIGURES = (
@@ -45,6 +47,7 @@ def _bench_database_url() -> str:
     return urlunsplit(parts._replace(path=f"/{name}_bench_smoke"))
 
 
+@pytest.mark.broker
 def test_smoke_mode_prints_every_figure_with_a_number():
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke"],

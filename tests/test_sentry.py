@@ -232,6 +232,7 @@ def test_a_failing_api_call_reports_the_user_id_only(settings, refuse_rows, sent
     assert not found, found
 
 
+@pytest.mark.broker
 def test_a_failing_worker_sync_reports_no_email_siret_nor_api_key(
     transactional_db, settings, deploycenter_backend, private_redis, sentry_ingest, tmp_path
 ):

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from celery import Celery
 from django.conf import settings
 from django.db import connection
@@ -24,6 +25,7 @@ def _sessions() -> int:
         return cursor.fetchone()[0]
 
 
+@pytest.mark.broker
 def test_a_worker_reuses_its_database_connection_across_tasks(transactional_db, private_redis):
     private_redis.start()
     database = settings.DATABASES["default"]
