@@ -306,10 +306,6 @@ def test_exactly_the_maximum_is_accepted(deploycenter, settings):
     assert response.json()["created"] == names
 
 
-def test_default_maximum_is_1000(settings):
-    assert settings.PROVISIONING_MAX_DOMAINS == 1000
-
-
 def test_body_not_declared_as_json_is_a_415(deploycenter):
     response = post_raw(deploycenter, "domains=a.example.org", "application/x-www-form-urlencoded")
 

@@ -11,17 +11,11 @@ from django.utils import timezone
 
 from core.entitlements.requests import (
     RequestOutcome,
-    TaskName,
     enqueue_outstanding_requests,
     request_sync,
 )
 from core.models import EntitlementSyncState
 from tests.support.broker import producer_app
-from worker import queues
-
-
-def test_task_name_matches_the_worker_registration():
-    assert TaskName.SYNC_USER == queues.TaskName.SYNC_USER
 
 
 def test_first_request_records_and_enqueues_after_commit(

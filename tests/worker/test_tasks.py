@@ -391,7 +391,3 @@ def test_batch_threads_close_their_database_connections(
 
     # Four threads per batch, three batches: a leak would leave twelve more.
     assert open_connections() <= before
-
-
-def test_lock_names_do_not_clash():
-    assert user_lock("1").key != run_lock(scope_key="all").key
