@@ -73,7 +73,7 @@ def _empty_static_root(tmp_path_factory):
 def _static_files_without_collectstatic(settings, _empty_static_root):
     """In-process tests render pages without a `collectstatic` first: the plain storage needs no
     manifest, and WhiteNoise gets an existing, empty STATIC_ROOT. The production set-up
-    (collectstatic, hashed names, WhiteNoise) is checked by tests/test_admin_browser.py."""
+    (collectstatic, hashed names, WhiteNoise) is checked by tests/admin/test_browser.py."""
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -2,14 +2,11 @@
 the selection across pages honoured."""
 
 import pytest
-from django.urls import reverse
 
 from core.models import AccessAuditEntry, HeldRevocation, MailDomainAccess, User
-from tests.support.admin_pages import act, shown
+from tests.support.admin_pages import HELD, RUNS, act, shown
 
 SYNC = MailDomainAccess.Source.ENTITLEMENTS
-RUNS = reverse("admin:core_syncrun_changelist")
-HELD = reverse("admin:core_heldrevocation_changelist")
 
 pytestmark = pytest.mark.usefixtures("fast_password_hasher")
 

@@ -1,4 +1,6 @@
-"""The Django admin renders every page an operator uses, and keeps the sync's records read-only."""
+"""The Django admin renders every page an operator uses and shows what it should there (a run's
+progress and revocations, claim values to superusers only, a user's audit rows and held
+revocations), and keeps the sync's records read-only."""
 
 import pytest
 from django.core.management import call_command
@@ -20,6 +22,9 @@ from tests.factories import (
     SyncRunFactory,
     UserFactory,
 )
+from tests.support.admin_pages import HELD, RUNS
+
+BETA = "beta.example.org"
 
 pytestmark = pytest.mark.usefixtures("fast_password_hasher")
 
@@ -275,3 +280,71 @@ def test_sync_records_are_read_only(admin_client, records, model):
     assert delete.status_code == 403
     assert model.objects.filter(pk=record.pk).exists()
     assert b'name="_save"' not in change.content
+
+
+class TestPages:
+    def test_runs_show_newest_first_with_progress_and_revocations(self, superuser_client):
+        older = SyncRun.objects.create(trigger="periodic", status="done", users_enqueued=2)
+        newer = SyncRun.objects.create(
+            trigger="admin",
+            users_enqueued=4,
+            users_done=2,
+            users_failed=1,
+            revocable_accesses=1000,
+            revoke_budget=100,
+            accesses_revoked=100,
+            revocations_held=True,
+        )
+
+        response = superuser_client.get(RUNS)
+
+        assert list(response.context["cl"].result_list) == [newer, older]
+        page = response.content.decode()
+        assert "3/4 (75 %)" in page
+        assert "revoked 100 of budget 100 (1000 revocable), the rest held" in page
+
+    def test_claim_values_show_to_superusers_only(
+        self, superuser_client, staff_client, make_user, scripted_upstream
+    ):
+        scripted_upstream(claims=["siret"])
+        alice = make_user()
+        EntitlementSyncState.objects.create(
+            user=alice, forwarded_claims={"siret": "12345678900017"}
+        )
+        staff = staff_client("view_entitlementsyncstate")
+        user_page = reverse("admin:core_user_change", args=[alice.pk])
+        state_page = reverse("admin:core_entitlementsyncstate_change", args=[alice.pk])
+
+        for page in (user_page, state_page):
+            staff_view = staff.get(page).content.decode()
+            superuser_view = superuser_client.get(page).content.decode()
+            assert "siret (the backend forwards: siret)" in staff_view
+            assert "12345678900017" not in staff_view
+            assert "siret=12345678900017 (the backend forwards: siret)" in superuser_view
+
+    def test_user_page_shows_the_latest_audit_rows_and_pending_held_revocations(
+        self, superuser_client, held
+    ):
+        user = held["users"][0]
+        AccessAuditEntry.objects.create(
+            user=user, maildomain_name=BETA, action="granted", trigger="login", task_id="t-1"
+        )
+
+        page = superuser_client.get(reverse("admin:core_user_change", args=[user.pk]))
+
+        text = page.content.decode()
+        assert "1 access change by the sync" in text
+        assert "<td>granted</td><td>beta.example.org</td><td>login</td><td>t-1</td>" in text
+        assert f"{HELD}?user__id__exact={user.pk}" in text
+        assert "1 pending</a>: alpha.example.org" in text
+
+    def test_held_revocations_render(self, superuser_client, held):
+        changelist = superuser_client.get(HELD, {"run__id__exact": held["run"].pk})
+        change = superuser_client.get(
+            reverse("admin:core_heldrevocation_change", args=[HeldRevocation.objects.first().pk])
+        )
+
+        assert changelist.context["cl"].result_count == 3
+        assert change.status_code == 200
+        run_page = superuser_client.get(reverse("admin:core_syncrun_change", args=[held["run"].pk]))
+        assert "3 held revocations, 3 pending" in run_page.content.decode()

@@ -1,13 +1,19 @@
-"""The admin's Sync runs page shows the circuit breaker and the rate limit toward the upstream."""
+"""The admin's Sync runs page: its button starts a full resync (the run it starts shows there, a
+broker down is a clear error); it shows the circuit breaker and the rate limit toward the
+upstream."""
 
 import re
 
 import pytest
 from django.core.cache import caches
+from django.test import Client
 from django.urls import reverse
 from django_redis import get_redis_connection
 
 from core.entitlements.circuit_breaker import CircuitBreaker
+from core.models import SyncRun
+from tests.support.admin_pages import RESYNC_ALL, RUNS, shown
+from tests.support.broker import producer_app
 
 THRESHOLD = 3
 
@@ -59,3 +65,48 @@ def test_sync_runs_page_renders_with_redis_unreachable(admin_client, settings):
     shown = status_block(admin_client)
 
     assert "<strong>unknown</strong> (Redis unreachable" in shown
+
+
+class TestResyncAll:
+    def test_the_button_leads_to_a_form_that_starts_the_full_run(
+        self, superuser_client, broker_queues
+    ):
+        changelist = superuser_client.get(RUNS).content.decode()
+        form = superuser_client.get(RESYNC_ALL)
+
+        assert f'href="{RESYNC_ALL}"' in changelist
+        assert form.status_code == 200
+        assert 'name="csrfmiddlewaretoken"' in form.content.decode()
+        response = superuser_client.post(RESYNC_ALL, follow=True)
+
+        [message] = broker_queues.messages("bulk")
+        assert (message["task"], message["args"]) == ("entitlements.sync_all_admins", ["admin"])
+        assert response.redirect_chain == [(RUNS, 302)]
+        assert shown(response) == [
+            f"Full resync started: task {message['id']}. Its run shows here once a worker takes it."
+        ]
+
+    def test_the_run_it_starts_shows_in_the_changelist(
+        self, superuser_client, celery_worker, celery_app, broker_queues, scripted_upstream
+    ):
+        [text] = shown(superuser_client.post(RESYNC_ALL, follow=True))
+        task_id = re.search(r"task (\S+)\. ", text).group(1)
+        totals = celery_app.AsyncResult(task_id).get(timeout=20)
+
+        run = SyncRun.objects.get(pk=totals["run_id"])
+        assert (run.trigger, run.scope) == ("admin", "all")
+        assert superuser_client.get(RUNS).context["cl"].result_list[0] == run
+
+    def test_a_post_without_the_csrf_token_is_refused(self, transactional_db, admin_user):
+        browser = Client(enforce_csrf_checks=True)
+        browser.force_login(admin_user)
+
+        assert browser.post(RESYNC_ALL).status_code == 403
+
+    def test_broker_down_is_a_clear_error(self, superuser_client, private_redis):
+        with producer_app(private_redis.url):
+            response = superuser_client.post(RESYNC_ALL, follow=True)
+
+        assert shown(response) == [
+            "The task broker cannot be reached: the full resync was not started. Try again later."
+        ]

@@ -1,5 +1,13 @@
 """Reading and acting on the Django admin's pages, as an operator's browser does."""
 
+from django.urls import reverse
+
+USERS = reverse("admin:core_user_changelist")
+DOMAINS = reverse("admin:core_maildomain_changelist")
+RUNS = reverse("admin:core_syncrun_changelist")
+HELD = reverse("admin:core_heldrevocation_changelist")
+RESYNC_ALL = reverse("admin:core_syncrun_resync_all")
+
 
 def shown(response) -> list[str]:
     """The messages the page shows."""
