@@ -4,9 +4,6 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from core.models import (
-    MailDomainAccess,
-)
 from tests.support.admin_pages import (
     DOMAINS,
     HELD,
@@ -16,9 +13,6 @@ from tests.support.admin_pages import (
     act,
     action_names,
 )
-
-ALPHA, BETA = "alpha.example.org", "beta.example.org"
-SYNC = MailDomainAccess.Source.ENTITLEMENTS
 
 pytestmark = pytest.mark.usefixtures("fast_password_hasher")
 

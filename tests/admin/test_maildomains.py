@@ -3,9 +3,6 @@ queue, with a clear error when the broker is down."""
 
 import pytest
 
-from core.models import (
-    MailDomainAccess,
-)
 from tests.support.admin_pages import (
     DOMAINS,
     act,
@@ -13,8 +10,7 @@ from tests.support.admin_pages import (
 )
 from tests.support.broker import producer_app
 
-ALPHA, BETA = "alpha.example.org", "beta.example.org"
-SYNC = MailDomainAccess.Source.ENTITLEMENTS
+ALPHA = "alpha.example.org"
 
 pytestmark = pytest.mark.usefixtures("fast_password_hasher")
 

@@ -16,7 +16,7 @@ from tests.support.admin_pages import (
 )
 from tests.support.broker import producer_app
 
-ALPHA, BETA = "alpha.example.org", "beta.example.org"
+ALPHA = "alpha.example.org"
 SYNC = MailDomainAccess.Source.ENTITLEMENTS
 
 pytestmark = pytest.mark.usefixtures("fast_password_hasher")

@@ -1,4 +1,4 @@
-"""The blast-radius guard on PostgreSQL: the reconcile's hook, the run budget and its exactness
+"""The revocation budget on PostgreSQL: the reconcile's hook, the run budget and its exactness
 under concurrent reservations."""
 
 import threading
@@ -23,7 +23,6 @@ from core.selectors import pending_held_revocations
 from tests.support.revocations import names_of, reconcile, run_with_budget
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
-SYNC = MailDomainAccess.Source.ENTITLEMENTS
 MANUAL = MailDomainAccess.Source.MANUAL
 
 

@@ -1,4 +1,4 @@
-"""The blast-radius guard in real full runs: the in-process worker on the test Redis and
+"""The revocation budget in real full runs: the in-process worker on the test Redis and
 PostgreSQL, batches in parallel, a scripted upstream."""
 
 import io
@@ -22,7 +22,7 @@ from tests import figures
 from tests.support import wait_until
 from worker.batches import sync_batch
 
-ALPHA, BETA = "alpha.example.org", "beta.example.org"
+ALPHA = "alpha.example.org"
 SYNC = MailDomainAccess.Source.ENTITLEMENTS
 GUARD_LOGGER = "core.entitlements.revocation_budget"
 
