@@ -351,6 +351,9 @@ if _broker_scheme == "filesystem":
     _broker_dir = DATA_DIR / "broker"
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    # kombu's own file-system transport can corrupt its control files when several processes
+    # start at once; this subclass writes every file whole (messages/embedded_broker.py).
+    CELERY_BROKER_TRANSPORT = "messages.embedded_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
