@@ -20,9 +20,10 @@ class Channel(filesystem.Channel):
     worker, beat, Flower and `celery inspect` share the folders, so at start-up another process
     read an empty or overwritten-in-place table ("Expecting value", "Extra data") and two
     processes binding to a new exchange at once kept only one binding: `celery inspect` failed
-    and Flower said "Unknown worker". Here a file is written under a temporary name and renamed
-    into place (readers see the old file or the new one), and a table's read-modify-write holds
-    a lock on a separate file, which no write ever empties.
+    and Flower said "Unknown worker"; a worker that took a message file still empty stopped
+    ("Unrecoverable error"), and honcho with it. Here a file is written under a temporary name
+    and renamed into place (readers see the old file or the new one), and a table's
+    read-modify-write holds a lock on a separate file, which no write ever empties.
     """
 
     def get_table(self, exchange):
