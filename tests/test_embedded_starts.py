@@ -58,8 +58,13 @@ def _environment(data_dir: Path) -> dict[str, str]:
 
 
 def _prepare(environment: dict[str, str]) -> None:
-    """The Makefile's `run` target up to honcho: migrate, demo data, a clean control folder."""
-    for command in (["migrate", "--noinput"], ["setup_demo"]):
+    """The Makefile's `run` target up to honcho: migrate, demo data, static files, a clean
+    control folder."""
+    for command in (
+        ["migrate", "--noinput"],
+        ["setup_demo"],
+        ["collectstatic", "--noinput", "--verbosity", "0"],
+    ):
         subprocess.run(
             [sys.executable, "manage.py", *command],
             cwd=BASE_DIR,
