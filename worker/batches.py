@@ -77,8 +77,7 @@ def sync_batch(
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
         pending = {
-            pool.submit(_fetch, user=user, trigger=trigger, task_id=task_id): user
-            for user in users
+            pool.submit(_fetch, user=user, trigger=trigger, task_id=task_id): user for user in users
         }
         while pending:
             try:
