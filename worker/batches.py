@@ -76,7 +76,9 @@ def sync_batch(
     outcome.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
-        pending = {pool.submit(_fetch, user=user, task_id=task_id): user for user in users}
+        pending = {
+            pool.submit(_fetch, user=user, trigger=trigger, task_id=task_id): user for user in users
+        }
         while pending:
             try:
                 arrived = _gather(pending)
@@ -96,16 +98,16 @@ def sync_batch(
     return outcome
 
 
-def _fetch(*, user: User, task_id: str) -> FetchedUser:
+def _fetch(*, user: User, trigger: Trigger, task_id: str) -> FetchedUser:
     """A pool thread's work for one user."""
     try:
-        return fetch_under_lock(user=user, task_id=task_id)
+        return fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
     finally:
         # A custom backend may use the database: a thread's connection must not leak.
         connections.close_all()
 
 
-def fetch_under_lock(*, user: User, task_id: str) -> FetchedUser:
+def fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUser:
     """Take the user's lock and fetch their answer for a batch; the lock stays held.
 
     The batch's task id owns the lock, so a redelivered batch takes back what its killed run
@@ -116,8 +118,9 @@ def fetch_under_lock(*, user: User, task_id: str) -> FetchedUser:
         # Another sync of this user is running now: it is at least as fresh as this run.
         return FetchedUser(user=user, outcome=Outcome.SKIPPED)
     try:
-        # Bulk priority: a full run leaves the rate limit's reserve to login syncs.
-        answer = fetch_user_answer(user=user, priority=Priority.BULK)
+        # Bulk priority: a full run leaves the rate limit's reserve to login syncs. The trigger
+        # says how fresh: a run a person started asks now, the periodic run may use the cache.
+        answer = fetch_user_answer(user=user, trigger=trigger, priority=Priority.BULK)
     except EntitlementsUnavailableError as error:
         return FetchedUser(user=user, lock=lock, unavailable=error)
     except Exception:

@@ -63,15 +63,15 @@ def test_result_is_json_without_email_or_claims(deploycenter_backend, domains):
     assert SIRET not in text
 
 
-def test_second_sync_is_served_by_the_cache_unless_forced(deploycenter_backend, domains):
+def test_periodic_sync_is_served_by_the_cache_a_person_asks_now(deploycenter_backend, domains):
     user = _user()
     sync_user_entitlements(user_id=user.pk, trigger="login")
 
     cached = sync_user_entitlements(user_id=user.pk, trigger="periodic")
-    forced = sync_user_entitlements(user_id=user.pk, trigger="admin", force_refresh=True)
+    asked = sync_user_entitlements(user_id=user.pk, trigger="admin")
 
     assert (cached.cache, cached.changed) == ("hit", False)
-    assert forced.cache == "miss"
+    assert asked.cache == "miss"
     assert deploycenter_backend.calls == 2
 
 
@@ -80,7 +80,7 @@ def test_revocation_upstream_lands(deploycenter_backend, domains):
     sync_user_entitlements(user_id=user.pk, trigger="login")
     deploycenter_backend.set_admin_domains("admin@alpha.example.org", ["beta.example.org"])
 
-    result = sync_user_entitlements(user_id=user.pk, trigger="periodic", force_refresh=True)
+    result = sync_user_entitlements(user_id=user.pk, trigger="command")
 
     assert result.removed == ["alpha.example.org"]
     assert _accesses(user) == ["beta.example.org"]
