@@ -20,7 +20,6 @@ from bench.services import (
     django_environment,
     ensure_database,
 )
-from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/messages_bench"
 LOG_DIR = REPO / "bench" / "results"
@@ -83,7 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def worker_layouts(args: argparse.Namespace) -> dict[str, list[WorkerSpec]]:
     """The layouts measured: "split", the Procfile's workers (what `make run` and
     docker-compose.yml run), and "shared", one worker on both queues with as many processes as
-    the bulk worker, for comparison. The concurrency options set the Procfile's variables."""
+    the bulk worker, for comparison. The concurrency options set the Procfile's variables.
+    Call it once Django is set up (worker.queues needs it)."""
+    from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+
     environ = dict(os.environ)
     if args.interactive_concurrency is not None:
         environ["INTERACTIVE_WORKER_CONCURRENCY"] = str(args.interactive_concurrency)
