@@ -55,6 +55,8 @@ def test_valid_environment_starts(tmp_path):
         ("ENTITLEMENTS_MAX_REVOKE_SHARE", "1.5"),
         ("ENTITLEMENTS_MAX_REVOKE_SHARE", "-0.1"),
         ("ENTITLEMENTS_MAX_REVOKE_MIN", "-1"),
+        ("ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS", "a day"),
+        ("ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS", "-1"),
     ],
 )
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value):

@@ -181,6 +181,7 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
             ("Last trigger", state.last_trigger or "-"),
             ("Last task id", state.last_task_id or "-"),
             ("Entitled domains", ", ".join(state.entitled_domains) or "-"),
+            ("Access ended since", state.access_ended_since or "-"),
         ]
         return format_html(
             "<table>{}</table>",
@@ -199,12 +200,16 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
 
     @admin.display(description="held revocations")
     def held_revocations(self, user: User) -> str:
-        pending = pending_held_revocations(user=user).values_list("maildomain_name", flat=True)
+        pending = pending_held_revocations(user=user)
         if not pending:
             return "-"
         url = reverse("admin:core_heldrevocation_changelist") + f"?user__id__exact={user.pk}"
         return format_html(
-            '<a href="{}">{} pending</a>: {}', url, len(pending), ", ".join(sorted(pending))
+            '<a href="{}">{} pending</a>: {} ({})',
+            url,
+            len(pending),
+            ", ".join(sorted(held.maildomain_name for held in pending)),
+            ", ".join(sorted({held.get_reason_display() for held in pending})),
         )
 
     @admin.display(description="audit trail")

@@ -18,7 +18,9 @@ from core.validators import normalize_email
 
 # Answers worth keeping: they describe the user. Request and configuration errors describe
 # us and must show again as soon as they are fixed; invalid answers are never trusted.
-_CACHEABLE = frozenset({AnswerKind.AUTHORITATIVE, AnswerKind.NO_INFORMATION})
+_CACHEABLE = frozenset(
+    {AnswerKind.AUTHORITATIVE, AnswerKind.NO_INFORMATION, AnswerKind.ACCESS_ENDED}
+)
 
 
 def cache_key(user_id: Any) -> str:

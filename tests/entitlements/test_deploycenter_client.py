@@ -22,6 +22,7 @@ SAMPLES = json.loads((Path(__file__).parent / "data" / "deploycenter-samples.jso
 
 AUTHORITATIVE = AnswerKind.AUTHORITATIVE
 NO_INFORMATION = AnswerKind.NO_INFORMATION
+ACCESS_ENDED = AnswerKind.ACCESS_ENDED
 INVALID = AnswerKind.INVALID
 BAD_REQUEST = AnswerKind.BAD_REQUEST
 CONFIGURATION = AnswerKind.CONFIGURATION
@@ -119,7 +120,7 @@ SAMPLE_MEANINGS = {
     "unknown email": (AUTHORITATIVE, "", ()),
     "missing siret": (BAD_REQUEST, "bad_request", ()),
     "unknown siret (no such organization)": (NO_INFORMATION, "no_organization", ()),
-    "known organization without Messages subscription": (NO_INFORMATION, "not_activated", ()),
+    "known organization without Messages subscription": (ACCESS_ENDED, "not_activated", ()),
     "wrong API key": (CONFIGURATION, "configuration", ()),
     "missing account_type": (BAD_REQUEST, "bad_request", ()),
     "neither account_email nor account_id": (BAD_REQUEST, "bad_request", ()),
@@ -180,7 +181,7 @@ BODY_CASES = [
     (
         "key absent, can_access false",
         _entitlements_body(can_access=False, can_access_reason="not_activated"),
-        NO_INFORMATION,
+        ACCESS_ENDED,
         "not_activated",
         (),
     ),

@@ -40,7 +40,7 @@ def _ask(backend, email="admin@alpha.example.org", siret=ALPHA_SIRET):
             "00000000099999",
             (AnswerKind.NO_INFORMATION, "no_organization", ()),
         ),
-        ("admin@alpha.example.org", GAMMA_SIRET, (AnswerKind.NO_INFORMATION, "not_activated", ())),
+        ("admin@alpha.example.org", GAMMA_SIRET, (AnswerKind.ACCESS_ENDED, "not_activated", ())),
     ],
     ids=["admin", "scoped admin", "member", "unknown siret", "not activated"],
 )

@@ -17,6 +17,9 @@ class AnswerKind(enum.StrEnum):
 
     AUTHORITATIVE = "authoritative"
     NO_INFORMATION = "no_information"
+    # The user's organisation no longer has the service (its subscription ended): no admin
+    # rights, once it has lasted ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS.
+    ACCESS_ENDED = "access_ended"
     INVALID = "invalid"
     BAD_REQUEST = "bad_request"
     CONFIGURATION = "configuration"

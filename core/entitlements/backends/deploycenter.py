@@ -28,6 +28,9 @@ POOL_MAXSIZE = 10
 REQUIRED_CLAIM = "siret"
 _QUERY_PARAMS = frozenset({"service_id", "account_type", "account_email", "account_id"})
 # A `can_access_reason` is recorded as our error code only when it looks like a short token.
+# The organisation's subscription ended: the one reason that says something (no rights); every
+# other (e.g. no_organization: an unknown siret, often a claim problem) says nothing.
+ACCESS_ENDED_REASON = "not_activated"
 _REASON_TOKEN = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
@@ -153,6 +156,8 @@ def classify_body(body: bytes | None) -> UpstreamAnswer:
     if "can_admin_maildomains" not in entitlements:
         # Absent (can_access false) says nothing about admin rights: never "revoke all".
         reason = entitlements.get("can_access_reason")
+        if reason == ACCESS_ENDED_REASON:
+            return UpstreamAnswer.failure(AnswerKind.ACCESS_ENDED, reason)
         if not (isinstance(reason, str) and _REASON_TOKEN.match(reason)):
             reason = "no_information"
         return UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, reason)
