@@ -5,6 +5,7 @@ confirmation window a run revokes the sync-made accesses through its revocation 
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from core.entitlements import (
@@ -197,3 +198,18 @@ def test_an_unknown_siret_stays_no_information(admin):
     assert state.access_ended_since is None
     assert state.entitled_domains == [ALPHA, BETA, GAMMA]
     assert names_of(admin) == {ALPHA, BETA}
+
+
+def test_the_admin_shows_since_when_the_access_ended(admin, deploycenter_backend, client):
+    deploycenter_backend.set_subscribed(ALPHA_SIRET, False)
+    sync_user_entitlements(user_id=admin.pk, trigger="login")
+    since = state_of(admin).access_ended_since
+    client.force_login(User.objects.create_superuser(email="ops@example.org", password="x"))
+
+    page = client.get(reverse("admin:core_user_change", args=[admin.pk])).content.decode()
+    states = client.get(reverse("admin:core_entitlementsyncstate_changelist")).content.decode()
+
+    assert "Access ended since" in page
+    assert "Access ended upstream" in page
+    assert str(since.year) in page.split("Access ended since")[1][:200]
+    assert "access ended since" in states.lower()
