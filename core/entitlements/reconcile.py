@@ -24,6 +24,7 @@ STATUS_BY_KIND = {
     AnswerKind.NO_INFORMATION: Status.NO_INFORMATION,
     AnswerKind.INVALID: Status.INVALID,
     AnswerKind.BAD_REQUEST: Status.ERROR,
+    AnswerKind.NOT_ASKED: Status.SKIPPED,
     AnswerKind.CONFIGURATION: Status.ERROR,
     AnswerKind.UNAVAILABLE: Status.UNAVAILABLE,
 }

@@ -19,6 +19,8 @@ class AnswerKind(enum.StrEnum):
     NO_INFORMATION = "no_information"
     INVALID = "invalid"
     BAD_REQUEST = "bad_request"
+    # Not asked: the user lacks what the upstream requires (a claim, an e-mail). Not a failure.
+    NOT_ASKED = "not_asked"
     CONFIGURATION = "configuration"
     UNAVAILABLE = "unavailable"
 
