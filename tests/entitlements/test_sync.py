@@ -86,9 +86,7 @@ def test_revocation_upstream_lands(deploycenter_backend, domains):
     assert _accesses(user) == ["beta.example.org"]
 
 
-def test_missing_claim_is_recorded_skipped_without_calling_upstream(
-    deploycenter_backend, domains
-):
+def test_missing_claim_is_recorded_skipped_without_calling_upstream(deploycenter_backend, domains):
     user = _user(claims={})
 
     result = sync_user_entitlements(user_id=user.pk, trigger="login")
