@@ -12,11 +12,13 @@ import re
 import time
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from core.entitlements.requests import request_full_resync, request_sync
-from core.models import EntitlementSyncState, SyncRun
+from core.models import EntitlementSyncState, SyncRun, User
 from tests.faults.conftest import ALPHA, synced_domains
 from tests.support import wait_until
 from tests.support.sentry_ingest import SentryIngest
@@ -96,6 +98,13 @@ def test_a_wrong_key_stops_the_full_run_with_one_error_and_one_event(
     [event] = events
     assert event["logentry"]["params"][0] == run.pk
     assert WRONG_KEY.encode() not in sentry_ingest.raw()
+    # The admin's sync runs show it.
+    operator = Client()
+    operator.force_login(User.objects.create_superuser(email="ops@example.org", password="x"))
+    page = operator.get(reverse("admin:core_syncrun_changelist")).content.decode()
+    row = re.search(rf'<tr>.*?href="[^"]*/{run.pk}/change/".*?</tr>', page, re.S).group()
+    assert "Failed" in row
+    assert ">configuration<" in row
 
 
 def test_login_syncs_with_a_wrong_key_fail_in_flower_and_report_one_event(
