@@ -59,7 +59,7 @@ def settled_events(ingest: SentryIngest, *, quiet_seconds: float = 3.0) -> list[
 
 
 def test_a_wrong_key_stops_the_full_run_with_one_error_and_one_event(
-    start_worker, make_admins, wrong_key, sentry_ingest
+    start_worker, make_admins, wrong_key, sentry_ingest, report_figure
 ):
     admins = make_admins(USERS, held=(ALPHA,))
     worker = start_worker(concurrency=2, SENTRY_DSN=sentry_ingest.dsn, **RUN_SETTINGS)
@@ -105,6 +105,10 @@ def test_a_wrong_key_stops_the_full_run_with_one_error_and_one_event(
     row = re.search(rf'<tr>.*?href="[^"]*/{run.pk}/change/".*?</tr>', page, re.S).group()
     assert "Failed" in row
     assert ">configuration<" in row
+    report_figure(
+        f"faults/wrong api_key, full run of {USERS} users: {wrong_key.calls} upstream calls, "
+        f"run failed/configuration, 1 ERROR line, {len(events)} Sentry event"
+    )
 
 
 def test_login_syncs_with_a_wrong_key_fail_in_flower_and_report_one_event(
@@ -133,7 +137,7 @@ def test_login_syncs_with_a_wrong_key_fail_in_flower_and_report_one_event(
 
 
 def test_an_outage_reports_the_opening_of_the_circuit_once(
-    start_worker, make_admins, upstream, sentry_ingest
+    start_worker, make_admins, upstream, sentry_ingest, report_figure
 ):
     make_admins(USERS)
     upstream.fail_with(503)
@@ -161,3 +165,7 @@ def test_an_outage_reports_the_opening_of_the_circuit_once(
     assert event["level"] == "error"
     assert event["logentry"]["message"].startswith("entitlements circuit opened")
     assert len(re.findall(r"circuit opened", worker.log())) == 1
+    report_figure(
+        f"faults/upstream 503 during a full run of {USERS} users: {upstream.calls} upstream "
+        f"calls, {len(events)} Sentry event (the circuit's opening)"
+    )
