@@ -5,11 +5,14 @@ A real worker subprocess runs full runs against the DeployCenter stub over HTTP.
 superuser has no `siret` claim: DeployCenter would answer 400, so the backend does not ask.
 """
 
+import uuid
+
 import pytest
 from django.utils import timezone
 
 from core.entitlements.requests import request_full_resync
 from core.models import EntitlementSyncState, MailDomainAccess, SyncRun, User
+from core.selectors import users_due_for_full_resync
 from tests.faults.conftest import ALPHA, BETA, synced_domains, upstream_calls_by_email
 from tests.support import wait_until
 
@@ -79,3 +82,38 @@ def test_users_without_the_claim_are_skipped_and_the_never_entitled_left_out(
     assert second.users_enqueued == 3
     assert (second.users_done, second.users_failed, second.users_skipped) == (2, 0, 1)
     assert MailDomainAccess.objects.filter(user=population["superuser"]).count() == 0
+
+
+def test_the_full_run_covers_whoever_may_change_and_leaves_the_settled_out(domains):
+    def user_with(state=None, held=False):
+        token = uuid.uuid4().hex[:12]
+        user = User.objects.create_user(email=f"user-{token}@example.org", sub=token)
+        if state is not None:
+            EntitlementSyncState.objects.create(user=user, **state)
+        if held:
+            MailDomainAccess.objects.create(
+                user=user, maildomain=domains[ALPHA], source=MailDomainAccess.Source.ENTITLEMENTS
+            )
+        return user
+
+    skipped = {"status": "skipped", "error_code": "missing_claim"}
+    covered = {
+        user_with(),  # never synced
+        user_with({"status": "never"}),
+        user_with({"status": "unavailable", "error_code": "http_503"}),
+        user_with({"status": "error", "error_code": "http_401"}),
+        user_with({"status": "invalid", "error_code": "not_json"}),
+        user_with(skipped, held=True),
+        user_with({"status": "no_information"}, held=True),
+        user_with({"status": "no_information", "entitled_domains": [BETA]}),
+        user_with({"status": "ok", "entitled_domains": [BETA]}),
+    }
+    left_out = {
+        user_with(skipped),
+        user_with({"status": "no_information", "error_code": "not_activated"}),
+        user_with({"status": "ok"}),
+    }
+
+    due = set(User.objects.filter(pk__in=users_due_for_full_resync()))
+    assert due >= covered
+    assert not due & left_out
