@@ -89,6 +89,7 @@ class SyncRunAdmin(
         "maildomain_name",
         "trigger",
         "status",
+        "error_code",
         "progress",
         "users_enqueued",
         "users_done",

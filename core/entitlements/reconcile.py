@@ -27,6 +27,7 @@ STATUS_BY_KIND = {
     AnswerKind.ACCESS_ENDED: Status.ACCESS_ENDED,
     AnswerKind.INVALID: Status.INVALID,
     AnswerKind.BAD_REQUEST: Status.ERROR,
+    AnswerKind.NOT_ASKED: Status.SKIPPED,
     AnswerKind.CONFIGURATION: Status.ERROR,
     AnswerKind.UNAVAILABLE: Status.UNAVAILABLE,
 }

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.cache import fetch_entitlements
+from core.entitlements.configuration_errors import report_configuration_error
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.reconcile import (
     RevocationBudget,
@@ -22,8 +23,9 @@ from core.models import EntitlementSyncState, Trigger, User
 
 logger = logging.getLogger(__name__)
 
-# Classes an operator must act on: logged as errors, which Sentry reports.
-_LOUD = frozenset({AnswerKind.INVALID, AnswerKind.CONFIGURATION})
+# Log level of a sync's line by answer: errors reach Sentry. A configuration error is the
+# same for every user: each sync warns, and one ERROR per run or episode says what to check.
+_LOG_LEVELS = {AnswerKind.INVALID: logging.ERROR, AnswerKind.CONFIGURATION: logging.WARNING}
 
 # The only trigger that may take an answer from the cache's fresh window: nobody is waiting
 # on it and it comes back every interval. Every other sync was asked for by a person (a login,
@@ -82,6 +84,8 @@ def sync_user_entitlements(
         user=user, answer=answer, trigger=trigger, task_id=task_id, dry_run=dry_run
     )
     _log_result(result, answer=answer, dry_run=dry_run)
+    if answer.kind is AnswerKind.CONFIGURATION:
+        report_configuration_error(error_code=answer.error_code)
     return result
 
 
@@ -164,6 +168,22 @@ def _requested_at(user: User) -> datetime | None:
         return None
 
 
+def record_syncs_not_run(
+    *, user_ids: Iterable[uuid.UUID | str], trigger: Trigger, task_id: str, error_code: str
+) -> None:
+    """Record users of a stopped run as failed with `error_code`, without asking: one UPDATE.
+
+    Ends the syncs the run had started for them, so the sweep does not take them for stuck.
+    """
+    EntitlementSyncState.objects.filter(user_id__in=list(user_ids)).update(
+        status=EntitlementSyncState.Status.ERROR,
+        error_code=error_code,
+        finished_at=timezone.now(),
+        last_trigger=trigger,
+        last_task_id=task_id,
+    )
+
+
 def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailableError) -> None:
     logger.warning(
         "sync of user %s (%s): upstream unavailable (%s)", user.pk, trigger, error.error_code
@@ -171,7 +191,7 @@ def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailable
 
 
 def _log_result(result: SyncResult, *, answer: UpstreamAnswer, dry_run: bool) -> None:
-    level = logging.ERROR if answer.kind in _LOUD else logging.INFO
+    level = _LOG_LEVELS.get(answer.kind, logging.INFO)
     logger.log(
         level,
         "sync of user %s (%s): %s%s, +%d -%d, %d held, cache %s%s",

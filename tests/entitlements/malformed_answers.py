@@ -721,7 +721,7 @@ CORPUS: list[MalformedAnswer] = [
         "a valid body",
         VALID,
         CONFIGURATION,
-        "configuration",
+        "http_401",
         status=401,
     ),
     MalformedAnswer(
@@ -729,7 +729,7 @@ CORPUS: list[MalformedAnswer] = [
         "a redirect to another host",
         b"",
         CONFIGURATION,
-        "configuration",
+        "http_302",
         status=302,
         headers={"Location": "http://127.0.0.1:9/elsewhere/"},
     ),

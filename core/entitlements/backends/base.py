@@ -22,6 +22,8 @@ class AnswerKind(enum.StrEnum):
     ACCESS_ENDED = "access_ended"
     INVALID = "invalid"
     BAD_REQUEST = "bad_request"
+    # Not asked: the user lacks what the upstream requires (a claim, an e-mail). Not a failure.
+    NOT_ASKED = "not_asked"
     CONFIGURATION = "configuration"
     UNAVAILABLE = "unavailable"
 
