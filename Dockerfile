@@ -1,4 +1,5 @@
-# One image for every process of docker-compose.yml: web, worker, beat, flower (and migrate).
+# One image for every process of docker-compose.yml: web, the interactive and bulk workers,
+# beat, flower (and migrate).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,13 +11,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
+# Dependencies first, from the lock file alone, so a code change does not reinstall them. The
+# lock pins the whole tree with hashes (build dependencies included): the same versions on
+# every build. Regenerate it with `make lock` after changing pyproject.toml's dependencies.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
+
+# Then the project itself, its dependencies already there.
+COPY pyproject.toml README.md manage.py ./
 COPY messages ./messages
 COPY core ./core
 COPY worker ./worker
-COPY manage.py ./
-RUN pip install .
+RUN pip install --no-deps --no-build-isolation . && pip check
 
 # The admin's CSS and JS, hashed and compressed, served by gunicorn through WhiteNoise. Throwaway
 # settings only for this step, so no secret key or database file is baked into the image.

@@ -14,15 +14,26 @@ DATA_DIR ?= data
 # first migrate only: afterwards the schedule is edited in the Django admin).
 DEMO_RESYNC_INTERVAL ?= 120
 
-.PHONY: install run demo test test-slow lint bench bench-full clean
+.PHONY: install install-dev run demo test test-slow lint bench bench-full lock clean
 
-$(BIN)/.installed: pyproject.toml
+# Runtime dependencies only, from the lock file as the image installs them (Dockerfile), then
+# the project itself: what `make run` needs.
+$(BIN)/.runtime: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	touch $@
+
+# Plus the test, lint and lock tools (pyproject.toml's dev extra).
+$(BIN)/.dev: $(BIN)/.runtime
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(BIN)/.installed
+install: $(BIN)/.runtime
+
+install-dev: $(BIN)/.dev
 
 run: install
 	ENTITLEMENTS_RESYNC_INTERVAL=$(DEMO_RESYNC_INTERVAL) $(BIN)/python manage.py migrate --noinput
@@ -33,25 +44,34 @@ run: install
 	rm -rf "$(DATA_DIR)/broker/control"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile -e "$(abspath $(DATA_DIR))/demo.env"
 
-test: install
+test: install-dev
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/ruff check .
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install-dev
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: install
+bench: install-dev
 	$(BIN)/python -m bench --quick
 
-bench-full: install
+bench-full: install-dev
 	$(BIN)/python -m bench --full
+
+# The image's (and `make run`'s) dependency tree, pinned with hashes from PyPI (not a local
+# mirror's copies), build dependencies included. Run after changing pyproject.toml's
+# dependencies, and commit requirements.lock with it.
+lock: install-dev
+	env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+		$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --all-build-deps \
+		--strip-extras --no-emit-index-url \
+		--output-file=requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) data

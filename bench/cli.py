@@ -9,6 +9,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench.layout import WorkerSpec, shipped_workers
 from bench.modes import MODES, PARTS
 from bench.report import Figures
 from bench.services import (
@@ -16,7 +17,6 @@ from bench.services import (
     BenchSetupError,
     PrivateRedis,
     StubProcess,
-    WorkerSpec,
     django_environment,
     ensure_database,
 )
@@ -46,14 +46,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="PostgreSQL database to use and empty; its name must contain 'bench' "
         "(env BENCH_DATABASE_URL)",
     )
+    # The workers are the Procfile's: these set the variables its worker lines read.
     parser.add_argument(
-        "--bulk-concurrency", type=int, default=3, help="prefork children of the bulk worker"
+        "--bulk-concurrency",
+        type=int,
+        default=None,
+        help="prefork children of the bulk worker (BULK_WORKER_CONCURRENCY, default: Procfile's)",
     )
     parser.add_argument(
         "--interactive-concurrency",
         type=int,
-        default=2,
-        help="prefork children of the interactive worker",
+        default=None,
+        help="prefork children of the interactive worker (INTERACTIVE_WORKER_CONCURRENCY, "
+        "default: Procfile's)",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="users per bulk message")
     parser.add_argument(
@@ -72,6 +77,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "not in smoke mode)",
     )
     return parser.parse_args(argv)
+
+
+def worker_layouts(args: argparse.Namespace) -> dict[str, list[WorkerSpec]]:
+    """The layouts measured: "split", the Procfile's workers (what `make run` and
+    docker-compose.yml run), and "shared", one worker on both queues with as many processes as
+    the bulk worker, for comparison. The concurrency options set the Procfile's variables.
+    Call it once Django is set up (worker.queues needs it)."""
+    from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+
+    environ = dict(os.environ)
+    if args.interactive_concurrency is not None:
+        environ["INTERACTIVE_WORKER_CONCURRENCY"] = str(args.interactive_concurrency)
+    if args.bulk_concurrency is not None:
+        environ["BULK_WORKER_CONCURRENCY"] = str(args.bulk_concurrency)
+    shipped = shipped_workers(environ=environ)
+    bulk = next(spec for spec in shipped if BULK_QUEUE in spec.queues)
+    return {
+        "split": shipped,
+        "shared": [WorkerSpec("shared", (INTERACTIVE_QUEUE, BULK_QUEUE), bulk.concurrency)],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,15 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 redis_server=redis_server,
                 worker_env=worker_env,
                 log_dir=LOG_DIR,
-                layouts={
-                    "split": [
-                        WorkerSpec("interactive", ("interactive",), args.interactive_concurrency),
-                        WorkerSpec("bulk", ("bulk",), args.bulk_concurrency),
-                    ],
-                    "shared": [
-                        WorkerSpec("shared", ("interactive", "bulk"), args.bulk_concurrency)
-                    ],
-                },
+                layouts=worker_layouts(args),
                 tuning=tuning,
                 parts=frozenset(args.only or PARTS),
             )

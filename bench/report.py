@@ -185,7 +185,7 @@ class Figures:
             "| queue | p50 | p99 | target | met |",
             "|---|---|---|---|---|",
             _rights_row(v, "idle (nothing else queued)", "ms_idle", 125),
-            _rights_row(v, "during a full run, split workers", "ms_fullrun", 1000),
+            _rights_row(v, "during a full run, the shipped workers (Procfile)", "ms_fullrun", 1000),
             _rights_row(v, "during a full run, one shared worker", "ms_fullrun_shared", 1000),
             "",
             "**3. Queries per user sync**",

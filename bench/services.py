@@ -21,6 +21,7 @@ from urllib.request import urlopen
 import psutil
 import redis
 
+from bench.layout import WorkerSpec
 from bench.stub import CONTROL_PATH
 from tests.deploycenter_stub import DEFAULT_API_KEY, DEFAULT_SERVICE_ID, ENDPOINT_PATH
 from tests.support.redis_server import PrivateRedis as TestsPrivateRedis
@@ -126,15 +127,6 @@ def ensure_database(url: str) -> None:
                 connection.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as error:
         raise BenchSetupError(f"PostgreSQL at {parts.netloc} is not reachable: {error}") from None
-
-
-@dataclass
-class WorkerSpec:
-    """One `celery worker` process: its name, queues and prefork concurrency."""
-
-    name: str
-    queues: tuple[str, ...]
-    concurrency: int
 
 
 @dataclass

@@ -24,6 +24,16 @@ def record_login(*, user: User, claims: dict) -> SyncRequest:
     return request_sync(user=user, trigger=Trigger.LOGIN, forwarded_claims=forwarded)
 
 
+def email_from_login(*, stored: str, claimed: str) -> str:
+    """The e-mail to keep at a login: the provider's, unless only its case differs from ours.
+
+    DeployCenter matches the local part exactly, as it stored it: a provider that changes its
+    case would make the upstream find nobody (docs/entitlements.md, "The identity rule").
+    """
+    claimed = normalize_email(claimed)
+    return stored if claimed.lower() == stored.lower() else claimed
+
+
 class OIDCAuthenticationBackend(BaseOIDCBackend):
     """Creates or updates the user from the OIDC claims, then records the login.
 
@@ -67,7 +77,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
         return user
 
     def update_user(self, user, claims):
-        email = normalize_email(claims.get("email", user.email))
+        email = email_from_login(stored=user.email, claimed=claims.get("email", user.email))
         holder = (
             self.UserModel.objects.filter(email=email)
             .exclude(pk=user.pk)

@@ -148,6 +148,12 @@ class EntitlementSyncState(models.Model):
         # Not synced and not a failure: the user cannot be asked (unknown, or another sync of
         # theirs is running and serves the request).
         SKIPPED = "skipped", "Skipped"
+        # The answer would have removed every sync-made access right after the e-mail sent
+        # upstream changed: those revocations wait for an operator (error code identity_changed).
+        REVOCATIONS_HELD = "revocations_held", "Revocations held for an operator"
+        # The organisation's subscription ended upstream (not_activated): nothing is granted
+        # from the old list; the rights go after a confirmation window (access_ended_since).
+        ACCESS_ENDED = "access_ended", "Access ended upstream"
 
     user = models.OneToOneField(
         User, on_delete=models.CASCADE, primary_key=True, related_name="sync_state"
@@ -165,6 +171,12 @@ class EntitlementSyncState(models.Model):
     # Every domain named by the last authoritative answer, provisioned here or not yet.
     entitled_domains = models.JSONField(default=list, blank=True)
     answer_fingerprint = models.CharField(max_length=64, blank=True)
+    # A digest of the e-mail sent upstream with the last authoritative answer applied: an
+    # answer that would remove every access right after it changed is held (identity rule).
+    upstream_identity = models.CharField(max_length=64, blank=True)
+    # Since when the upstream has answered that the user's organisation no longer has the
+    # service (not_activated); cleared by the next authoritative answer.
+    access_ended_since = models.DateTimeField(null=True, blank=True)
     last_trigger = models.CharField(max_length=32, choices=Trigger.choices, blank=True)
     last_task_id = models.CharField(max_length=255, blank=True)
 
@@ -248,11 +260,15 @@ class SyncRun(models.Model):
 
 
 class HeldRevocation(models.Model):
-    """A revocation a resync run did not apply because it would have gone over the run's budget.
+    """A revocation the sync did not apply: over a run's budget, or right after an identity change.
 
     The access stays until an operator releases the revocation (it is applied if the user's
     last answer still does not name the domain) or discards it (the access is kept).
     """
+
+    class Reason(models.TextChoices):
+        RUN_BUDGET = "run_budget", "Over the run's revocation budget"
+        IDENTITY_CHANGED = "identity_changed", "All accesses lost right after the e-mail changed"
 
     class Resolution(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -261,7 +277,15 @@ class HeldRevocation(models.Model):
         GONE = "gone", "Released: the access was already gone"
         DISCARDED = "discarded", "Discarded: access kept"
 
-    run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="held_revocations")
+    # The run whose budget held it; none for a hold outside a run (an identity change).
+    run = models.ForeignKey(
+        SyncRun,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="held_revocations",
+    )
+    reason = models.CharField(max_length=20, choices=Reason.choices, default=Reason.RUN_BUDGET)
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="held_revocations")
     # A name, as in the audit trail: the row must outlive a deleted domain.
     maildomain_name = models.CharField(max_length=253)

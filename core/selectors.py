@@ -122,21 +122,32 @@ def users_due_for_full_resync() -> QuerySet:
     """Ids of users the periodic resync covers.
 
     Those who hold a sync-created access (a revocation upstream must land), whose last
-    answer named domains (some may have been provisioned since), and those whose last sync
-    did not end well or never ran.
+    answer named domains (some may have been provisioned since), whose last sync failed
+    (invalid, error, unavailable) and those never synced. Left out: users who never had an
+    entitlement and whose last sync was told so (ok with no domain, no information) or could
+    not ask (skipped: e.g. a local operator without the forwarded claim); their next login
+    asks again.
     """
     holds_synced_access = MailDomainAccess.objects.filter(
         user=OuterRef("pk"), source=MailDomainAccess.Source.ENTITLEMENTS
     )
     state = EntitlementSyncState.objects.filter(user=OuterRef("pk"))
-    state_needs_sync = state.filter(
-        ~Q(status=EntitlementSyncState.Status.OK) | ~Q(entitled_domains=[])
-    )
+    settled = Q(status__in=_SETTLED_WITHOUT_ENTITLEMENT, entitled_domains=[])
     return (
-        User.objects.filter(Exists(holds_synced_access) | ~Exists(state) | Exists(state_needs_sync))
+        User.objects.filter(
+            Exists(holds_synced_access) | ~Exists(state) | Exists(state.exclude(settled))
+        )
         .order_by()
         .values_list("pk", flat=True)
     )
+
+
+# Statuses after which a user with no entitled domain needs no periodic asking.
+_SETTLED_WITHOUT_ENTITLEMENT = (
+    EntitlementSyncState.Status.OK,
+    EntitlementSyncState.Status.NO_INFORMATION,
+    EntitlementSyncState.Status.SKIPPED,
+)
 
 
 def users_of_domain(*, maildomain: MailDomain) -> QuerySet:

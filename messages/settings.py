@@ -285,6 +285,12 @@ if ENTITLEMENTS_MAX_REVOKE_SHARE > 1:
         f"got {ENTITLEMENTS_MAX_REVOKE_SHARE}"
     )
 ENTITLEMENTS_MAX_REVOKE_MIN = env_int("ENTITLEMENTS_MAX_REVOKE_MIN", 10, minimum=0)
+# Ended subscriptions (core/entitlements/access_ended.py): how long DeployCenter must keep
+# answering not_activated before a run revokes the user's sync-made accesses. A day rides out
+# an upstream mistake or a renewal late by a few hours; 0 never revokes for it.
+ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS = env_int(
+    "ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS", 24 * 3600, minimum=0
+)
 
 # Upstream protection (core/entitlements/upstream_guard.py, docs/reliability.md). The rate limit
 # is one budget shared through Redis by every worker on every machine; 0 turns it off.
@@ -351,6 +357,9 @@ if _broker_scheme == "filesystem":
     _broker_dir = DATA_DIR / "broker"
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    # kombu's own file-system transport can corrupt its control files when several processes
+    # start at once; this subclass writes every file whole (messages/embedded_broker.py).
+    CELERY_BROKER_TRANSPORT = "messages.embedded_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),

@@ -20,6 +20,7 @@ from tests.deploycenter_stub import DeployCenterStub
 from tests.factories import UserFactory
 from tests.support import PrivateRedis
 from tests.support.broker import QUEUES, BrokerQueues
+from tests.support.flower import CREDENTIALS, running_flower
 from tests.support.oidc_provider import FakeProvider
 from tests.support.revocations import reconcile
 
@@ -281,6 +282,13 @@ def held(domains, make_user):
         reconcile(user, guard=guard)
     EntitlementSyncState.objects.filter(user=users[0]).update(entitled_domains=[ALPHA])
     return {"run": run, "users": users}
+
+
+@pytest.fixture
+def flower():
+    """Flower started by `manage.py run_flower` behind basic auth (CREDENTIALS); yields its URL."""
+    with running_flower(FLOWER_BASIC_AUTH=":".join(CREDENTIALS)) as url:
+        yield url
 
 
 def pytest_terminal_summary(terminalreporter):

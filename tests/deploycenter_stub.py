@@ -1,12 +1,13 @@
 """A local DeployCenter: a real threaded HTTP server that answers the entitlements endpoint as
 the live service does (docs/entitlements.md, "The DeployCenter contract"), from a table of
-accounts, with switchable latency, forced status codes, raw bodies and hangs.
+accounts, with a latency like the live one's (or a fixed one, or none), forced status codes,
+raw bodies and hangs.
 
 Used by the tests through the `deploycenter_stub` fixture, and on its own for demos and
 benchmarks:
 
     python -m tests.deploycenter_stub --port 8900 [--accounts accounts.json]
-        [--service-id 3] [--api-key KEY] [--latency 0.02]
+        [--service-id 3] [--api-key KEY] [--latency 0.02 | --latency realistic]
 
 The accounts file has the shape of DEFAULT_ACCOUNTS below.
 """
@@ -14,6 +15,8 @@ The accounts file has the shape of DEFAULT_ACCOUNTS below.
 import argparse
 import copy
 import json
+import math
+import random
 import re
 import sys
 import threading
@@ -30,7 +33,8 @@ ALPHA_SIRET = "12345678900017"
 GAMMA_SIRET = "98765432100019"
 
 # The world of the recorded samples: one subscribed commune with an unscoped and a scoped admin,
-# one commune without a subscription. Admin lists are gathered across every organisation.
+# one commune without a subscription. Admin lists are gathered across every organisation whose
+# subscription is active (`subscribed`), like the live service.
 DEFAULT_ACCOUNTS: dict[str, Any] = {
     "operator": {"name": "Demo Operator", "url": "https://operator.example.fr"},
     "organizations": [
@@ -65,6 +69,14 @@ _NOT_FOUND_HTML = b"<!doctype html><html><body><h1>Not Found</h1></body></html>"
 # Size of each chunk of a chunked answer (`answer_raw(..., chunked=True)`).
 _CHUNK_BYTES = 64 * 1024
 
+# The live service's latency on loopback (docs/entitlements.md, "The DeployCenter contract"):
+# a 200 takes about 24 ms (median; p90 about 37 ms), a refusal before any lookup (401, 400,
+# 405) about 12 ms. Drawn from a log-normal with that median and spread.
+REALISTIC = "realistic"
+_MEDIAN_SECONDS = {"answer": 0.024, "refusal": 0.012}
+# ln(p90 / median) / z(0.9): 37 ms at the 90th percentile of a 24 ms median.
+_LOG_SPREAD = math.log(0.037 / 0.024) / 1.2816
+
 
 def _stable_id(name: str) -> str:
     """Ids that stay the same across runs (the live service's are random UUIDs)."""
@@ -83,9 +95,14 @@ class DeployCenterStub:
         host: str = "127.0.0.1",
         port: int = 0,
         verbose: bool = False,
+        latency: float | str = REALISTIC,
     ):
+        """`latency`: REALISTIC (the default, like the live service), or fixed seconds added
+        to every answer (0 for none); `reset` comes back to it."""
         self.service_id = service_id
         self.api_key = api_key
+        self.default_latency = latency
+        self._random = random.Random(0)
         self._default_accounts = copy.deepcopy(accounts or DEFAULT_ACCOUNTS)
         self._lock = threading.Lock()
         self._release = threading.Event()
@@ -145,12 +162,12 @@ class DeployCenterStub:
     # --- switches ----------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Default accounts, no latency, no forced answer, no hang; counters at zero."""
+        """Default accounts and latency, no forced answer, no hang; counters at zero."""
         with self._lock:
             self._release.set()  # wake requests hung by a previous test
             self._release = threading.Event()
             self.accounts = copy.deepcopy(self._default_accounts)
-            self.latency = 0.0
+            self.latency = self.default_latency
             self.hang_seconds = 0.0
             # (status, headers, body) given to every request while set.
             self.forced: tuple[int, dict[str, str], bytes] | None = None
@@ -203,7 +220,8 @@ class DeployCenterStub:
                 organization.get("admins", {}).pop(email, None)
 
     def set_subscribed(self, siret: str, subscribed: bool) -> None:
-        """Subscribe or unsubscribe an organisation to the service."""
+        """Subscribe or unsubscribe an organisation to the service: its admins' domains are
+        named only while its subscription is active."""
         with self._lock:
             organization = self._organization(siret)
             if organization is None:
@@ -239,13 +257,34 @@ class DeployCenterStub:
         """The status, headers and body DeployCenter gives this request."""
         query = parse_qs(raw_query, keep_blank_values=True)
         self._record(method, path, query, headers)
-        if self.latency:
-            time.sleep(self.latency)
         if self.hang_seconds:
             self._release.wait(self.hang_seconds)
         if self.forced:
             status, headers, body = self.forced
+            self._wait(status)
             return status, dict(headers), body
+        status, headers, body = self._answer(method, path, raw_query, query, headers)
+        self._wait(status)
+        return status, headers, body
+
+    def latency_for(self, status: int) -> float:
+        """Seconds the stub takes to give this status: drawn when the latency is REALISTIC."""
+        if self.latency != REALISTIC:
+            return self.latency
+        median = _MEDIAN_SECONDS["answer" if status == 200 else "refusal"]
+        with self._lock:
+            return median * math.exp(self._random.gauss(0, _LOG_SPREAD))
+
+    def _wait(self, status: int) -> None:
+        """Take as long as the live service would to give this status."""
+        latency = self.latency_for(status)
+        if latency:
+            time.sleep(latency)
+
+    def _answer(
+        self, method: str, path: str, raw_query: str, query: dict[str, list[str]], headers
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The answer per the contract, before its latency."""
         if path == ENDPOINT_PATH.rstrip("/"):
             location = ENDPOINT_PATH + (f"?{raw_query}" if raw_query else "")
             return 301, {"Location": location, "Content-Type": "text/html; charset=utf-8"}, b""
@@ -305,11 +344,13 @@ class DeployCenterStub:
                 "entitlements": {"can_access": False, "can_access_reason": "not_activated"},
                 "potentialOperators": [{**operator, "signupUrl": signup}],
             }
-        # Matched exactly and case-sensitively, like the live service.
+        # Matched exactly and case-sensitively, like the live service; only organisations
+        # whose subscription is active name their domains.
         email = params.get("account_email", "")
         domains: dict[str, None] = {}
         for each in self.accounts["organizations"]:
-            domains.update(dict.fromkeys(each.get("admins", {}).get(email, [])))
+            if each.get("subscribed"):
+                domains.update(dict.fromkeys(each.get("admins", {}).get(email, [])))
         return {
             "organization": organization_body,
             "operator": operator,
@@ -333,15 +374,16 @@ class DeployCenterStub:
 
 
 def _validation_errors(params: dict[str, str]) -> dict[str, list[str]]:
-    """DRF-style field errors, then the cross-field error, in French as the live service."""
+    """DRF-style field errors, then the cross-field error, in French as the live service.
+
+    `account_type` must be there and not blank; any value goes (`mailbox` answers like `user`).
+    """
     errors: dict[str, list[str]] = {}
     for field in ("account_type", "siret"):
         if field not in params:
             errors[field] = [REQUIRED]
         elif not params[field].strip():
             errors[field] = [BLANK]
-    if "account_type" not in errors and params["account_type"] != "user":
-        errors["account_type"] = [f"« {params['account_type']} » n'est pas un choix valide."]
     email = params.get("account_email")
     if email is not None and not email:
         errors["account_email"] = [BLANK]
@@ -377,6 +419,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "DeployCenterStub/1.0"
+    # Headers and body go out in two writes: without TCP_NODELAY the body would wait for the
+    # client's delayed ACK (Nagle), about 40 ms per kept-alive answer that the live server
+    # (gunicorn sets TCP_NODELAY) does not have. The latency is the `latency` parameter's.
+    disable_nagle_algorithm = True
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -422,6 +468,11 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+def _latency(value: str) -> float | str:
+    """argparse type of --latency: 'realistic' or a number of seconds."""
+    return value if value == REALISTIC else float(value)
+
+
 def main() -> None:
     """Run the stub in the foreground until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -430,7 +481,12 @@ def main() -> None:
     parser.add_argument("--accounts", help="JSON file shaped like DEFAULT_ACCOUNTS")
     parser.add_argument("--service-id", type=int, default=DEFAULT_SERVICE_ID)
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per answer")
+    parser.add_argument(
+        "--latency",
+        type=_latency,
+        default=REALISTIC,
+        help="seconds added per answer, or 'realistic' (the default: like the live service)",
+    )
     args = parser.parse_args()
     accounts = None
     if args.accounts:
@@ -443,8 +499,8 @@ def main() -> None:
         host=args.host,
         port=args.port,
         verbose=True,
+        latency=args.latency,
     )
-    stub.latency = args.latency
     print(f"DeployCenter stub on {stub.url} (service_id={stub.service_id})", flush=True)
     stub.serve_forever()
 

@@ -13,6 +13,7 @@ from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, Mail
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.support import wait_until
 from tests.support.oidc_provider import FakeProvider
+from worker.tasks import SyncNotApplied
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 ADMIN = "admin@alpha.example.org"
@@ -87,10 +88,10 @@ def test_401_is_not_retried_and_changes_nothing(world, admin, celery_app):
     world.fail_with(401, b'{"detail": "Informations invalides."}', "application/json")
 
     task_id = request_sync(user=admin, trigger="login").task_id
-    result = celery_app.AsyncResult(task_id).get(timeout=20)
+    with pytest.raises(SyncNotApplied, match=r"not applied: error \(http_401\)"):
+        celery_app.AsyncResult(task_id).get(timeout=20)
     time.sleep(1)
 
-    assert (result["status"], result["error_code"]) == ("error", "configuration")
     assert world.calls == 1
     assert admin_domains(admin) == {ALPHA}
 

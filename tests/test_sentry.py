@@ -43,6 +43,8 @@ def sentry_web(sentry_ingest, settings, transactional_db):
     # Every request traced too: transactions and their spans are searched with the events.
     init_sentry(dsn=sentry_ingest.dsn, environment="test", traces_sample_rate=1.0)
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "messages.sentry.user_id_middleware"]
+    # The local server speaks plain HTTP: Secure cookies would never come back to it.
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
     try:
         with WebServer() as server:
             yield server, sentry_ingest

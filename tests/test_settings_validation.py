@@ -10,8 +10,9 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_django(tmp_path, **overrides: str) -> subprocess.CompletedProcess:
-    """Run `django.setup()` in a fresh interpreter with the given environment variables."""
+def start_django(tmp_path, code: str = "", **overrides: str) -> subprocess.CompletedProcess:
+    """Run `django.setup()`, then `code`, in a fresh interpreter with the given environment
+    variables."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "messages.settings",
@@ -20,7 +21,7 @@ def start_django(tmp_path, **overrides: str) -> subprocess.CompletedProcess:
         **overrides,
     }
     return subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -54,6 +55,8 @@ def test_valid_environment_starts(tmp_path):
         ("ENTITLEMENTS_MAX_REVOKE_SHARE", "1.5"),
         ("ENTITLEMENTS_MAX_REVOKE_SHARE", "-0.1"),
         ("ENTITLEMENTS_MAX_REVOKE_MIN", "-1"),
+        ("ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS", "a day"),
+        ("ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS", "-1"),
     ],
 )
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value):
@@ -62,3 +65,22 @@ def test_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value):
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert name in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("broker", "redis_only"),
+    [("redis://127.0.0.1:6379/0", True), ("amqp://guest:guest@127.0.0.1:5672/", False)],
+)
+def test_redis_only_transport_options_go_to_redis_brokers_only(tmp_path, broker, redis_only):
+    result = start_django(
+        tmp_path,
+        "from django.conf import settings; print(sorted(settings.CELERY_BROKER_TRANSPORT_OPTIONS))",
+        CELERY_BROKER_URL=broker,
+    )
+
+    assert result.returncode == 0, result.stderr
+    # kombu's amqp transport has no visibility timeout nor unacked restore: RabbitMQ redelivers
+    # a message when its consumer's connection closes (docs/operations.md, "RabbitMQ").
+    options = result.stdout
+    assert ("visibility_timeout" in options) is redis_only
+    assert ("unacked_restore_interval" in options) is redis_only

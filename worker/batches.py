@@ -1,6 +1,7 @@
 """A batch of a run's users: threads fetch their answers, this thread reconciles them in bulk."""
 
 import logging
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ from django.conf import settings
 from django.db import connections
 
 from core.entitlements import (
+    AnswerKind,
     EntitlementsUnavailableError,
     Priority,
     RevocationBudget,
@@ -17,6 +19,7 @@ from core.entitlements import (
     fetch_user_answer,
     finish_user_syncs,
     record_sync_unavailable,
+    record_syncs_not_run,
     runs,
     start_user_syncs,
 )
@@ -36,13 +39,15 @@ _RECONCILE_WINDOW_SECONDS = 0.05
 @dataclass(slots=True)
 class FetchedUser:
     """One user of a batch after the fetch: their answer (held under their lock), the upstream
-    error to retry, or already an outcome (lock held elsewhere, failure)."""
+    error to retry, or already an outcome (lock held elsewhere, failure, not asked because a
+    configuration error stopped the batch)."""
 
     user: User
     lock: TTLLock | None = None
     answer: UpstreamAnswer | None = None
     unavailable: EntitlementsUnavailableError | None = None
     outcome: Outcome | None = None
+    not_asked: bool = False
 
     def release(self) -> None:
         """Free the user's lock, once their sync is recorded."""
@@ -51,12 +56,32 @@ class FetchedUser:
             self.lock = None
 
 
+class _ConfigurationStop:
+    """Set by the first answer that says our configuration is wrong: the batch asks no one else."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.error_code = ""
+        # Whether the batch's thread has stopped the run (its one ERROR is logged then).
+        self.run_stopped = False
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    def see(self, answer: UpstreamAnswer) -> None:
+        """Stop the batch if this answer is a configuration error."""
+        if answer.kind is AnswerKind.CONFIGURATION and not self._event.is_set():
+            self.error_code = answer.error_code
+            self._event.set()
+
+
 def sync_batch(
     *,
     user_ids: list[str],
     trigger: Trigger,
     task_id: str,
     revocation_budget: RevocationBudget | None = None,
+    run_id: int | None = None,
 ) -> BatchOutcome:
     """Sync a batch of users: a small pool of threads fetches, this thread reconciles in bulk.
 
@@ -66,24 +91,43 @@ def sync_batch(
     a user's lock is held from before their fetch until just after their rights are committed.
     Users whose upstream was unavailable are listed for a retry of the batch, and so are those
     not fetched yet when the task hits its soft time limit. The run's task passes its
-    `revocation_budget`, asked inside each reconcile.
+    `revocation_budget`, asked inside each reconcile, and its `run_id`: a configuration
+    error (the upstream refuses our key) stops the batch and the run; the users not asked
+    then count as failed, and nobody is retried.
     """
     outcome = BatchOutcome()
     if not user_ids:
+        return outcome
+    if run_id is not None and runs.stopped_by_configuration_error(run_id=run_id):
+        # Another batch of the run found the configuration wrong: asking would be refused.
+        record_syncs_not_run(
+            user_ids=user_ids,
+            trigger=trigger,
+            task_id=task_id,
+            error_code=runs.CONFIGURATION_ERROR,
+        )
+        outcome.counts[Outcome.FAILED] += len(user_ids)
         return outcome
     users = start_user_syncs(user_ids=user_ids)
     # Deleted between the fan-out and now: nothing left to sync.
     outcome.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
+    stop = _ConfigurationStop()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
-        pending = {pool.submit(_fetch, user=user, task_id=task_id): user for user in users}
+        pending = {
+            pool.submit(_fetch, user=user, trigger=trigger, task_id=task_id, stop=stop): user
+            for user in users
+        }
         while pending:
             try:
                 arrived = _gather(pending)
                 fetched = [future.result() for future in arrived]
                 for future in arrived:
                     del pending[future]
-                _finish(fetched, outcome, trigger, task_id, revocation_budget)
+                _finish(fetched, outcome, trigger, task_id, revocation_budget, stop=stop)
+                if stop and run_id is not None and not stop.run_stopped:
+                    runs.stop_run_on_configuration_error(run_id=run_id, error_code=stop.error_code)
+                    stop.run_stopped = True
             except SoftTimeLimitExceeded:
                 # Finish the users in flight, start no new one; the rest goes to the retry.
                 logger.warning(
@@ -96,16 +140,21 @@ def sync_batch(
     return outcome
 
 
-def _fetch(*, user: User, task_id: str) -> FetchedUser:
-    """A pool thread's work for one user."""
+def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationStop) -> FetchedUser:
+    """A pool thread's work for one user; nothing once a configuration error stopped the batch."""
+    if stop:
+        return FetchedUser(user=user, outcome=Outcome.FAILED, not_asked=True)
     try:
-        return fetch_under_lock(user=user, task_id=task_id)
+        fetched = fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
+        if fetched.answer is not None:
+            stop.see(fetched.answer)
+        return fetched
     finally:
         # A custom backend may use the database: a thread's connection must not leak.
         connections.close_all()
 
 
-def fetch_under_lock(*, user: User, task_id: str) -> FetchedUser:
+def fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUser:
     """Take the user's lock and fetch their answer for a batch; the lock stays held.
 
     The batch's task id owns the lock, so a redelivered batch takes back what its killed run
@@ -116,8 +165,9 @@ def fetch_under_lock(*, user: User, task_id: str) -> FetchedUser:
         # Another sync of this user is running now: it is at least as fresh as this run.
         return FetchedUser(user=user, outcome=Outcome.SKIPPED)
     try:
-        # Bulk priority: a full run leaves the rate limit's reserve to login syncs.
-        answer = fetch_user_answer(user=user, priority=Priority.BULK)
+        # Bulk priority: a full run leaves the rate limit's reserve to login syncs. The trigger
+        # says how fresh: a run a person started asks now, the periodic run may use the cache.
+        answer = fetch_user_answer(user=user, trigger=trigger, priority=Priority.BULK)
     except EntitlementsUnavailableError as error:
         return FetchedUser(user=user, lock=lock, unavailable=error)
     except Exception:
@@ -143,8 +193,14 @@ def _finish(
     trigger: Trigger,
     task_id: str,
     revocation_budget: RevocationBudget | None,
+    *,
+    stop: _ConfigurationStop,
 ) -> None:
-    """Record the fetched users' syncs, count them, release their locks."""
+    """Record the fetched users' syncs, count them, release their locks.
+
+    Once a configuration error stopped the batch, users left unasked are recorded failed
+    with it, and those whose upstream was unavailable are not retried.
+    """
     counted: set[int] = set()
     try:
         answered = [item for item in fetched if item.answer is not None]
@@ -155,6 +211,14 @@ def _finish(
                 runs.outcome_of(result) if isinstance(result, SyncResult) else result
             ] += 1
             counted.add(id(item))
+        not_asked = [item.user.pk for item in fetched if item.not_asked]
+        if not_asked:
+            record_syncs_not_run(
+                user_ids=not_asked,
+                trigger=trigger,
+                task_id=task_id,
+                error_code=runs.CONFIGURATION_ERROR,
+            )
         for item in fetched:
             if id(item) in counted:
                 continue
@@ -162,7 +226,10 @@ def _finish(
                 record_sync_unavailable(
                     user=item.user, trigger=trigger, task_id=task_id, error=item.unavailable
                 )
-                outcome.retry_user_ids.append(str(item.user.pk))
+                if stop:
+                    outcome.count(Outcome.FAILED)
+                else:
+                    outcome.retry_user_ids.append(str(item.user.pk))
             else:
                 outcome.count(item.outcome)
             counted.add(id(item))

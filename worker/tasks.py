@@ -2,7 +2,9 @@
 
 Arguments are ids and a trigger name, results are small JSON dicts: no email, claim or
 token ever reaches the broker, the result backend or Flower. A result's `status` takes the
-values of the user's sync state (EntitlementSyncState.Status).
+values of the user's sync state (EntitlementSyncState.Status). A sync that applied no
+authoritative answer (invalid, error, unavailable) ends by raising SyncNotApplied, so Flower
+shows it failed; it is an expected outcome (`throws`): no traceback, no Sentry event.
 """
 
 import logging
@@ -29,6 +31,14 @@ logger = logging.getLogger(__name__)
 
 Status = EntitlementSyncState.Status
 
+# What a run started by hand (Flower, `celery call`) is recorded with: no Trigger names
+# "an operator outside the app" yet, and the command line is the nearest.
+_BY_HAND = Trigger.COMMAND
+
+
+class SyncNotApplied(Exception):
+    """A user's sync ended without applying an authoritative answer; the message says why."""
+
 
 # max_retries=None: the bound is ENTITLEMENTS_SYNC_MAX_RETRIES, applied by worker.retry.
 @shared_task(
@@ -37,9 +47,14 @@ Status = EntitlementSyncState.Status
     max_retries=None,
     time_limit=SYNC_USER_TIME_LIMIT,
     soft_time_limit=SYNC_USER_TIME_LIMIT - 5,
+    # Expected: Celery logs it without a traceback and Sentry's integration ignores it.
+    throws=(SyncNotApplied,),
 )
 def sync_user(self, user_id: str, trigger: Trigger) -> dict:
-    """Sync one user's admin accesses; retry while the upstream is down or another sync runs."""
+    """Sync one user's admin accesses; retry while the upstream is down or another sync runs.
+
+    Raises SyncNotApplied, after recording, when no authoritative answer was applied.
+    """
     retries = self.request.retries
     try:
         result = _sync_under_lock(user_id=user_id, trigger=trigger, task_id=self.request.id or "")
@@ -48,10 +63,12 @@ def sync_user(self, user_id: str, trigger: Trigger) -> dict:
         if may_retry(retries=retries):
             raise self.retry(countdown=retry_countdown(retries=retries)) from error
         logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
-        return _not_synced(user_id, trigger, status=Status.UNAVAILABLE, reason=error.error_code)
+        raise _not_applied(user_id, trigger, Status.UNAVAILABLE, error.error_code) from None
     except User.DoesNotExist:
         return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="unknown_user")
     if result is not None:
+        if runs.outcome_of(result) == runs.Outcome.FAILED:
+            raise _not_applied(user_id, trigger, result.status, result.error_code)
         return result.as_dict()
     # Another sync of this user holds the lock.
     if running_sync_serves_request(user_id=user_id):
@@ -63,12 +80,15 @@ def sync_user(self, user_id: str, trigger: Trigger) -> dict:
 
 
 @shared_task(bind=True, name=TaskName.SYNC_ALL_ADMINS)
-def sync_all_admins(self, trigger: Trigger = Trigger.PERIODIC) -> dict:
-    """Resync every user the periodic run covers, in batches on the bulk queue."""
+def sync_all_admins(self, trigger: Trigger | None = None) -> dict:
+    """Resync every user the periodic run covers, in batches on the bulk queue.
+
+    Without a trigger: `periodic` when beat sent it, else a run started by hand (Flower).
+    """
     return run_resync(
         scope=SyncRun.Scope.ALL,
         scope_key="all",
-        trigger=trigger,
+        trigger=trigger or _trigger_of_untold(self.request),
         task_id=self.request.id or "",
         user_ids=users_due_for_full_resync(),
         on_progress=_progress_reporter(self),
@@ -102,6 +122,7 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -
         task_id=self.request.id or "",
         # The run's budget: beyond it, the batch holds revocations instead of applying them.
         revocation_budget=RunRevocationBudget(run_id=run_id),
+        run_id=run_id,
     )
     if outcome.retry_user_ids and may_retry(retries=retries):
         runs.record_batch(run_id=run_id, outcome=outcome)
@@ -148,6 +169,22 @@ def _not_synced(user_id: str, trigger: str, *, status: Status, reason: str) -> d
         "error_code": reason,
         "changed": False,
     }
+
+
+def _not_applied(user_id: str, trigger: str, status: str, error_code: str) -> SyncNotApplied:
+    """The task's failure for a sync that applied no answer: ids and codes, no personal data."""
+    return SyncNotApplied(
+        f"sync of user {user_id} ({trigger}) not applied: {status}"
+        + (f" ({error_code})" if error_code else "")
+    )
+
+
+def _trigger_of_untold(request) -> Trigger:
+    """The trigger of a run sent without one: beat's (django-celery-beat names its entry in a
+    header) is periodic, anything else was started by hand."""
+    if getattr(request, "periodic_task_name", None):
+        return Trigger.PERIODIC
+    return _BY_HAND
 
 
 def _progress_reporter(task):

@@ -91,19 +91,20 @@ def _pending(held: QuerySet) -> str:
 
 @admin.register(HeldRevocation)
 class HeldRevocationAdmin(HeldRevocationActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    """Revocations a run held at its revocation budget; released or discarded by an operator."""
+    """Revocations held (a run's budget, an identity change); released or discarded by a person."""
 
     list_display = (
         "created_at",
         "user",
         "maildomain_name",
+        "reason",
         "run",
         "resolution",
         "resolved_at",
         "resolved_by",
     )
     # Filtered by run through the link on the run's page (a run filter would list every run).
-    list_filter = ("resolution",)
+    list_filter = ("resolution", "reason")
     list_select_related = ("user", "run", "resolved_by")
     search_fields = ("user__email", "maildomain_name")
     date_hierarchy = "created_at"

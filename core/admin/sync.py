@@ -34,6 +34,7 @@ class EntitlementSyncStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "requested_at",
         "finished_at",
         "last_trigger",
+        "access_ended_since",
     )
     list_filter = ("status", ErrorCodeFilter, "last_trigger")
     list_select_related = ("user",)
@@ -88,6 +89,7 @@ class SyncRunAdmin(
         "maildomain_name",
         "trigger",
         "status",
+        "error_code",
         "progress",
         "users_enqueued",
         "users_done",

@@ -6,7 +6,9 @@ from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import forms as auth_forms
 from django.db.models import QuerySet
 from django.urls import reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 
 from core.admin.common import (
     AccessInline,
@@ -19,6 +21,15 @@ from core.entitlements import RequestOutcome, request_sync
 from core.models import EntitlementSyncState, Trigger, User
 from core.selectors import audit_entries_of, get_sync_state, pending_held_revocations
 from core.validators import normalize_email
+
+
+class SyncStatusFilter(admin.ChoicesFieldListFilter):
+    """The users list's filter on their sync state's status, titled as such."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.title = "sync status"
+
 
 # A bigger selection is a job for a full resync, not for a web request sending one task each.
 MAX_USERS_PER_RESYNC_ACTION = 100
@@ -63,7 +74,12 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
     form = UserChangeForm
     add_form = UserCreationForm
     list_display = ("email", "full_name", "sub", "is_staff", "is_active", "sync_status")
-    list_filter = ("is_staff", "is_superuser", "is_active", "sync_state__status")
+    list_filter = (
+        "is_staff",
+        "is_superuser",
+        "is_active",
+        ("sync_state__status", SyncStatusFilter),
+    )
     list_select_related = ("sync_state",)
     search_fields = ("email", "sub", "full_name")
     ordering = ("email",)
@@ -175,12 +191,13 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
         rows = [
             ("Status", state.get_status_display()),
             ("Error code", state.error_code or "-"),
-            ("Requested", state.requested_at or "-"),
-            ("Started", state.started_at or "-"),
-            ("Finished", state.finished_at or "-"),
-            ("Last trigger", state.last_trigger or "-"),
+            ("Requested", _when(state.requested_at)),
+            ("Started", _when(state.started_at)),
+            ("Finished", _when(state.finished_at)),
+            ("Last trigger", state.get_last_trigger_display() or "-"),
             ("Last task id", state.last_task_id or "-"),
             ("Entitled domains", ", ".join(state.entitled_domains) or "-"),
+            ("Access ended since", _when(state.access_ended_since)),
         ]
         return format_html(
             "<table>{}</table>",
@@ -199,12 +216,16 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
 
     @admin.display(description="held revocations")
     def held_revocations(self, user: User) -> str:
-        pending = pending_held_revocations(user=user).values_list("maildomain_name", flat=True)
+        pending = pending_held_revocations(user=user)
         if not pending:
             return "-"
         url = reverse("admin:core_heldrevocation_changelist") + f"?user__id__exact={user.pk}"
         return format_html(
-            '<a href="{}">{} pending</a>: {}', url, len(pending), ", ".join(sorted(pending))
+            '<a href="{}">{} pending</a>: {} ({})',
+            url,
+            len(pending),
+            ", ".join(sorted(held.maildomain_name for held in pending)),
+            ", ".join(sorted({held.get_reason_display() for held in pending})),
         )
 
     @admin.display(description="audit trail")
@@ -219,9 +240,16 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            entries.values_list("created_at", "action", "maildomain_name", "trigger", "task_id")[
-                :_AUDIT_ROWS_SHOWN
-            ],
+            (
+                (
+                    _when(entry.created_at),
+                    entry.get_action_display(),
+                    entry.maildomain_name,
+                    entry.get_trigger_display(),
+                    entry.task_id,
+                )
+                for entry in entries[:_AUDIT_ROWS_SHOWN]
+            ),
         )
         return format_html(
             "{}<table><tr><th>when</th><th>action</th><th>domain</th><th>trigger</th>"
@@ -229,6 +257,11 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
             link,
             rows,
         )
+
+
+def _when(moment) -> str:
+    """A time as the rest of the admin shows it (local time, no microseconds), or "-"."""
+    return date_format(localtime(moment), "DATETIME_FORMAT") if moment else "-"
 
 
 def _with_claim_values(fields: tuple) -> tuple:

@@ -9,7 +9,7 @@ for a run's batches the steps `start_user_syncs`, `fetch_user_answer` (threads),
 
 from core.entitlements import runs
 from core.entitlements.accesses import grant_accesses_for_new_domains
-from core.entitlements.backends.base import UpstreamAnswer
+from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.errors import EntitlementsConfigurationError, EntitlementsUnavailableError
 from core.entitlements.factory import forwarded_claim_names, get_backend
 from core.entitlements.held_revocations import discard_held_revocations, release_held_revocations
@@ -29,12 +29,14 @@ from core.entitlements.sync import (
     fetch_user_answer,
     finish_user_syncs,
     record_sync_unavailable,
+    record_syncs_not_run,
     start_user_syncs,
     sync_user_entitlements,
 )
 from core.entitlements.upstream_guard import Priority, upstream_status
 
 __all__ = (
+    "AnswerKind",
     "EntitlementsConfigurationError",
     "EntitlementsUnavailableError",
     "Priority",
@@ -54,6 +56,7 @@ __all__ = (
     "get_backend",
     "grant_accesses_for_new_domains",
     "record_sync_unavailable",
+    "record_syncs_not_run",
     "release_held_revocations",
     "request_domain_resync",
     "request_full_resync",

@@ -4,6 +4,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -17,7 +18,9 @@ from core.validators import normalize_email
 
 # Answers worth keeping: they describe the user. Request and configuration errors describe
 # us and must show again as soon as they are fixed; invalid answers are never trusted.
-_CACHEABLE = frozenset({AnswerKind.AUTHORITATIVE, AnswerKind.NO_INFORMATION})
+_CACHEABLE = frozenset(
+    {AnswerKind.AUTHORITATIVE, AnswerKind.NO_INFORMATION, AnswerKind.ACCESS_ENDED}
+)
 
 
 def cache_key(user_id: Any) -> str:
@@ -30,13 +33,17 @@ def fetch_entitlements(
     user,
     forwarded_claims: Mapping[str, Any],
     force_refresh: bool = False,
+    fetched_since: datetime | None = None,
     priority: Priority = Priority.INTERACTIVE,
 ) -> UpstreamAnswer:
     """The user's answer: cached if fresh (unless forced), else asked upstream.
 
+    `fetched_since` narrows "fresh" to an answer fetched at or after that moment (a person's
+    request is served by an answer asked after it was made); `force_refresh` asks in any case.
     When the upstream is unavailable, the last cached answer is served as stale while it is
-    younger than ENTITLEMENTS_STALE_FALLBACK_SECONDS; past that, EntitlementsUnavailableError.
-    An open circuit or an exhausted rate limit counts as unavailable, without calling upstream.
+    younger than ENTITLEMENTS_STALE_FALLBACK_SECONDS, forced or not; past that,
+    EntitlementsUnavailableError. An open circuit or an exhausted rate limit counts as
+    unavailable, without calling upstream.
     """
     backend = get_backend()
     key = cache_key(user.pk)
@@ -44,16 +51,24 @@ def fetch_entitlements(
     entry = _usable_entry(cache.get(key), request)
     age = time.time() - entry["fetched_at"] if entry else None
 
-    if entry and not force_refresh and age < settings.ENTITLEMENTS_CACHE_TIMEOUT:
+    if (
+        entry
+        and not force_refresh
+        and age < settings.ENTITLEMENTS_CACHE_TIMEOUT
+        and (fetched_since is None or entry["fetched_at"] >= fetched_since.timestamp())
+    ):
         return UpstreamAnswer.from_dict(entry["answer"], cache="hit")
 
+    # The answer dates from when it was asked: one asked before a request cannot honour it,
+    # even if it arrives after.
+    asked_at = time.time()
     answer = _ask_upstream(backend, user, forwarded_claims, priority)
     if answer.kind is AnswerKind.UNAVAILABLE:
         if entry and age < settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS:
             return UpstreamAnswer.from_dict(entry["answer"], cache="stale")
         raise EntitlementsUnavailableError(answer.error_code)
     if answer.kind in _CACHEABLE:
-        _store(key, request, answer)
+        _store(key, request, answer, asked_at=asked_at)
     return answer
 
 
@@ -97,12 +112,12 @@ def _usable_entry(entry: Any, request: str) -> dict[str, Any] | None:
     return None
 
 
-def _store(key: str, request: str, answer: UpstreamAnswer) -> None:
+def _store(key: str, request: str, answer: UpstreamAnswer, *, asked_at: float) -> None:
     """Keep the answer for as long as either window may still use it."""
     lifetime = max(
         settings.ENTITLEMENTS_CACHE_TIMEOUT, settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS
     )
     if lifetime <= 0:
         return
-    entry = {"request": request, "fetched_at": time.time(), "answer": answer.as_dict()}
+    entry = {"request": request, "fetched_at": asked_at, "answer": answer.as_dict()}
     cache.set(key, entry, timeout=lifetime)

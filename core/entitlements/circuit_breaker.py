@@ -168,9 +168,11 @@ def _circuit_settings() -> tuple[int, float, float]:
 
 
 def _log_transition(transition: str, *, failures: int, reopens_in: float) -> None:
-    # Operators follow the circuit in the worker logs; nothing here names a user.
+    # Operators follow the circuit in the worker logs; nothing here names a user. Only one
+    # caller sees "opened" (the transition is atomic in Redis): an ERROR, so Sentry gets one
+    # event per outage; the re-openings while it lasts stay warnings.
     if transition == "opened":
-        logger.warning(
+        logger.error(
             "entitlements circuit opened after %d failures in a row; calls refused for %.1f s",
             failures,
             reopens_in,

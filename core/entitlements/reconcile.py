@@ -10,8 +10,10 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 
 from core.chunks import chunked
+from core.entitlements.access_ended import confirmed_ended
 from core.entitlements.accesses import Grant, Revocation, grant_accesses, revoke_accesses
 from core.entitlements.backends.base import AnswerKind, CacheStatus, UpstreamAnswer
+from core.entitlements.identity import IDENTITY_CHANGED, hold_identity_changes, upstream_identity
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, Trigger, User
 
 Status = EntitlementSyncState.Status
@@ -22,8 +24,10 @@ _NAMES_PER_QUERY = 500
 STATUS_BY_KIND = {
     AnswerKind.AUTHORITATIVE: Status.OK,
     AnswerKind.NO_INFORMATION: Status.NO_INFORMATION,
+    AnswerKind.ACCESS_ENDED: Status.ACCESS_ENDED,
     AnswerKind.INVALID: Status.INVALID,
     AnswerKind.BAD_REQUEST: Status.ERROR,
+    AnswerKind.NOT_ASKED: Status.SKIPPED,
     AnswerKind.CONFIGURATION: Status.ERROR,
     AnswerKind.UNAVAILABLE: Status.UNAVAILABLE,
 }
@@ -61,6 +65,8 @@ class _Plan:
     to_remove: dict[str, Any] = field(default_factory=dict)  # domain name -> access id
     unchanged: int = 0
     held: dict[str, Any] = field(default_factory=dict)  # revocations the budget held back
+    revocable: int = 0  # the user's accesses the sync may revoke
+    identity_held: bool = False  # held for an operator: the e-mail sent upstream changed
 
 
 # One user and their classified answer, ready to reconcile.
@@ -96,7 +102,10 @@ def reconcile_admin_accesses(
     queue behind each other. A non-authoritative answer changes no access and only records
     why. The query count does not depend on the number of domains. `dry_run` plans only.
     A `revocation_budget` (a resync run's) is asked only when the plan revokes; the
-    revocations it holds stay, and the result lists them as `held`.
+    revocations it holds stay, and the result lists them as `held`. An answer removing every
+    revocable access right after the e-mail sent upstream changed is held for an operator
+    (identity.py); an ended access (ACCESS_ENDED) is revoked only by a run, through its
+    budget, once it has lasted ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS.
     """
     [result] = reconcile_many_admin_accesses(
         answers=[(user, answer)],
@@ -126,20 +135,35 @@ def reconcile_many_admin_accesses(
     """
     if len({user.pk for user, _answer in answers}) != len(answers):
         raise ValueError("each user may appear once in a reconcile")
+    in_run = revocation_budget is not None
+    users = [user for user, _answer in answers]
     if dry_run:
-        plans = _plans(answers)
+        plans = _checked_plans(answers, _read_states(users), in_run=in_run, write=False)
     else:
         with transaction.atomic():
-            states = _locked_states([user for user, _answer in answers])
-            plans = _plans(answers)
+            states = _locked_states(users)
+            plans = _checked_plans(answers, states, in_run=in_run, write=True)
             if revocation_budget is not None:
                 _hold_refused_revocations(answers=answers, plans=plans, budget=revocation_budget)
             _apply(plans=plans, answers=answers, trigger=trigger, task_id=task_id)
-            _record(states=states, answers=answers, trigger=trigger, task_id=task_id)
+            _record(states=states, answers=answers, plans=plans, trigger=trigger, task_id=task_id)
     return [
         _result(answer=answer, trigger=trigger, plan=plan)
         for answer, plan in zip(answers, plans, strict=True)
     ]
+
+
+def _checked_plans(
+    answers: Sequence[UserAnswer],
+    states: dict[Any, EntitlementSyncState],
+    *,
+    in_run: bool,
+    write: bool,
+) -> list["_Plan"]:
+    """The plans, with the ended-access and identity rules applied (holds written if `write`)."""
+    plans = _plans(answers, ended=confirmed_ended(answers=answers, states=states, in_run=in_run))
+    hold_identity_changes(answers=answers, plans=plans, states=states, write=write)
+    return plans
 
 
 def _hold_refused_revocations(
@@ -174,30 +198,41 @@ def _locked_states(users: Sequence) -> dict[Any, EntitlementSyncState]:
     return states
 
 
-def _plans(answers: Sequence[UserAnswer]) -> list[_Plan]:
-    """Diff each user's access rows against the entitled domains that exist here."""
+def _read_states(users: Sequence) -> dict[Any, EntitlementSyncState]:
+    """The users' sync state rows by user id, unlocked, an unsaved blank one when missing."""
+    found = EntitlementSyncState.objects.in_bulk([user.pk for user in users], field_name="user_id")
+    return {user.pk: found.get(user.pk) or EntitlementSyncState(user_id=user.pk) for user in users}
+
+
+def _plans(answers: Sequence[UserAnswer], *, ended: set = frozenset()) -> list[_Plan]:
+    """Diff each user's access rows against the entitled domains that exist here.
+
+    Users in `ended` (their access ended upstream, confirmed) are entitled to nothing.
+    """
     strict = settings.ENTITLEMENTS_STRICT_MODE
-    authoritative = [user.pk for user, answer in answers if answer.is_authoritative]
+    planned = [user.pk for user, answer in answers if answer.is_authoritative or user.pk in ended]
     rows: dict[Any, list] = defaultdict(list)
-    if authoritative:
-        for user_id, *row in MailDomainAccess.objects.filter(user_id__in=authoritative).values_list(
+    if planned:
+        for user_id, *row in MailDomainAccess.objects.filter(user_id__in=planned).values_list(
             "user_id", "id", "maildomain__name", "role", "source"
         ):
             rows[user_id].append(row)
     plans = [_Plan() for _ in answers]
     missing: list[set[str]] = [set() for _ in answers]
     for (user, answer), plan, plan_missing in zip(answers, plans, missing, strict=True):
-        if not answer.is_authoritative:
+        if not (answer.is_authoritative or user.pk in ended):
             continue
         entitled = set(answer.domains)
         has_row = set()
         for access_id, name, role, source in rows[user.pk]:
             has_row.add(name)
+            revocable = role == MailDomainAccess.Role.ADMIN and (
+                strict or source == MailDomainAccess.Source.ENTITLEMENTS
+            )
+            plan.revocable += revocable
             if name in entitled:
                 plan.unchanged += 1
-            elif role == MailDomainAccess.Role.ADMIN and (
-                strict or source == MailDomainAccess.Source.ENTITLEMENTS
-            ):
+            elif revocable:
                 plan.to_remove[name] = access_id
         plan_missing.update(entitled - has_row)
     # Names not found are domains not provisioned yet: remembered in the state, not created.
@@ -231,7 +266,8 @@ def _apply(
     revoke_accesses(revocations=revocations, trigger=trigger, task_id=task_id)
 
 
-# The bookkeeping a reconcile writes; the last two change only with an authoritative answer.
+# The bookkeeping a reconcile writes; the last four change only with an authoritative answer
+# or an ended access.
 _RECORDED_FIELDS = [
     "status",
     "error_code",
@@ -240,6 +276,8 @@ _RECORDED_FIELDS = [
     "last_task_id",
     "entitled_domains",
     "answer_fingerprint",
+    "upstream_identity",
+    "access_ended_since",
 ]
 
 
@@ -247,22 +285,31 @@ def _record(
     *,
     states: dict[Any, EntitlementSyncState],
     answers: Sequence[UserAnswer],
+    plans: Sequence[_Plan],
     trigger: str,
     task_id: str,
 ) -> None:
-    """Update the bookkeeping; the domain list only changes on an authoritative answer."""
+    """Update the bookkeeping; the domain list changes on an authoritative answer only, or
+    empties at once when the access ended (so provisioning grants nothing from it)."""
     now = timezone.now()
     recorded = []
-    for user, answer in answers:
+    for (user, answer), plan in zip(answers, plans, strict=True):
         state = states[user.pk]
-        state.status = STATUS_BY_KIND[answer.kind]
-        state.error_code = _error_code(answer)
+        state.status, state.error_code = _status(answer, plan)
         state.finished_at = now
         state.last_trigger = trigger
         state.last_task_id = task_id
         if answer.is_authoritative:
             state.entitled_domains = list(answer.domains)
             state.answer_fingerprint = answer.fingerprint
+            state.access_ended_since = None
+            if not plan.identity_held:
+                # Held: the old identity stays, so the next sync holds again until resolved.
+                state.upstream_identity = upstream_identity(user.email)
+        elif answer.kind is AnswerKind.ACCESS_ENDED:
+            state.entitled_domains = []
+            state.answer_fingerprint = ""
+            state.access_ended_since = state.access_ended_since or now
         recorded.append(state)
     _update_rows(recorded, _RECORDED_FIELDS)
 
@@ -295,17 +342,25 @@ def _update_rows(states: Sequence[EntitlementSyncState], fields: list[str]) -> N
 def _result(*, answer: UserAnswer, trigger: str, plan: _Plan) -> SyncResult:
     """The SyncResult of a reconcile."""
     user, upstream = answer
+    status, error_code = _status(upstream, plan)
     return SyncResult(
         user_id=str(user.pk),
         trigger=trigger,
-        status=str(STATUS_BY_KIND[upstream.kind]),
-        error_code=_error_code(upstream),
+        status=str(status),
+        error_code=error_code,
         added=sorted(plan.to_add),
         removed=sorted(plan.to_remove),
         unchanged=plan.unchanged,
         cache=upstream.cache,
         held=sorted(plan.held),
     )
+
+
+def _status(answer: UpstreamAnswer, plan: _Plan) -> tuple[str, str]:
+    """The sync state's status and error code after reconciling `answer` as `plan` says."""
+    if plan.identity_held:
+        return Status.REVOCATIONS_HELD, IDENTITY_CHANGED
+    return STATUS_BY_KIND[answer.kind], _error_code(answer)
 
 
 def _error_code(answer: UpstreamAnswer) -> str:

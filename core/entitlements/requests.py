@@ -35,7 +35,7 @@ class RequestOutcome(enum.StrEnum):
 
     # A task of its own carries it (sent, or sent when the transaction commits).
     QUEUED = "queued"
-    # A task queued moments ago for the same user serves it.
+    # A task queued moments ago for the same user, not started yet, serves it.
     COLLAPSED = "collapsed"
     # The broker could not be reached: recorded, the sweep sends it later.
     NOT_SENT = "not_sent"
@@ -64,11 +64,13 @@ def request_sync(
 ) -> SyncRequest:
     """Record that the user's entitlements need a sync and enqueue its task after commit.
 
-    Requests for one user inside ENTITLEMENTS_SYNC_DEDUP_SECONDS collapse into the task the
-    first of them queued. A login passes the `forwarded_claims` it stores on the way (same
-    statement). Never raises for a broker that cannot be reached: the request stays recorded,
-    the outcome says NOT_SENT (in autocommit at once, else once the transaction commits), and
-    `enqueue_outstanding_requests` (the sweep) sends it later.
+    A request collapses into the user's task queued less than ENTITLEMENTS_SYNC_DEDUP_SECONDS
+    ago only while no sync has started since that task was queued: a request made once a sync
+    started gets a task of its own, whose sync starts after it. A login passes the
+    `forwarded_claims` it stores on the way (same statement). Never raises for a broker that
+    cannot be reached: the request stays recorded, the outcome says NOT_SENT (in autocommit at
+    once, else once the transaction commits), and `enqueue_outstanding_requests` (the sweep)
+    sends it later.
     """
     now = timezone.now()
     fields = {"requested_at": now, "last_trigger": trigger}
@@ -149,14 +151,18 @@ def _record_and_claim(
     """Write the request on the user's bookkeeping row; True when this call must enqueue.
 
     The usual case is one UPDATE: it records the request and claims the enqueue at once,
-    unless a task was enqueued after `not_enqueued_since`. The database serialises
-    concurrent requests on the row, so exactly one of them claims, in any process.
+    unless a task enqueued after `not_enqueued_since` has not started yet (no sync started
+    since it was enqueued): only such a task is sure to read the upstream after this request.
+    The database serialises concurrent requests on the row, so exactly one of them claims, in
+    any process.
     """
     states = EntitlementSyncState.objects.filter(user_id=user_id)
-    not_recently_enqueued = Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=not_enqueued_since)
-    if states.filter(not_recently_enqueued).update(
-        enqueued_at=now, status=_PENDING_IF_NEVER, **fields
-    ):
+    no_task_waiting = (
+        Q(enqueued_at__isnull=True)
+        | Q(enqueued_at__lt=not_enqueued_since)
+        | Q(started_at__gte=F("enqueued_at"))
+    )
+    if states.filter(no_task_waiting).update(enqueued_at=now, status=_PENDING_IF_NEVER, **fields):
         return True
     if states.update(status=_PENDING_IF_NEVER, **fields):
         return False

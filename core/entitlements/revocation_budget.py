@@ -8,10 +8,10 @@ accesses stay, a HeldRevocation row records each, an error is logged, and an ope
 releases them (each re-checked against the user's last answer) or discards them
 (held_revocations.py).
 
-While any held revocation waits for an operator, every new run starts with a budget of zero:
-a bad upstream day lasting many runs cannot revoke a budget's worth at each of them.
-Per-user syncs (login, admin, command, sweep) are never held: one user's fresh answer is
-authoritative for that user.
+While any revocation a run held waits for an operator, every new run starts with a budget of
+zero: a bad upstream day lasting many runs cannot revoke a budget's worth at each of them.
+Per-user syncs (login, admin, command, sweep) are never held by a budget: one user's fresh
+answer is authoritative for that user (except right after their e-mail changed: identity.py).
 """
 
 import logging
@@ -50,7 +50,8 @@ def revocable_accesses() -> QuerySet:
 def new_run_budget() -> RunBudget:
     """The revocation budget of a run starting now (zero while held revocations are pending)."""
     revocable = revocable_accesses().count()
-    if pending_held_revocations().exists():
+    # A user's identity hold is that user's matter: it does not stop every later run.
+    if pending_held_revocations().filter(reason=HeldRevocation.Reason.RUN_BUDGET).exists():
         return RunBudget(revocable_accesses=revocable, revoke_budget=0)
     share = math.floor(settings.ENTITLEMENTS_MAX_REVOKE_SHARE * revocable)
     return RunBudget(
@@ -129,7 +130,12 @@ def _report_held_run(*, run_id: int) -> None:
     run = SyncRun.objects.filter(pk=run_id).values(
         "revocable_accesses", "revoke_budget", "accesses_revoked"
     )[0]
-    earlier = pending_held_revocations().exclude(run_id=run_id).exists()
+    earlier = (
+        pending_held_revocations()
+        .filter(reason=HeldRevocation.Reason.RUN_BUDGET)
+        .exclude(run_id=run_id)
+        .exists()
+    )
     logger.error(
         "resync run %s reached its revocation budget (%s revoked, budget %s of %s revocable "
         "accesses%s): its further revocations are held until an operator releases or "

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
+from core.entitlements.configuration_errors import report_run_stopped
 from core.entitlements.reconcile import SyncResult
 from core.entitlements.revocation_budget import new_run_budget
 from core.models import EntitlementSyncState, SyncRun, Trigger
@@ -26,6 +27,10 @@ _FAILED_STATUSES = frozenset(
 )
 
 
+# A run's error code once a configuration error stopped it: its batches ask no one else.
+CONFIGURATION_ERROR = "configuration"
+
+
 class Outcome(enum.StrEnum):
     """How one user's sync inside a run's batch ended, as the run's counters count it."""
 
@@ -36,9 +41,11 @@ class Outcome(enum.StrEnum):
 
 
 def outcome_of(result: SyncResult) -> Outcome:
-    """How a finished sync counts in its run."""
+    """How a finished sync counts in its run: a user who could not be asked is skipped."""
     if result.status in _FAILED_STATUSES:
         return Outcome.FAILED
+    if result.status == EntitlementSyncState.Status.SKIPPED:
+        return Outcome.SKIPPED
     return Outcome.CHANGED if result.changed else Outcome.DONE
 
 
@@ -151,6 +158,31 @@ def record_batch(*, run_id: int, outcome: BatchOutcome) -> None:
         users_skipped=F("users_skipped") + totals["skipped"],
     )
     finish_if_complete(run_id=run_id)
+
+
+def stop_run_on_configuration_error(*, run_id: int, error_code: str) -> bool:
+    """Mark a running run failed (`configuration`) and report it, once; True for that call.
+
+    The batches of the run that start later, or are still fetching, then ask no one else:
+    every further call would be refused the same way.
+    """
+    stopped = bool(
+        SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).update(
+            status=SyncRun.Status.FAILED,
+            error_code=CONFIGURATION_ERROR,
+            finished_at=timezone.now(),
+        )
+    )
+    if stopped:
+        report_run_stopped(run_id=run_id, error_code=error_code)
+    return stopped
+
+
+def stopped_by_configuration_error(*, run_id: int) -> bool:
+    """Whether a configuration error stopped the run (its batches must not ask the upstream)."""
+    return SyncRun.objects.filter(
+        pk=run_id, status=SyncRun.Status.FAILED, error_code=CONFIGURATION_ERROR
+    ).exists()
 
 
 def finish_if_complete(*, run_id: int) -> bool:

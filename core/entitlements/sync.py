@@ -3,11 +3,13 @@
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from django.utils import timezone
 
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.cache import fetch_entitlements
+from core.entitlements.configuration_errors import report_configuration_error
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.reconcile import (
     RevocationBudget,
@@ -21,8 +23,28 @@ from core.models import EntitlementSyncState, Trigger, User
 
 logger = logging.getLogger(__name__)
 
-# Classes an operator must act on: logged as errors, which Sentry reports.
-_LOUD = frozenset({AnswerKind.INVALID, AnswerKind.CONFIGURATION})
+# Log level of a sync's line by answer: errors reach Sentry. A configuration error is the
+# same for every user: each sync warns, and one ERROR per run or episode says what to check.
+_LOG_LEVELS = {AnswerKind.INVALID: logging.ERROR, AnswerKind.CONFIGURATION: logging.WARNING}
+
+# The only trigger that may take an answer from the cache's fresh window: nobody is waiting
+# on it and it comes back every interval. Every other sync was asked for by a person (a login,
+# the admin, the command line, or the sweep sending such a request that never ran).
+_MAY_USE_FRESH_WINDOW = frozenset({Trigger.PERIODIC})
+
+
+def answer_needed_since(*, trigger: Trigger, requested_at: datetime | None) -> datetime | None:
+    """The freshness rule: the moment a sync's answer must have been asked at or after.
+
+    None for the periodic run: a cached answer inside ENTITLEMENTS_CACHE_TIMEOUT will do.
+    A person's request needs an answer asked after it was made (`requested_at`; now when the
+    sync serves no recorded request): in practice it asks the upstream, unless another sync of
+    the same user asked since the request (a login storm collapses into few calls). Either
+    way, an upstream that is down is covered by the stale window.
+    """
+    if trigger in _MAY_USE_FRESH_WINDOW:
+        return None
+    return requested_at or timezone.now()
 
 
 def sync_user_entitlements(
@@ -30,11 +52,13 @@ def sync_user_entitlements(
     user_id: uuid.UUID | str,
     trigger: Trigger,
     task_id: str = "",
-    force_refresh: bool = False,
     dry_run: bool = False,
     priority: Priority = Priority.INTERACTIVE,
 ) -> SyncResult:
     """Fetch the user's entitlements and reconcile their ADMIN accesses; return what changed.
+
+    The answer is as fresh as `answer_needed_since` says for the trigger and the user's latest
+    recorded request; a dry run serves no recorded request, so it asks now.
 
     Raises User.DoesNotExist for an unknown id, and EntitlementsUnavailableError (after
     recording it) when the upstream is down and no stale answer is usable: retry later.
@@ -43,10 +67,13 @@ def sync_user_entitlements(
     A user's own sync is never held by a revocation budget: their fresh answer is theirs.
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
+    requested_at = None if dry_run else _requested_at(user)
     if not dry_run:
         _mark_started([user])
     try:
-        answer = fetch_user_answer(user=user, force_refresh=force_refresh, priority=priority)
+        answer = fetch_user_answer(
+            user=user, trigger=trigger, requested_at=requested_at, priority=priority
+        )
     except EntitlementsUnavailableError as error:
         if dry_run:
             _log_unavailable(user, trigger=trigger, error=error)
@@ -57,6 +84,8 @@ def sync_user_entitlements(
         user=user, answer=answer, trigger=trigger, task_id=task_id, dry_run=dry_run
     )
     _log_result(result, answer=answer, dry_run=dry_run)
+    if answer.kind is AnswerKind.CONFIGURATION:
+        report_configuration_error(error_code=answer.error_code)
     return result
 
 
@@ -72,10 +101,16 @@ def start_user_syncs(*, user_ids: Iterable[uuid.UUID | str]) -> list[User]:
 
 
 def fetch_user_answer(
-    *, user: User, force_refresh: bool = False, priority: Priority = Priority.INTERACTIVE
+    *,
+    user: User,
+    trigger: Trigger,
+    requested_at: datetime | None = None,
+    priority: Priority = Priority.INTERACTIVE,
 ) -> UpstreamAnswer:
     """The user's classified answer, through the shared cache and the upstream guard.
 
+    As fresh as `answer_needed_since(trigger=, requested_at=)` says: a run's batch passes no
+    `requested_at`, so a run a person started asks now and the periodic run may use the cache.
     Reads the forwarded claims of a user loaded with their sync state (select_related), so it
     makes no database query. Raises EntitlementsUnavailableError.
     """
@@ -86,7 +121,7 @@ def fetch_user_answer(
     return fetch_entitlements(
         user=user,
         forwarded_claims=forwarded_claims,
-        force_refresh=force_refresh,
+        fetched_since=answer_needed_since(trigger=trigger, requested_at=requested_at),
         priority=priority,
     )
 
@@ -125,6 +160,30 @@ def record_sync_unavailable(
     )
 
 
+def _requested_at(user: User) -> datetime | None:
+    """The user's latest recorded request (loaded with the user), if any."""
+    try:
+        return user.sync_state.requested_at
+    except EntitlementSyncState.DoesNotExist:
+        return None
+
+
+def record_syncs_not_run(
+    *, user_ids: Iterable[uuid.UUID | str], trigger: Trigger, task_id: str, error_code: str
+) -> None:
+    """Record users of a stopped run as failed with `error_code`, without asking: one UPDATE.
+
+    Ends the syncs the run had started for them, so the sweep does not take them for stuck.
+    """
+    EntitlementSyncState.objects.filter(user_id__in=list(user_ids)).update(
+        status=EntitlementSyncState.Status.ERROR,
+        error_code=error_code,
+        finished_at=timezone.now(),
+        last_trigger=trigger,
+        last_task_id=task_id,
+    )
+
+
 def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailableError) -> None:
     logger.warning(
         "sync of user %s (%s): upstream unavailable (%s)", user.pk, trigger, error.error_code
@@ -132,7 +191,7 @@ def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailable
 
 
 def _log_result(result: SyncResult, *, answer: UpstreamAnswer, dry_run: bool) -> None:
-    level = logging.ERROR if answer.kind in _LOUD else logging.INFO
+    level = _LOG_LEVELS.get(answer.kind, logging.INFO)
     logger.log(
         level,
         "sync of user %s (%s): %s%s, +%d -%d, %d held, cache %s%s",

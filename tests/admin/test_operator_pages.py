@@ -114,3 +114,25 @@ def test_counts_on_the_pages_agree_with_their_nouns(admin_client, db):
     assert "1 access change by the sync" in page("user", one_change.user)
     assert "2 access changes by the sync" in page("user", two_changes.user)
     assert "1 held revocation, 1 pending" in page("syncrun", run)
+
+
+def test_a_users_page_shows_times_and_labels_as_the_rest_of_the_admin(admin_client, db):
+    state = EntitlementSyncStateFactory(
+        requested_at=timezone.now(), started_at=timezone.now(), last_trigger="login"
+    )
+    AccessAuditEntryFactory(user=state.user, action="revoked", trigger="periodic")
+
+    shown = text_of(admin_client.get(reverse("admin:core_user_change", args=[state.user.pk])))
+
+    requested = formats.date_format(timezone.localtime(state.requested_at), "DATETIME_FORMAT")
+    assert f"Requested {requested}" in shown
+    assert str(state.requested_at) not in shown  # the raw value, microseconds and all
+    assert "Revoked" in shown and "Periodic resync" in shown
+
+
+def test_the_users_list_filters_by_sync_status_under_that_name(admin_client, db):
+    EntitlementSyncStateFactory()
+
+    page = admin_client.get(reverse("admin:core_user_changelist"))
+
+    assert "Up to date" in filter_choices(page, "sync status")

@@ -27,6 +27,7 @@ MAX_BODY = "1 MB"
 # plain data (no Django needed to print the table).
 AUTHORITATIVE = "authoritative"
 NO_INFORMATION = "no_information"
+ACCESS_ENDED = "access_ended"
 INVALID = "invalid"
 BAD_REQUEST = "bad_request"
 CONFIGURATION = "configuration"
@@ -35,6 +36,7 @@ UNAVAILABLE = "unavailable"
 SYNC_STATUS = {
     AUTHORITATIVE: "ok",
     NO_INFORMATION: "no_information",
+    ACCESS_ENDED: "access_ended",
     INVALID: "invalid",
     BAD_REQUEST: "error",
     CONFIGURATION: "error",
@@ -299,6 +301,18 @@ CORPUS: list[MalformedAnswer] = [
         answer({"can_access": False, "can_access_reason": f"x\n[ERROR] {LOG_SENTINEL}"}),
         NO_INFORMATION,
         "no_information",
+    ),
+    MalformedAnswer(
+        "reason-not-activated-odd-extras",
+        "not_activated with unknown keys and a potentialOperators object instead of a list "
+        "(the ended subscription is read, the extras ignored; nothing revoked at once)",
+        answer(
+            {"can_access": False, "can_access_reason": "not_activated", "max_storage": None},
+            potentialOperators={"unexpected": True},
+            metrics=[1, 2],
+        ),
+        ACCESS_ENDED,
+        "not_activated",
     ),
     MalformedAnswer(
         "reason-object",
@@ -707,7 +721,7 @@ CORPUS: list[MalformedAnswer] = [
         "a valid body",
         VALID,
         CONFIGURATION,
-        "configuration",
+        "http_401",
         status=401,
     ),
     MalformedAnswer(
@@ -715,7 +729,7 @@ CORPUS: list[MalformedAnswer] = [
         "a redirect to another host",
         b"",
         CONFIGURATION,
-        "configuration",
+        "http_302",
         status=302,
         headers={"Location": "http://127.0.0.1:9/elsewhere/"},
     ),

@@ -145,7 +145,7 @@ def test_unknown_domains_are_remembered_then_granted_when_provisioned(user, doma
 @pytest.mark.parametrize(
     ("kind", "error_code", "status"),
     [
-        (AnswerKind.NO_INFORMATION, "not_activated", "no_information"),
+        (AnswerKind.NO_INFORMATION, "no_organization", "no_information"),
         (AnswerKind.INVALID, "not_json", "invalid"),
         (AnswerKind.BAD_REQUEST, "missing_claim", "error"),
         (AnswerKind.CONFIGURATION, "configuration", "error"),
@@ -287,7 +287,7 @@ def test_many_users_end_as_they_would_one_by_one(domains):
             (granted, _answer("alpha.example.org", "new.example.org")),
             (revoked, _answer("beta.example.org")),
             (untouched, _answer("gamma.example.org")),
-            (unanswered, UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, "not_activated")),
+            (unanswered, UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, "no_organization")),
         ],
         task_id="t-9",
     )
@@ -307,7 +307,7 @@ def test_many_users_end_as_they_would_one_by_one(domains):
     assert states[revoked.pk].entitled_domains == ["beta.example.org"]
     assert (states[unanswered.pk].status, states[unanswered.pk].error_code) == (
         "no_information",
-        "not_activated",
+        "no_organization",
     )
     assert states[unanswered.pk].entitled_domains == ["alpha.example.org"]
     assert {state.last_task_id for state in states.values()} == {"t-9"}

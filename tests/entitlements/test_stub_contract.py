@@ -2,10 +2,14 @@
 
 import json
 import re
+import statistics
+import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.deploycenter_stub import BLANK, REALISTIC, REQUIRED, DeployCenterStub
 
 SAMPLES = json.loads((Path(__file__).parent / "data" / "deploycenter-samples.json").read_text())
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -31,7 +35,7 @@ def test_stub_replays_recorded_answer(deploycenter_stub, sample):
     assert _without_ids(response.json()) == _without_ids(sample["body"])
 
 
-def _get(stub, *, url=None, headers=None, method="GET", **params):
+def _get(stub, *, url=None, headers=None, method="GET", session=requests, **params):
     query = {
         "service_id": str(stub.service_id),
         "account_type": "user",
@@ -39,7 +43,7 @@ def _get(stub, *, url=None, headers=None, method="GET", **params):
         "siret": "12345678900017",
         **params,
     }
-    return requests.request(
+    return session.request(
         method,
         url or stub.url,
         params={name: value for name, value in query.items() if value is not None},
@@ -98,13 +102,19 @@ def test_email_is_matched_case_sensitively(deploycenter_stub):
     assert body["entitlements"]["can_admin_maildomains"] == []
 
 
-def test_admin_domains_are_gathered_across_organisations(deploycenter_stub):
+def test_admin_domains_are_gathered_across_active_subscriptions(deploycenter_stub):
     deploycenter_stub.set_admin_domains(
         "admin@alpha.example.org", ["gamma.example.org"], siret="98765432100019"
     )
+    # Gamma's subscription is not active: its domains are not named, like the live service.
+    assert _get(deploycenter_stub).json()["entitlements"]["can_admin_maildomains"] == [
+        "alpha.example.org",
+        "beta.example.org",
+    ]
+
+    deploycenter_stub.set_subscribed("98765432100019", True)
 
     body = _get(deploycenter_stub).json()
-
     assert body["entitlements"]["can_admin_maildomains"] == [
         "alpha.example.org",
         "beta.example.org",
@@ -112,18 +122,73 @@ def test_admin_domains_are_gathered_across_organisations(deploycenter_stub):
     ]
 
 
-def test_switches_count_force_and_recover(deploycenter_stub):
-    deploycenter_stub.fail_with(503)
-    assert _get(deploycenter_stub).status_code == 503
-    deploycenter_stub.answer_raw(b"<html>oops</html>")
-    assert _get(deploycenter_stub).content == b"<html>oops</html>"
-    deploycenter_stub.recover()
-    assert _get(deploycenter_stub).status_code == 200
-    assert deploycenter_stub.calls == 3
+def test_ended_subscription_drops_its_domains_from_an_admin_of_another(deploycenter_stub):
+    deploycenter_stub.set_subscribed("98765432100019", True)
+    deploycenter_stub.set_admin_domains(
+        "admin@alpha.example.org", ["gamma.example.org"], siret="98765432100019"
+    )
+
+    deploycenter_stub.set_subscribed("98765432100019", False)
+
+    # Asked through alpha (still subscribed): gamma's ended subscription names nothing.
+    body = _get(deploycenter_stub).json()
+    assert "gamma.example.org" not in body["entitlements"]["can_admin_maildomains"]
+    gamma = _get(deploycenter_stub, siret="98765432100019").json()
+    assert gamma["entitlements"] == {"can_access": False, "can_access_reason": "not_activated"}
 
 
-def test_hang_outlasts_a_client_timeout(deploycenter_stub):
-    deploycenter_stub.hang(5)
+@pytest.mark.parametrize("account_type", ["mailbox", "anything"])
+def test_account_type_is_not_validated_beyond_being_there(deploycenter_stub, account_type):
+    response = _get(deploycenter_stub, account_type=account_type)
 
-    with pytest.raises(requests.ReadTimeout):
-        requests.get(deploycenter_stub.url, timeout=(1, 0.3))
+    assert response.status_code == 200
+    assert response.json() == _get(deploycenter_stub).json()
+
+
+@pytest.mark.parametrize(("account_type", "message"), [(None, REQUIRED), ("", BLANK)])
+def test_account_type_must_be_there(deploycenter_stub, account_type, message):
+    response = _get(deploycenter_stub, account_type=account_type)
+
+    assert (response.status_code, response.json()) == (400, {"account_type": [message]})
+
+
+def _median_seconds(stub, count: int, **params) -> float:
+    """The median time of `count` answers on one kept-alive connection, as the client sees it."""
+    session = requests.Session()
+    elapsed = []
+    for _ in range(count):
+        started = time.perf_counter()
+        _get(stub, session=session, **params)
+        elapsed.append(time.perf_counter() - started)
+    return statistics.median(elapsed)
+
+
+def test_latency_is_drawn_like_the_live_service_by_default(deploycenter_stub):
+    assert deploycenter_stub.latency == REALISTIC
+
+    answers = sorted(deploycenter_stub.latency_for(200) for _ in range(2000))
+    refusals = sorted(deploycenter_stub.latency_for(401) for _ in range(2000))
+
+    # Live: 24 ms median (p90 37 ms) per 200, 12 ms median per 401.
+    assert 0.022 < statistics.median(answers) < 0.026
+    assert 0.034 < answers[1800] < 0.040
+    assert 0.011 < statistics.median(refusals) < 0.013
+
+
+def test_realistic_latency_is_felt_over_http():
+    with DeployCenterStub(latency=0) as quick, DeployCenterStub() as realistic:
+        # Interleaved, so that the machine's load weighs on both alike.
+        added = statistics.median(
+            _median_seconds(realistic, 5) - _median_seconds(quick, 5) for _ in range(3)
+        )
+
+    assert 0.015 < added < 0.040, added
+
+
+def test_latency_is_a_parameter_and_reset_restores_the_default(deploycenter_stub):
+    deploycenter_stub.latency = 0.1
+    assert _median_seconds(deploycenter_stub, 3) >= 0.1
+
+    deploycenter_stub.reset()
+
+    assert deploycenter_stub.latency == REALISTIC

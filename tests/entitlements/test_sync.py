@@ -63,15 +63,15 @@ def test_result_is_json_without_email_or_claims(deploycenter_backend, domains):
     assert SIRET not in text
 
 
-def test_second_sync_is_served_by_the_cache_unless_forced(deploycenter_backend, domains):
+def test_periodic_sync_is_served_by_the_cache_a_person_asks_now(deploycenter_backend, domains):
     user = _user()
     sync_user_entitlements(user_id=user.pk, trigger="login")
 
     cached = sync_user_entitlements(user_id=user.pk, trigger="periodic")
-    forced = sync_user_entitlements(user_id=user.pk, trigger="admin", force_refresh=True)
+    asked = sync_user_entitlements(user_id=user.pk, trigger="admin")
 
     assert (cached.cache, cached.changed) == ("hit", False)
-    assert forced.cache == "miss"
+    assert asked.cache == "miss"
     assert deploycenter_backend.calls == 2
 
 
@@ -80,18 +80,22 @@ def test_revocation_upstream_lands(deploycenter_backend, domains):
     sync_user_entitlements(user_id=user.pk, trigger="login")
     deploycenter_backend.set_admin_domains("admin@alpha.example.org", ["beta.example.org"])
 
-    result = sync_user_entitlements(user_id=user.pk, trigger="periodic", force_refresh=True)
+    result = sync_user_entitlements(user_id=user.pk, trigger="command")
 
     assert result.removed == ["alpha.example.org"]
     assert _accesses(user) == ["beta.example.org"]
 
 
-def test_missing_claim_is_recorded_without_calling_upstream(deploycenter_backend, domains):
+def test_missing_claim_is_recorded_skipped_without_calling_upstream(deploycenter_backend, domains):
     user = _user(claims={})
 
     result = sync_user_entitlements(user_id=user.pk, trigger="login")
 
-    assert (result.status, result.error_code, result.changed) == ("error", "missing_claim", False)
+    assert (result.status, result.error_code, result.changed) == (
+        "skipped",
+        "missing_claim",
+        False,
+    )
     assert deploycenter_backend.calls == 0
     assert EntitlementSyncState.objects.get(user=user).error_code == "missing_claim"
 
@@ -138,17 +142,28 @@ def test_stale_answer_is_used_and_marked(deploycenter_backend, domains, settings
     assert _accesses(user) == ["alpha.example.org", "beta.example.org"]
 
 
-def test_configuration_error_is_logged_as_an_error(deploycenter_backend, domains, caplog):
-    user = _user()
+def test_a_configuration_error_is_one_error_per_episode_and_a_warning_per_user(
+    deploycenter_backend, domains, caplog
+):
+    users = [_user(), _user(email="scoped@alpha.example.org")]
     deploycenter_backend.fail_with(401)
 
     with caplog.at_level(logging.INFO, logger="core.entitlements"):
-        result = sync_user_entitlements(user_id=user.pk, trigger="login")
+        results = [sync_user_entitlements(user_id=user.pk, trigger="login") for user in users]
 
-    assert (result.status, result.error_code) == ("error", "configuration")
-    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert "admin@" not in errors[0].getMessage()
+    assert {(result.status, result.error_code) for result in results} == {("error", "http_401")}
+    # One ERROR (one Sentry event) for the episode, saying what to check.
+    [error] = [record for record in caplog.records if record.levelno == logging.ERROR]
+    message = error.getMessage()
+    assert all(word in message for word in ("http_401", "api_key", "service_id"))
+    assert deploycenter_backend.api_key not in caplog.text
+    assert "@alpha.example.org" not in caplog.text
+    warnings = [
+        record
+        for record in caplog.records
+        if record.levelno == logging.WARNING and record.name == "core.entitlements.sync"
+    ]
+    assert len(warnings) == len(users)
 
 
 def test_dry_run_writes_nothing(deploycenter_backend, domains):

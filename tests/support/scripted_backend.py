@@ -37,4 +37,4 @@ class ScriptedBackend(EntitlementsBackend):
             return UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, "http_503")
         if user.email in self.admins_by_email:
             return UpstreamAnswer.authoritative(self.admins_by_email[user.email])
-        return UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, "not_activated")
+        return UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, "no_organization")

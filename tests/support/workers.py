@@ -15,8 +15,6 @@ import psutil
 from django.conf import settings
 from django.db import connection
 
-from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
-
 BASE_DIR = Path(__file__).resolve().parents[2]
 # Only for the workers the tests start: never a real secret.
 _TEST_SECRET_KEY = "faults-tests-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -66,14 +64,18 @@ class WorkerProcess:
         log_path: Path,
         name: str = "worker",
         concurrency: int = 1,
-        queues: tuple[str, ...] = (INTERACTIVE_QUEUE, BULK_QUEUE),
+        queues: tuple[str, ...] | None = None,
         loglevel: str = "INFO",
     ):
         self.env = env
         self.log_path = Path(log_path)
         self.name = name
         self.concurrency = concurrency
-        self.queues = queues
+        # Imported here, not at module level: bench.services imports this package before
+        # Django is set up, and worker.queues needs it. Default: both queues.
+        from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+
+        self.queues = queues or (INTERACTIVE_QUEUE, BULK_QUEUE)
         self.loglevel = loglevel
         self.process: subprocess.Popen | None = None
         self._log_file = None

@@ -17,8 +17,13 @@ class AnswerKind(enum.StrEnum):
 
     AUTHORITATIVE = "authoritative"
     NO_INFORMATION = "no_information"
+    # The user's organisation no longer has the service (its subscription ended): no admin
+    # rights, once it has lasted ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS.
+    ACCESS_ENDED = "access_ended"
     INVALID = "invalid"
     BAD_REQUEST = "bad_request"
+    # Not asked: the user lacks what the upstream requires (a claim, an e-mail). Not a failure.
+    NOT_ASKED = "not_asked"
     CONFIGURATION = "configuration"
     UNAVAILABLE = "unavailable"
 

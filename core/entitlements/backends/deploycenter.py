@@ -28,6 +28,9 @@ POOL_MAXSIZE = 10
 REQUIRED_CLAIM = "siret"
 _QUERY_PARAMS = frozenset({"service_id", "account_type", "account_email", "account_id"})
 # A `can_access_reason` is recorded as our error code only when it looks like a short token.
+# The organisation's subscription ended: the one reason that says something (no rights); every
+# other (e.g. no_organization: an unknown siret, often a claim problem) says nothing.
+ACCESS_ENDED_REASON = "not_activated"
 _REASON_TOKEN = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
@@ -68,7 +71,7 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
         """Query DeployCenter for this user and classify its answer; never raises for it."""
         email = normalize_email(user.email)
         if "@" not in email:
-            return UpstreamAnswer.failure(AnswerKind.BAD_REQUEST, "missing_email")
+            return UpstreamAnswer.failure(AnswerKind.NOT_ASKED, "missing_email")
         params = {"service_id": self.service_id, "account_type": "user", "account_email": email}
         for name in self.oidc_claims:
             value = _claim_value(forwarded_claims.get(name))
@@ -76,7 +79,7 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
                 params[name] = value
         if REQUIRED_CLAIM not in params:
             # The answer would be a 400: no need to ask.
-            return UpstreamAnswer.failure(AnswerKind.BAD_REQUEST, "missing_claim")
+            return UpstreamAnswer.failure(AnswerKind.NOT_ASKED, "missing_claim")
 
         started = time.monotonic()
         status = None
@@ -130,8 +133,9 @@ def classify_response(*, status: int, body: bytes | None) -> UpstreamAnswer:
     if status == 400:
         return UpstreamAnswer.failure(AnswerKind.BAD_REQUEST, "bad_request")
     if 300 <= status < 500:
-        # 401/403: key or service_id wrong; 3xx/404/405: base_url points somewhere else.
-        return UpstreamAnswer.failure(AnswerKind.CONFIGURATION, "configuration")
+        # 401/403: key or service_id wrong; 3xx/404/405: base_url points somewhere else. The
+        # status is the error code: it tells the operator which setting to check.
+        return UpstreamAnswer.failure(AnswerKind.CONFIGURATION, f"http_{status}")
     return UpstreamAnswer.failure(AnswerKind.INVALID, f"http_{status}")
 
 
@@ -153,6 +157,8 @@ def classify_body(body: bytes | None) -> UpstreamAnswer:
     if "can_admin_maildomains" not in entitlements:
         # Absent (can_access false) says nothing about admin rights: never "revoke all".
         reason = entitlements.get("can_access_reason")
+        if reason == ACCESS_ENDED_REASON:
+            return UpstreamAnswer.failure(AnswerKind.ACCESS_ENDED, reason)
         if not (isinstance(reason, str) and _REASON_TOKEN.match(reason)):
             reason = "no_information"
         return UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, reason)

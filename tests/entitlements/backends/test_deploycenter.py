@@ -22,6 +22,7 @@ SAMPLES = json.loads((Path(__file__).parents[1] / "data" / "deploycenter-samples
 
 AUTHORITATIVE = AnswerKind.AUTHORITATIVE
 NO_INFORMATION = AnswerKind.NO_INFORMATION
+ACCESS_ENDED = AnswerKind.ACCESS_ENDED
 INVALID = AnswerKind.INVALID
 BAD_REQUEST = AnswerKind.BAD_REQUEST
 CONFIGURATION = AnswerKind.CONFIGURATION
@@ -88,18 +89,18 @@ def test_no_authorization_header_even_with_a_netrc_entry(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("claims", [{}, {"siret": ""}, {"siret": "  "}, {"siret": None}], ids=str)
 @responses.activate
-def test_missing_siret_is_a_request_error_without_calling(claims):
+def test_missing_siret_is_not_asked(claims):
     answer = _backend().get_entitlements(user=_user(), forwarded_claims=claims)
 
-    assert (answer.kind, answer.error_code) == (BAD_REQUEST, "missing_claim")
+    assert (answer.kind, answer.error_code) == (AnswerKind.NOT_ASKED, "missing_claim")
     assert len(responses.calls) == 0
 
 
 @responses.activate
-def test_user_without_email_is_a_request_error_without_calling():
+def test_user_without_email_is_not_asked():
     answer = _backend().get_entitlements(user=_user(email=""), forwarded_claims={"siret": SIRET})
 
-    assert (answer.kind, answer.error_code) == (BAD_REQUEST, "missing_email")
+    assert (answer.kind, answer.error_code) == (AnswerKind.NOT_ASKED, "missing_email")
     assert len(responses.calls) == 0
 
 
@@ -119,8 +120,8 @@ SAMPLE_MEANINGS = {
     "unknown email": (AUTHORITATIVE, "", ()),
     "missing siret": (BAD_REQUEST, "bad_request", ()),
     "unknown siret (no such organization)": (NO_INFORMATION, "no_organization", ()),
-    "known organization without Messages subscription": (NO_INFORMATION, "not_activated", ()),
-    "wrong API key": (CONFIGURATION, "configuration", ()),
+    "known organization without Messages subscription": (ACCESS_ENDED, "not_activated", ()),
+    "wrong API key": (CONFIGURATION, "http_401", ()),
     "missing account_type": (BAD_REQUEST, "bad_request", ()),
     "neither account_email nor account_id": (BAD_REQUEST, "bad_request", ()),
     "invalid email syntax": (BAD_REQUEST, "bad_request", ()),
@@ -180,7 +181,7 @@ BODY_CASES = [
     (
         "key absent, can_access false",
         _entitlements_body(can_access=False, can_access_reason="not_activated"),
-        NO_INFORMATION,
+        ACCESS_ENDED,
         "not_activated",
         (),
     ),
@@ -283,13 +284,13 @@ def test_raw_bodies_are_classified(body, error_code):
 @pytest.mark.parametrize(
     ("status", "kind", "error_code"),
     [
-        (301, CONFIGURATION, "configuration"),
-        (302, CONFIGURATION, "configuration"),
+        (301, CONFIGURATION, "http_301"),
+        (302, CONFIGURATION, "http_302"),
         (400, BAD_REQUEST, "bad_request"),
-        (401, CONFIGURATION, "configuration"),
-        (403, CONFIGURATION, "configuration"),
-        (404, CONFIGURATION, "configuration"),
-        (405, CONFIGURATION, "configuration"),
+        (401, CONFIGURATION, "http_401"),
+        (403, CONFIGURATION, "http_403"),
+        (404, CONFIGURATION, "http_404"),
+        (405, CONFIGURATION, "http_405"),
         (408, UNAVAILABLE, "http_408"),
         (429, UNAVAILABLE, "http_429"),
         (500, UNAVAILABLE, "http_500"),

@@ -40,7 +40,7 @@ def _ask(backend, email="admin@alpha.example.org", siret=ALPHA_SIRET):
             "00000000099999",
             (AnswerKind.NO_INFORMATION, "no_organization", ()),
         ),
-        ("admin@alpha.example.org", GAMMA_SIRET, (AnswerKind.NO_INFORMATION, "not_activated", ())),
+        ("admin@alpha.example.org", GAMMA_SIRET, (AnswerKind.ACCESS_ENDED, "not_activated", ())),
     ],
     ids=["admin", "scoped admin", "member", "unknown siret", "not activated"],
 )
@@ -74,13 +74,13 @@ def test_wrong_key_is_a_configuration_error(deploycenter_stub):
         **deploycenter_stub.backend_parameters(api_key="wrong")
     )
 
-    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION, "configuration")
+    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION, "http_401")
 
 
 def test_foreign_service_id_is_a_configuration_error(deploycenter_stub):
     backend = DeployCenterEntitlementsBackend(**deploycenter_stub.backend_parameters(service_id=4))
 
-    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION, "configuration")
+    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION, "http_401")
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
