@@ -72,7 +72,7 @@ def test_every_door_gives_the_same_name(deploycenter, raw, expected):
         out = io.StringIO()
         call_command("sync_entitlements", "--domain", raw, "--dry-run", stdout=out)
         # Found: its one admin (the creator) is checked.
-        assert "Dry run: 1 users checked" in out.getvalue()
+        assert "Dry run: 1 user checked, 0 would change." in out.getvalue()
 
 
 def test_the_model_never_lowers_a_kelvin_sign_into_a_k(db):

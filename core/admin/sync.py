@@ -90,9 +90,8 @@ class SyncRunAdmin(
         "trigger",
         "status",
         "error_code",
+        # Users counted (done, failed, skipped) over users enqueued.
         "progress",
-        "users_enqueued",
-        "users_done",
         "users_changed",
         "users_failed",
         "users_skipped",

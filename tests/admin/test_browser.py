@@ -247,9 +247,11 @@ def test_operator_pages_are_styled_and_serve_every_static_file(web_server, brows
         web_server,
         f"/admin/core/user/{admin.pk}/change/",
         name="03-user-audit-trail",
-        expect=["Up to date", "retired.example.org", "revoked", "beta.example.org"],
+        expect=["Up to date", "retired.example.org", "Revoked", "beta.example.org"],
     )
-    _visit(browser, web_server, "/admin/core/syncrun/", name="04-sync-runs", expect=["periodic"])
+    _visit(
+        browser, web_server, "/admin/core/syncrun/", name="04-sync-runs", expect=["Periodic resync"]
+    )
     _visit(
         browser,
         web_server,

@@ -251,16 +251,37 @@ def _reject_constant(name: str):
     raise ValueError(name)
 
 
+def _refuse_duplicate_keys(pairs):
+    keys = [key for key, _value in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key named twice")
+    return dict(pairs)
+
+
+def _depth(value) -> int:
+    """How many objects and lists deep a parsed JSON value nests (a scalar is 0)."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
 def is_valid_provisioning_request(body: bytes, *, maximum: int) -> bool:
     """The contract of docs/api.md, written independently of the serializer."""
     try:
-        payload = json.loads(body, parse_constant=_reject_constant)
+        payload = json.loads(
+            body, parse_constant=_reject_constant, object_pairs_hook=_refuse_duplicate_keys
+        )
     except (ValueError, RecursionError):
         return False
-    if not isinstance(payload, dict) or not isinstance(payload.get("domains"), list):
+    if not isinstance(payload, dict):
         return False
-    domains = payload["domains"]
-    if not 1 <= len(domains) <= maximum:
+    domains = payload.get("domains")
+    if isinstance(domains, str):
+        # One comma-separated string, blank pieces dropped.
+        domains = [piece.strip() for piece in domains.split(",") if piece.strip()]
+    if not isinstance(domains, list) or not 1 <= len(domains) <= maximum:
         return False
     if not all(isinstance(name, str) and is_storable_text(name) for name in domains):
         return False
@@ -271,6 +292,8 @@ def is_valid_provisioning_request(body: bytes, *, maximum: int) -> bool:
         isinstance(attributes, dict)
         and all(is_storable_text(text) for text in _strings(attributes))
         and all(math.isfinite(number) for number in _numbers(attributes))
+        and _depth(attributes) <= 10
+        and len(json.dumps(attributes, ensure_ascii=False, separators=(",", ":")).encode()) <= 65536
     )
 
 

@@ -197,28 +197,32 @@ class Command(BaseCommand):
         user_ids = list(user_ids)
         would_change = 0
         for user_id in tqdm(user_ids, file=self.stderr._out, unit=" users", leave=False):
-            line = self._dry_run_one(user_id)
+            line, changes = self._dry_run_one(user_id)
+            would_change += changes
             if line:
-                would_change += 1
                 tqdm.write(line, file=self.stdout._out)
         self.stdout.write(
             f"Dry run: {_count(len(user_ids), 'user')} checked, {would_change} would change."
         )
 
-    def _dry_run_one(self, user_id) -> str:
-        """One user's line of the dry run, or "" when nothing would change."""
+    def _dry_run_one(self, user_id) -> tuple[str, bool]:
+        """One user's line of the dry run ("" when there is nothing to say), and whether their
+        accesses would change."""
         email = User.objects.values_list("email", flat=True).get(pk=user_id)
         try:
             result = sync_user_entitlements(user_id=user_id, trigger=Trigger.COMMAND, dry_run=True)
         except EntitlementsUnavailableError as error:
-            return f"{email}: upstream unavailable ({error.error_code}), nothing would change"
-        if result.status != EntitlementSyncState.Status.OK:
-            return f"{email}: {result.status} ({result.error_code}), nothing would change"
+            return (
+                f"{email}: upstream unavailable ({error.error_code}), nothing would change",
+                False,
+            )
         if not result.changed:
-            return ""
+            if result.status == EntitlementSyncState.Status.OK:
+                return "", False
+            return f"{email}: {result.status} ({result.error_code}), nothing would change", False
         changes = [f"grant {name}" for name in result.added]
         changes += [f"revoke {name}" for name in result.removed]
-        return f"{email}: would {', '.join(changes)}"
+        return f"{email}: would {', '.join(changes)}", True
 
 
 def _poll(read, *, until, deadline: float, timeout_message: str):
