@@ -12,7 +12,7 @@ from django.core.cache import cache
 from django.test import Client
 from rest_framework.test import APIClient
 
-import worker.tasks
+import worker.tasks as _worker_tasks  # noqa: F401 - see below
 from core.entitlements import RunRevocationBudget
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, SyncRun, User
 from tests import artifacts, figures
@@ -45,8 +45,8 @@ BROKER_FIXTURES = {
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Mark `broker` every test that uses a broker fixture (before `-m` selects), so the mark
-    follows the fixtures and cannot drift; tests that start a worker process themselves carry
-    the mark in their module."""
+    follows the fixtures and cannot drift; a test that starts a worker process itself carries
+    the mark in its own code."""
     for item in items:
         if BROKER_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.broker)
