@@ -50,7 +50,7 @@ if _BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", _BEHIND_TLS_PROXY)
 # The load balancer's health check speaks plain HTTP to the container.
-SECURE_REDIRECT_EXEMPT = [r"^healthz/?$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$", r"^metrics/?$"]
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
 SECURE_HSTS_SECONDS = env_int(
     "DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600, minimum=0
@@ -436,6 +436,23 @@ if SENTRY_DSN:
     )
     # Events carry the signed-in user's id, never their e-mail.
     MIDDLEWARE.append("messages.sentry.user_id_middleware")
+
+# --- Metrics --------------------------------------------------------------------------------
+
+# GET /metrics (core/metrics.py, docs/operations.md "Metrics"): Prometheus sends this bearer
+# token; without it the endpoint refuses every scrape outside debug.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+# Where every process writes its counts so /metrics adds them up (prometheus-client's
+# multiprocess mode; the library reads the variable itself). Emptied when the whole service
+# starts (`manage.py reset_metrics`); unset, each process counts alone.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR:
+    try:
+        Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ImproperlyConfigured(
+            f"PROMETHEUS_MULTIPROC_DIR: cannot create {PROMETHEUS_MULTIPROC_DIR}: {error.strerror}"
+        ) from None
 
 # --- Misc -----------------------------------------------------------------------------------
 
