@@ -12,8 +12,10 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 from prometheus_client import (
     CollectorRegistry,
@@ -46,6 +48,16 @@ _ANSWERS = frozenset(
 _TRANSITIONS = frozenset({"opened", "reopened", "closed"})
 _REFUSALS = frozenset({"circuit_open", "rate_limited"})
 _PRIORITIES = frozenset(QUEUES)
+
+# Before any metric exists: each writes its file there as soon as it is defined.
+if settings.PROMETHEUS_MULTIPROC_DIR:
+    try:
+        Path(settings.PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ImproperlyConfigured(
+            f"PROMETHEUS_MULTIPROC_DIR: cannot create {settings.PROMETHEUS_MULTIPROC_DIR}: "
+            f"{error.strerror}"
+        ) from None
 
 # Our metrics, when each process keeps its own (no PROMETHEUS_MULTIPROC_DIR).
 _REGISTRY = CollectorRegistry(auto_describe=True)

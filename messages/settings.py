@@ -437,22 +437,10 @@ if SENTRY_DSN:
     # Events carry the signed-in user's id, never their e-mail.
     MIDDLEWARE.append("messages.sentry.user_id_middleware")
 
-# --- Metrics --------------------------------------------------------------------------------
-
-# GET /metrics (core/metrics.py, docs/operations.md "Metrics"): Prometheus sends this bearer
-# token; without it the endpoint refuses every scrape outside debug.
+# GET /metrics (core/metrics.py): the bearer token Prometheus sends; the directory where every
+# process adds up its counts (prometheus-client reads the variable too; docs/operations.md).
 METRICS_TOKEN = env_str("METRICS_TOKEN")
-# Where every process writes its counts so /metrics adds them up (prometheus-client's
-# multiprocess mode; the library reads the variable itself). Emptied when the whole service
-# starts (`manage.py reset_metrics`); unset, each process counts alone.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
-if PROMETHEUS_MULTIPROC_DIR:
-    try:
-        Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ImproperlyConfigured(
-            f"PROMETHEUS_MULTIPROC_DIR: cannot create {PROMETHEUS_MULTIPROC_DIR}: {error.strerror}"
-        ) from None
 
 # --- Misc -----------------------------------------------------------------------------------
 

@@ -1,6 +1,11 @@
 """GET /metrics: refused without its token, what it reads from shared stores at scrape time,
 bounded labels, and the reset of the multiprocess directory."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from celery import current_app
 from django.core.management import call_command
@@ -148,3 +153,26 @@ def test_reset_metrics_deletes_only_the_metric_files(tmp_path, settings):
     call_command("reset_metrics")
 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_directory_that_cannot_be_made_names_its_variable(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    completed = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); import core.metrics"],
+        cwd=Path(__file__).resolve().parents[1],
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "messages.settings",
+            "DJANGO_SECRET_KEY": "test-secret",
+            "DATA_DIR": str(tmp_path),
+            "PROMETHEUS_MULTIPROC_DIR": str(blocker / "metrics"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert completed.returncode != 0
+    assert "ImproperlyConfigured: PROMETHEUS_MULTIPROC_DIR: cannot create" in completed.stderr

@@ -149,8 +149,7 @@ def _mix_bar(mix: dict[str, int]) -> SafeString:
         WIDTH,
         format_html_join(
             "",
-            '<rect x="{}" y="0" width="{}" height="16" fill="{}">'
-            "<title>{}: {}</title></rect>",
+            '<rect x="{}" y="0" width="{}" height="16" fill="{}"><title>{}: {}</title></rect>',
             segments,
         ),
         legend,
