@@ -28,6 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from core.entitlements.backends.base import AnswerKind
 from core.models import EntitlementSyncState, HeldRevocation, SyncRun, Trigger
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,7 @@ _SYNC_STATUSES = frozenset(EntitlementSyncState.Status.values)
 _RUN_STATUSES = frozenset(SyncRun.Status.values)
 _SCOPES = frozenset(SyncRun.Scope.values)
 _RESOLUTIONS = frozenset(HeldRevocation.Resolution.values)
-_ANSWERS = frozenset(
-    {"authoritative", "no_information", "invalid", "bad_request", "configuration", "unavailable"}
-)
+_ANSWERS = frozenset(AnswerKind)
 _TRANSITIONS = frozenset({"opened", "reopened", "closed"})
 _REFUSALS = frozenset({"circuit_open", "rate_limited"})
 _PRIORITIES = frozenset(QUEUES)
