@@ -178,6 +178,7 @@ def stop_run_on_configuration_error(*, run_id: int, error_code: str) -> bool:
     )
     if stopped:
         report_run_stopped(run_id=run_id, error_code=error_code)
+        _record_ended(run_id)
     return stopped
 
 
