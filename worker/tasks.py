@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 Status = EntitlementSyncState.Status
 
+
 class SyncNotApplied(Exception):
     """A user's sync ended without applying an authoritative answer; the message says why."""
 
