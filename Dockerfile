@@ -31,8 +31,8 @@ RUN DJANGO_SECRET_KEY=collectstatic-only DATABASE_URL=sqlite:// \
 
 # Never run as root; DATA_DIR is the only place the app writes to.
 RUN useradd --system --uid 10001 --no-create-home --home-dir /app app \
-    && mkdir -p /app/data \
-    && chown app /app/data
+    && mkdir -p /app/data/metrics \
+    && chown app /app/data /app/data/metrics
 USER app
 
 EXPOSE 8000 5555

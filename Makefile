@@ -42,6 +42,8 @@ run: install
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	@# The file broker never removes fanout bindings: each run starts with a clean control folder.
 	rm -rf "$(DATA_DIR)/broker/control"
+	@# Every process of the run adds up its metrics in one directory, emptied before they start.
+	PROMETHEUS_MULTIPROC_DIR="$(abspath $(DATA_DIR))/metrics" $(BIN)/python manage.py reset_metrics
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile -e "$(abspath $(DATA_DIR))/demo.env"
 
 test: install-dev

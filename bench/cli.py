@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 data_dir=scratch / "data",
                 extra=tuning,
             )
+            # Multiprocess mode, as in production: counts go to files (figure 8 weighs them).
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
             worker_env = {**env, "LOG_LEVEL": "INFO"}
             # The benchmark process logs warnings only: its inline logins would flood the output.
             os.environ.update({**env, "LOG_LEVEL": "WARNING"})

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 
 # What a run may be limited to (--only): figure 3; figures 1, 2 idle and 7; figures 2 during a
-# run, 4, 5 and 6; the run with one shared worker.
-PARTS = frozenset({"queries", "logins", "resync", "shared"})
+# run, 4, 5 and 6; the run with one shared worker; figure 8 (the metrics' cost).
+PARTS = frozenset({"queries", "logins", "resync", "shared", "metrics"})
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class Mode:
     noop_tasks: int
     storm_logins: int = 1000
     storm_users: int = 100
+    # Syncs timed with the metrics on, and as many off (figure 8).
+    metrics_syncs: int = 2000
     writes_docs: bool = True
     # Seconds to let PostgreSQL's statistics settle before counting access rows written:
     # backends report when idle, within 10 s. CI's smoke run only checks the figure exists.
@@ -40,6 +42,7 @@ MODES = {
         inline_threads=8,
         rights_probes=10,
         noop_tasks=100,
+        metrics_syncs=100,
         writes_docs=False,
         stats_settle_seconds=1,
     ),

@@ -266,6 +266,15 @@ class Figures:
             "(target ≤ 3 ms: "
             f"{_met(storm_p99 is not None and storm_p99 <= 3)}).",
             "",
+            f"**8. Metrics cost** (one login sync, stub without latency, PostgreSQL and Redis; "
+            f"{self.mode.metrics_syncs} syncs with the Prometheus metrics on and as many off, "
+            "alternated in one run, multiprocess mode): median "
+            f"{_n(v.get('metrics_sync_ms_on'))} ms on, {_n(v.get('metrics_sync_ms_off'))} ms "
+            f"off, {_n(v.get('metrics_overhead_percent'))} % (target < 5 %: "
+            f"{_met(v.get('metrics_overhead_percent', 100) < 5)}); the recording calls alone "
+            f"take {_n(v.get('metrics_calls_us_per_sync'))} µs per sync, "
+            f"{_n(v.get('metrics_calls_percent_of_sync'))} % of it.",
+            "",
             "<details><summary>Every line the command printed</summary>",
             "",
             "```",

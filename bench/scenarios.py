@@ -10,6 +10,7 @@ from django.core.management import call_command
 
 from bench import data
 from bench.logins import async_login, inline_login, login_to_rights, storm, timed_logins
+from bench.metrics_cost import metrics_cost
 from bench.modes import PARTS, Mode
 from bench.queries import queries_per_sync
 from bench.report import Figures, machine_description
@@ -114,6 +115,10 @@ def run_all(
         stub.control(latency=0, generation=0)
         figures.add_all(queries_per_sync())
         data.delete_users(kind="queries")
+    if "metrics" in parts:
+        # Figure 8, in this process too.
+        stub.control(latency=0, generation=0)
+        figures.add_all(metrics_cost(syncs=mode.metrics_syncs))
 
     with running_workers(layouts["split"], env=worker_env, log_dir=log_dir) as workers:
         figures.add("noop_tasks_per_s", noop_throughput(app, tasks=mode.noop_tasks))

@@ -31,6 +31,8 @@ class Trigger(models.TextChoices):
     SWEEP = "sweep", "Sweep of requests that never ran"
     PROVISIONING = "provisioning", "Provisioning API"
     RELEASE = "release", "Release of held revocations"
+    # A task sent by hand outside the app's own doors (Flower's apply, `celery call`).
+    MANUAL = "manual", "By hand (Flower, celery call)"
 
 
 class UserManager(BaseUserManager):

@@ -50,7 +50,7 @@ if _BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", _BEHIND_TLS_PROXY)
 # The load balancer's health check speaks plain HTTP to the container.
-SECURE_REDIRECT_EXEMPT = [r"^healthz/?$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$", r"^metrics/?$"]
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
 SECURE_HSTS_SECONDS = env_int(
     "DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600, minimum=0
@@ -436,6 +436,11 @@ if SENTRY_DSN:
     )
     # Events carry the signed-in user's id, never their e-mail.
     MIDDLEWARE.append("messages.sentry.user_id_middleware")
+
+# GET /metrics (core/metrics.py): the bearer token Prometheus sends; the directory where every
+# process adds up its counts (prometheus-client reads the variable too; docs/operations.md).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
 
 # --- Misc -----------------------------------------------------------------------------------
 

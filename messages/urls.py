@@ -1,13 +1,16 @@
-"""Top-level URLs: the admin (also at `/`), OIDC login, the REST API and its schema."""
+"""Top-level URLs: the admin (also at `/`), OIDC login, the REST API and its schema, metrics."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from core.metrics_endpoint import metrics_view
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index"), name="root"),
     path("admin/", admin.site.urls),
+    re_path(r"^metrics/?$", metrics_view, name="metrics"),
     path("oidc/", include("mozilla_django_oidc.urls")),
     path("api/v1.0/", include("core.api.urls")),
     path("api/v1.0/schema/", SpectacularAPIView.as_view(), name="schema"),

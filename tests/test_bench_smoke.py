@@ -36,6 +36,10 @@ FIGURES = (
     "peak_rss_mb_fanout",
     "storm_logins",
     "storm_queued_syncs",
+    "metrics_sync_ms_on",
+    "metrics_sync_ms_off",
+    "metrics_overhead_percent",
+    "metrics_calls_us_per_sync",
 )
 LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 

@@ -1,6 +1,6 @@
 """Django app configuration for the Celery plumbing."""
 
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_process_shutdown
 from django.apps import AppConfig, apps
 from django.db import connections
 from django.db.models.signals import post_migrate
@@ -22,6 +22,7 @@ class WorkerConfig(AppConfig):
         )
         task_prerun.connect(recycle_database_connections, dispatch_uid="worker.recycle_db")
         task_postrun.connect(recycle_database_connections, dispatch_uid="worker.recycle_db_after")
+        worker_process_shutdown.connect(forget_exited_process, dispatch_uid="worker.metrics")
 
 
 def recycle_database_connections(task=None, **kwargs) -> None:
@@ -36,3 +37,11 @@ def recycle_database_connections(task=None, **kwargs) -> None:
     for connection in connections.all(initialized_only=True):
         if not connection.in_atomic_block:
             connection.close_if_unusable_or_obsolete()
+
+
+def forget_exited_process(pid=None, **kwargs) -> None:
+    """A prefork child exits: drop its live gauges from the metrics it shared."""
+    # Imported here: core.metrics reads the models, not loaded when this module is.
+    from core import metrics
+
+    metrics.process_exited(pid=pid)

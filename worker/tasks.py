@@ -31,10 +31,6 @@ logger = logging.getLogger(__name__)
 
 Status = EntitlementSyncState.Status
 
-# What a run started by hand (Flower, `celery call`) is recorded with: no Trigger names
-# "an operator outside the app" yet, and the command line is the nearest.
-_BY_HAND = Trigger.COMMAND
-
 
 class SyncNotApplied(Exception):
     """A user's sync ended without applying an authoritative answer; the message says why."""
@@ -184,7 +180,7 @@ def _trigger_of_untold(request) -> Trigger:
     header) is periodic, anything else was started by hand."""
     if getattr(request, "periodic_task_name", None):
         return Trigger.PERIODIC
-    return _BY_HAND
+    return Trigger.MANUAL
 
 
 def _progress_reporter(task):

@@ -18,6 +18,7 @@ from core.admin.common import (
     counted,
 )
 from core.admin.held_revocations import HeldRevocationActionsMixin
+from core.admin.run_chart import run_chart
 from core.entitlements import SyncNotEnqueuedError, request_full_resync, upstream_status
 from core.models import AccessAuditEntry, EntitlementSyncState, HeldRevocation, SyncRun, Trigger
 from core.selectors import count_pending, held_revocations_of_runs, running_full_run
@@ -123,8 +124,9 @@ class SyncRunAdmin(
         "accesses_revoked",
         "revocations_held",
         "held_revocations_link",
+        "progress_chart",
     )
-    readonly_fields = ("started_at", "held_revocations_link")
+    readonly_fields = ("started_at", "held_revocations_link", "progress_chart")
     actions = ["release_held", "discard_held"]
 
     def get_queryset(self, request):
@@ -159,6 +161,10 @@ class SyncRunAdmin(
     @admin.display(description="pending held", ordering="pending_held_count")
     def pending_held(self, run: SyncRun) -> int:
         return run.pending_held_count
+
+    @admin.display(description="run at a glance")
+    def progress_chart(self, run: SyncRun) -> str:
+        return run_chart(run)
 
     @admin.display(description="held revocations")
     def held_revocations_link(self, run: SyncRun) -> str:

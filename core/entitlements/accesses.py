@@ -5,10 +5,12 @@ here, so every access the sync makes or removes leaves exactly one audit row.
 """
 
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
 from django.db import transaction
 
+from core import metrics
 from core.chunks import chunked
 from core.models import AccessAuditEntry, MailDomain, MailDomainAccess, Trigger
 from core.selectors import states_entitled_to_any
@@ -52,6 +54,7 @@ def grant_accesses(*, grants: Iterable[Grant], trigger: Trigger, task_id: str = 
         ignore_conflicts=True,
     )
     _audit(grants, action=AccessAuditEntry.Action.GRANTED, trigger=trigger, task_id=task_id)
+    transaction.on_commit(partial(metrics.accesses_changed, granted=len(grants), trigger=trigger))
 
 
 def revoke_accesses(
@@ -63,6 +66,9 @@ def revoke_accesses(
         return
     MailDomainAccess.objects.filter(id__in=[item.access_id for item in revocations]).delete()
     _audit(revocations, action=AccessAuditEntry.Action.REVOKED, trigger=trigger, task_id=task_id)
+    transaction.on_commit(
+        partial(metrics.accesses_changed, revoked=len(revocations), trigger=trigger)
+    )
 
 
 def _audit(items: list[Grant] | list[Revocation], *, action: str, trigger: str, task_id: str):

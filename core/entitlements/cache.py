@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 
+from core import metrics
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.factory import get_backend
@@ -94,6 +95,7 @@ def _ask_upstream(
     except _Unavailable as unavailable:
         return unavailable.answer
     except UpstreamGuardError as refused:
+        metrics.upstream_refused(reason=refused.code)
         return UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, refused.code)
     return answer
 

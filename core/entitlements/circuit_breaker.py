@@ -15,6 +15,7 @@ from enum import StrEnum
 from django.conf import settings
 from redis.commands.core import Script
 
+from core import metrics
 from core.entitlements._upstream import (
     UpstreamGuardError,
     redis_connection,
@@ -168,6 +169,7 @@ def _circuit_settings() -> tuple[int, float, float]:
 
 
 def _log_transition(transition: str, *, failures: int, reopens_in: float) -> None:
+    metrics.circuit_transition(transition=transition)
     # Operators follow the circuit in the worker logs; nothing here names a user. Only one
     # caller sees "opened" (the transition is atomic in Redis): an ERROR, so Sentry gets one
     # event per outage; the re-openings while it lasts stay warnings.

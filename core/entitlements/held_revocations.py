@@ -4,11 +4,13 @@ Each release is re-checked, not applied blindly: see `release_held_revocations`.
 """
 
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from core import metrics
 from core.chunks import chunked
 from core.entitlements.accesses import Revocation, revoke_accesses
 from core.entitlements.revocation_budget import revocable_accesses
@@ -106,10 +108,17 @@ def _release_chunk(
             HeldRevocation.objects.filter(id__in=row_ids).update(
                 resolution=resolution, resolved_at=now, resolved_by=operator
             )
+            transaction.on_commit(
+                partial(
+                    metrics.held_revocations_resolved, resolution=resolution, count=len(row_ids)
+                )
+            )
 
 
 def discard_held_revocations(*, held: QuerySet, operator=None) -> int:
     """Keep the accesses of the pending revocations among `held`; return how many."""
-    return held.filter(resolution=Resolution.PENDING).update(
+    discarded = held.filter(resolution=Resolution.PENDING).update(
         resolution=Resolution.DISCARDED, resolved_at=timezone.now(), resolved_by=operator
     )
+    metrics.held_revocations_resolved(resolution=Resolution.DISCARDED, count=discarded)
+    return discarded

@@ -11,6 +11,7 @@ import time
 from django.conf import settings
 from redis.commands.core import Script
 
+from core import metrics
 from core.entitlements._upstream import (
     Priority,
     UpstreamGuardError,
@@ -87,18 +88,18 @@ class RedisRateLimiter:
     def acquire(self, *, priority: Priority, timeout: float) -> bool:
         """Take one token, sleeping until one is there for this priority; False on timeout."""
         keep = 0 if priority == Priority.INTERACTIVE else self.reserved_tokens
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             granted, wait = _TAKE_TOKEN(
                 [self._key],
                 [self.per_second, self.burst, keep, self._ttl_ms],
                 client=redis_connection(),
             )
-            if granted:
-                return True
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
+            if granted or remaining <= 0:
+                metrics.rate_limit_waited(priority=priority, seconds=time.monotonic() - started)
+                return bool(granted)
             # Jitter spreads the waiters that all computed the same refill moment.
             time.sleep(min(remaining, float(wait) * (1 + random.random() / 4)))  # noqa: S311
 

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, F, QuerySet, Value, When
 
+from core import metrics
 from core.models import HeldRevocation, MailDomainAccess, SyncRun
 from core.selectors import pending_held_revocations
 
@@ -89,6 +90,7 @@ class RunRevocationBudget:
             ],
             ignore_conflicts=True,
         )
+        transaction.on_commit(partial(metrics.revocations_held, count=len(maildomain_names)))
         return False
 
     def admit_batch(self, *, count: int) -> bool:

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
+from core import metrics
 from core.entitlements.configuration_errors import report_run_stopped
 from core.entitlements.reconcile import SyncResult
 from core.entitlements.revocation_budget import new_run_budget
@@ -134,6 +135,7 @@ def record_fan_out(*, run_id: int, users_enqueued: int) -> None:
         SyncRun.objects.filter(pk=run_id).update(
             status=SyncRun.Status.DONE, finished_at=timezone.now()
         )
+        _record_ended(run_id)
     else:
         finish_if_complete(run_id=run_id)
 
@@ -146,6 +148,7 @@ def record_fan_out_failed(*, run_id: int, users_enqueued: int) -> None:
         error_code="fanout_failed",
         finished_at=timezone.now(),
     )
+    _record_ended(run_id)
 
 
 def record_batch(*, run_id: int, outcome: BatchOutcome) -> None:
@@ -175,6 +178,7 @@ def stop_run_on_configuration_error(*, run_id: int, error_code: str) -> bool:
     )
     if stopped:
         report_run_stopped(run_id=run_id, error_code=error_code)
+        _record_ended(run_id)
     return stopped
 
 
@@ -192,9 +196,23 @@ def finish_if_complete(*, run_id: int) -> bool:
     call this, so whichever comes last closes the run, exactly once.
     """
     counted = F("users_done") + F("users_failed") + F("users_skipped")
-    return bool(
+    finished = bool(
         SyncRun.objects.filter(
             Q(pk=run_id, status=SyncRun.Status.RUNNING, users_enqueued__gt=0),
             Q(users_enqueued__lte=counted),
         ).update(status=SyncRun.Status.DONE, finished_at=timezone.now())
+    )
+    if finished:
+        _record_ended(run_id)
+    return finished
+
+
+def _record_ended(run_id: int) -> None:
+    """Report a run that just ended to the metrics: one read, once per run."""
+    run = SyncRun.objects.get(pk=run_id)
+    metrics.run_ended(
+        scope=run.scope,
+        status=run.status,
+        seconds=(run.finished_at - run.started_at).total_seconds(),
+        users=run.users_done + run.users_failed + run.users_skipped,
     )

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
+from core import metrics
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.cache import fetch_entitlements
 from core.entitlements.configuration_errors import report_configuration_error
@@ -151,6 +152,7 @@ def record_sync_unavailable(
 ) -> None:
     """Record that the upstream was unavailable for the user's sync; accesses stay as they were."""
     _log_unavailable(user, trigger=trigger, error=error)
+    metrics.sync_ended(trigger=trigger, outcome=EntitlementSyncState.Status.UNAVAILABLE)
     EntitlementSyncState.objects.filter(user=user).update(
         status=EntitlementSyncState.Status.UNAVAILABLE,
         error_code=error.error_code,
@@ -191,6 +193,8 @@ def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailable
 
 
 def _log_result(result: SyncResult, *, answer: UpstreamAnswer, dry_run: bool) -> None:
+    if not dry_run:
+        metrics.sync_ended(trigger=result.trigger, outcome=result.status)
     level = _LOG_LEVELS.get(answer.kind, logging.INFO)
     logger.log(
         level,

@@ -69,7 +69,7 @@ def test_a_refused_sync_fails_in_flower_and_a_run_applied_there_is_by_hand(
     run = wait_until(
         lambda: SyncRun.objects.filter(scope="all").first(), message="the run applied from Flower"
     )
-    assert run.trigger == "command", "a run started by hand is not the periodic one"
+    assert run.trigger == "manual", "a run started by hand is not the periodic one"
 
 
 def test_a_run_beat_sends_without_a_trigger_is_periodic(

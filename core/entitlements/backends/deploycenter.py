@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from core import metrics
 from core.entitlements.backends.base import AnswerKind, EntitlementsBackend, UpstreamAnswer
 from core.validators import normalize_email
 
@@ -96,6 +97,8 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
             answer = UpstreamAnswer.failure(AnswerKind.CONFIGURATION, "configuration")
         else:
             answer = classify_response(status=status, body=body)
+        elapsed = time.monotonic() - started
+        metrics.upstream_answered(answer=answer.kind, seconds=elapsed)
         # Ids and classes only: the query holds the email and the claims.
         logger.info(
             "deploycenter answered for user %s: http %s, %s %s, %.0f ms",
@@ -103,7 +106,7 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
             status,
             answer.kind,
             answer.error_code,
-            (time.monotonic() - started) * 1000,
+            elapsed * 1000,
         )
         return answer
 

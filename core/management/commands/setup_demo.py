@@ -67,6 +67,8 @@ class Command(BaseCommand):
             "FLOWER_BASIC_AUTH": f"{SUPERUSER_EMAIL}:{password}",
             # The demo is served on plain http: a browser would not send back secure cookies.
             "DJANGO_SECURE_COOKIES": "false",
+            # Web, worker and beat add up their metrics here (`make run` empties it first).
+            "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "metrics"),
         }
         # Shell quoting: honcho reads the file with shlex, which would eat JSON's quotes.
         _write_private(

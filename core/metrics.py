@@ -1,0 +1,342 @@
+"""Every Prometheus metric of the service, and the one-line functions the code records them with.
+
+Labels take values from short fixed sets (triggers, statuses, answer classes, queues); a value
+outside its set is recorded as "other", so no e-mail, siret or domain name can ever become a
+label. With PROMETHEUS_MULTIPROC_DIR set (in the environment, before start), every process
+(gunicorn workers, Celery prefork children) writes its counts there and `/metrics` adds them
+up; that directory must be emptied when the whole service starts (`manage.py reset_metrics`).
+What lives in shared stores (queues, the circuit, backlogs) is read at scrape time instead.
+"""
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from core.entitlements.backends.base import AnswerKind
+from core.models import EntitlementSyncState, HeldRevocation, SyncRun, Trigger
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "messages_entitlements"
+# The worker's queues (worker/queues.py; core never imports the worker, a test checks they agree).
+QUEUES = ("interactive", "bulk")
+OTHER = "other"
+
+_TRIGGERS = frozenset(Trigger.values)
+_SYNC_STATUSES = frozenset(EntitlementSyncState.Status.values)
+_RUN_STATUSES = frozenset(SyncRun.Status.values)
+_SCOPES = frozenset(SyncRun.Scope.values)
+_RESOLUTIONS = frozenset(HeldRevocation.Resolution.values)
+_ANSWERS = frozenset(AnswerKind)
+_TRANSITIONS = frozenset({"opened", "reopened", "closed"})
+_REFUSALS = frozenset({"circuit_open", "rate_limited"})
+_PRIORITIES = frozenset(QUEUES)
+
+# Before any metric exists: each writes its file there as soon as it is defined.
+if settings.PROMETHEUS_MULTIPROC_DIR:
+    try:
+        Path(settings.PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ImproperlyConfigured(
+            f"PROMETHEUS_MULTIPROC_DIR: cannot create {settings.PROMETHEUS_MULTIPROC_DIR}: "
+            f"{error.strerror}"
+        ) from None
+
+# Our metrics, when each process keeps its own (no PROMETHEUS_MULTIPROC_DIR).
+_REGISTRY = CollectorRegistry(auto_describe=True)
+# Off only in the benchmark that weighs what recording costs.
+_enabled = True
+
+SYNCS = Counter(
+    "syncs",
+    "User syncs that ended, by trigger and outcome (the sync state's status).",
+    ["trigger", "outcome"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+GRANTED = Counter(
+    "accesses_granted",
+    "ADMIN accesses the sync granted, by trigger.",
+    ["trigger"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+REVOKED = Counter(
+    "accesses_revoked",
+    "ADMIN accesses the sync revoked, by trigger.",
+    ["trigger"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+HELD = Counter(
+    "revocations_held",
+    "Revocations a run held at its revocation budget.",
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+RESOLVED = Counter(
+    "held_revocations_resolved",
+    "Held revocations an operator released (revoked, kept, gone) or discarded.",
+    ["resolution"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+UPSTREAM_CALLS = Counter(
+    "upstream_requests",
+    "Requests to the entitlements service, by answer class.",
+    ["answer"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+UPSTREAM_SECONDS = Histogram(
+    "upstream_request_seconds",
+    "Time of one request to the entitlements service, by answer class.",
+    ["answer"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40),
+)
+UPSTREAM_REFUSED = Counter(
+    "upstream_refused",
+    "Upstream requests not made: circuit open, or no rate-limit token in time.",
+    ["reason"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "circuit_transitions",
+    "Circuit breaker transitions: opened, reopened (the probe failed), closed.",
+    ["transition"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+RATE_LIMIT_WAIT = Histogram(
+    "rate_limit_wait_seconds",
+    "Time a caller waited for a rate-limit token, by priority (0 when one was there).",
+    ["priority"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+    buckets=(0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30),
+)
+RUNS = Counter(
+    "runs",
+    "Resync runs that ended, by scope and status.",
+    ["scope", "status"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+RUN_SECONDS = Histogram(
+    "run_duration_seconds",
+    "Duration of resync runs that ended, by scope.",
+    ["scope"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+    buckets=(1, 10, 30, 60, 300, 600, 1800, 3600, 7200, 14400),
+)
+RUN_USERS_PER_SECOND = Gauge(
+    "run_users_per_second",
+    "Users counted per second by the last resync run that ended, by scope.",
+    ["scope"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+
+
+def _bounded(value: object, allowed: frozenset[str]) -> str:
+    """The label value if it is one of the known ones, else "other": cardinality stays fixed."""
+    text = str(value)
+    return text if text in allowed else OTHER
+
+
+def set_enabled(enabled: bool) -> None:
+    """Record or not (the benchmark compares the two in one process)."""
+    global _enabled
+    _enabled = enabled
+
+
+def sync_ended(*, trigger: str, outcome: str) -> None:
+    """One user's sync ended with `outcome` (its sync state's status)."""
+    if _enabled:
+        SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(outcome, _SYNC_STATUSES)).inc()
+
+
+def accesses_changed(*, granted: int = 0, revoked: int = 0, trigger: str) -> None:
+    """Accesses the sync granted or revoked, counted once where they are written."""
+    if not _enabled:
+        return
+    trigger = _bounded(trigger, _TRIGGERS)
+    if granted:
+        GRANTED.labels(trigger).inc(granted)
+    if revoked:
+        REVOKED.labels(trigger).inc(revoked)
+
+
+def revocations_held(*, count: int) -> None:
+    """A run held `count` revocations at its budget."""
+    if _enabled and count:
+        HELD.inc(count)
+
+
+def held_revocations_resolved(*, resolution: str, count: int) -> None:
+    """An operator resolved `count` held revocations this way."""
+    if _enabled and count:
+        RESOLVED.labels(_bounded(resolution, _RESOLUTIONS)).inc(count)
+
+
+def upstream_answered(*, answer: str, seconds: float) -> None:
+    """One request to the entitlements service was classified as `answer` after `seconds`."""
+    if _enabled:
+        answer = _bounded(answer, _ANSWERS)
+        UPSTREAM_CALLS.labels(answer).inc()
+        UPSTREAM_SECONDS.labels(answer).observe(seconds)
+
+
+def upstream_refused(*, reason: str) -> None:
+    """The guard refused a request: circuit_open or rate_limited."""
+    if _enabled:
+        UPSTREAM_REFUSED.labels(_bounded(reason, _REFUSALS)).inc()
+
+
+def circuit_transition(*, transition: str) -> None:
+    """The shared circuit changed state (other values, e.g. "counted", are not transitions)."""
+    if _enabled and transition in _TRANSITIONS:
+        CIRCUIT_TRANSITIONS.labels(transition).inc()
+
+
+def rate_limit_waited(*, priority: str, seconds: float) -> None:
+    """A caller got its token (or gave up) after waiting `seconds`."""
+    if _enabled:
+        RATE_LIMIT_WAIT.labels(_bounded(priority, _PRIORITIES)).observe(seconds)
+
+
+def run_ended(*, scope: str, status: str, seconds: float, users: int) -> None:
+    """A resync run ended: its status, duration and pace."""
+    if not _enabled:
+        return
+    scope = _bounded(scope, _SCOPES)
+    RUNS.labels(scope, _bounded(status, _RUN_STATUSES)).inc()
+    RUN_SECONDS.labels(scope).observe(seconds)
+    if seconds > 0:
+        RUN_USERS_PER_SECOND.labels(scope).set(users / seconds)
+
+
+def process_exited(*, pid: int) -> None:
+    """Forget a dead process's live gauges (Celery's worker_process_shutdown, gunicorn's
+    child_exit); its counters stay summed, as counters must."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
+
+
+class SharedStateCollector(Collector):
+    """What lives in shared stores, read at each scrape with cheap queries: queue depths
+    (Redis LLEN), requests waiting for the sweep and pending held revocations (two counts),
+    the end of the last full run, the circuit's state."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        readings = (
+            self._queue_depths,
+            self._sweep_backlog,
+            self._held_pending,
+            self._last_full_run,
+            self._circuit,
+        )
+        for read in readings:
+            try:
+                yield from read()
+            except Exception as error:
+                # One store down must not blank the scrape; the metric is absent meanwhile.
+                logger.warning("metrics: %s unreadable: %s", read.__name__, type(error).__name__)
+
+    def _queue_depths(self) -> Iterable[GaugeMetricFamily]:
+        from messages.celery_app import app as celery_app
+
+        family = GaugeMetricFamily(
+            f"{NAMESPACE}_queue_messages", "Tasks waiting in a Celery queue.", labels=["queue"]
+        )
+        with celery_app.connection_for_read() as connection:
+            channel = connection.default_channel
+            for queue in QUEUES:
+                family.add_metric([queue], channel.queue_declare(queue, passive=True).message_count)
+        yield family
+
+    def _sweep_backlog(self) -> Iterable[GaugeMetricFamily]:
+        from core.selectors import outstanding_requests
+
+        grace = timedelta(seconds=settings.ENTITLEMENTS_SYNC_SWEEP_GRACE_SECONDS)
+        count = outstanding_requests(now=timezone.now(), grace=grace).count()
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_sync_requests_waiting",
+            "Sync requests no task carries: the sweep will send them.",
+            value=count,
+        )
+
+    def _held_pending(self) -> Iterable[GaugeMetricFamily]:
+        from core.selectors import pending_held_revocations
+
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_held_revocations_pending",
+            "Held revocations waiting for an operator to release or discard them.",
+            value=pending_held_revocations().count(),
+        )
+
+    def _last_full_run(self) -> Iterable[GaugeMetricFamily]:
+        finished = (
+            SyncRun.objects.filter(scope=SyncRun.Scope.ALL, status=SyncRun.Status.DONE)
+            .order_by("-started_at")
+            .values_list("finished_at", flat=True)
+            .first()
+        )
+        if finished is not None:
+            yield GaugeMetricFamily(
+                f"{NAMESPACE}_last_full_run_finished_timestamp_seconds",
+                "When the last full resync run that completed ended (Unix time).",
+                value=finished.timestamp(),
+            )
+
+    def _circuit(self) -> Iterable[GaugeMetricFamily]:
+        from core.entitlements import upstream_status
+
+        state = upstream_status()["circuit"]["state"]
+        family = GaugeMetricFamily(
+            f"{NAMESPACE}_circuit_state",
+            "The shared circuit breaker: 1 for its current state.",
+            labels=["state"],
+        )
+        for name in ("closed", "open", "half_open"):
+            family.add_metric([name], 1.0 if state == name else 0.0)
+        yield family
+
+
+def render() -> bytes:
+    """The whole service's metrics in Prometheus' text format."""
+    registry = CollectorRegistry(auto_describe=True)
+    if settings.PROMETHEUS_MULTIPROC_DIR:
+        multiprocess.MultiProcessCollector(registry, path=settings.PROMETHEUS_MULTIPROC_DIR)
+    else:
+        registry.register(_OwnMetrics())
+    registry.register(SharedStateCollector())
+    return generate_latest(registry)
+
+
+class _OwnMetrics(Collector):
+    """This process's own metrics, when processes do not share a directory."""
+
+    def collect(self):
+        return _REGISTRY.collect()
