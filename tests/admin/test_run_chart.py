@@ -15,9 +15,7 @@ from tests.factories import EntitlementSyncStateFactory, SyncRunFactory
 PLOT_TOP, PLOT_HEIGHT = 12, HEIGHT - 12 - 28
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+pytestmark = pytest.mark.usefixtures("fast_password_hasher")
 
 
 def polylines(html: str) -> dict[str, list[tuple[float, float]]]:
