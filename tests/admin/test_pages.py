@@ -334,7 +334,7 @@ class TestPages:
 
         text = page.content.decode()
         assert "1 access change by the sync" in text
-        assert "<td>granted</td><td>beta.example.org</td><td>login</td><td>t-1</td>" in text
+        assert "<td>Granted</td><td>beta.example.org</td><td>Login</td><td>t-1</td>" in text
         assert f"{HELD}?user__id__exact={user.pk}" in text
         assert "1 pending</a>: alpha.example.org" in text
 
