@@ -13,7 +13,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 import worker.tasks as _worker_tasks  # noqa: F401 - see below
-from core.entitlements import RunRevocationBudget
+from core.entitlements.revocation_budget import RunRevocationBudget
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, SyncRun, User
 from tests import artifacts, figures
 from tests.deploycenter_stub import DeployCenterStub

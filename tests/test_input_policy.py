@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from core.entitlements import UpstreamAnswer
+from core.entitlements.backends.base import UpstreamAnswer
 from core.models import MailDomain, User
 from core.validators import clean_domain_name
 

@@ -16,7 +16,7 @@ MAX_MODULE_LINES = 400
 
 
 def _imports(path: Path) -> list[str]:
-    """Every module a file imports, absolute names (`from x import y` gives x and x.y)."""
+    """Every module a file imports from, by absolute name (`from x import y` gives x)."""
     names = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):

@@ -9,20 +9,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connections
 
-from core.entitlements import (
-    AnswerKind,
-    EntitlementsUnavailableError,
-    Priority,
-    RevocationBudget,
-    SyncResult,
-    UpstreamAnswer,
-    fetch_user_answer,
-    finish_user_syncs,
-    record_sync_unavailable,
-    record_syncs_not_run,
-    runs,
-    start_user_syncs,
-)
+from core.entitlements import EntitlementsUnavailableError, Priority, SyncResult, runs, sync
+from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.models import Trigger, User
 from worker.locks import TTLLock, user_lock
 
@@ -80,7 +68,7 @@ def sync_batch(
     user_ids: list[str],
     trigger: Trigger,
     task_id: str,
-    revocation_budget: RevocationBudget | None = None,
+    revocation_budget: runs.RunRevocationBudget | None = None,
     run_id: int | None = None,
 ) -> BatchOutcome:
     """Sync a batch of users: a small pool of threads fetches, this thread reconciles in bulk.
@@ -100,7 +88,7 @@ def sync_batch(
         return outcome
     if run_id is not None and runs.stopped_by_configuration_error(run_id=run_id):
         # Another batch of the run found the configuration wrong: asking would be refused.
-        record_syncs_not_run(
+        sync.record_syncs_not_run(
             user_ids=user_ids,
             trigger=trigger,
             task_id=task_id,
@@ -108,7 +96,7 @@ def sync_batch(
         )
         outcome.counts[Outcome.FAILED] += len(user_ids)
         return outcome
-    users = start_user_syncs(user_ids=user_ids)
+    users = sync.start_user_syncs(user_ids=user_ids)
     # Deleted between the fan-out and now: nothing left to sync.
     outcome.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
@@ -167,7 +155,7 @@ def fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUs
     try:
         # Bulk priority: a full run leaves the rate limit's reserve to login syncs. The trigger
         # says how fresh: a run a person started asks now, the periodic run may use the cache.
-        answer = fetch_user_answer(user=user, trigger=trigger, priority=Priority.BULK)
+        answer = sync.fetch_user_answer(user=user, trigger=trigger, priority=Priority.BULK)
     except EntitlementsUnavailableError as error:
         return FetchedUser(user=user, lock=lock, unavailable=error)
     except Exception:
@@ -192,7 +180,7 @@ def _finish(
     outcome: BatchOutcome,
     trigger: Trigger,
     task_id: str,
-    revocation_budget: RevocationBudget | None,
+    revocation_budget: runs.RunRevocationBudget | None,
     *,
     stop: _ConfigurationStop,
 ) -> None:
@@ -213,7 +201,7 @@ def _finish(
             counted.add(id(item))
         not_asked = [item.user.pk for item in fetched if item.not_asked]
         if not_asked:
-            record_syncs_not_run(
+            sync.record_syncs_not_run(
                 user_ids=not_asked,
                 trigger=trigger,
                 task_id=task_id,
@@ -223,7 +211,7 @@ def _finish(
             if id(item) in counted:
                 continue
             if item.unavailable is not None:
-                record_sync_unavailable(
+                sync.record_sync_unavailable(
                     user=item.user, trigger=trigger, task_id=task_id, error=item.unavailable
                 )
                 if stop:
@@ -246,7 +234,7 @@ def _reconcile(
     answered: list[FetchedUser],
     trigger: Trigger,
     task_id: str,
-    revocation_budget: RevocationBudget | None,
+    revocation_budget: runs.RunRevocationBudget | None,
 ) -> list[SyncResult | Outcome]:
     """Each user's SyncResult, or the Outcome of a user whose reconcile failed.
 
@@ -257,7 +245,7 @@ def _reconcile(
         return []
     answers = [(item.user, item.answer) for item in answered]
     try:
-        return finish_user_syncs(
+        return sync.finish_user_syncs(
             answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
         )
     except SoftTimeLimitExceeded:
@@ -269,7 +257,7 @@ def _reconcile(
     results: list[SyncResult | Outcome] = []
     for answer in answers:
         try:
-            [result] = finish_user_syncs(
+            [result] = sync.finish_user_syncs(
                 answers=[answer],
                 trigger=trigger,
                 task_id=task_id,

@@ -13,7 +13,6 @@ from celery import shared_task
 
 from core.entitlements import (
     EntitlementsUnavailableError,
-    RunRevocationBudget,
     SyncResult,
     TaskName,
     enqueue_outstanding_requests,
@@ -117,7 +116,7 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -
         trigger=trigger,
         task_id=self.request.id or "",
         # The run's budget: beyond it, the batch holds revocations instead of applying them.
-        revocation_budget=RunRevocationBudget(run_id=run_id),
+        revocation_budget=runs.RunRevocationBudget(run_id=run_id),
         run_id=run_id,
     )
     if outcome.retry_user_ids and may_retry(retries=retries):

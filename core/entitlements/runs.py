@@ -16,6 +16,9 @@ from django.utils import timezone
 from core import metrics
 from core.entitlements.configuration_errors import report_run_stopped
 from core.entitlements.reconcile import SyncResult
+
+# A run's batches reconcile under its budget: part of what a run is, so offered here.
+from core.entitlements.revocation_budget import RunRevocationBudget as RunRevocationBudget
 from core.entitlements.revocation_budget import new_run_budget
 from core.models import EntitlementSyncState, SyncRun, Trigger
 

@@ -5,7 +5,7 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
-from core.entitlements import RunRevocationBudget
+from core.entitlements.revocation_budget import RunRevocationBudget
 from core.entitlements.runs import start_run
 from core.models import (
     AccessAuditEntry,

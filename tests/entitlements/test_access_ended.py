@@ -8,11 +8,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from core.entitlements import (
-    RunRevocationBudget,
-    grant_accesses_for_new_domains,
-    sync_user_entitlements,
-)
+from core.entitlements import grant_accesses_for_new_domains, sync_user_entitlements
+from core.entitlements.revocation_budget import RunRevocationBudget
 from core.models import (
     EntitlementSyncState,
     HeldRevocation,

@@ -3,11 +3,8 @@ discard an operator applies."""
 
 import pytest
 
-from core.entitlements import (
-    RunRevocationBudget,
-    discard_held_revocations,
-    release_held_revocations,
-)
+from core.entitlements import discard_held_revocations, release_held_revocations
+from core.entitlements.revocation_budget import RunRevocationBudget
 from core.models import AccessAuditEntry, HeldRevocation, MailDomainAccess, User
 from core.selectors import pending_held_revocations
 from tests.support.revocations import names_of, reconcile, run_with_budget

@@ -10,13 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.entitlements import (
-    EntitlementsUnavailableError,
-    UpstreamAnswer,
-    get_backend,
-    sync_user_entitlements,
-)
-from core.entitlements.backends.base import AnswerKind
+from core.entitlements import EntitlementsUnavailableError, get_backend, sync_user_entitlements
+from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests import figures
 from tests.deploycenter_stub import ALPHA_SIRET

@@ -6,8 +6,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from core.entitlements import UpstreamAnswer, grant_accesses_for_new_domains
-from core.entitlements.backends.base import AnswerKind
+from core.entitlements import grant_accesses_for_new_domains
+from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.reconcile import (
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,

@@ -7,11 +7,8 @@ import pytest
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
-from core.entitlements import (
-    RunRevocationBudget,
-    discard_held_revocations,
-)
-from core.entitlements.revocation_budget import new_run_budget
+from core.entitlements import discard_held_revocations
+from core.entitlements.revocation_budget import RunRevocationBudget, new_run_budget
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,

@@ -9,7 +9,7 @@ import time
 from django.core.management import call_command
 from django.db import connections
 
-from core.entitlements import RunRevocationBudget
+from core.entitlements.revocation_budget import RunRevocationBudget
 from core.entitlements.runs import start_run
 from core.models import (
     AccessAuditEntry,

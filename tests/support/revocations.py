@@ -1,6 +1,6 @@
 """Reconciling with a run's revocation budget, as the revocation tests do."""
 
-from core.entitlements import UpstreamAnswer
+from core.entitlements.backends.base import UpstreamAnswer
 from core.entitlements.reconcile import reconcile_admin_accesses
 from core.models import MailDomainAccess, SyncRun
 

@@ -4,8 +4,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from core.entitlements import UpstreamAnswer
-from core.entitlements.backends.base import AnswerKind, EntitlementsBackend
+from core.entitlements.backends.base import AnswerKind, EntitlementsBackend, UpstreamAnswer
 
 SCRIPTED_BACKEND = "tests.support.scripted_backend.ScriptedBackend"
 

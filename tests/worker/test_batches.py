@@ -7,8 +7,8 @@ from typing import Any
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from core.entitlements import RunRevocationBudget, UpstreamAnswer
-from core.entitlements.backends.base import EntitlementsBackend
+from core.entitlements.backends.base import EntitlementsBackend, UpstreamAnswer
+from core.entitlements.revocation_budget import RunRevocationBudget
 from core.entitlements.runs import start_run
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, SyncRun, User
 from worker.batches import sync_batch
