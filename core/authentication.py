@@ -51,8 +51,11 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
         if not sub:
             return self.UserModel.objects.none()
         users = self.UserModel.objects.filter(sub=sub)
+        # The setting first: with the fallback off (the default) a login costs no extra query.
+        if not settings.OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION:
+            return users
         email = normalize_email(claims.get("email", ""))
-        if users.exists() or not email or not settings.OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION:
+        if not email or users.exists():
             return users
         return self.UserModel.objects.filter(Q(sub__isnull=True) | Q(sub=""), email=email)
 
