@@ -9,7 +9,7 @@ class CoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from core.entitlements import get_backend
+        from core.entitlements.factory import get_backend
 
         # Build the entitlements backend now: a wrong ENTITLEMENTS_BACKEND(_PARAMETERS) stops
         # every process at start-up (web, worker, beat, manage.py) with a message naming it,

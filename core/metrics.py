@@ -10,7 +10,7 @@ What lives in shared stores (queues, the circuit, backlogs) is read at scrape ti
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,7 +28,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from core.entitlements.backends.base import AnswerKind
 from core.models import EntitlementSyncState, HeldRevocation, SyncRun, Trigger
 
 logger = logging.getLogger(__name__)
@@ -36,6 +35,18 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "messages_entitlements"
 # The worker's queues (worker/queues.py; core never imports the worker, a test checks they agree).
 QUEUES = ("interactive", "bulk")
+# The classes of an upstream answer (AnswerKind's values; a test checks they agree). Spelled
+# here: the entitlements package imports this module, which must not import it back.
+ANSWERS = (
+    "authoritative",
+    "no_information",
+    "access_ended",
+    "invalid",
+    "bad_request",
+    "not_asked",
+    "configuration",
+    "unavailable",
+)
 OTHER = "other"
 
 _TRIGGERS = frozenset(Trigger.values)
@@ -43,7 +54,7 @@ _SYNC_STATUSES = frozenset(EntitlementSyncState.Status.values)
 _RUN_STATUSES = frozenset(SyncRun.Status.values)
 _SCOPES = frozenset(SyncRun.Scope.values)
 _RESOLUTIONS = frozenset(HeldRevocation.Resolution.values)
-_ANSWERS = frozenset(AnswerKind)
+_ANSWERS = frozenset(ANSWERS)
 _TRANSITIONS = frozenset({"opened", "reopened", "closed"})
 _REFUSALS = frozenset({"circuit_open", "rate_limited"})
 _PRIORITIES = frozenset(QUEUES)
@@ -247,7 +258,10 @@ def process_exited(*, pid: int) -> None:
 class SharedStateCollector(Collector):
     """What lives in shared stores, read at each scrape with cheap queries: queue depths
     (Redis LLEN), requests waiting for the sweep and pending held revocations (two counts),
-    the end of the last full run, the circuit's state."""
+    the end of the last full run, the circuit's state (read by `read_circuit_state`)."""
+
+    def __init__(self, read_circuit_state: Callable[[], str]):
+        self._read_circuit_state = read_circuit_state
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         readings = (
@@ -311,9 +325,7 @@ class SharedStateCollector(Collector):
             )
 
     def _circuit(self) -> Iterable[GaugeMetricFamily]:
-        from core.entitlements import upstream_status
-
-        state = upstream_status()["circuit"]["state"]
+        state = self._read_circuit_state()
         family = GaugeMetricFamily(
             f"{NAMESPACE}_circuit_state",
             "The shared circuit breaker: 1 for its current state.",
@@ -324,14 +336,15 @@ class SharedStateCollector(Collector):
         yield family
 
 
-def render() -> bytes:
-    """The whole service's metrics in Prometheus' text format."""
+def render(*, read_circuit_state: Callable[[], str]) -> bytes:
+    """The whole service's metrics in Prometheus' text format; the caller tells how to read
+    the circuit's state ("closed", "open" or "half_open") at scrape time."""
     registry = CollectorRegistry(auto_describe=True)
     if settings.PROMETHEUS_MULTIPROC_DIR:
         multiprocess.MultiProcessCollector(registry, path=settings.PROMETHEUS_MULTIPROC_DIR)
     else:
         registry.register(_OwnMetrics())
-    registry.register(SharedStateCollector())
+    registry.register(SharedStateCollector(read_circuit_state))
     return generate_latest(registry)
 
 

@@ -31,8 +31,9 @@ class Trigger(models.TextChoices):
     SWEEP = "sweep", "Sweep of requests that never ran"
     PROVISIONING = "provisioning", "Provisioning API"
     RELEASE = "release", "Release of held revocations"
-    # A task sent by hand outside the app's own doors (Flower's apply, `celery call`).
-    MANUAL = "manual", "By hand (Flower, celery call)"
+    # A task sent by hand outside the app's own doors (Flower's apply, `celery call`). Its
+    # stored value stays "manual"; not to be confused with MailDomainAccess.Source.MANUAL.
+    HAND_SENT_TASK = "manual", "By hand (Flower, celery call)"
 
 
 class UserManager(BaseUserManager):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from core.entitlements.requests import request_sync
+from core.entitlements.sync_requests import request_sync
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.support import wait_until

@@ -44,7 +44,34 @@ def test_outside_the_package_entitlements_are_used_through_their_door(path):
         return
     inner = [name for name in _imports(path) if name.startswith("core.entitlements.")]
     # A backend is an extension point: custom backends subclass the base interface.
-    assert [name for name in inner if name != "core.entitlements.backends.base"] == []
+    allowed = {"core.entitlements.backends.base", *_CONFIGURATION_READERS.get(module, ())}
+    assert [name for name in inner if name not in allowed] == []
+
+
+# Who may read the backend's configuration where it is built, not through the door: the app's
+# start-up (a wrong backend stops every process) and the admin showing the claims forwarded.
+_CONFIGURATION_READERS = {
+    "core.apps": {"core.entitlements.factory"},
+    "core.admin.common": {"core.entitlements.factory"},
+}
+
+
+def test_the_door_exports_at_most_twelve_names_and_no_module():
+    import types
+
+    import core.entitlements as door
+
+    assert len(door.__all__) <= 12
+    assert not [name for name in door.__all__ if isinstance(getattr(door, name), types.ModuleType)]
+
+
+def test_the_metrics_never_import_the_entitlements_package():
+    """core.metrics is imported by the package: importing it back would make a cycle."""
+    assert not [
+        name
+        for name in _imports(REPO / "core" / "metrics.py")
+        if name.startswith("core.entitlements")
+    ]
 
 
 @pytest.mark.parametrize(

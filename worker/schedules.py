@@ -6,8 +6,8 @@ from django.apps import apps as global_apps
 from django.conf import settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from core.entitlements import TaskName
 from core.models import Trigger
+from core.task_names import TaskName
 
 FULL_RESYNC_NAME = "entitlements: resync all admins"
 SWEEP_NAME = "entitlements: sweep sync requests that never ran"

@@ -61,9 +61,9 @@ def sync_user_entitlements(
     The answer is as fresh as `answer_needed_since` says for the trigger and the user's latest
     recorded request; a dry run serves no recorded request, so it asks now.
 
-    Raises User.DoesNotExist for an unknown id, and EntitlementsUnavailableError (after
-    recording it) when the upstream is down and no stale answer is usable: retry later.
-    Every other upstream failure is recorded and returned, and changes no access. `priority`
+    Raises User.DoesNotExist for an unknown id. Every upstream failure is recorded and
+    returned, and changes no access: an `unavailable` result (the upstream is down and no
+    stale answer is usable) is worth another try later. `priority`
     says whether a person waits (login, manual) or a bulk run does, for the upstream rate limit.
     A user's own sync is never held by a revocation budget: their fresh answer is theirs.
     """
@@ -80,7 +80,12 @@ def sync_user_entitlements(
             _log_unavailable(user, trigger=trigger, error=error)
         else:
             record_sync_unavailable(user=user, trigger=trigger, task_id=task_id, error=error)
-        raise
+        return SyncResult(
+            user_id=str(user.pk),
+            trigger=trigger,
+            status=str(EntitlementSyncState.Status.UNAVAILABLE),
+            error_code=error.error_code,
+        )
     result = reconcile_admin_accesses(
         user=user, answer=answer, trigger=trigger, task_id=task_id, dry_run=dry_run
     )

@@ -7,9 +7,9 @@ from django.conf import settings
 from django.core.cache import cache
 from django_redis import get_redis_connection
 
-from core.entitlements import EntitlementsUnavailableError
 from core.entitlements.backends.base import AnswerKind
 from core.entitlements.cache import cache_key, fetch_entitlements
+from core.entitlements.errors import EntitlementsUnavailableError
 from core.models import User
 
 ADMIN_DOMAINS = ("alpha.example.org", "beta.example.org")

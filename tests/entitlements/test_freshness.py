@@ -9,10 +9,10 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from core.entitlements import EntitlementsUnavailableError, sync_user_entitlements
+from core.entitlements import sync_run_batch, sync_user_entitlements
 from core.entitlements.cache import cache_key, fetch_entitlements
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
-from worker.batches import sync_batch
+from tests.factories import SyncRunFactory
 
 ADMIN = "admin@alpha.example.org"
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
@@ -126,8 +126,9 @@ def test_past_the_stale_window_a_persons_request_is_unavailable(
     cache.set(cache_key(admin.pk), entry)
     deploycenter_backend.fail_with(503)
 
-    with pytest.raises(EntitlementsUnavailableError):
-        sync_user_entitlements(user_id=admin.pk, trigger="admin")
+    result = sync_user_entitlements(user_id=admin.pk, trigger="admin")
+
+    assert result.status == "unavailable"
 
 
 def test_a_dry_run_asks_now(deploycenter_backend, admin):
@@ -150,7 +151,10 @@ def test_a_run_a_person_started_asks_now_the_periodic_one_may_not(
     sync_user_entitlements(user_id=admin.pk, trigger="login")
     deploycenter_backend.set_admin_domains(ADMIN, [ALPHA])
 
-    outcome = sync_batch(user_ids=[str(admin.pk)], trigger=trigger, task_id=f"batch-{trigger}")
+    run = SyncRunFactory(status="running", trigger=trigger, revoke_budget=10)
+    outcome = sync_run_batch(
+        run_id=run.pk, user_ids=[str(admin.pk)], trigger=trigger, task_id=f"batch-{trigger}"
+    )
 
     assert outcome.counts
     assert deploycenter_backend.calls == calls

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from core.entitlements import EntitlementsUnavailableError, sync_user_entitlements
+from core.entitlements import sync_user_entitlements
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 
 SIRET = "12345678900017"
@@ -118,8 +118,9 @@ def test_unavailable_upstream_is_recorded_and_raised(deploycenter_backend, domai
     )
     deploycenter_backend.fail_with(503)
 
-    with pytest.raises(EntitlementsUnavailableError):
-        sync_user_entitlements(user_id=user.pk, trigger="login", task_id="task-2")
+    result = sync_user_entitlements(user_id=user.pk, trigger="login", task_id="task-2")
+
+    assert (result.status, result.error_code, result.changed) == ("unavailable", "http_503", False)
 
     state = EntitlementSyncState.objects.get(user=user)
     assert (state.status, state.error_code, state.last_task_id) == (

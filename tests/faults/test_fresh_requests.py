@@ -13,7 +13,8 @@ from django.db import connection
 from django.db.models import F
 from django.urls import reverse
 
-from core.entitlements import RequestOutcome, request_sync
+from core.entitlements import request_sync
+from core.entitlements.receipts import RequestOutcome
 from core.models import EntitlementSyncState, Trigger
 from tests.faults.conftest import ALPHA, BETA, fault_seed, synced_domains, upstream_calls_by_email
 from tests.support import wait_until

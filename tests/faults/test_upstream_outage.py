@@ -16,7 +16,7 @@ import pytest
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from core.entitlements.requests import request_full_resync, request_sync
+from core.entitlements.sync_requests import request_resync, request_sync
 from core.models import EntitlementSyncState, MailDomainAccess, SyncRun
 from tests.deploycenter_stub import DeployCenterStub
 from tests.faults.conftest import ALPHA, BETA, synced_domains
@@ -92,7 +92,7 @@ def calls_in(log: str) -> list[tuple[str, str]]:
 def run_and_wait(*, timeout: float = 120) -> SyncRun:
     """Start a full run as beat would, wait until it is done, return its row."""
     started = timezone.now()
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     return wait_until(
         lambda: SyncRun.objects.filter(
             started_at__gte=started, status=SyncRun.Status.DONE, users_enqueued__gt=0

@@ -20,7 +20,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from core.entitlements.requests import request_sync
+from core.entitlements.sync_requests import request_sync
+from core.locks import user_lock
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain
 from tests.faults.conftest import (
     ALPHA,
@@ -32,7 +33,6 @@ from tests.faults.conftest import (
     upstream_calls_by_email,
 )
 from tests.support import wait_until
-from worker.locks import user_lock
 
 UPSTREAM_LATENCY = 0.4
 # Where a kill lands; each is drawn several times per run, in random order, at random delays.

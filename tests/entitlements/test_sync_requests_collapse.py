@@ -3,7 +3,8 @@ one made once a sync started (or ended) gets a task of its own, whose sync start
 
 from django.utils import timezone
 
-from core.entitlements import RequestOutcome, request_sync
+from core.entitlements import request_sync
+from core.entitlements.receipts import RequestOutcome
 from core.entitlements.sync import start_user_syncs
 from core.models import EntitlementSyncState
 
