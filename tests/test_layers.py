@@ -81,3 +81,25 @@ def test_the_metrics_never_import_the_entitlements_package():
 )
 def test_no_module_of_core_or_worker_is_over_the_size_a_reader_holds(path):
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
+
+
+def test_every_error_of_the_entitlements_package_is_an_entitlements_error():
+    """Public ones: a private error (a leading underscore) never leaves its module."""
+    import inspect
+    import pkgutil
+    from importlib import import_module
+
+    import core.entitlements as package
+    from core.entitlements.errors import EntitlementsError
+
+    errors = [
+        error
+        for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+        for name, error in inspect.getmembers(import_module(module.name), inspect.isclass)
+        if issubclass(error, Exception)
+        and error.__module__ == module.name
+        and not name.startswith("_")
+    ]
+
+    assert errors, "the package defines errors"
+    assert [error for error in errors if not issubclass(error, EntitlementsError)] == []

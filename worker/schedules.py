@@ -27,7 +27,7 @@ def ensure_periodic_tasks(*, apps=global_apps, **kwargs) -> None:
     except LookupError:
         # beat's tables are not migrated yet (a partial `migrate`): next time.
         return
-    resync_every = settings.ENTITLEMENTS_RESYNC_INTERVAL
+    resync_every = settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS
     _ensure(
         name=FULL_RESYNC_NAME,
         task=TaskName.SYNC_ALL_ADMINS,

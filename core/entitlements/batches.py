@@ -112,7 +112,7 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
         return tally
     # The run's budget: beyond it, the batch holds revocations instead of applying them.
     budget = RunRevocationBudget(run_id=run_id)
-    users = sync.start_user_syncs(user_ids=user_ids)
+    users = sync.load_users_starting_sync(user_ids=user_ids)
     # Deleted between the fan-out and now: nothing left to sync.
     tally.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
@@ -259,7 +259,7 @@ def _reconcile(
         return []
     answers = [(item.user, item.answer) for item in answered]
     try:
-        return sync.finish_user_syncs(
+        return sync.reconcile_fetched_answers(
             answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
         )
     except SoftTimeLimitExceeded:
@@ -271,7 +271,7 @@ def _reconcile(
     results: list[SyncResult | Outcome] = []
     for answer in answers:
         try:
-            [result] = sync.finish_user_syncs(
+            [result] = sync.reconcile_fetched_answers(
                 answers=[answer],
                 trigger=trigger,
                 task_id=task_id,

@@ -41,7 +41,7 @@ def loses_everything_after_identity_change(
     )
 
 
-def hold_identity_changes(
+def hold_revocations_after_identity_change(
     *,
     answers: Sequence[tuple[Any, Any]],
     plans: Sequence[Any],

@@ -13,7 +13,11 @@ from core.chunks import chunked
 from core.entitlements.access_ended import confirmed_ended
 from core.entitlements.accesses import Grant, Revocation, grant_accesses, revoke_accesses
 from core.entitlements.backends.base import AnswerKind, CacheStatus, UpstreamAnswer
-from core.entitlements.identity import IDENTITY_CHANGED, hold_identity_changes, upstream_identity
+from core.entitlements.identity import (
+    IDENTITY_CHANGED,
+    hold_revocations_after_identity_change,
+    upstream_identity,
+)
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, Trigger, User
 
 Status = EntitlementSyncState.Status
@@ -162,7 +166,7 @@ def _checked_plans(
 ) -> list["_Plan"]:
     """The plans, with the ended-access and identity rules applied (holds written if `write`)."""
     plans = _plans(answers, ended=confirmed_ended(answers=answers, states=states, in_run=in_run))
-    hold_identity_changes(answers=answers, plans=plans, states=states, write=write)
+    hold_revocations_after_identity_change(answers=answers, plans=plans, states=states, write=write)
     return plans
 
 

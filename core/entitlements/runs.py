@@ -82,7 +82,7 @@ def batch_expiry_seconds() -> int:
     One resync interval: by then the next periodic run covers its users again, so a slow run
     never piles up behind the next one.
     """
-    return settings.ENTITLEMENTS_RESYNC_INTERVAL
+    return settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS
 
 
 def start_run(

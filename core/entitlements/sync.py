@@ -37,7 +37,7 @@ _MAY_USE_FRESH_WINDOW = frozenset({Trigger.PERIODIC})
 def answer_needed_since(*, trigger: Trigger, requested_at: datetime | None) -> datetime | None:
     """The freshness rule: the moment a sync's answer must have been asked at or after.
 
-    None for the periodic run: a cached answer inside ENTITLEMENTS_CACHE_TIMEOUT will do.
+    None for the periodic run: a cached answer inside ENTITLEMENTS_CACHE_TIMEOUT_SECONDS will do.
     A person's request needs an answer asked after it was made (`requested_at`; now when the
     sync serves no recorded request): in practice it asks the upstream, unless another sync of
     the same user asked since the request (a login storm collapses into few calls). Either
@@ -95,11 +95,11 @@ def sync_user_entitlements(
     return result
 
 
-def start_user_syncs(*, user_ids: Iterable[uuid.UUID | str]) -> list[User]:
+def load_users_starting_sync(*, user_ids: Iterable[uuid.UUID | str]) -> list[User]:
     """Load the users (with their sync state) and record their syncs started: two queries.
 
     The first step of a batch sync: then fetch_user_answer for each user (threads welcome: it
-    makes no database query), then finish_user_syncs. Unknown ids are left out of the list.
+    makes no database query), then reconcile_fetched_answers. Unknown ids are left out of the list.
     """
     users = list(User.objects.select_related("sync_state").filter(pk__in=list(user_ids)))
     _mark_started(users)
@@ -132,7 +132,7 @@ def fetch_user_answer(
     )
 
 
-def finish_user_syncs(
+def reconcile_fetched_answers(
     *,
     answers: Sequence[UserAnswer],
     trigger: Trigger,

@@ -28,7 +28,7 @@ DAY = 24 * 3600
 @pytest.fixture
 def admin(db, deploycenter_backend, settings):
     """The stub's admin after a sync: alpha and beta granted, gamma named but not provisioned."""
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
     settings.ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS = DAY
     for name in (ALPHA, BETA):

@@ -18,7 +18,7 @@ CLAIMS = {"siret": "12345678900017"}
 
 @pytest.fixture(autouse=True)
 def _short_windows(settings):
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 300
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 300
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 3600
 
 
@@ -168,7 +168,7 @@ def test_entry_lives_for_the_stale_window_and_its_key_holds_no_email(deploycente
 
 def test_stale_window_counts_from_the_fetch(deploycenter_backend, admin, settings):
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 1
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     _fetch(admin)
     deploycenter_backend.fail_with(503)
     assert _fetch(admin).cache == "stale"

@@ -23,7 +23,7 @@ PERSONS = ["login", "admin", "command", "sweep"]
 @pytest.fixture(autouse=True)
 def _real_windows(settings, db):
     """The production windows: five minutes fresh, six hours stale."""
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 300
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 300
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 6 * 3600
     for name in (ALPHA, BETA):
         MailDomain.objects.create(name=name)

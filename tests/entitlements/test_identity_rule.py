@@ -27,7 +27,7 @@ ADMIN = "admin@alpha.example.org"
 @pytest.fixture
 def admin(db, deploycenter_backend, settings):
     """The stub's admin after a first sync: alpha and beta granted, their e-mail recorded."""
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
     for name in (ALPHA, BETA):
         MailDomain.objects.create(name=name)
@@ -157,7 +157,7 @@ def test_a_dry_run_shows_the_hold_and_writes_nothing(admin):
 
 
 def test_a_users_first_sync_is_never_held(db, deploycenter_backend, settings):
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     alpha = MailDomain.objects.create(name=ALPHA)
     user = User.objects.create_user(email="Admin@alpha.example.org", sub="sub-x")
     EntitlementSyncState.objects.create(user=user, forwarded_claims={"siret": ALPHA_SIRET})

@@ -132,7 +132,7 @@ def test_unavailable_upstream_is_recorded_and_raised(deploycenter_backend, domai
 
 
 def test_stale_answer_is_used_and_marked(deploycenter_backend, domains, settings):
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     user = _user()
     sync_user_entitlements(user_id=user.pk, trigger="login")
     deploycenter_backend.fail_with(503)

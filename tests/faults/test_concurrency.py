@@ -30,8 +30,8 @@ CONCURRENCY_SETTINGS = {
     "ENTITLEMENTS_SYNC_BATCH_SIZE": 3,
     "ENTITLEMENTS_SYNC_BATCH_CONCURRENCY": 3,
     "ENTITLEMENTS_SYNC_MAX_RETRIES": 8,
-    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY": 0.1,
-    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY": 1,
+    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS": 0.1,
+    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS": 1,
     # The mix changes every answer twice: a run may revoke far past the 10 % budget, which would
     # hold revocations (and log an ERROR) by design. The budget has its own tests; here it stays
     # out of the way so the end state is the upstream's.

@@ -26,8 +26,8 @@ ALPHA, BETA, GAMMA = "alpha.example.org", "beta.example.org", "gamma.example.org
 
 @pytest.fixture
 def fast_retries(settings):
-    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY = 0.05
-    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY = 0.2
+    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS = 0.05
+    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS = 0.2
     settings.ENTITLEMENTS_SYNC_MAX_RETRIES = 5
 
 
@@ -315,7 +315,7 @@ class TestFullResync:
         stale = SyncRun.objects.create(trigger="periodic")
         SyncRun.objects.filter(pk=stale.pk).update(
             started_at=timezone.now()
-            - timezone.timedelta(seconds=settings.ENTITLEMENTS_RESYNC_INTERVAL + 1)
+            - timezone.timedelta(seconds=settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS + 1)
         )
 
         totals = worker.send_task("entitlements.sync_all_admins", args=["periodic"]).get(timeout=20)
