@@ -142,12 +142,8 @@ def _record_and_claim(
     any process.
     """
     states = EntitlementSyncState.objects.filter(user_id=user_id)
-    no_task_waiting = (
-        Q(enqueued_at__isnull=True)
-        | Q(enqueued_at__lt=not_enqueued_since)
-        | Q(started_at__gte=F("enqueued_at"))
-    )
-    if states.filter(no_task_waiting).update(enqueued_at=now, status=_PENDING_IF_NEVER, **fields):
+    no_task_waiting = states.without_task_waiting(queued_since=not_enqueued_since)
+    if no_task_waiting.update(enqueued_at=now, status=_PENDING_IF_NEVER, **fields):
         return True
     if states.update(status=_PENDING_IF_NEVER, **fields):
         return False

@@ -111,13 +111,9 @@ class Command(BaseCommand):
     def _wait_for_user(self, user: User, *, requested_at, timeout: float) -> None:
         """Wait for a sync that started after the request to finish, then say what it did."""
 
-        def served(state: EntitlementSyncState) -> bool:
-            started, finished = state.started_at, state.finished_at
-            return bool(started and finished and started >= requested_at and finished >= started)
-
         state = _poll(
             lambda: EntitlementSyncState.objects.get(user=user),
-            until=served,
+            until=lambda state: state.is_served(requested_at) and not state.is_running(),
             deadline=time.monotonic() + timeout,
             timeout_message=f"No sync of {user.email} finished within {timeout:g} s; is a "
             "worker serving the interactive queue? The request stays recorded.",
