@@ -71,8 +71,6 @@ if settings.PROMETHEUS_MULTIPROC_DIR:
 
 # Our metrics, when each process keeps its own (no PROMETHEUS_MULTIPROC_DIR).
 _REGISTRY = CollectorRegistry(auto_describe=True)
-# Off only in the benchmark that weighs what recording costs.
-_enabled = True
 
 SYNCS = Counter(
     "syncs",
@@ -176,22 +174,13 @@ def _bounded(value: object, allowed: frozenset[str]) -> str:
     return text if text in allowed else OTHER
 
 
-def set_enabled(enabled: bool) -> None:
-    """Record or not (the benchmark compares the two in one process)."""
-    global _enabled
-    _enabled = enabled
-
-
 def sync_ended(*, trigger: str, outcome: str) -> None:
     """One user's sync ended with `outcome` (its sync state's status)."""
-    if _enabled:
-        SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(outcome, _SYNC_STATUSES)).inc()
+    SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(outcome, _SYNC_STATUSES)).inc()
 
 
 def accesses_changed(*, granted: int = 0, revoked: int = 0, trigger: str) -> None:
     """Accesses the sync granted or revoked, counted once where they are written."""
-    if not _enabled:
-        return
     trigger = _bounded(trigger, _TRIGGERS)
     if granted:
         GRANTED.labels(trigger).inc(granted)
@@ -201,46 +190,41 @@ def accesses_changed(*, granted: int = 0, revoked: int = 0, trigger: str) -> Non
 
 def revocations_held(*, count: int) -> None:
     """A run held `count` revocations at its budget."""
-    if _enabled and count:
+    if count:
         HELD.inc(count)
 
 
 def held_revocations_resolved(*, resolution: str, count: int) -> None:
     """An operator resolved `count` held revocations this way."""
-    if _enabled and count:
+    if count:
         RESOLVED.labels(_bounded(resolution, _RESOLUTIONS)).inc(count)
 
 
 def upstream_answered(*, answer: str, seconds: float) -> None:
     """One request to the entitlements service was classified as `answer` after `seconds`."""
-    if _enabled:
-        answer = _bounded(answer, _ANSWERS)
-        UPSTREAM_CALLS.labels(answer).inc()
-        UPSTREAM_SECONDS.labels(answer).observe(seconds)
+    answer = _bounded(answer, _ANSWERS)
+    UPSTREAM_CALLS.labels(answer).inc()
+    UPSTREAM_SECONDS.labels(answer).observe(seconds)
 
 
 def upstream_refused(*, reason: str) -> None:
     """The guard refused a request: circuit_open or rate_limited."""
-    if _enabled:
-        UPSTREAM_REFUSED.labels(_bounded(reason, _REFUSALS)).inc()
+    UPSTREAM_REFUSED.labels(_bounded(reason, _REFUSALS)).inc()
 
 
 def circuit_transition(*, transition: str) -> None:
     """The shared circuit changed state (other values, e.g. "counted", are not transitions)."""
-    if _enabled and transition in _TRANSITIONS:
+    if transition in _TRANSITIONS:
         CIRCUIT_TRANSITIONS.labels(transition).inc()
 
 
 def rate_limit_waited(*, priority: str, seconds: float) -> None:
     """A caller got its token (or gave up) after waiting `seconds`."""
-    if _enabled:
-        RATE_LIMIT_WAIT.labels(_bounded(priority, _PRIORITIES)).observe(seconds)
+    RATE_LIMIT_WAIT.labels(_bounded(priority, _PRIORITIES)).observe(seconds)
 
 
 def run_ended(*, scope: str, status: str, seconds: float, users: int) -> None:
     """A resync run ended: its status, duration and pace."""
-    if not _enabled:
-        return
     scope = _bounded(scope, _SCOPES)
     RUNS.labels(scope, _bounded(status, _RUN_STATUSES)).inc()
     RUN_SECONDS.labels(scope).observe(seconds)

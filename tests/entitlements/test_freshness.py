@@ -9,7 +9,7 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from core.entitlements import sync_run_batch, sync_user_entitlements
+from core.entitlements import plan_sync, sync_run_batch, sync_user_entitlements
 from core.entitlements.cache import cache_key, fetch_entitlements
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.factories import SyncRunFactory
@@ -135,7 +135,7 @@ def test_a_dry_run_asks_now(deploycenter_backend, admin):
     sync_user_entitlements(user_id=admin.pk, trigger="login")
     deploycenter_backend.set_admin_domains(ADMIN, [ALPHA])
 
-    result = sync_user_entitlements(user_id=admin.pk, trigger="command", dry_run=True)
+    result = plan_sync(user_id=admin.pk)
 
     assert (result.cache, result.removed) == ("miss", [BETA])
     assert _rights(admin) == {ALPHA, BETA}

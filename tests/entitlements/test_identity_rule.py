@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from core.authentication import email_from_login
-from core.entitlements import release_held_revocations, sync_user_entitlements
+from core.entitlements import plan_sync, release_held_revocations, sync_user_entitlements
 from core.entitlements.identity import upstream_identity
 from core.entitlements.revocation_budget import new_run_budget
 from core.models import (
@@ -149,7 +149,7 @@ def test_without_an_email_change_losing_everything_is_a_plain_revocation(
 def test_a_dry_run_shows_the_hold_and_writes_nothing(admin):
     change_email(admin, "Admin@alpha.example.org")
 
-    result = sync(admin, dry_run=True)
+    result = plan_sync(user_id=admin.pk)
 
     assert (result.status, result.held, result.removed) == ("revocations_held", [ALPHA, BETA], [])
     assert not HeldRevocation.objects.exists()
