@@ -1,17 +1,20 @@
 """The sync itself: of one user, or of a batch: bookkeeping, fetch through the cache, reconcile."""
 
 import logging
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from django.utils import timezone
 
 from core import metrics
+from core.entitlements import cache
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
-from core.entitlements.cache import fetch_entitlements
 from core.entitlements.configuration_errors import report_configuration_error
 from core.entitlements.errors import EntitlementsUnavailableError
+from core.entitlements.factory import get_backend
 from core.entitlements.reconcile import (
     RevocationBudget,
     SyncResult,
@@ -19,7 +22,7 @@ from core.entitlements.reconcile import (
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
-from core.entitlements.upstream_guard import Priority
+from core.entitlements.upstream_guard import Priority, admit_upstream_call
 from core.models import EntitlementSyncState, Trigger, User
 
 logger = logging.getLogger(__name__)
@@ -108,23 +111,54 @@ def fetch_user_answer(
     requested_at: datetime | None = None,
     priority: Priority = Priority.INTERACTIVE,
 ) -> UpstreamAnswer:
-    """The user's classified answer, through the shared cache and the upstream guard.
+    """The user's classified answer: cached if fresh enough, else asked upstream, else stale.
 
     As fresh as `answer_needed_since(trigger=, requested_at=)` says: a run's batch passes no
     `requested_at`, so a run a person started asks now and the periodic run may use the cache.
-    Reads the forwarded claims of a user loaded with their sync state (select_related), so it
-    makes no database query. Raises EntitlementsUnavailableError.
+    When the upstream is unavailable (an open circuit or an exhausted rate limit counts), the
+    cached answer is served as stale while younger than ENTITLEMENTS_STALE_FALLBACK_SECONDS;
+    past that, EntitlementsUnavailableError. Reads the forwarded claims of a user loaded with
+    their sync state (select_related), so it makes no database query.
     """
     try:
         forwarded_claims = user.sync_state.forwarded_claims
     except EntitlementSyncState.DoesNotExist:
         forwarded_claims = {}
-    return fetch_entitlements(
+    fresh = cache.read_fresh_answer(
         user=user,
         forwarded_claims=forwarded_claims,
-        fetched_since=answer_needed_since(trigger=trigger, requested_at=requested_at),
-        priority=priority,
+        asked_since=answer_needed_since(trigger=trigger, requested_at=requested_at),
     )
+    if fresh is not None:
+        return fresh
+    # The answer dates from when it was asked: one asked before a request cannot honour it,
+    # even if it arrives after.
+    asked_at = time.time()
+    answer = _ask_upstream(user=user, forwarded_claims=forwarded_claims, priority=priority)
+    if answer.kind is not AnswerKind.UNAVAILABLE:
+        cache.store_answer(
+            user=user, forwarded_claims=forwarded_claims, answer=answer, asked_at=asked_at
+        )
+        return answer
+    stale = cache.read_stale_answer(user=user, forwarded_claims=forwarded_claims)
+    if stale is not None:
+        return stale
+    raise EntitlementsUnavailableError(answer.error_code)
+
+
+def _ask_upstream(
+    *, user: User, forwarded_claims: Mapping[str, Any], priority: Priority
+) -> UpstreamAnswer:
+    """One call to the backend; a remote one only if the guard admits it, told how it went."""
+    backend = get_backend()
+    if not backend.guard_upstream_calls:
+        return backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
+    with admit_upstream_call(priority=priority) as call:
+        if call.refused:
+            return UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, call.refused)
+        answer = backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
+        call.record(available=answer.kind is not AnswerKind.UNAVAILABLE)
+    return answer
 
 
 def finish_user_syncs(
