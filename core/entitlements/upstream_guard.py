@@ -83,7 +83,7 @@ def admit_upstream_call(
     try:
         yield call
     finally:
-        if call.breaker and call.admission and not call.recorded:
+        if call.breaker is not None and call.admission is not None and not call.recorded:
             _give_back(call.breaker, call.admission)
 
 
