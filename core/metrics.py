@@ -65,7 +65,7 @@ _enabled = True
 
 SYNCS = Counter(
     "syncs",
-    "User syncs that ended, by trigger and outcome (the sync state's status).",
+    "User syncs that ended, by trigger and sync status (its label keeps the name outcome).",
     ["trigger", "outcome"],
     namespace=NAMESPACE,
     registry=_REGISTRY,
@@ -171,10 +171,10 @@ def set_enabled(enabled: bool) -> None:
     _enabled = enabled
 
 
-def sync_ended(*, trigger: str, outcome: str) -> None:
-    """One user's sync ended with `outcome` (its sync state's status)."""
+def sync_ended(*, trigger: str, status: str) -> None:
+    """One user's sync ended with this sync status (the label keeps its old name, outcome)."""
     if _enabled:
-        SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(outcome, _SYNC_STATUSES)).inc()
+        SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(status, _SYNC_STATUSES)).inc()
 
 
 def accesses_changed(*, granted: int = 0, revoked: int = 0, trigger: str) -> None:

@@ -14,8 +14,8 @@ from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.models import Trigger, User
 from worker.locks import TTLLock, user_lock
 
-BatchOutcome = runs.BatchOutcome
-Outcome = runs.Outcome
+BatchTally = runs.BatchTally
+RunCategory = runs.RunCategory
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +27,14 @@ _RECONCILE_WINDOW_SECONDS = 0.05
 @dataclass(slots=True)
 class FetchedUser:
     """One user of a batch after the fetch: their answer (held under their lock), the upstream
-    error to retry, or already an outcome (lock held elsewhere, failure, not asked because a
+    error to retry, or already its run category (lock held elsewhere, failure, not asked because a
     configuration error stopped the batch)."""
 
     user: User
     lock: TTLLock | None = None
     answer: UpstreamAnswer | None = None
     unavailable: EntitlementsUnavailableError | None = None
-    outcome: Outcome | None = None
+    category: RunCategory | None = None
     not_asked: bool = False
 
     def release(self) -> None:
@@ -58,7 +58,7 @@ class _ConfigurationStop:
 
     def see(self, answer: UpstreamAnswer) -> None:
         """Stop the batch if this answer is a configuration error."""
-        if answer.kind is AnswerKind.CONFIGURATION and not self._event.is_set():
+        if answer.kind is AnswerKind.CONFIGURATION_ERROR and not self._event.is_set():
             self.error_code = answer.error_code
             self._event.set()
 
@@ -70,7 +70,7 @@ def sync_batch(
     task_id: str,
     revocation_budget: runs.RunRevocationBudget | None = None,
     run_id: int | None = None,
-) -> BatchOutcome:
+) -> BatchTally:
     """Sync a batch of users: a small pool of threads fetches, this thread reconciles in bulk.
 
     Threads, not processes: fetching is waiting on the upstream, and it makes no database
@@ -83,9 +83,9 @@ def sync_batch(
     error (the upstream refuses our key) stops the batch and the run; the users not asked
     then count as failed, and nobody is retried.
     """
-    outcome = BatchOutcome()
+    tally = BatchTally()
     if not user_ids:
-        return outcome
+        return tally
     if run_id is not None and runs.stopped_by_configuration_error(run_id=run_id):
         # Another batch of the run found the configuration wrong: asking would be refused.
         sync.record_syncs_not_run(
@@ -94,11 +94,11 @@ def sync_batch(
             task_id=task_id,
             error_code=runs.CONFIGURATION_ERROR,
         )
-        outcome.counts[Outcome.FAILED] += len(user_ids)
-        return outcome
+        tally.counts[RunCategory.FAILED] += len(user_ids)
+        return tally
     users = sync.start_user_syncs(user_ids=user_ids)
     # Deleted between the fan-out and now: nothing left to sync.
-    outcome.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
+    tally.counts[RunCategory.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
     stop = _ConfigurationStop()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
@@ -112,7 +112,7 @@ def sync_batch(
                 fetched = [future.result() for future in arrived]
                 for future in arrived:
                     del pending[future]
-                _finish(fetched, outcome, trigger, task_id, revocation_budget, stop=stop)
+                _finish(fetched, tally, trigger, task_id, revocation_budget, stop=stop)
                 if stop and run_id is not None and not stop.run_stopped:
                     runs.stop_run_on_configuration_error(run_id=run_id, error_code=stop.error_code)
                     stop.run_stopped = True
@@ -124,14 +124,14 @@ def sync_batch(
                 for future, user in list(pending.items()):
                     if future.cancel():
                         del pending[future]
-                        outcome.retry_user_ids.append(str(user.pk))
-    return outcome
+                        tally.retry_user_ids.append(str(user.pk))
+    return tally
 
 
 def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationStop) -> FetchedUser:
     """A pool thread's work for one user; nothing once a configuration error stopped the batch."""
     if stop:
-        return FetchedUser(user=user, outcome=Outcome.FAILED, not_asked=True)
+        return FetchedUser(user=user, category=RunCategory.FAILED, not_asked=True)
     try:
         fetched = fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
         if fetched.answer is not None:
@@ -151,7 +151,7 @@ def fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUs
     lock = user_lock(user.pk, owner=task_id)
     if not lock.acquire():
         # Another sync of this user is running now: it is at least as fresh as this run.
-        return FetchedUser(user=user, outcome=Outcome.SKIPPED)
+        return FetchedUser(user=user, category=RunCategory.SKIPPED)
     try:
         # Bulk priority: a full run leaves the rate limit's reserve to login syncs. The trigger
         # says how fresh: a run a person started asks now, the periodic run may use the cache.
@@ -162,7 +162,7 @@ def fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUs
         lock.release()
         # Logged with its traceback (Sentry gets it), without the user's email or claims.
         logger.exception("sync of user %s failed while fetching", user.pk)
-        return FetchedUser(user=user, outcome=Outcome.FAILED)
+        return FetchedUser(user=user, category=RunCategory.FAILED)
     return FetchedUser(user=user, lock=lock, answer=answer)
 
 
@@ -177,7 +177,7 @@ def _gather(pending: dict[Future, User]) -> set[Future]:
 
 def _finish(
     fetched: list[FetchedUser],
-    outcome: BatchOutcome,
+    tally: BatchTally,
     trigger: Trigger,
     task_id: str,
     revocation_budget: runs.RunRevocationBudget | None,
@@ -195,9 +195,7 @@ def _finish(
         for item, result in zip(
             answered, _reconcile(answered, trigger, task_id, revocation_budget), strict=True
         ):
-            outcome.counts[
-                runs.outcome_of(result) if isinstance(result, SyncResult) else result
-            ] += 1
+            tally.count(result)
             counted.add(id(item))
         not_asked = [item.user.pk for item in fetched if item.not_asked]
         if not_asked:
@@ -215,15 +213,15 @@ def _finish(
                     user=item.user, trigger=trigger, task_id=task_id, error=item.unavailable
                 )
                 if stop:
-                    outcome.count(Outcome.FAILED)
+                    tally.count(RunCategory.FAILED)
                 else:
-                    outcome.retry_user_ids.append(str(item.user.pk))
+                    tally.retry_user_ids.append(str(item.user.pk))
             else:
-                outcome.count(item.outcome)
+                tally.count(item.category)
             counted.add(id(item))
     except SoftTimeLimitExceeded:
         # Whatever was not recorded yet is tried again by the batch's retry.
-        outcome.retry_user_ids += [str(item.user.pk) for item in fetched if id(item) not in counted]
+        tally.retry_user_ids += [str(item.user.pk) for item in fetched if id(item) not in counted]
         raise
     finally:
         for item in fetched:
@@ -235,8 +233,8 @@ def _reconcile(
     trigger: Trigger,
     task_id: str,
     revocation_budget: runs.RunRevocationBudget | None,
-) -> list[SyncResult | Outcome]:
-    """Each user's SyncResult, or the Outcome of a user whose reconcile failed.
+) -> list[SyncResult | RunCategory]:
+    """Each user's SyncResult, or the run category of a user whose reconcile failed.
 
     All together in one transaction; if that fails, one by one, so that one user's failure
     never costs the others their sync.
@@ -254,7 +252,7 @@ def _reconcile(
         logger.warning(
             "bulk reconcile of %d users failed; retrying one by one", len(answers), exc_info=True
         )
-    results: list[SyncResult | Outcome] = []
+    results: list[SyncResult | RunCategory] = []
     for answer in answers:
         try:
             [result] = sync.finish_user_syncs(
@@ -268,9 +266,9 @@ def _reconcile(
         except Exception:
             if not User.objects.filter(pk=answer[0].pk).exists():
                 # Deleted while their answer was fetched: nothing left to sync.
-                result = Outcome.SKIPPED
+                result = RunCategory.SKIPPED
             else:
                 logger.exception("sync of user %s (%s) failed", answer[0].pk, trigger)
-                result = Outcome.FAILED
+                result = RunCategory.FAILED
         results.append(result)
     return results

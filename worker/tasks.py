@@ -62,7 +62,7 @@ def sync_user(self, user_id: str, trigger: Trigger) -> dict:
     except User.DoesNotExist:
         return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="unknown_user")
     if result is not None:
-        if runs.outcome_of(result) == runs.Outcome.FAILED:
+        if result.run_category == runs.RunCategory.FAILED:
             raise _not_applied(user_id, trigger, result.status, result.error_code)
         return result.as_dict()
     # Another sync of this user holds the lock.
@@ -111,7 +111,7 @@ def sync_domain_admins(self, maildomain_id: str, trigger: Trigger = Trigger.ADMI
 def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -> dict:
     """Sync a batch of a run's users concurrently; retry those whose upstream was down."""
     retries = self.request.retries
-    outcome = sync_batch(
+    tally = sync_batch(
         user_ids=user_ids,
         trigger=trigger,
         task_id=self.request.id or "",
@@ -119,15 +119,15 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -
         revocation_budget=runs.RunRevocationBudget(run_id=run_id),
         run_id=run_id,
     )
-    if outcome.retry_user_ids and may_retry(retries=retries):
-        runs.record_batch(run_id=run_id, outcome=outcome)
+    if tally.retry_user_ids and may_retry(retries=retries):
+        runs.record_batch(run_id=run_id, tally=tally)
         raise self.retry(
-            args=[outcome.retry_user_ids, run_id, trigger],
+            args=[tally.retry_user_ids, run_id, trigger],
             countdown=retry_countdown(retries=retries),
         )
-    outcome.give_up_retries()
-    runs.record_batch(run_id=run_id, outcome=outcome)
-    return {"run_id": run_id, **outcome.as_dict()}
+    tally.give_up_retries()
+    runs.record_batch(run_id=run_id, tally=tally)
+    return {"run_id": run_id, **tally.as_dict()}
 
 
 # Runs every minute and usually sends nothing: its results would flood the result backend

@@ -1,5 +1,6 @@
 """The reconcile service: make a user's ADMIN accesses match a classified answer, atomically."""
 
+import enum
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,8 @@ Status = EntitlementSyncState.Status
 # Domain names looked up per query: far below SQLite's limit on bound parameters.
 _NAMES_PER_QUERY = 500
 
+# The one translation from an answer kind to the sync status it records (the glossary in
+# docs/entitlements.md); the statuses missing here come from the sync's bookkeeping.
 STATUS_BY_KIND = {
     AnswerKind.AUTHORITATIVE: Status.OK,
     AnswerKind.NO_INFORMATION: Status.NO_INFORMATION,
@@ -28,9 +31,23 @@ STATUS_BY_KIND = {
     AnswerKind.INVALID: Status.INVALID,
     AnswerKind.BAD_REQUEST: Status.ERROR,
     AnswerKind.NOT_ASKED: Status.SKIPPED,
-    AnswerKind.CONFIGURATION: Status.ERROR,
+    AnswerKind.CONFIGURATION_ERROR: Status.ERROR,
     AnswerKind.UNAVAILABLE: Status.UNAVAILABLE,
 }
+
+
+_FAILED_STATUSES = frozenset({Status.INVALID, Status.ERROR, Status.UNAVAILABLE})
+
+
+class RunCategory(enum.StrEnum):
+    """How one user's sync counts in a run: the run's counter it adds to (`SyncRun.users_*`)."""
+
+    DONE = "done"
+    # Done, and an access was granted or revoked (counted in `users_done` too).
+    CHANGED = "changed"
+    FAILED = "failed"
+    # Not synced and not a failure: the user could not be asked, or another sync had them.
+    SKIPPED = "skipped"
 
 
 @dataclass(slots=True)
@@ -51,6 +68,15 @@ class SyncResult:
     def changed(self) -> bool:
         """True when an access was granted or revoked."""
         return bool(self.added or self.removed)
+
+    @property
+    def run_category(self) -> RunCategory:
+        """How the sync counts in its run: a user who could not be asked is skipped."""
+        if self.status in _FAILED_STATUSES:
+            return RunCategory.FAILED
+        if self.status == Status.SKIPPED:
+            return RunCategory.SKIPPED
+        return RunCategory.CHANGED if self.changed else RunCategory.DONE
 
     def as_dict(self) -> dict[str, Any]:
         """The result as a task returns it."""

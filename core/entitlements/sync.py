@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # Log level of a sync's line by answer: errors reach Sentry. A configuration error is the
 # same for every user: each sync warns, and one ERROR per run or episode says what to check.
-_LOG_LEVELS = {AnswerKind.INVALID: logging.ERROR, AnswerKind.CONFIGURATION: logging.WARNING}
+_LOG_LEVELS = {AnswerKind.INVALID: logging.ERROR, AnswerKind.CONFIGURATION_ERROR: logging.WARNING}
 
 # The only trigger that may take an answer from the cache's fresh window: nobody is waiting
 # on it and it comes back every interval. Every other sync was asked for by a person (a login,
@@ -88,7 +88,7 @@ def sync_user_entitlements(
         user=user, answer=answer, trigger=trigger, task_id=task_id, dry_run=dry_run
     )
     _log_result(result, answer=answer, dry_run=dry_run)
-    if answer.kind is AnswerKind.CONFIGURATION:
+    if answer.kind is AnswerKind.CONFIGURATION_ERROR:
         report_configuration_error(error_code=answer.error_code)
     return result
 
@@ -186,7 +186,7 @@ def record_sync_unavailable(
 ) -> None:
     """Record that the upstream was unavailable for the user's sync; accesses stay as they were."""
     _log_unavailable(user, trigger=trigger, error=error)
-    metrics.sync_ended(trigger=trigger, outcome=EntitlementSyncState.Status.UNAVAILABLE)
+    metrics.sync_ended(trigger=trigger, status=EntitlementSyncState.Status.UNAVAILABLE)
     EntitlementSyncState.objects.filter(user=user).update(
         status=EntitlementSyncState.Status.UNAVAILABLE,
         error_code=error.error_code,
@@ -228,7 +228,7 @@ def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailable
 
 def _log_result(result: SyncResult, *, answer: UpstreamAnswer, dry_run: bool) -> None:
     if not dry_run:
-        metrics.sync_ended(trigger=result.trigger, outcome=result.status)
+        metrics.sync_ended(trigger=result.trigger, status=result.status)
     level = _LOG_LEVELS.get(answer.kind, logging.INFO)
     logger.log(
         level,

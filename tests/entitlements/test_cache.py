@@ -137,7 +137,7 @@ def test_invalid_answer_is_returned_not_replaced_by_the_stale_one(deploycenter_b
 
 def test_configuration_errors_are_not_cached(deploycenter_backend, admin):
     deploycenter_backend.fail_with(401)
-    assert _fetch(admin).kind is AnswerKind.CONFIGURATION
+    assert _fetch(admin).kind is AnswerKind.CONFIGURATION_ERROR
     deploycenter_backend.recover()
 
     assert _fetch(admin).kind is AnswerKind.AUTHORITATIVE

@@ -69,7 +69,7 @@ def test_an_answer_that_is_no_outage_closes_the_circuit(deploycenter_backend):
     time.sleep(0.6)
     fetched = _fetch(99)
 
-    assert fetched.kind is AnswerKind.CONFIGURATION
+    assert fetched.kind is AnswerKind.CONFIGURATION_ERROR
     assert upstream_status()["circuit"]["state"] == "closed"
 
 
