@@ -192,6 +192,16 @@ class EntitlementSyncState(models.Model):
         return f"sync state of {self.user_id}: {self.status}"
 
 
+# The sync statuses a run counts as failed (its category `failed`, SyncResult.run_category).
+FAILED_SYNC_STATUSES = frozenset(
+    {
+        EntitlementSyncState.Status.INVALID,
+        EntitlementSyncState.Status.ERROR,
+        EntitlementSyncState.Status.UNAVAILABLE,
+    }
+)
+
+
 class AccessAuditEntry(models.Model):
     """Append-only trail of every access the sync granted or revoked."""
 

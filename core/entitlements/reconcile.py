@@ -15,7 +15,14 @@ from core.entitlements.access_ended import confirmed_ended
 from core.entitlements.accesses import Grant, Revocation, grant_accesses, revoke_accesses
 from core.entitlements.backends.base import AnswerKind, CacheStatus, UpstreamAnswer
 from core.entitlements.identity import IDENTITY_CHANGED, hold_identity_changes, upstream_identity
-from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, Trigger, User
+from core.models import (
+    FAILED_SYNC_STATUSES,
+    EntitlementSyncState,
+    MailDomain,
+    MailDomainAccess,
+    Trigger,
+    User,
+)
 
 Status = EntitlementSyncState.Status
 
@@ -34,9 +41,6 @@ STATUS_BY_KIND = {
     AnswerKind.CONFIGURATION_ERROR: Status.ERROR,
     AnswerKind.UNAVAILABLE: Status.UNAVAILABLE,
 }
-
-
-_FAILED_STATUSES = frozenset({Status.INVALID, Status.ERROR, Status.UNAVAILABLE})
 
 
 class RunCategory(enum.StrEnum):
@@ -72,7 +76,7 @@ class SyncResult:
     @property
     def run_category(self) -> RunCategory:
         """How the sync counts in its run: a user who could not be asked is skipped."""
-        if self.status in _FAILED_STATUSES:
+        if self.status in FAILED_SYNC_STATUSES:
             return RunCategory.FAILED
         if self.status == Status.SKIPPED:
             return RunCategory.SKIPPED

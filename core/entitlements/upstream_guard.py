@@ -53,12 +53,12 @@ class UpstreamCall:
         self.recorded = True
         if self.breaker is None:
             return
-        outcome = self.breaker.record_success if available else self.breaker.record_failure
+        tell = self.breaker.record_success if available else self.breaker.record_failure
         try:
-            outcome()
+            tell()
         except RedisError:
             logger.warning(
-                "entitlements circuit breaker unreachable in Redis; outcome not recorded"
+                "entitlements circuit breaker unreachable in Redis; the call is not counted"
             )
 
 
@@ -70,7 +70,7 @@ def admit_upstream_call(
 
     A refused call (`refused` set) must not be made: the circuit is open, or no token came
     within `max_wait` seconds (default: 10 s interactive, 30 s bulk). An admitted call is
-    made and then told its outcome with `record`; one left without (the worker shut down
+    made and then told with `record` how the upstream did; one left untold (the worker shut down
     mid-call) gives its half-open probe back, so that someone else may probe at once.
     """
     if not uses_redis():
