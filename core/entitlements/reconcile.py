@@ -31,7 +31,7 @@ _NAMES_PER_QUERY = 500
 
 # The one translation from an answer kind to the sync status it records (the glossary in
 # docs/entitlements.md); the statuses missing here come from the sync's bookkeeping.
-STATUS_BY_KIND = {
+SYNC_STATUS_BY_ANSWER_KIND = {
     AnswerKind.AUTHORITATIVE: Status.OK,
     AnswerKind.NO_INFORMATION: Status.NO_INFORMATION,
     AnswerKind.ACCESS_ENDED: Status.ACCESS_ENDED,
@@ -390,7 +390,7 @@ def _status(answer: UpstreamAnswer, plan: _Plan) -> tuple[str, str]:
     """The sync state's status and error code after reconciling `answer` as `plan` says."""
     if plan.identity_held:
         return Status.REVOCATIONS_HELD, IDENTITY_CHANGED
-    return STATUS_BY_KIND[answer.kind], _error_code(answer)
+    return SYNC_STATUS_BY_ANSWER_KIND[answer.kind], _error_code(answer)
 
 
 def _error_code(answer: UpstreamAnswer) -> str:
