@@ -192,16 +192,6 @@ class EntitlementSyncState(models.Model):
         return f"sync state of {self.user_id}: {self.status}"
 
 
-# The sync statuses a run counts as failed (its category `failed`, SyncResult.run_category).
-FAILED_SYNC_STATUSES = frozenset(
-    {
-        EntitlementSyncState.Status.INVALID,
-        EntitlementSyncState.Status.ERROR,
-        EntitlementSyncState.Status.UNAVAILABLE,
-    }
-)
-
-
 class AccessAuditEntry(models.Model):
     """Append-only trail of every access the sync granted or revoked."""
 
@@ -324,3 +314,13 @@ class HeldRevocation(models.Model):
 
     def __str__(self):
         return f"held revocation of {self.maildomain_name} ({self.resolution})"
+
+
+# The sync statuses a run counts as failed (its category `failed`, SyncResult.run_category).
+FAILED_SYNC_STATUSES = frozenset(
+    {
+        EntitlementSyncState.Status.INVALID,
+        EntitlementSyncState.Status.ERROR,
+        EntitlementSyncState.Status.UNAVAILABLE,
+    }
+)
