@@ -74,7 +74,7 @@ _REGISTRY = CollectorRegistry(auto_describe=True)
 
 SYNCS = Counter(
     "syncs",
-    "User syncs that ended, by trigger and outcome (the sync state's status).",
+    "User syncs that ended, by trigger and sync status (its label keeps the name outcome).",
     ["trigger", "outcome"],
     namespace=NAMESPACE,
     registry=_REGISTRY,
@@ -174,9 +174,9 @@ def _bounded(value: object, allowed: frozenset[str]) -> str:
     return text if text in allowed else OTHER
 
 
-def sync_ended(*, trigger: str, outcome: str) -> None:
-    """One user's sync ended with `outcome` (its sync state's status)."""
-    SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(outcome, _SYNC_STATUSES)).inc()
+def sync_ended(*, trigger: str, status: str) -> None:
+    """One user's sync ended with this sync status (the label keeps its old name, outcome)."""
+    SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(status, _SYNC_STATUSES)).inc()
 
 
 def accesses_changed(*, granted: int = 0, revoked: int = 0, trigger: str) -> None:

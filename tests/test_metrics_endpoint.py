@@ -134,7 +134,7 @@ def test_a_label_value_outside_its_set_is_recorded_as_other():
     other = metrics.SYNCS.labels("other", "ok")
     before = other._value.get()
 
-    metrics.sync_ended(trigger="jane.doe@example.org", outcome="ok")
+    metrics.sync_ended(trigger="jane.doe@example.org", status="ok")
 
     assert other._value.get() == before + 1
     labels = {sample.labels["trigger"] for sample in metrics.SYNCS.collect()[0].samples}

@@ -24,7 +24,8 @@ class AnswerKind(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     # Not asked: the user lacks what the upstream requires (a claim, an e-mail). Not a failure.
     NOT_ASKED = "not_asked"
-    CONFIGURATION = "configuration"
+    # The upstream refused our request: our settings (key, service id, URL) are wrong.
+    CONFIGURATION_ERROR = "configuration"
     UNAVAILABLE = "unavailable"
 
 

@@ -94,7 +94,7 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
             answer = UpstreamAnswer.failure(AnswerKind.INVALID, "not_decodable")
         except requests.RequestException:
             # Invalid URL or header: nothing the upstream did, our settings are wrong.
-            answer = UpstreamAnswer.failure(AnswerKind.CONFIGURATION, "configuration")
+            answer = UpstreamAnswer.failure(AnswerKind.CONFIGURATION_ERROR, "configuration")
         else:
             answer = classify_response(status=status, body=body)
         elapsed = time.monotonic() - started
@@ -138,7 +138,7 @@ def classify_response(*, status: int, body: bytes | None) -> UpstreamAnswer:
     if 300 <= status < 500:
         # 401/403: key or service_id wrong; 3xx/404/405: base_url points somewhere else. The
         # status is the error code: it tells the operator which setting to check.
-        return UpstreamAnswer.failure(AnswerKind.CONFIGURATION, f"http_{status}")
+        return UpstreamAnswer.failure(AnswerKind.CONFIGURATION_ERROR, f"http_{status}")
     return UpstreamAnswer.failure(AnswerKind.INVALID, f"http_{status}")
 
 
