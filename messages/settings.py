@@ -197,9 +197,12 @@ OIDC_USE_NONCE = env_bool("OIDC_USE_NONCE", True)
 OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION = env_bool(
     "OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION", False
 )
-# Tokens are never kept: the sync only needs the forwarded claims, stored at login.
+# The access token is never kept: the sync only needs the forwarded claims, stored at login.
+# The id token stays in the (server-side) session for one use: the hint of the provider's
+# end-session call when the user logs out (RP-initiated logout, OIDC_OP_LOGOUT_ENDPOINT).
 OIDC_STORE_ACCESS_TOKEN = False
-OIDC_STORE_ID_TOKEN = False
+OIDC_STORE_ID_TOKEN = True
+OIDC_OP_LOGOUT_URL_METHOD = "core.authentication.provider_logout_url"
 OIDC_USERINFO_FULLNAME_FIELDS = env_list(
     "OIDC_USERINFO_FULLNAME_FIELDS", ["given_name", "usual_name"]
 )

@@ -11,7 +11,7 @@ the run's rules in `runs`. A custom backend subclasses `backends.base.Entitlemen
 from core.entitlements import runs, sync
 from core.entitlements.accesses import grant_accesses_for_new_domains
 from core.entitlements.errors import EntitlementsConfigurationError, EntitlementsUnavailableError
-from core.entitlements.factory import forwarded_claim_names, get_backend
+from core.entitlements.factory import forwarded_claim_names, forwarded_claims, get_backend
 from core.entitlements.held_revocations import discard_held_revocations, release_held_revocations
 from core.entitlements.reconcile import SyncResult
 from core.entitlements.requests import (
@@ -39,6 +39,7 @@ __all__ = (
     "discard_held_revocations",
     "enqueue_outstanding_requests",
     "forwarded_claim_names",
+    "forwarded_claims",
     "get_backend",
     "grant_accesses_for_new_domains",
     "release_held_revocations",
