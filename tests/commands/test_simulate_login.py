@@ -71,7 +71,7 @@ class TestSimulateLogin:
     def test_a_siret_of_the_wrong_shape_is_not_stored_and_said(
         self, transactional_db, broker_queues, deploycenter_backend
     ):
-        out, err = run("simulate_login", "a@example\uff0eorg", "--claim", "siret=1234")
+        _, err = run("simulate_login", "a@example\uff0eorg", "--claim", "siret=1234")
 
         user = User.objects.get()
         assert user.email == "a@example.org"
