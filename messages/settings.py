@@ -79,6 +79,8 @@ MIDDLEWARE = [
     # First: a probe answers whatever Host it sends and never opens a session (core/health.py).
     "core.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Filter values are input: a NUL would reach PostgreSQL and fail there (core/query_guard.py).
+    "core.query_guard.refuse_nul_in_address",
     # Static files from STATIC_ROOT (filled by `collectstatic`) by every web process.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
