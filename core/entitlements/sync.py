@@ -10,7 +10,10 @@ from django.utils import timezone
 from core import metrics
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.cache import fetch_entitlements
-from core.entitlements.configuration_errors import report_configuration_error
+from core.entitlements.configuration_errors import (
+    report_configuration_error,
+    report_invalid_answer,
+)
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.reconcile import (
     RevocationBudget,
@@ -24,9 +27,9 @@ from core.models import EntitlementSyncState, Trigger, User
 
 logger = logging.getLogger(__name__)
 
-# Log level of a sync's line by answer: errors reach Sentry. A configuration error is the
-# same for every user: each sync warns, and one ERROR per run or episode says what to check.
-_LOG_LEVELS = {AnswerKind.INVALID: logging.ERROR, AnswerKind.CONFIGURATION: logging.WARNING}
+# Log level of a sync's line by answer. A configuration error or an invalid answer is the
+# same for every user: each sync warns, and one ERROR (Sentry) per run or episode says so.
+_LOG_LEVELS = {AnswerKind.INVALID: logging.WARNING, AnswerKind.CONFIGURATION: logging.WARNING}
 
 # The only trigger that may take an answer from the cache's fresh window: nobody is waiting
 # on it and it comes back every interval. Every other sync was asked for by a person (a login,
@@ -87,6 +90,8 @@ def sync_user_entitlements(
     _log_result(result, answer=answer, dry_run=dry_run)
     if answer.kind is AnswerKind.CONFIGURATION:
         report_configuration_error(error_code=answer.error_code)
+    elif answer.kind is AnswerKind.INVALID:
+        report_invalid_answer(user_id=user.pk, error_code=answer.error_code, run_id=None)
     return result
 
 
@@ -142,8 +147,11 @@ def finish_user_syncs(
     results = reconcile_many_admin_accesses(
         answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
     )
-    for (_user, answer), result in zip(answers, results, strict=True):
+    run_id = revocation_budget.run_id if revocation_budget is not None else None
+    for (user, answer), result in zip(answers, results, strict=True):
         _log_result(result, answer=answer, dry_run=False)
+        if answer.kind is AnswerKind.INVALID:
+            report_invalid_answer(user_id=user.pk, error_code=answer.error_code, run_id=run_id)
     return results
 
 
