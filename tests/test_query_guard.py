@@ -1,8 +1,9 @@
-"""Admin list filters and searches take odd values without a 500: filter values are input too.
+"""Filter values are input too: admin list filters and searches take odd values without a
+500, and a NUL anywhere in an address is a 400 before any view reads it (core/query_guard.py;
+PostgreSQL cannot compare text holding one).
 
 Every registered list (ours and the Celery packages'), every filter parameter it declares, the
-search and the ordering, with a NUL (PostgreSQL cannot compare text holding one) and other odd
-values; a NUL anywhere in an address is refused with a 400 before any view reads it.
+search and the ordering.
 """
 
 import pytest
