@@ -23,10 +23,10 @@ import sentry_sdk
 from django.db import connection
 
 from core.models import EntitlementSyncState, MailDomain, User
-from messages.sentry import init_sentry, scrub_text
+from messages.sentry import scrub_text
 from tests.support import wait_until
 from tests.support.oidc_provider import OIDCProvider
-from tests.support.sentry_ingest import SentryIngest
+from tests.support.sentry_ingest import SentryIngest, reporting_to
 from tests.support.web_server import WebServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,17 +42,11 @@ def sentry_ingest():
 def sentry_web(request, sentry_ingest, settings, transactional_db):
     """The web on a local server, reporting to the ingest with every request traced, or none;
     yields (server, ingest, traced)."""
-    init_sentry(dsn=sentry_ingest.dsn, environment="test", traces_sample_rate=request.param)
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "messages.sentry.user_id_middleware"]
+    # The local server speaks plain HTTP: Secure cookies would never come back to it.
     settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
-    try:
-        with WebServer() as server:
-            yield server, sentry_ingest, request.param > 0
-    finally:
-        client = sentry_sdk.get_client()
-        client.flush(timeout=5)
-        client.close()
-        sentry_sdk.get_global_scope().set_client(None)
+    with reporting_to(sentry_ingest, traces_sample_rate=request.param), WebServer() as server:
+        yield server, sentry_ingest, request.param > 0
 
 
 @pytest.fixture
