@@ -17,6 +17,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
+from kombu.exceptions import ChannelError
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -269,9 +270,8 @@ class SharedStateCollector(Collector):
             f"{NAMESPACE}_queue_messages", "Tasks waiting in a Celery queue.", labels=["queue"]
         )
         with celery_app.connection_for_read() as connection:
-            channel = connection.default_channel
             for queue in QUEUES:
-                family.add_metric([queue], channel.queue_declare(queue, passive=True).message_count)
+                family.add_metric([queue], _queue_depth(connection, queue))
         yield family
 
     def _sweep_backlog(self) -> Iterable[GaugeMetricFamily]:
@@ -337,3 +337,14 @@ class _OwnMetrics(Collector):
 
     def collect(self):
         return _REGISTRY.collect()
+
+
+def _queue_depth(connection, queue: str) -> int:
+    """The messages waiting in `queue`: 0 for a queue the broker does not know (Redis drops an
+    empty queue's key, so a passive declare of it fails with ChannelError NOT_FOUND)."""
+    # A channel of its own: AMQP closes the channel a NOT_FOUND happened on.
+    with connection.channel() as channel:
+        try:
+            return channel.queue_declare(queue, passive=True).message_count
+        except ChannelError:
+            return 0

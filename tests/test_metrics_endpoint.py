@@ -16,6 +16,7 @@ from core import metrics
 from core.models import EntitlementSyncState
 from tests.factories import UserFactory
 from tests.faults.conftest import kombu_keys
+from tests.support import rabbitmq
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
 TOKEN = "a-metrics-token"
@@ -107,6 +108,31 @@ def test_queue_depths_are_read_from_the_broker(client, token, empty_queues):
 
     assert values[(f"{NS}_queue_messages", (("queue", "interactive"),))] == 3
     assert values[(f"{NS}_queue_messages", (("queue", "bulk"),))] == 1
+
+
+@pytest.mark.django_db
+def test_empty_queues_read_zero(client, token, empty_queues):
+    # Redis keeps no key for an empty queue: the broker says it does not know the queue.
+    values = scraped(client)
+
+    assert values[(f"{NS}_queue_messages", (("queue", "interactive"),))] == 0
+    assert values[(f"{NS}_queue_messages", (("queue", "bulk"),))] == 0
+
+
+@pytest.mark.django_db
+def test_queues_rabbitmq_does_not_know_yet_read_zero(client, token, monkeypatch, settings):
+    if reason := rabbitmq.unavailable_reason():
+        pytest.skip(reason)
+    database = settings.DATABASES["default"]["NAME"].removeprefix("test_")
+    # A vhost without queues: RabbitMQ answers NOT_FOUND and closes the channel it came on.
+    monkeypatch.setattr(
+        current_app.conf, "broker_url", rabbitmq.fresh_vhost(f"{database}_metrics_test")
+    )
+
+    values = scraped(client)
+
+    assert values[(f"{NS}_queue_messages", (("queue", "interactive"),))] == 0
+    assert values[(f"{NS}_queue_messages", (("queue", "bulk"),))] == 0
 
 
 @pytest.mark.django_db

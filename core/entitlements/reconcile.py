@@ -57,6 +57,9 @@ class RevocationBudget(Protocol):
     holds the revocations past the run's share, recording them for an operator.
     """
 
+    # The run whose budget it is: its syncs report what fails for all of them once per run.
+    run_id: int
+
     def admit_batch(self, *, count: int) -> bool:
         """Reserve `count` revocations at once; False changes nothing (then ask one by one)."""
 

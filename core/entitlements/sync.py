@@ -12,7 +12,10 @@ from django.utils import timezone
 from core import metrics
 from core.entitlements import cache
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
-from core.entitlements.configuration_errors import report_configuration_error
+from core.entitlements.configuration_errors import (
+    report_configuration_error,
+    report_invalid_answer,
+)
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.factory import get_backend
 from core.entitlements.reconcile import (
@@ -28,9 +31,9 @@ from core.models import EntitlementSyncState, Trigger, User
 
 logger = logging.getLogger(__name__)
 
-# Log level of a sync's line by answer: errors reach Sentry. A configuration error is the
-# same for every user: each sync warns, and one ERROR per run or episode says what to check.
-_LOG_LEVELS = {AnswerKind.INVALID: logging.ERROR, AnswerKind.CONFIGURATION_ERROR: logging.WARNING}
+# Log level of a sync's line by answer. A configuration error or an invalid answer is the
+# same for every user: each sync warns, and one ERROR (Sentry) per run or episode says so.
+_LOG_LEVELS = {AnswerKind.INVALID: logging.WARNING, AnswerKind.CONFIGURATION_ERROR: logging.WARNING}
 
 # The only trigger that may take an answer from the cache's fresh window: nobody is waiting
 # on it and it comes back every interval. Every other sync was asked for by a person (a login,
@@ -82,6 +85,8 @@ def sync_user_entitlements(
     _log_result(result, answer=answer)
     if answer.kind is AnswerKind.CONFIGURATION_ERROR:
         report_configuration_error(error_code=answer.error_code)
+    elif answer.kind is AnswerKind.INVALID:
+        report_invalid_answer(user_id=user.pk, error_code=answer.error_code, run_id=None)
     return result
 
 
@@ -187,9 +192,12 @@ def reconcile_fetched_answers(
     results = reconcile_many_admin_accesses(
         answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
     )
-    for (_user, answer), result in zip(answers, results, strict=True):
+    run_id = revocation_budget.run_id if revocation_budget is not None else None
+    for (user, answer), result in zip(answers, results, strict=True):
         metrics.sync_ended(trigger=result.trigger, status=result.status)
         _log_result(result, answer=answer)
+        if answer.kind is AnswerKind.INVALID:
+            report_invalid_answer(user_id=user.pk, error_code=answer.error_code, run_id=run_id)
     return results
 
 
