@@ -83,11 +83,11 @@ class Command(BaseCommand):
                     f"{os.environ.get('FLOWER_PORT', '5555')}/",
                     f"  Log in as     {SUPERUSER_EMAIL} / {password} (both)",
                     f"  Entitlements  {mapping_file} (edit it to grant or revoke)",
-                    f"  Environment   {env_file} (used by `make run`)",
+                    f"  Environment   {env_file} (used by `make run` and by manage.py "
+                    "when DATABASE_URL is unset)",
                     "  Try           .venv/bin/python manage.py simulate_login "
                     "admin@alpha.example.org",
-                    f"  In-process    .venv/bin/honcho run -e {env_file} .venv/bin/python "
-                    "manage.py sync_entitlements --all --dry-run",
+                    "  Dry run       .venv/bin/python manage.py sync_entitlements --all --dry-run",
                 ]
             )
         )
