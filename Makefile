@@ -11,10 +11,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The Python the existing .venv was made by (empty when there is none).
 VENV_VERSION := $(shell sed -n 's/^version *= *\([0-9]*\.[0-9]*\).*/\1/p' $(VENV)/pyvenv.cfg 2>/dev/null)
-# The suite's own database (pytest-django creates test_<name>) and Redis db number, so it
-# never touches anybody else's data on shared servers.
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/messages_ci
+# Names of this checkout's own on shared servers: two checkouts (or CI jobs) on one server never
+# meet. The database (pytest-django creates test_<name>, the benchmark smoke test
+# <name>_bench_smoke, the RabbitMQ tests the vhost <name>_test) and the prefix of every broker
+# key on the Redis db; each test's cache keys have a prefix of the run's. The suite removes
+# them all when it ends.
+CHECKOUT_ID := $(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/messages_$(CHECKOUT_ID)
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
+TEST_BROKER_KEY_PREFIX ?= messages-$(CHECKOUT_ID):
+TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	CELERY_BROKER_KEY_PREFIX=$(TEST_BROKER_KEY_PREFIX)
 PYTEST_ARGS ?=
 # Where the embedded default keeps its files (the settings' DATA_DIR).
 DATA_DIR ?= data
@@ -68,14 +75,11 @@ run: install
 	trap '' INT; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python manage.py run_demo || [ $$? -eq 130 ]
 
 test: install-dev
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-		$(BIN)/ruff check .
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-		$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/ruff check .
+	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: install-dev
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-		$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check .
