@@ -453,6 +453,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Times to the second with their zone (messages/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["messages.formats"]
 STATIC_URL = "static/"
 # Filled by `manage.py collectstatic` (`make run`, the Docker image build), served by WhiteNoise.
 STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT") or DATA_DIR / "static").resolve()
