@@ -42,6 +42,8 @@ FIGURES = (
     "metrics_sync_ms_off",
     "metrics_overhead_percent",
     "metrics_calls_us_per_sync",
+    "bad_input_largest_list_under_cap_ms",
+    "bad_input_10mb_declared_ms",
 )
 LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 
