@@ -272,8 +272,13 @@ class SharedStateCollector(Collector):
         )
         with celery_app.connection_for_read() as connection:
             channel = connection.default_channel
+            # On RabbitMQ a passive declare never creates a queue. kombu's Redis transport takes
+            # an empty queue for a missing one and checks without the broker key prefix
+            # (CELERY_BROKER_KEY_PREFIX), so there a plain declare, which writes nothing, reads it.
+            passive = connection.transport.driver_type != "redis"
             for queue in QUEUES:
-                family.add_metric([queue], channel.queue_declare(queue, passive=True).message_count)
+                declared = channel.queue_declare(queue, passive=passive)
+                family.add_metric([queue], declared.message_count)
         yield family
 
     def _sweep_backlog(self) -> Iterable[GaugeMetricFamily]:

@@ -59,9 +59,6 @@ class Command(BaseCommand):
         "(run setup_demo first; `make run` does both); Ctrl-C stops them all."
     )
 
-    def add_arguments(self, parser):
-        parser.add_argument("--procfile", default=str(Path(settings.BASE_DIR) / "Procfile"))
-
     def handle(self, *args, **options):
         env_file = Path(settings.DATA_DIR) / "demo.env"
         if not env_file.is_file():
@@ -70,7 +67,7 @@ class Command(BaseCommand):
             )
         # As `honcho start -e`: the file's values win over the environment's.
         demo_env = {**os.environ, **environ.parse(env_file.read_text())}
-        procfile = environ.parse_procfile(Path(options["procfile"]).read_text())
+        procfile = environ.parse_procfile((Path(settings.BASE_DIR) / "Procfile").read_text())
         manager = _DemoManager(Printer(sys.stdout))
         for name, command in procfile.processes.items():
             # exec: the shell honcho starts is replaced by the program, which gets the signal.
