@@ -179,7 +179,15 @@ class Command(BaseCommand):
         """Compute each user's plan in this process and print the changes; write nothing."""
         user_ids = list(user_ids)
         would_change = 0
-        for user_id in tqdm(user_ids, file=self.stderr._out, unit=" users", leave=False):
+        # A bar for many users on a terminal only: none for one user, nor in a log or a pipe.
+        bar = tqdm(
+            user_ids,
+            file=self.stderr._out,
+            unit=" users",
+            leave=False,
+            disable=True if len(user_ids) < 2 else None,
+        )
+        for user_id in bar:
             line, changes = self._dry_run_one(user_id)
             would_change += changes
             if line:
