@@ -23,6 +23,9 @@ from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, Trig
 
 Status = EntitlementSyncState.Status
 
+# Error code of a sync skipped because another sync of the user held their lock.
+LOCKED = "locked"
+
 # Domain names looked up per query: far below SQLite's limit on bound parameters.
 _NAMES_PER_QUERY = 500
 
@@ -60,6 +63,14 @@ class SyncResult:
     def as_dict(self) -> dict[str, Any]:
         """The result as a task returns it."""
         return {**asdict(self), "changed": self.changed}
+
+    @property
+    def worth_retrying(self) -> bool:
+        """Whether another try later may do what this sync could not: the upstream was down,
+        or another sync of the user held their lock (one that does not serve the request)."""
+        return self.status == Status.UNAVAILABLE or (
+            self.status == Status.SKIPPED and self.error_code == LOCKED
+        )
 
 
 @dataclass(slots=True)
