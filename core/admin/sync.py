@@ -99,7 +99,7 @@ class SyncRunAdmin(
         "pending_held",
         "finished_at",
     )
-    list_filter = ("status", "scope", "trigger", ErrorCodeFilter, "revocations_held")
+    list_filter = ("status", "scope", "trigger", ErrorCodeFilter, "budget_reached")
     search_fields = ("maildomain_name", "task_id")
     date_hierarchy = "started_at"
     # Every field, in reading order: started_at is not editable, so the admin leaves it out of
@@ -121,7 +121,7 @@ class SyncRunAdmin(
         "revocable_accesses",
         "revoke_budget",
         "accesses_revoked",
-        "revocations_held",
+        "budget_reached",
         "held_revocations_link",
         "progress_chart",
     )
@@ -164,7 +164,7 @@ class SyncRunAdmin(
     @admin.display(description="revocation budget")
     def revocations(self, run: SyncRun) -> str:
         """What the run revoked against what it might, out of what the sync could revoke."""
-        held = ", the rest held" if run.revocations_held else ""
+        held = ", the rest held" if run.budget_reached else ""
         return (
             f"revoked {run.accesses_revoked} of budget {run.revoke_budget} "
             f"({run.revocable_accesses} revocable){held}"

@@ -146,7 +146,7 @@ class Command(BaseCommand):
             f"{run.users_skipped} skipped."
         )
         held = run.held_revocations.filter(resolution="pending").count()
-        if run.revocations_held:
+        if run.budget_reached:
             raise CommandError(
                 f"Run #{run.pk} reached its revocation budget and held "
                 f"{_count(held, 'revocation')} for an operator: review them in the admin "
