@@ -368,6 +368,8 @@ if _broker_scheme == "filesystem":
         "polling_interval": 0.2,
     }
 elif _broker_scheme in {"redis", "rediss"}:
+    # kombu's Redis transport, made to survive a broker restart (messages/redis_broker.py).
+    CELERY_BROKER_TRANSPORT = "messages.redis_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": _VISIBILITY_TIMEOUT,
         # Bring back the messages of a dead worker soon after the visibility timeout.
