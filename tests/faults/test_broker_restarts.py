@@ -13,6 +13,8 @@ worker stopped with "Unrecoverable error: AttributeError('NoneType' object has n
 'hostname')" at the first Redis restart that found it with a task running and a free slot.
 """
 
+import os
+import signal
 import statistics
 import time
 from functools import partial
@@ -239,3 +241,21 @@ def test_workers_ride_out_ten_rabbitmq_connection_losses(
         10, make_admins, upstream, amqp_vhost, shared_broker, settings, tmp_path
     )
     report(report_figure, "RabbitMQ, connections closed", figures)
+
+
+def test_make_run_starts_a_dead_worker_again(shared_broker, transactional_db, settings, tmp_path):
+    env = worker_environment(redis_url=shared_broker, data_dir=tmp_path, **WORKER_DEFAULTS)
+    processes = ProcfileProcesses(names=WORKERS, env=env, log_path=tmp_path / "honcho.log")
+    processes.start()
+    try:
+        dead = processes.worker_pid("worker-bulk")
+        os.kill(dead, signal.SIGKILL)
+
+        processes.wait_for("worker-bulk", "ready.", count=2, timeout=120)
+        assert processes.running(), "honcho must not stop everything for one dead worker"
+        assert processes.worker_pid("worker-bulk") not in (None, dead)
+        assert processes.count("worker-bulk", "starting it again") == 1
+    finally:
+        processes.stop()
+    # Ctrl-C still stops everything at once, the respawned worker included.
+    assert "SIGKILL" not in processes.tail(), processes.tail()

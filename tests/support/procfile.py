@@ -69,8 +69,12 @@ class ProcfileProcesses:
         hostname = f"--hostname={name.removeprefix('worker-')}@"
         for process in _session(self.honcho.pid):
             with contextlib.suppress(psutil.NoSuchProcess):
-                if any(argument.startswith(hostname) for argument in process.cmdline()) and (
-                    process.parent().cmdline() != process.cmdline()
+                arguments = process.cmdline()
+                if (
+                    any(argument.startswith(hostname) for argument in arguments)
+                    # Neither the respawning parent nor a pool child (same command line).
+                    and "messages.respawn" not in arguments
+                    and process.parent().cmdline() != arguments
                 ):
                     return process.pid
         return None

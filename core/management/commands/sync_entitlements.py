@@ -41,6 +41,16 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _named(value: str) -> str:
+    """argparse type of --user and --domain: a value that names something, not blank text
+    (`--user "$EMAIL"` with EMAIL unset must not become a run over everyone)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "must not be empty (an unset variable?); use --all for every admin"
+        )
+    return value
+
+
 def _count(number: int, noun: str) -> str:
     """'1 user', '2 users'."""
     return f"{number} {noun}{'' if number == 1 else 's'}"
@@ -56,8 +66,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         target = parser.add_mutually_exclusive_group(required=True)
-        target.add_argument("--user", metavar="EMAIL", help="the user with this email")
-        target.add_argument("--domain", metavar="NAME", help="the admins of this mail domain")
+        target.add_argument("--user", type=_named, metavar="EMAIL", help="the user with this email")
+        target.add_argument(
+            "--domain", type=_named, metavar="NAME", help="the admins of this mail domain"
+        )
         target.add_argument("--all", action="store_true", help="every admin (a full run)")
         parser.add_argument(
             "--dry-run",
@@ -79,8 +91,8 @@ class Command(BaseCommand):
         dry_run, wait, timeout = options["dry_run"], options["wait"], options["timeout"]
         if dry_run and wait:
             raise CommandError("--dry-run runs here and now: --wait has nothing to wait for")
-        target_user = _user_by_email(options["user"]) if options["user"] else None
-        maildomain = _domain_by_name(options["domain"]) if options["domain"] else None
+        target_user = _user_by_email(options["user"]) if options["user"] is not None else None
+        maildomain = _domain_by_name(options["domain"]) if options["domain"] is not None else None
         if dry_run:
             if target_user:
                 user_ids = [target_user.pk]
