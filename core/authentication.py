@@ -3,6 +3,7 @@
 import logging
 
 from django.conf import settings
+from django.contrib import messages
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend as BaseOIDCBackend
@@ -12,6 +13,14 @@ from core.models import EntitlementSyncState, Trigger, User
 from core.validators import normalize_email
 
 logger = logging.getLogger(__name__)
+
+# Shown on the login page the refused person lands on: what happened and whom to ask, never
+# which account holds the address.
+EMAIL_TAKEN_MESSAGE = (
+    "Your sign-in was refused: the e-mail address your identity provider gave is already used "
+    "by another account of this service. Signing in again will not help: ask an administrator "
+    "of this service to check the accounts that use your address."
+)
 
 
 def record_login(*, user: User, claims: dict) -> SyncRequest:
@@ -63,7 +72,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
         email = normalize_email(claims.get("email", ""))
         holder = self.UserModel.objects.filter(email=email).values_list("pk", flat=True).first()
         if holder is not None:
-            _refuse(holder)
+            self._refuse(holder)
             return None
         try:
             # A savepoint: a concurrent first login of the same person may win the insert.
@@ -75,6 +84,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
                 EntitlementSyncState.objects.create(user=user)
         except IntegrityError:
             logger.warning("OIDC login refused: its subject or e-mail was taken meanwhile")
+            self._tell_refused()
             return None
         self.sync_request = record_login(user=user, claims=claims)
         return user
@@ -88,7 +98,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
             .first()
         )
         if holder is not None:
-            _refuse(holder)
+            self._refuse(holder)
             return None
         if not user.sub:
             # Only reached through OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION.
@@ -101,6 +111,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
                 user.save(update_fields=["sub", "email", "full_name", "updated_at"])
         except IntegrityError:
             logger.warning("OIDC login of user %s refused: its e-mail was taken meanwhile", user.pk)
+            self._tell_refused()
             return None
         self.sync_request = record_login(user=user, claims=claims)
         return user
@@ -109,11 +120,15 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
         parts = [claims.get(field, "") for field in settings.OIDC_USERINFO_FULLNAME_FIELDS]
         return " ".join(part for part in parts if part).strip()
 
+    def _refuse(self, holder_id) -> None:
+        """Refuse a login whose e-mail belongs to another user: the log names only their id."""
+        logger.warning(
+            "OIDC login refused: its e-mail belongs to user %s, who has another or no OIDC "
+            "subject (see OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION in docs/operations.md)",
+            holder_id,
+        )
+        self._tell_refused()
 
-def _refuse(holder_id) -> None:
-    """Log a login refused because its e-mail belongs to another user, naming only their id."""
-    logger.warning(
-        "OIDC login refused: its e-mail belongs to user %s, who has another or no OIDC subject "
-        "(see OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION in docs/operations.md)",
-        holder_id,
-    )
+    def _tell_refused(self) -> None:
+        """Tell the person, on the page the failed login lands on, why and whom to ask."""
+        messages.error(self.request, EMAIL_TAKEN_MESSAGE)
