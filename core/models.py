@@ -245,6 +245,9 @@ class SyncRun(models.Model):
     users_failed = models.PositiveIntegerField(default=0)
     users_skipped = models.PositiveIntegerField(default=0)
     error_code = models.CharField(max_length=64, blank=True)
+    # When a batch (or the fan-out) last reported: a running run silent for
+    # ENTITLEMENTS_RUN_STALL_SECONDS lost its tasks and is closed.
+    progressed_at = models.DateTimeField(null=True, blank=True)
     # The revocation budget (core/entitlements/revocation_budget.py): the accesses the sync could
     # revoke when the run started, how many of them the run may revoke, how many it did, and
     # whether it reached its budget and held its further revocations.

@@ -134,7 +134,9 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -
 # and Flower, so none is kept; what it sends is logged.
 @shared_task(name=TaskName.SWEEP_PENDING_SYNCS, ignore_result=True)
 def sweep_pending_syncs() -> int:
-    """Enqueue every recorded sync request that never ran (e.g. the broker was down)."""
+    """Enqueue every recorded sync request that never ran (e.g. the broker was down), and
+    close the runs whose batches were lost."""
+    runs.close_lost_runs()
     sent = enqueue_outstanding_requests()
     if sent:
         logger.info("sweep: %d sync request(s) re-enqueued", sent)

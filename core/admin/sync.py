@@ -1,5 +1,6 @@
 """The sync's records in the admin: sync states, the audit trail, and runs with "resync all"."""
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
@@ -75,6 +76,29 @@ class AccessAuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "created_at"
 
 
+# Why a run ended the way it did, by its error code: the run's page says it in words.
+RUN_ENDINGS = {
+    "incomplete": (
+        "No batch of this run reported for {stall} s: its tasks were lost (e.g. the broker "
+        "restarted without its data) or expired unrun. It was closed as failed so that the "
+        "next run could go ahead; that run covers its users."
+    ),
+    "configuration": (
+        "The upstream refused our configuration (API key or service id): the run stopped at "
+        "the first refusal and asked nobody else. Fix ENTITLEMENTS_BACKEND_PARAMETERS, restart "
+        "the workers and start a run."
+    ),
+    "fanout_failed": (
+        "Not every batch could be sent (the broker could not be reached): the users counted "
+        "were sent, the others were not asked. The next run covers them."
+    ),
+    "revocations_held": (
+        "The run reached its revocation budget: its further revocations are held for an "
+        "operator (see its held revocations)."
+    ),
+}
+
+
 @admin.register(SyncRun)
 class SyncRunAdmin(
     ResyncPermissionMixin, HeldRevocationActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin
@@ -112,6 +136,7 @@ class SyncRunAdmin(
         "task_id",
         "status",
         "error_code",
+        "why_it_ended",
         "started_at",
         "finished_at",
         "users_enqueued",
@@ -126,7 +151,7 @@ class SyncRunAdmin(
         "held_revocations_link",
         "progress_chart",
     )
-    readonly_fields = ("started_at", "held_revocations_link", "progress_chart")
+    readonly_fields = ("started_at", "why_it_ended", "held_revocations_link", "progress_chart")
     actions = ["release_held", "discard_held"]
 
     def get_queryset(self, request):
@@ -148,6 +173,12 @@ class SyncRunAdmin(
             return f"{counted_users}/?" if run.status == SyncRun.Status.RUNNING else "-"
         percent = 100 * counted_users // run.users_enqueued
         return f"{counted_users}/{run.users_enqueued} ({percent} %)"
+
+    @admin.display(description="why it ended")
+    def why_it_ended(self, run: SyncRun) -> str:
+        """The run's error code in words ("-" for a run without one)."""
+        ending = RUN_ENDINGS.get(run.error_code)
+        return ending.format(stall=settings.ENTITLEMENTS_RUN_STALL_SECONDS) if ending else "-"
 
     @admin.display(description="revocation budget")
     def revocations(self, run: SyncRun) -> str:

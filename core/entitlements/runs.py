@@ -5,6 +5,7 @@ bulk queue, the batch's threads) lives in the worker; it calls these.
 """
 
 import enum
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -22,6 +23,8 @@ from core.entitlements.revocation_budget import RunRevocationBudget as RunRevoca
 from core.entitlements.revocation_budget import new_run_budget
 from core.models import EntitlementSyncState, SyncRun, Trigger
 
+logger = logging.getLogger(__name__)
+
 _FAILED_STATUSES = frozenset(
     {
         EntitlementSyncState.Status.INVALID,
@@ -33,6 +36,8 @@ _FAILED_STATUSES = frozenset(
 
 # A run's error code once a configuration error stopped it: its batches ask no one else.
 CONFIGURATION_ERROR = "configuration"
+# A run's error code once it was closed unfinished: its batches were lost or expired unrun.
+INCOMPLETE = "incomplete"
 
 
 class Outcome(enum.StrEnum):
@@ -100,19 +105,15 @@ def start_run(
     """Create the run's row: running, or skipped when a run of the same scope is in progress.
 
     Call with the scope's run lock held (else pass `another_is_starting`), so two starts
-    cannot both see no run in progress. A run whose batches may still be queued (younger
-    than the batch expiry) is in progress; an older one still marked running lost batches to
-    expiry and is closed as failed.
+    cannot both see no run in progress. A run still marked running whose batches were lost
+    (see `close_lost_runs`) is closed first: it never holds up the next one.
     """
     now = timezone.now()
     same_scope = SyncRun.objects.filter(
         scope=scope, maildomain_name=maildomain_name, status=SyncRun.Status.RUNNING
     )
     if not another_is_starting:
-        expired_before = now - timedelta(seconds=batch_expiry_seconds())
-        same_scope.filter(started_at__lt=expired_before).update(
-            status=SyncRun.Status.FAILED, error_code="incomplete", finished_at=now
-        )
+        close_lost_runs()
     skipped = another_is_starting or same_scope.exists()
     # The revocation budget, counted before any batch of the run revokes.
     budget = {} if skipped else asdict(new_run_budget())
@@ -123,8 +124,45 @@ def start_run(
         task_id=task_id,
         status=SyncRun.Status.SKIPPED if skipped else SyncRun.Status.RUNNING,
         finished_at=now if skipped else None,
+        progressed_at=now,
         **budget,
     )
+
+
+def close_lost_runs() -> int:
+    """Close as failed/incomplete every running run whose batches can no longer finish; return
+    how many.
+
+    A run is lost when no batch reported for ENTITLEMENTS_RUN_STALL_SECONDS (its tasks were
+    lost, e.g. a Redis broker restarted without its data; a live run's batches report before
+    each retry and at their end), or when it is older than the batch expiry (its batches
+    expire unrun). The next run, and the sweep every minute, call this: a lost run ends within
+    minutes and never holds up the next one. A batch of it that still turns up counts on the
+    closed row.
+    """
+    now = timezone.now()
+    stalled_before = now - timedelta(seconds=settings.ENTITLEMENTS_RUN_STALL_SECONDS)
+    expired_before = now - timedelta(seconds=batch_expiry_seconds())
+    lost = SyncRun.objects.filter(status=SyncRun.Status.RUNNING).filter(
+        Q(progressed_at__lt=stalled_before)
+        | Q(progressed_at__isnull=True, started_at__lt=stalled_before)
+        | Q(started_at__lt=expired_before)
+    )
+    closed = 0
+    for run_id in lost.values_list("pk", flat=True):
+        if SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).update(
+            status=SyncRun.Status.FAILED, error_code=INCOMPLETE, finished_at=now
+        ):
+            logger.warning(
+                "resync run %s closed as failed/incomplete: no batch reported for %d s (its "
+                "tasks were lost, e.g. the broker restarted without its data); the next run "
+                "covers its users",
+                run_id,
+                settings.ENTITLEMENTS_RUN_STALL_SECONDS,
+            )
+            _record_ended(run_id)
+            closed += 1
+    return closed
 
 
 def record_fan_out(*, run_id: int, users_enqueued: int) -> None:
@@ -133,7 +171,9 @@ def record_fan_out(*, run_id: int, users_enqueued: int) -> None:
     Written once, after the last batch is sent: until then no batch can mistake a partial
     count for the total and close the run early.
     """
-    SyncRun.objects.filter(pk=run_id).update(users_enqueued=users_enqueued)
+    SyncRun.objects.filter(pk=run_id).update(
+        users_enqueued=users_enqueued, progressed_at=timezone.now()
+    )
     if users_enqueued == 0:
         SyncRun.objects.filter(pk=run_id).update(
             status=SyncRun.Status.DONE, finished_at=timezone.now()
@@ -162,6 +202,7 @@ def record_batch(*, run_id: int, outcome: BatchOutcome) -> None:
         users_changed=F("users_changed") + totals["changed"],
         users_failed=F("users_failed") + totals["failed"],
         users_skipped=F("users_skipped") + totals["skipped"],
+        progressed_at=timezone.now(),
     )
     finish_if_complete(run_id=run_id)
 
