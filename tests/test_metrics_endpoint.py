@@ -145,6 +145,12 @@ def test_the_queues_are_the_workers():
     assert metrics.QUEUES == (INTERACTIVE_QUEUE, BULK_QUEUE)
 
 
+def test_the_answer_labels_are_the_answer_kinds():
+    from core.entitlements.backends.base import AnswerKind
+
+    assert set(metrics.ANSWERS) == set(AnswerKind)
+
+
 def test_reset_metrics_deletes_only_the_metric_files(tmp_path, settings):
     settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
     (tmp_path / "counter_123.db").write_bytes(b"x")
