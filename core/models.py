@@ -291,6 +291,8 @@ class SyncRun(models.Model):
     users_changed = models.PositiveIntegerField(default=0)
     users_failed = models.PositiveIntegerField(default=0)
     users_skipped = models.PositiveIntegerField(default=0)
+    # Not asked: the run stopped (configuration error) before their turn.
+    users_not_run = models.PositiveIntegerField(default=0)
     error_code = models.CharField(max_length=64, blank=True)
     # When a batch (or the fan-out) last reported: a running run silent for
     # ENTITLEMENTS_RUN_STALL_SECONDS lost its tasks and is closed.

@@ -1,6 +1,5 @@
 """The sync's records in the admin: sync states, the audit trail, and runs with "resync all"."""
 
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.messages.constants import DEFAULT_LEVELS
 from django.core.exceptions import PermissionDenied
@@ -21,7 +20,7 @@ from core.admin.common import (
 )
 from core.admin.held_revocations import HeldRevocationActionsMixin
 from core.admin.run_chart import run_chart
-from core.entitlements import describe, request_resync, upstream_status
+from core.entitlements import describe, request_resync, upstream_status, why_run_ended
 from core.models import AccessAuditEntry, EntitlementSyncState, HeldRevocation, SyncRun, Trigger
 from core.selectors import count_pending, held_revocations_of_runs, running_full_run
 
@@ -77,29 +76,6 @@ class AccessAuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "created_at"
 
 
-# Why a run ended the way it did, by its error code: the run's page says it in words.
-RUN_ENDINGS = {
-    "incomplete": (
-        "No batch of this run reported for {stall} s: its tasks were lost (e.g. the broker "
-        "restarted without its data) or expired unrun. It was closed as failed so that the "
-        "next run could go ahead; that run covers its users."
-    ),
-    "configuration": (
-        "The upstream refused our configuration (API key or service id): the run stopped at "
-        "the first refusal and asked nobody else. Fix ENTITLEMENTS_BACKEND_PARAMETERS, restart "
-        "the workers and start a run."
-    ),
-    "fanout_failed": (
-        "Not every batch could be sent (the broker could not be reached): the users counted "
-        "were sent, the others were not asked. The next run covers them."
-    ),
-    "revocations_held": (
-        "The run reached its revocation budget: its further revocations are held for an "
-        "operator (see its held revocations)."
-    ),
-}
-
-
 @admin.register(SyncRun)
 class SyncRunAdmin(
     ResyncPermissionMixin, HeldRevocationActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin
@@ -121,6 +97,7 @@ class SyncRunAdmin(
         "users_changed",
         "users_failed",
         "users_skipped",
+        "users_not_run",
         "revocations",
         "pending_held",
         "finished_at",
@@ -145,6 +122,7 @@ class SyncRunAdmin(
         "users_changed",
         "users_failed",
         "users_skipped",
+        "users_not_run",
         "revocable_accesses",
         "revoke_budget",
         "accesses_revoked",
@@ -168,18 +146,20 @@ class SyncRunAdmin(
 
     @admin.display(description="progress")
     def progress(self, run: SyncRun) -> str:
-        """Users counted over users enqueued (the total is known once the fan-out ends)."""
-        counted_users = run.users_done + run.users_failed + run.users_skipped
+        """Users counted over users enqueued (the total is known once the fan-out ends); for
+        a run that stopped, how many were asked and how many were not run."""
+        counted_users = run.users_done + run.users_failed + run.users_skipped + run.users_not_run
         if not run.users_enqueued:
             return f"{counted_users}/?" if run.status == SyncRun.Status.RUNNING else "-"
+        if run.users_not_run:
+            asked = run.users_done + run.users_failed
+            return f"{asked}/{run.users_enqueued} asked, {run.users_not_run} not run"
         percent = 100 * counted_users // run.users_enqueued
         return f"{counted_users}/{run.users_enqueued} ({percent} %)"
 
     @admin.display(description="why it ended")
     def why_it_ended(self, run: SyncRun) -> str:
-        """The run's error code in words ("-" for a run without one)."""
-        ending = RUN_ENDINGS.get(run.error_code)
-        return ending.format(stall=settings.ENTITLEMENTS_RUN_STALL_SECONDS) if ending else "-"
+        return why_run_ended(run) or "-"
 
     @admin.display(description="revocation budget")
     def revocations(self, run: SyncRun) -> str:

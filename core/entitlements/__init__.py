@@ -14,7 +14,7 @@ from core.entitlements.batches import sync_run_batch
 from core.entitlements.fan_out import run_resync
 from core.entitlements.held_revocations import discard_held_revocations, release_held_revocations
 from core.entitlements.receipts import describe
-from core.entitlements.runs import close_lost_runs
+from core.entitlements.runs import close_lost_runs, why_run_ended
 from core.entitlements.sync import plan_sync, sync_user_entitlements
 from core.entitlements.sync_requests import (
     enqueue_outstanding_requests,
@@ -37,4 +37,5 @@ __all__ = (
     "sync_run_batch",
     "sync_user_entitlements",
     "upstream_status",
+    "why_run_ended",
 )

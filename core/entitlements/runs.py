@@ -43,6 +43,9 @@ class Outcome(enum.StrEnum):
     CHANGED = "changed"
     FAILED = "failed"
     SKIPPED = "skipped"
+    # Not asked: the run stopped (configuration error) before this user's turn. Their state
+    # stays as it was.
+    NOT_RUN = "not_run"
 
 
 def outcome_of(result: SyncResult) -> Outcome:
@@ -77,6 +80,7 @@ class BatchTally:
             "changed": self.counts[Outcome.CHANGED],
             "failed": self.counts[Outcome.FAILED],
             "skipped": self.counts[Outcome.SKIPPED],
+            "not_run": self.counts[Outcome.NOT_RUN],
             "retrying": len(self.retry_user_ids),
         }
 
@@ -198,8 +202,10 @@ def record_batch(*, run_id: int, tally: BatchTally) -> None:
         users_changed=F("users_changed") + totals["changed"],
         users_failed=F("users_failed") + totals["failed"],
         users_skipped=F("users_skipped") + totals["skipped"],
+        users_not_run=F("users_not_run") + totals["not_run"],
         progressed_at=timezone.now(),
     )
+    metrics.run_users_counted(counts=totals)
     finish_if_complete(run_id=run_id)
 
 
@@ -235,7 +241,7 @@ def finish_if_complete(*, run_id: int) -> bool:
     Both the fan-out (after writing the total) and every batch (after adding its counts)
     call this, so whichever comes last closes the run, exactly once.
     """
-    counted = F("users_done") + F("users_failed") + F("users_skipped")
+    counted = F("users_done") + F("users_failed") + F("users_skipped") + F("users_not_run")
     finished = bool(
         SyncRun.objects.filter(
             Q(pk=run_id, status=SyncRun.Status.RUNNING, users_enqueued__gt=0),
@@ -250,9 +256,40 @@ def finish_if_complete(*, run_id: int) -> bool:
 def _record_ended(run_id: int) -> None:
     """Report a run that just ended to the metrics: one read, once per run."""
     run = SyncRun.objects.get(pk=run_id)
+    if run.status == SyncRun.Status.FAILED:
+        metrics.run_failed(reason=run.error_code)
     metrics.run_ended(
         scope=run.scope,
         status=run.status,
         seconds=(run.finished_at - run.started_at).total_seconds(),
         users=run.users_done + run.users_failed + run.users_skipped,
     )
+
+
+# Why a run ended the way it did, by its error code, in the words the admin and the command use.
+_RUN_ENDINGS = {
+    "incomplete": (
+        "No batch of this run reported for {stall} s: its tasks were lost (e.g. the broker "
+        "restarted without its data) or expired unrun. It was closed as failed so that the "
+        "next run could go ahead; that run covers its users."
+    ),
+    "configuration": (
+        "The upstream refused our configuration (API key or service id): the run stopped at "
+        "the first refusal and asked nobody else. Fix ENTITLEMENTS_BACKEND_PARAMETERS, restart "
+        "the workers and start a run."
+    ),
+    "fanout_failed": (
+        "Not every batch could be sent (the broker could not be reached): the users counted "
+        "were sent, the others were not asked. The next run covers them."
+    ),
+    "revocations_held": (
+        "The run reached its revocation budget: its further revocations are held for an "
+        "operator (see its held revocations)."
+    ),
+}
+
+
+def why_run_ended(run: SyncRun) -> str:
+    """Why the run ended as it did, in words; "" for a run without an error code."""
+    ending = _RUN_ENDINGS.get(run.error_code, "")
+    return ending.format(stall=settings.ENTITLEMENTS_RUN_STALL_SECONDS)

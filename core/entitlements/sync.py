@@ -182,19 +182,11 @@ def _requested_at(user: User) -> datetime | None:
         return None
 
 
-def record_syncs_not_run(
-    *, user_ids: Iterable[uuid.UUID | str], trigger: Trigger, task_id: str, error_code: str
-) -> None:
-    """Record users of a stopped run as failed with `error_code`, without asking: one UPDATE.
-
-    Ends the syncs the run had started for them, so the sweep does not take them for stuck.
-    """
+def end_syncs_not_run(*, user_ids: Iterable[uuid.UUID | str]) -> None:
+    """End the syncs a stopped run started but never asked: one UPDATE. Their status, error
+    code and last answer stay as they were; the end only tells the sweep they are not stuck."""
     EntitlementSyncState.objects.filter(user_id__in=list(user_ids)).update(
-        status=EntitlementSyncState.Status.ERROR,
-        error_code=error_code,
-        finished_at=timezone.now(),
-        last_trigger=trigger,
-        last_task_id=task_id,
+        finished_at=timezone.now()
     )
 
 

@@ -101,6 +101,16 @@ def broker_and_cache(server: PrivateRedis, settings):
     cache.close()
 
 
+WRONG_KEY = "a-wrong-service-key-0123456789"
+
+
+@pytest.fixture
+def wrong_key(upstream, settings):
+    """The workers send a key DeployCenter does not know: every request is refused (401)."""
+    settings.ENTITLEMENTS_BACKEND_PARAMETERS = upstream.backend_parameters(api_key=WRONG_KEY)
+    return upstream
+
+
 @pytest.fixture
 def upstream(deploycenter_backend, settings):
     """The DeployCenter stub as the configured upstream of this process and of the workers."""

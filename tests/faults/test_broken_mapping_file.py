@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.entitlements.requests import request_sync
+from core.entitlements import request_sync
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, Trigger, User
 from tests.faults.conftest import ALPHA, WORKER_DEFAULTS
 from tests.support import WorkerProcess, wait_until, worker_environment

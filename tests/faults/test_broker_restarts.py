@@ -21,7 +21,7 @@ from functools import partial
 
 import pytest
 
-from core.entitlements.requests import request_full_resync
+from core.entitlements import request_resync
 from core.models import SyncRun, Trigger, User
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import (
@@ -101,7 +101,7 @@ def ride_out_restarts(*, restarts, restart, env, make_admins, upstream, settings
     try:
         for number in range(restarts):
             calls = upstream.calls
-            request_full_resync(trigger=Trigger.ADMIN)
+            request_resync(trigger=Trigger.ADMIN)
             wait_until(
                 lambda calls=calls: upstream.calls > calls, timeout=60, message="the run's batches"
             )

@@ -8,7 +8,7 @@ import time
 from django.test import Client
 from django.urls import reverse
 
-from core.entitlements.requests import request_full_resync
+from core.entitlements import request_resync
 from core.models import SyncRun, Trigger, User
 from tests.faults.conftest import until_sweeping
 from tests.support import wait_until
@@ -31,7 +31,7 @@ def test_a_run_whose_batches_the_broker_lost_ends_and_the_next_one_runs(
     upstream.latency = 0.5
     make_admins(USERS)
     start_worker(concurrency=1, redis_url=private_broker.url, **SETTINGS)
-    request_full_resync(trigger=Trigger.ADMIN)
+    request_resync(trigger=Trigger.ADMIN)
     wait_until(lambda: upstream.calls >= 2, timeout=60, message="the run's first batch")
 
     # Redis restarts empty: the queued batches and the one in flight are gone.
@@ -52,7 +52,7 @@ def test_a_run_whose_batches_the_broker_lost_ends_and_the_next_one_runs(
     assert (closed.status, closed.error_code) == ("failed", "incomplete")
     assert closed.users_done + closed.users_failed + closed.users_skipped < USERS
 
-    request_full_resync(trigger=Trigger.ADMIN)
+    request_resync(trigger=Trigger.ADMIN)
     following = wait_until(
         lambda: SyncRun.objects.exclude(pk=lost.pk).exclude(status="running").first(),
         timeout=90,

@@ -1,7 +1,8 @@
 """manage.py sync_entitlements: resync one user, one domain's admins, or every admin.
 
-Exit codes: 0 done, 1 an error (unknown user, broker down...), 3 --wait timed out, 4 the run
-held revocations that an operator must release or discard.
+Exit codes: 0 done, 1 an error (unknown user, broker down, the run skipped...), 2 a bad
+option (an empty --user or --domain), 3 --wait timed out, 4 the run held revocations that an
+operator must release or discard, 5 the run failed (it says why, and who was not asked).
 """
 
 import argparse
@@ -12,7 +13,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from core.entitlements import describe, plan_sync, request_resync, request_sync
+from core.entitlements import describe, plan_sync, request_resync, request_sync, why_run_ended
 
 # The receipt's type, for annotations (tests/test_layers.py lists this reader of the package).
 from core.entitlements.receipts import SyncReceipt
@@ -22,6 +23,9 @@ from core.validators import normalize_domain_name, normalize_email
 
 EXIT_TIMEOUT = 3
 EXIT_HELD_REVOCATIONS = 4
+EXIT_RUN_FAILED = 5
+# Without --wait: how long to look for the run's row, to say whether it started or was skipped.
+_RUN_START_SECONDS = 10
 _POLL_SECONDS = 0.5
 
 
@@ -56,7 +60,7 @@ class Command(BaseCommand):
         "Resync entitlements of one user (--user), of one domain's admins (--domain) or of "
         "every admin (--all) through the workers; --dry-run prints what would change, "
         "in this process, writing nothing. Exit codes: 3 when --wait times out, 4 when the "
-        "run held revocations for an operator."
+        "run held revocations for an operator, 5 when the run failed."
     )
 
     def add_arguments(self, parser):
@@ -102,6 +106,8 @@ class Command(BaseCommand):
         self._tell(receipt)
         if wait:
             self._wait_for_run(receipt.task_id, timeout=timeout)
+        else:
+            self._tell_run_start(receipt.task_id)
 
     def _sync_user(self, user: User, *, wait: bool, timeout: float) -> None:
         """Request a sync of the user through the one door, and optionally wait for it."""
@@ -116,6 +122,24 @@ class Command(BaseCommand):
         if notice.level == "error":
             raise CommandError(notice.text)
         self.stdout.write(notice.text)
+
+    def _tell_run_start(self, task_id: str) -> None:
+        """Say whether the run started or was skipped (exit 1), once a worker took it."""
+        run = _poll(
+            lambda: SyncRun.objects.filter(task_id=task_id).first(),
+            until=lambda run: run is not None,
+            deadline=time.monotonic() + _RUN_START_SECONDS,
+            timeout_message=None,
+        )
+        if run is None:
+            self.stdout.write(
+                f"No worker took it within {_RUN_START_SECONDS} s (is a worker serving the bulk "
+                "queue?): its run shows in the admin's sync runs once one does."
+            )
+        elif run.status == SyncRun.Status.SKIPPED:
+            raise CommandError(_skipped_text(run))
+        else:
+            self.stdout.write(f"Run #{run.pk} {run.status}; the admin's sync runs follow it.")
 
     def _wait_for_user(self, user: User, *, requested_at, timeout: float) -> None:
         """Wait for a sync that started after the request to finish, then say what it did."""
@@ -146,17 +170,31 @@ class Command(BaseCommand):
             ) from None
         if started.get("run_status") == SyncRun.Status.SKIPPED:
             raise CommandError(
-                f"Run #{started.get('run_id')} skipped: another run of the same scope is in "
-                "progress."
+                _skipped_text(SyncRun.objects.get(pk=started["run_id"]))
                 if "run_id" in started
                 else f"The resync did not start: {started.get('reason', started)}"
             )
         run = self._follow(started["run_id"], deadline=deadline, timeout=timeout)
+        if run.status == SyncRun.Status.FAILED:
+            # A run stops before its batches have all reported: its counts come once they did.
+            run = _poll(
+                lambda: SyncRun.objects.get(pk=run.pk),
+                until=lambda run: _counted_users(run) >= run.users_enqueued,
+                deadline=min(deadline, time.monotonic() + _RUN_START_SECONDS),
+                timeout_message=None,
+            )
+        asked = run.users_done + run.users_failed
         self.stdout.write(
-            f"Run #{run.pk} {run.status}: {_count(run.users_enqueued, 'user')}, "
-            f"{run.users_done} done ({run.users_changed} changed), {run.users_failed} failed, "
-            f"{run.users_skipped} skipped."
+            f"Run #{run.pk} {run.status}"
+            + (f" ({run.error_code})" if run.error_code else "")
+            + f": {_count(run.users_enqueued, 'user')}, {asked} asked: {run.users_done} done "
+            f"({run.users_changed} changed), {run.users_failed} failed; "
+            f"{run.users_skipped} skipped, {run.users_not_run} not run."
         )
+        if run.status == SyncRun.Status.FAILED:
+            raise CommandError(
+                f"Run #{run.pk} failed: {why_run_ended(run)}", returncode=EXIT_RUN_FAILED
+            )
         held = run.held_revocations.filter(resolution="pending").count()
         if run.revocations_held:
             raise CommandError(
@@ -173,7 +211,7 @@ class Command(BaseCommand):
 
             def show(run: SyncRun) -> bool:
                 bar.total = run.users_enqueued or None
-                bar.n = run.users_done + run.users_failed + run.users_skipped
+                bar.n = _counted_users(run)
                 bar.set_postfix(
                     changed=run.users_changed, failed=run.users_failed, skipped=run.users_skipped
                 )
@@ -219,15 +257,40 @@ class Command(BaseCommand):
         return f"{email}: would {', '.join(changes)}", True
 
 
-def _poll(read, *, until, deadline: float, timeout_message: str):
-    """Read a row every half second until `until(row)`; a CommandError (exit 3) past deadline."""
+def _poll(read, *, until, deadline: float, timeout_message: str | None):
+    """Read a row every half second until `until(row)`; past deadline a CommandError (exit 3),
+    or the last row read when there is no `timeout_message`."""
     while True:
         row = read()
         if until(row):
             return row
         if time.monotonic() > deadline:
+            if timeout_message is None:
+                return row
             raise CommandError(timeout_message, returncode=EXIT_TIMEOUT)
         time.sleep(_POLL_SECONDS)
+
+
+def _counted_users(run: SyncRun) -> int:
+    """The run's users whose batch reported them, asked or not."""
+    return run.users_done + run.users_failed + run.users_skipped + run.users_not_run
+
+
+def _skipped_text(run: SyncRun) -> str:
+    """Why a run was skipped: the run of its scope in progress, when it started."""
+    running = (
+        SyncRun.objects.filter(
+            scope=run.scope, maildomain_name=run.maildomain_name, status=SyncRun.Status.RUNNING
+        )
+        .exclude(pk=run.pk)
+        .first()
+    )
+    if running is None:
+        return f"Run #{run.pk} skipped: another run of the same scope was starting."
+    return (
+        f"Run #{run.pk} skipped: run #{running.pk} of the same scope is in progress (started "
+        f"{running.started_at:%Y-%m-%d %H:%M:%S} UTC); nothing was started."
+    )
 
 
 def _user_by_email(email: str) -> User:
