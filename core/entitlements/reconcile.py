@@ -19,7 +19,14 @@ from core.entitlements.identity import (
     hold_revocations_after_identity_change,
     upstream_identity,
 )
-from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, Trigger, User
+from core.models import (
+    EntitlementSyncState,
+    HeldRevocation,
+    MailDomain,
+    MailDomainAccess,
+    Trigger,
+    User,
+)
 
 Status = EntitlementSyncState.Status
 
@@ -369,6 +376,9 @@ def _status(answer: UpstreamAnswer, plan: _Plan) -> tuple[str, str]:
     """The sync state's status and error code after reconciling `answer` as `plan` says."""
     if plan.identity_held:
         return Status.REVOCATIONS_HELD, IDENTITY_CHANGED
+    if plan.held:
+        # The run's budget held them: the user's row says so, not only the held list.
+        return Status.REVOCATIONS_HELD, HeldRevocation.Reason.RUN_BUDGET.value
     return STATUS_BY_KIND[answer.kind], _error_code(answer)
 
 
