@@ -3,6 +3,7 @@
 import uuid
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
@@ -266,6 +267,29 @@ class AccessAuditEntry(models.Model):
         return f"{self.action} {self.role} of {self.maildomain_name} ({self.trigger})"
 
 
+# Why a run ended the way it did, by its error code, in the words the admin and the command use.
+_RUN_ENDINGS = {
+    "incomplete": (
+        "No batch of this run reported for {stall} s: its tasks were lost (e.g. the broker "
+        "restarted without its data) or expired unrun. It was closed as failed so that the "
+        "next run could go ahead; that run covers its users."
+    ),
+    "configuration": (
+        "The upstream refused our configuration (API key or service id): the run stopped at "
+        "the first refusal and asked nobody else. Fix ENTITLEMENTS_BACKEND_PARAMETERS, restart "
+        "the workers and start a run."
+    ),
+    "fanout_failed": (
+        "Not every batch could be sent (the broker could not be reached): the users counted "
+        "were sent, the others were not asked. The next run covers them."
+    ),
+    "revocations_held": (
+        "The run reached its revocation budget: its further revocations are held for an "
+        "operator (see its held revocations)."
+    ),
+}
+
+
 class SyncRun(models.Model):
     """One run of an admin-wide resync (all admins, or one domain's), updated as it progresses."""
 
@@ -311,6 +335,12 @@ class SyncRun(models.Model):
 
     def __str__(self):
         return f"{self.scope} resync {self.started_at:%Y-%m-%d %H:%M} ({self.status})"
+
+    def why_it_ended(self) -> str:
+        """Why the run ended as it did, in the words the admin and the command use; "" for a
+        run without an error code."""
+        ending = _RUN_ENDINGS.get(self.error_code, "")
+        return ending.format(stall=settings.ENTITLEMENTS_RUN_STALL_SECONDS)
 
 
 class HeldRevocation(models.Model):

@@ -12,9 +12,8 @@ import logging
 from celery import shared_task
 
 from core.entitlements import (
-    close_lost_runs,
-    enqueue_outstanding_requests,
     run_resync,
+    sweep,
     sync_run_batch,
     sync_user_entitlements,
 )
@@ -123,8 +122,7 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -
 def sweep_pending_syncs() -> int:
     """Enqueue every recorded sync request that never ran (e.g. the broker was down), and
     close the runs whose batches were lost."""
-    close_lost_runs()
-    sent = enqueue_outstanding_requests()
+    sent = sweep()
     if sent:
         logger.info("sweep: %d sync request(s) re-enqueued", sent)
     return sent

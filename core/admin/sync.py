@@ -20,7 +20,7 @@ from core.admin.common import (
 )
 from core.admin.held_revocations import HeldRevocationActionsMixin
 from core.admin.run_chart import run_chart
-from core.entitlements import describe, request_resync, upstream_status, why_run_ended
+from core.entitlements import describe, request_resync, upstream_status
 from core.models import AccessAuditEntry, EntitlementSyncState, HeldRevocation, SyncRun, Trigger
 from core.selectors import count_pending, held_revocations_of_runs, running_full_run
 
@@ -159,7 +159,7 @@ class SyncRunAdmin(
 
     @admin.display(description="why it ended")
     def why_it_ended(self, run: SyncRun) -> str:
-        return why_run_ended(run) or "-"
+        return run.why_it_ended() or "-"
 
     @admin.display(description="revocation budget")
     def revocations(self, run: SyncRun) -> str:

@@ -5,7 +5,7 @@ command line and provisioning ask for syncs (`request_sync`, `request_resync`) a
 operator what `describe` says of the receipt they get; the command's dry run asks
 `plan_sync`. The worker's tasks run one user's sync
 (`sync_user_entitlements`), a run's fan-out (`run_resync`) and its batches
-(`sync_run_batch`), and the sweep (`enqueue_outstanding_requests`, `close_lost_runs`); they
+(`sync_run_batch`), and the sweep (`sweep`: lost runs closed, unserved requests sent); they
 add retries and routing only. A custom backend subclasses `backends.base.EntitlementsBackend`.
 """
 
@@ -14,28 +14,22 @@ from core.entitlements.batches import sync_run_batch
 from core.entitlements.fan_out import run_resync
 from core.entitlements.held_revocations import discard_held_revocations, release_held_revocations
 from core.entitlements.receipts import describe
-from core.entitlements.runs import close_lost_runs, why_run_ended
+from core.entitlements.sweep import sweep
 from core.entitlements.sync import plan_sync, sync_user_entitlements
-from core.entitlements.sync_requests import (
-    enqueue_outstanding_requests,
-    request_resync,
-    request_sync,
-)
+from core.entitlements.sync_requests import request_resync, request_sync
 from core.entitlements.upstream_guard import upstream_status
 
 __all__ = (
-    "close_lost_runs",
     "describe",
     "discard_held_revocations",
-    "enqueue_outstanding_requests",
     "grant_accesses_for_new_domains",
     "plan_sync",
     "release_held_revocations",
     "request_resync",
     "request_sync",
     "run_resync",
+    "sweep",
     "sync_run_batch",
     "sync_user_entitlements",
     "upstream_status",
-    "why_run_ended",
 )

@@ -158,9 +158,12 @@ def reconcile_many_admin_accesses(
     return _results(answers, plans, trigger=trigger)
 
 
-def plan_admin_accesses(*, answers: Sequence[UserAnswer], trigger: Trigger) -> list[SyncResult]:
-    """What reconcile_many_admin_accesses would do outside a run, read without writing."""
-    plans = _checked_plans(answers, _read_states([user for user, _ in answers]), in_run=False)
+def plan_admin_accesses(
+    *, answers: Sequence[UserAnswer], trigger: Trigger, in_run: bool = False
+) -> list[SyncResult]:
+    """What reconcile_many_admin_accesses would do (in a run, without its budget: `in_run`),
+    read without writing."""
+    plans = _checked_plans(answers, _read_states([user for user, _ in answers]), in_run=in_run)
     return _results(answers, plans, trigger=trigger)
 
 

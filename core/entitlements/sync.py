@@ -82,12 +82,14 @@ def sync_user_entitlements(
     return result
 
 
-def plan_sync(*, user_id: uuid.UUID | str) -> SyncResult:
+def plan_sync(*, user_id: uuid.UUID | str, in_run: bool = False) -> SyncResult:
     """The dry run of one user's sync: what it would change now, written nowhere.
 
     Asks the upstream now (through the cache and the guard, as a command-line sync would) and
-    plans the reconcile without a run's budget; records nothing, counts no metric. An
-    upstream that is down gives an `unavailable` result. Raises User.DoesNotExist.
+    plans the reconcile without a run's budget (the caller applies it); `in_run` plans it as
+    a run's batch does (an ended subscription past its window is revoked). Records nothing,
+    counts no metric. An upstream that is down gives an `unavailable` result. Raises
+    User.DoesNotExist.
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
     trigger = Trigger.COMMAND
@@ -96,7 +98,7 @@ def plan_sync(*, user_id: uuid.UUID | str) -> SyncResult:
     except EntitlementsUnavailableError as error:
         _log_unavailable(user, trigger=trigger, error=error)
         return _unavailable_result(user, trigger=trigger, error=error)
-    [result] = plan_admin_accesses(answers=[(user, answer)], trigger=trigger)
+    [result] = plan_admin_accesses(answers=[(user, answer)], trigger=trigger, in_run=in_run)
     _log_result(result, answer=answer, note=" (dry run)")
     return result
 

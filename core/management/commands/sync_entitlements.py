@@ -13,10 +13,16 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from core.entitlements import describe, plan_sync, request_resync, request_sync, why_run_ended
+from core.entitlements import (
+    describe,
+    plan_sync,
+    request_resync,
+    request_sync,
+)
 
 # The receipt's type, for annotations (tests/test_layers.py lists this reader of the package).
 from core.entitlements.receipts import SyncReceipt
+from core.entitlements.revocation_budget import new_run_budget
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, SyncRun, Trigger, User
 from core.selectors import users_due_for_full_resync, users_of_domain
 from core.validators import normalize_domain_name, normalize_email
@@ -94,12 +100,13 @@ class Command(BaseCommand):
         maildomain = _domain_by_name(options["domain"]) if options["domain"] is not None else None
         if dry_run:
             if target_user:
-                user_ids = [target_user.pk]
-            elif maildomain:
+                return self._dry_run([target_user.pk], run_budget=None)
+            if maildomain:
                 user_ids = users_of_domain(maildomain=maildomain)
             else:
                 user_ids = users_due_for_full_resync()
-            return self._dry_run(user_ids)
+            # Planned as the run would: ended subscriptions revoked, its budget holding the rest.
+            return self._dry_run(user_ids, run_budget=new_run_budget().revoke_budget)
         if target_user:
             return self._sync_user(target_user, wait=wait, timeout=timeout)
         receipt = request_resync(maildomain=maildomain, trigger=Trigger.COMMAND)
@@ -193,7 +200,7 @@ class Command(BaseCommand):
         )
         if run.status == SyncRun.Status.FAILED:
             raise CommandError(
-                f"Run #{run.pk} failed: {why_run_ended(run)}", returncode=EXIT_RUN_FAILED
+                f"Run #{run.pk} failed: {run.why_it_ended()}", returncode=EXIT_RUN_FAILED
             )
         held = run.held_revocations.filter(resolution="pending").count()
         if run.revocations_held:
@@ -225,36 +232,68 @@ class Command(BaseCommand):
                 "in the workers (the admin's sync runs show it).",
             )
 
-    def _dry_run(self, user_ids) -> None:
-        """Compute each user's plan in this process and print the changes; write nothing."""
+    def _dry_run(self, user_ids, *, run_budget: int | None) -> None:
+        """Compute each user's plan in this process and print what would change or be held;
+        write nothing. With a `run_budget` (a run's dry run) users are planned as the run
+        plans them, and revocations past the budget are held, as the run would hold them."""
         user_ids = list(user_ids)
-        would_change = 0
+        forecast = _Forecast(run_budget=run_budget)
         for user_id in tqdm(user_ids, file=self.stderr._out, unit=" users", leave=False):
-            line, changes = self._dry_run_one(user_id)
-            would_change += changes
+            email = User.objects.values_list("email", flat=True).get(pk=user_id)
+            line = forecast.line(email, plan_sync(user_id=user_id, in_run=run_budget is not None))
             if line:
                 tqdm.write(line, file=self.stdout._out)
-        self.stdout.write(
-            f"Dry run: {_count(len(user_ids), 'user')} checked, {would_change} would change."
-        )
+        self.stdout.write(forecast.summary(len(user_ids)))
 
-    def _dry_run_one(self, user_id) -> tuple[str, bool]:
-        """One user's line of the dry run ("" when there is nothing to say), and whether their
-        accesses would change."""
-        email = User.objects.values_list("email", flat=True).get(pk=user_id)
-        result = plan_sync(user_id=user_id)
+
+class _Forecast:
+    """The dry run's tally: what each user's sync would do, the run's budget applied in turn
+    (once a user's revocations do not fit, every later revocation of the run is held)."""
+
+    def __init__(self, *, run_budget: int | None):
+        self.run_budget = run_budget
+        self.would_change = self.revoked = self.held_by_budget = self.held_by_identity = 0
+        self.budget_reached = False
+
+    def line(self, email: str, result) -> str:
+        """The user's line ("" when there is nothing to say)."""
         if result.status == EntitlementSyncState.Status.UNAVAILABLE:
-            return (
-                f"{email}: upstream unavailable ({result.error_code}), nothing would change",
-                False,
-            )
-        if not result.changed:
-            if result.status == EntitlementSyncState.Status.OK:
-                return "", False
-            return f"{email}: {result.status} ({result.error_code}), nothing would change", False
+            return f"{email}: upstream unavailable ({result.error_code}), nothing would change"
+        removed = list(result.removed)
+        result_held = []
+        if removed and self.run_budget is not None:
+            if self.budget_reached or self.revoked + len(removed) > self.run_budget:
+                self.budget_reached = True
+                self.held_by_budget += len(removed)
+                result_held, removed = [(name, "run budget") for name in removed], []
+            else:
+                self.revoked += len(removed)
+        if result.held:
+            self.held_by_identity += len(result.held)
+            result_held += [(name, result.error_code) for name in result.held]
         changes = [f"grant {name}" for name in result.added]
-        changes += [f"revoke {name}" for name in result.removed]
-        return f"{email}: would {', '.join(changes)}", True
+        ended = " (subscription ended)" if result.status == "access_ended" else ""
+        changes += [f"revoke {name}{ended}" for name in removed]
+        held = [f"hold the revocation of {name} ({why})" for name, why in result_held]
+        if changes:
+            self.would_change += 1
+        if not (changes or held):
+            if result.status == EntitlementSyncState.Status.OK:
+                return ""
+            return f"{email}: {result.status} ({result.error_code}), nothing would change"
+        return f"{email}: would {', '.join(changes + held)}"
+
+    def summary(self, users: int) -> str:
+        text = f"Dry run: {_count(users, 'user')} checked, {self.would_change} would change."
+        if self.run_budget is not None:
+            text += (
+                f" The run would revoke {self.revoked} (budget {self.run_budget}), hold "
+                f"{self.held_by_budget} at its budget and {self.held_by_identity} by the "
+                "identity rule."
+            )
+        elif self.held_by_identity:
+            text += f" {self.held_by_identity} revocations held by the identity rule."
+        return text
 
 
 def _poll(read, *, until, deadline: float, timeout_message: str | None):
