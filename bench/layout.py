@@ -13,6 +13,8 @@ from pathlib import Path
 
 PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 _WORKER_PROGRAM = ["celery", "-A", "messages", "worker"]
+# The Procfile runs its workers under this, which starts a dead one again (messages/respawn.py).
+RESPAWN = ["python", "-m", "messages.respawn"]
 # ${NAME}, ${NAME:-default}, ${NAME-default}: the forms the Procfile uses.
 _VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?:(?P<colon>:?)-(?P<default>[^}]*))?\}")
 
@@ -51,6 +53,8 @@ def procfile_processes(path: Path = PROCFILE) -> dict[str, str]:
 def worker_spec(process: str, command: str) -> WorkerSpec | None:
     """The worker a command starts, or None if it is not `celery -A messages worker`."""
     argv = shlex.split(command)
+    if argv[: len(RESPAWN)] == RESPAWN:
+        argv = argv[len(RESPAWN) :]
     if argv[: len(_WORKER_PROGRAM)] != _WORKER_PROGRAM:
         return None
     options = _options(argv[len(_WORKER_PROGRAM) :])

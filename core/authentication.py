@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 import jwt
 import requests
 from django.conf import settings
+from django.contrib import messages
 from django.core.exceptions import SuspiciousOperation, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -70,6 +71,15 @@ def clean_login_claims(claims: Any) -> dict[str, str]:
             raise LoginRefused(f"its {field} claim holds control characters")
         cleaned[field] = value.strip()[:MAX_FULL_NAME_LENGTH]
     return {**cleaned, **forwarded_claims(claims)}
+
+
+# Shown on the login page the refused person lands on: what happened and whom to ask, never
+# which account holds the address.
+EMAIL_TAKEN_MESSAGE = (
+    "Your sign-in was refused: the e-mail address your identity provider gave is already used "
+    "by another account of this service. Signing in again will not help: ask an administrator "
+    "of this service to check the accounts that use your address."
+)
 
 
 def request_login_sync(*, user: User, claims: dict) -> SyncReceipt:
@@ -150,7 +160,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
             self.UserModel.objects.filter(email__iexact=email).values_list("pk", flat=True).first()
         )
         if holder is not None:
-            _refuse(holder)
+            self._refuse(holder)
             return None
         try:
             # A savepoint: a concurrent first login of the same person may win the insert.
@@ -162,6 +172,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
                 EntitlementSyncState.objects.create(user=user)
         except IntegrityError:
             logger.warning("OIDC login refused: its subject or e-mail was taken meanwhile")
+            self._tell_refused()
             return None
         self.sync_request = request_login_sync(user=user, claims=claims)
         return user
@@ -175,7 +186,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
             .first()
         )
         if holder is not None:
-            _refuse(holder)
+            self._refuse(holder)
             return None
         if not user.sub:
             # Only reached through OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION.
@@ -188,6 +199,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
                 user.save(update_fields=["sub", "email", "full_name", "updated_at"])
         except IntegrityError:
             logger.warning("OIDC login of user %s refused: its e-mail was taken meanwhile", user.pk)
+            self._tell_refused()
             return None
         self.sync_request = request_login_sync(user=user, claims=claims)
         return user
@@ -195,6 +207,19 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
     def _full_name(self, claims) -> str:
         parts = [claims.get(field, "") for field in settings.OIDC_USERINFO_FULLNAME_FIELDS]
         return " ".join(part for part in parts if part)[:MAX_FULL_NAME_LENGTH].strip()
+
+    def _refuse(self, holder_id) -> None:
+        """Refuse a login whose e-mail belongs to another user: the log names only their id."""
+        logger.warning(
+            "OIDC login refused: its e-mail belongs to user %s, who has another or no OIDC "
+            "subject (see OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION in docs/operations.md)",
+            holder_id,
+        )
+        self._tell_refused()
+
+    def _tell_refused(self) -> None:
+        """Tell the person, on the page the failed login lands on, why and whom to ask."""
+        messages.error(self.request, EMAIL_TAKEN_MESSAGE)
 
 
 def provider_logout_url(request) -> str:
@@ -242,12 +267,3 @@ def _http_error(response: requests.Response | None) -> str:
     if isinstance(code, str) and _OAUTH_ERROR.fullmatch(code):
         return f"{response.status_code} {code}"
     return str(response.status_code)
-
-
-def _refuse(holder_id) -> None:
-    """Log a login refused because its e-mail belongs to another user, naming only their id."""
-    logger.warning(
-        "OIDC login refused: its e-mail belongs to user %s, who has another or no OIDC subject "
-        "(see OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION in docs/operations.md)",
-        holder_id,
-    )

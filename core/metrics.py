@@ -10,7 +10,7 @@ What lives in shared stores (queues, the circuit, backlogs) is read at scrape ti
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -53,6 +53,8 @@ OTHER = "other"
 _TRIGGERS = frozenset(Trigger.values)
 _SYNC_STATUSES = frozenset(EntitlementSyncState.Status.values)
 _RUN_STATUSES = frozenset(SyncRun.Status.values)
+_RUN_USER_OUTCOMES = ("done", "failed", "skipped", "not_run")
+_RUN_FAILURE_REASONS = frozenset({"configuration", "incomplete", "fanout_failed"})
 _SCOPES = frozenset(SyncRun.Scope.values)
 _RESOLUTIONS = frozenset(HeldRevocation.Resolution.values)
 _ANSWERS = frozenset(ANSWERS)
@@ -151,6 +153,21 @@ RUNS = Counter(
     namespace=NAMESPACE,
     registry=_REGISTRY,
 )
+RUN_FAILURES = Counter(
+    "run_failures",
+    "Resync runs that ended failed, by why (the run's error code).",
+    ["reason"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+RUN_USERS = Counter(
+    "run_users",
+    "Users of resync runs as their batches reported them: done and failed were asked, "
+    "skipped could not be, not_run were left out when the run stopped.",
+    ["outcome"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
 RUN_SECONDS = Histogram(
     "run_duration_seconds",
     "Duration of resync runs that ended, by scope.",
@@ -222,6 +239,18 @@ def circuit_transition(*, transition: str) -> None:
 def rate_limit_waited(*, priority: str, seconds: float) -> None:
     """A caller got its token (or gave up) after waiting `seconds`."""
     RATE_LIMIT_WAIT.labels(_bounded(priority, _PRIORITIES)).observe(seconds)
+
+
+def run_users_counted(*, counts: Mapping[str, int]) -> None:
+    """A batch reported its users: how many were done, failed, skipped or not run."""
+    for outcome in _RUN_USER_OUTCOMES:
+        if counts.get(outcome):
+            RUN_USERS.labels(outcome).inc(counts[outcome])
+
+
+def run_failed(*, reason: str) -> None:
+    """A resync run ended failed, for `reason` (its error code)."""
+    RUN_FAILURES.labels(_bounded(reason, _RUN_FAILURE_REASONS)).inc()
 
 
 def run_ended(*, scope: str, status: str, seconds: float, users: int) -> None:

@@ -3,12 +3,13 @@
 import uuid
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
-from django.db.models import F, Q
 from django.db.models.functions import Lower
 
+from core.querysets import SyncStateQuerySet
 from core.validators import normalize_domain_name, normalize_email, validate_domain_name
 
 
@@ -139,36 +140,6 @@ class MailDomainAccess(BaseModel):
         return f"{self.user} {self.role} of {self.maildomain} ({self.source})"
 
 
-class SyncStateQuerySet(models.QuerySet):
-    """Sync states by where they stand in a sync's life (docs/entitlements.md, "A sync's life").
-
-    A request sets `requested_at`; sending its task sets `enqueued_at`; a sync sets
-    `started_at` when it starts and `finished_at` when it ends. `finished_at` is not cleared
-    at a start, so a sync runs while `finished_at` is missing or older than `started_at`, and
-    a request is served by a sync that started at or after it.
-    """
-
-    def running(self) -> "SyncStateQuerySet":
-        """States whose sync has started and not finished since."""
-        return self.filter(started_at__isnull=False).filter(
-            Q(finished_at__isnull=True) | Q(finished_at__lt=F("started_at"))
-        )
-
-    def unserved(self) -> "SyncStateQuerySet":
-        """States with a request that no sync started after."""
-        return self.filter(requested_at__isnull=False).filter(
-            Q(started_at__isnull=True) | Q(started_at__lt=F("requested_at"))
-        )
-
-    def without_task_waiting(self, *, queued_since: datetime) -> "SyncStateQuerySet":
-        """States with no task queued at or after `queued_since` that has not started yet."""
-        return self.filter(
-            Q(enqueued_at__isnull=True)
-            | Q(enqueued_at__lt=queued_since)
-            | Q(started_at__gte=F("enqueued_at"))
-        )
-
-
 class EntitlementSyncState(models.Model):
     """One row per user: what the next sync needs and what the last one found."""
 
@@ -266,6 +237,29 @@ class AccessAuditEntry(models.Model):
         return f"{self.action} {self.role} of {self.maildomain_name} ({self.trigger})"
 
 
+# Why a run ended the way it did, by its error code, in the words the admin and the command use.
+_RUN_ENDINGS = {
+    "incomplete": (
+        "No batch of this run reported for {stall} s: its tasks were lost (e.g. the broker "
+        "restarted without its data) or expired unrun. It was closed as failed so that the "
+        "next run could go ahead; that run covers its users."
+    ),
+    "configuration": (
+        "The upstream refused our configuration (API key or service id): the run stopped at "
+        "the first refusal and asked nobody else. Fix ENTITLEMENTS_BACKEND_PARAMETERS, restart "
+        "the workers and start a run."
+    ),
+    "fanout_failed": (
+        "Not every batch could be sent (the broker could not be reached): the users counted "
+        "were sent, the others were not asked. The next run covers them."
+    ),
+    "revocations_held": (
+        "The run reached its revocation budget: its further revocations are held for an "
+        "operator (see its held revocations)."
+    ),
+}
+
+
 class SyncRun(models.Model):
     """One run of an admin-wide resync (all admins, or one domain's), updated as it progresses."""
 
@@ -291,7 +285,12 @@ class SyncRun(models.Model):
     users_changed = models.PositiveIntegerField(default=0)
     users_failed = models.PositiveIntegerField(default=0)
     users_skipped = models.PositiveIntegerField(default=0)
+    # Not asked: the run stopped (configuration error) before their turn.
+    users_not_run = models.PositiveIntegerField(default=0)
     error_code = models.CharField(max_length=64, blank=True)
+    # When a batch (or the fan-out) last reported: a running run silent for
+    # ENTITLEMENTS_RUN_STALL_SECONDS lost its tasks and is closed.
+    progressed_at = models.DateTimeField(null=True, blank=True)
     # The revocation budget (core/entitlements/revocation_budget.py): the accesses the sync could
     # revoke when the run started, how many of them the run may revoke, how many it did, and
     # whether it reached its budget and held its further revocations.
@@ -306,6 +305,12 @@ class SyncRun(models.Model):
 
     def __str__(self):
         return f"{self.scope} resync {self.started_at:%Y-%m-%d %H:%M} ({self.status})"
+
+    def why_it_ended(self) -> str:
+        """Why the run ended as it did, in the words the admin and the command use; "" for a
+        run without an error code."""
+        ending = _RUN_ENDINGS.get(self.error_code, "")
+        return ending.format(stall=settings.ENTITLEMENTS_RUN_STALL_SECONDS)
 
 
 class HeldRevocation(models.Model):

@@ -123,9 +123,9 @@ def users_due_for_full_resync() -> QuerySet:
     Those who hold a sync-created access (a revocation upstream must land), whose last
     answer named domains (some may have been provisioned since), whose last sync failed
     (invalid, error, unavailable) and those never synced. Left out: users who never had an
-    entitlement and whose last sync was told so (ok with no domain, no information) or could
-    not ask (skipped: e.g. a local operator without the forwarded claim); their next login
-    asks again.
+    entitlement and whose last sync was told so (ok with no domain, no information), whose
+    access ended and who have no sync-made access left, or who could not be asked (skipped:
+    e.g. a local operator without the forwarded claim); their next login asks again.
     """
     holds_synced_access = MailDomainAccess.objects.filter(
         user=OuterRef("pk"), source=MailDomainAccess.Source.ENTITLEMENTS
@@ -141,11 +141,14 @@ def users_due_for_full_resync() -> QuerySet:
     )
 
 
-# Statuses after which a user with no entitled domain needs no periodic asking.
+# Statuses after which a user with no entitled domain needs no periodic asking. An ended
+# access is one of them once no sync-made access is left to revoke: asking again changes
+# nothing until a login (or a resync a person starts) finds the subscription renewed.
 _SETTLED_WITHOUT_ENTITLEMENT = (
     EntitlementSyncState.Status.OK,
     EntitlementSyncState.Status.NO_INFORMATION,
     EntitlementSyncState.Status.SKIPPED,
+    EntitlementSyncState.Status.ACCESS_ENDED,
 )
 
 

@@ -360,6 +360,20 @@ if ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS + CELERY_TASK_TIME_LIMIT > _VISIBIL
         f"{CELERY_TASK_TIME_LIMIT} > {_VISIBILITY_TIMEOUT} / 2)"
     )
 
+# A running resync with no batch reporting for this long lost its tasks (e.g. a broker that
+# restarted without its data): it is closed as failed/incomplete so the next run goes ahead.
+# Longer than any silence of a live run: a batch reports before each retry and at its end.
+ENTITLEMENTS_RUN_STALL_SECONDS = env_int("ENTITLEMENTS_RUN_STALL_SECONDS", 600, minimum=30)
+if (
+    ENTITLEMENTS_RUN_STALL_SECONDS
+    <= CELERY_TASK_TIME_LIMIT + ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS
+):
+    raise ImproperlyConfigured(
+        "ENTITLEMENTS_RUN_STALL_SECONDS must be longer than CELERY_TASK_TIME_LIMIT plus "
+        f"ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS ({ENTITLEMENTS_RUN_STALL_SECONDS} <= "
+        f"{CELERY_TASK_TIME_LIMIT} + {ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS:g})"
+    )
+
 _BROKER_SCHEMES = {"redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem", "memory"}
 CELERY_BROKER_URL = env_url(
     # "localhost" only silences kombu's "no hostname" warning: the folders below are the broker.
@@ -384,6 +398,8 @@ if _broker_scheme == "filesystem":
         "polling_interval": 0.2,
     }
 elif _broker_scheme in {"redis", "rediss"}:
+    # kombu's Redis transport, made to survive a broker restart (messages/redis_broker.py).
+    CELERY_BROKER_TRANSPORT = "messages.redis_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": _VISIBILITY_TIMEOUT,
         # Bring back the messages of a dead worker soon after the visibility timeout.

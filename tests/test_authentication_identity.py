@@ -3,10 +3,12 @@ belongs to another local user is refused like a failed authentication, never a 5
 names the user by id, never by e-mail; OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION adopts a user
 without a `sub`, never one holding another."""
 
+import html
 import logging
 
 import pytest
 
+from core.authentication import EMAIL_TAKEN_MESSAGE
 from core.models import EntitlementSyncState, User
 from tests.support.oidc_provider import FakeProvider
 
@@ -108,3 +110,21 @@ def test_a_known_subject_moving_to_a_taken_email_is_refused(db, provider, caplog
     assert logged_in(login(provider, caplog, sub="sub-bob", email="robert@alpha.example.org"))
     bob.refresh_from_db()
     assert bob.email == "robert@alpha.example.org"
+
+
+def test_a_refused_login_lands_on_the_login_page_saying_why_and_whom_to_ask(db, provider, caplog):
+    holder = User.objects.create_user(email=EMAIL, sub="sub-original", full_name="Alice Holder")
+
+    browser = login(provider, caplog, sub="sub-newcomer", email=EMAIL)
+    # Where mozilla-django-oidc sends a failed login: "/" (the admin), then its login page.
+    page = browser.get("/", follow=True)
+
+    assert not logged_in(browser)
+    assert page.redirect_chain[-1][0].startswith("/admin/login/")
+    text = html.unescape(page.content.decode())
+    assert EMAIL_TAKEN_MESSAGE in text
+    assert "ask an administrator of this service" in text
+    for detail in (EMAIL, "Alice Holder", str(holder.pk)):
+        assert detail not in text, f"the page names the other account: {detail}"
+    # Shown once: the next visit of the login page is clean.
+    assert EMAIL_TAKEN_MESSAGE not in html.unescape(browser.get("/admin/login/").content.decode())

@@ -14,7 +14,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from bench.cli import parse_args, worker_layouts
-from bench.layout import expand, procfile_processes, shipped_workers, worker_spec
+from bench.layout import RESPAWN, expand, procfile_processes, shipped_workers, worker_spec
 from tests.test_settings_validation import start_django
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
@@ -104,8 +104,16 @@ def env_example() -> dict[str, tuple[str, bool]]:
 def test_every_procfile_process_has_a_service_running_the_same_program(services):
     for name, command in procfile_processes().items():
         assert name in services, f"Procfile process {name!r} has no compose service"
-        program = command.split(" --")[0]  # e.g. "celery -A messages worker"
+        # e.g. "celery -A messages worker"; compose restarts a dead worker itself.
+        program = command.removeprefix(" ".join(RESPAWN) + " ").split(" --")[0]
         assert command_of(services[name]).startswith(program)
+
+
+def test_a_dead_worker_is_started_again_by_make_run_and_by_compose(services):
+    procfile = procfile_processes()
+    for name in WORKERS:
+        assert procfile[name].startswith(" ".join(RESPAWN) + " celery "), name
+        assert services[name]["restart"] == "unless-stopped", name
 
 
 def test_the_procfile_splits_the_workers_by_queue():

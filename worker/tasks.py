@@ -12,8 +12,8 @@ import logging
 from celery import shared_task
 
 from core.entitlements import (
-    enqueue_outstanding_requests,
     run_resync,
+    sweep,
     sync_run_batch,
     sync_user_entitlements,
 )
@@ -111,8 +111,9 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -
 # and Flower, so none is kept; what it sends is logged.
 @shared_task(name=TaskName.SWEEP_PENDING_SYNCS, ignore_result=True)
 def sweep_pending_syncs() -> int:
-    """Enqueue every recorded sync request that never ran (e.g. the broker was down)."""
-    sent = enqueue_outstanding_requests()
+    """Enqueue every recorded sync request that never ran (e.g. the broker was down), and
+    close the runs whose batches were lost."""
+    sent = sweep()
     if sent:
         logger.info("sweep: %d sync request(s) re-enqueued", sent)
     return sent

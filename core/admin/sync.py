@@ -111,6 +111,7 @@ class SyncRunAdmin(
         "task_id",
         "status",
         "error_code",
+        "why_it_ended",
         "started_at",
         "finished_at",
         "users_enqueued",
@@ -118,6 +119,7 @@ class SyncRunAdmin(
         "users_changed",
         "users_failed",
         "users_skipped",
+        "users_not_run",
         "revocable_accesses",
         "revoke_budget",
         "accesses_revoked",
@@ -125,7 +127,7 @@ class SyncRunAdmin(
         "held_revocations_link",
         "progress_chart",
     )
-    readonly_fields = ("started_at", "held_revocations_link", "progress_chart")
+    readonly_fields = ("started_at", "why_it_ended", "held_revocations_link", "progress_chart")
     actions = ["release_held", "discard_held"]
 
     def get_queryset(self, request):
@@ -148,18 +150,27 @@ class SyncRunAdmin(
         status = run.get_status_display()
         return f"{status} ({run.error_code})" if run.error_code else status
 
+    # Users not run show in the progress column, beside those asked.
     @admin.display(description="changed / failed / skipped")
     def counters(self, run: SyncRun) -> str:
         return f"{run.users_changed} / {run.users_failed} / {run.users_skipped}"
 
     @admin.display(description="progress")
     def progress(self, run: SyncRun) -> str:
-        """Users counted over users enqueued (the total is known once the fan-out ends)."""
-        counted_users = run.users_done + run.users_failed + run.users_skipped
+        """Users counted over users enqueued (the total is known once the fan-out ends); for
+        a run that stopped, how many were asked and how many were not run."""
+        counted_users = run.users_done + run.users_failed + run.users_skipped + run.users_not_run
         if not run.users_enqueued:
             return f"{counted_users}/?" if run.status == SyncRun.Status.RUNNING else "-"
+        if run.users_not_run:
+            asked = run.users_done + run.users_failed
+            return f"{asked}/{run.users_enqueued} asked, {run.users_not_run} not run"
         percent = 100 * counted_users // run.users_enqueued
         return f"{counted_users}/{run.users_enqueued} ({percent} %)"
+
+    @admin.display(description="why it ended")
+    def why_it_ended(self, run: SyncRun) -> str:
+        return run.why_it_ended() or "-"
 
     @admin.display(description="revocation budget")
     def revocations(self, run: SyncRun) -> str:

@@ -85,8 +85,8 @@ def sync_run_batch(
     whose upstream was unavailable, or not fetched yet when the task hit its soft time limit,
     are left in `retry_user_ids`, unless it is the `last_try`: then they count as failed.
     A configuration error (the upstream refuses our key) stops the batch and the run: the
-    users not asked count as failed, and nobody is retried. `task_id` owns the users' locks,
-    so a redelivered batch takes back what its killed run left.
+    users not asked count as not run (their state stays as it was), and nobody is retried.
+    `task_id` owns the users' locks, so a redelivered batch takes back what its killed run left.
     """
     tally = _sync_batch(run_id=run_id, user_ids=user_ids, trigger=trigger, task_id=task_id)
     if last_try:
@@ -102,13 +102,8 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
         return tally
     if runs.stopped_by_configuration_error(run_id=run_id):
         # Another batch of the run found the configuration wrong: asking would be refused.
-        sync.record_syncs_not_run(
-            user_ids=user_ids,
-            trigger=trigger,
-            task_id=task_id,
-            error_code=runs.CONFIGURATION_ERROR,
-        )
-        tally.counts[RunCategory.FAILED] += len(user_ids)
+        # Nobody is asked, and everybody's state stays what it was.
+        tally.counts[RunCategory.NOT_RUN] += len(user_ids)
         return tally
     # The run's budget: beyond it, the batch holds revocations instead of applying them.
     budget = RunRevocationBudget(run_id=run_id)
@@ -147,7 +142,7 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
 def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationStop) -> FetchedUser:
     """A pool thread's work for one user; nothing once a configuration error stopped the batch."""
     if stop:
-        return FetchedUser(user=user, category=RunCategory.FAILED, not_asked=True)
+        return FetchedUser(user=user, category=RunCategory.NOT_RUN, not_asked=True)
     try:
         fetched = _fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
         if fetched.answer is not None:
@@ -215,12 +210,7 @@ def _finish(
             counted.add(id(item))
         not_asked = [item.user.pk for item in fetched if item.not_asked]
         if not_asked:
-            sync.record_syncs_not_run(
-                user_ids=not_asked,
-                trigger=trigger,
-                task_id=task_id,
-                error_code=runs.CONFIGURATION_ERROR,
-            )
+            sync.end_syncs_not_run(user_ids=not_asked)
         for item in fetched:
             if id(item) in counted:
                 continue

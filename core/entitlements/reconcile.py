@@ -22,6 +22,7 @@ from core.entitlements.identity import (
 from core.entitlements.results import SYNC_STATUS_BY_ANSWER_KIND, SyncResult
 from core.models import (
     EntitlementSyncState,
+    HeldRevocation,
     MailDomain,
     MailDomainAccess,
     Trigger,
@@ -126,9 +127,12 @@ def reconcile_many_admin_accesses(
     return _results(answers, plans, trigger=trigger)
 
 
-def plan_admin_accesses(*, answers: Sequence[UserAnswer], trigger: Trigger) -> list[SyncResult]:
-    """What reconcile_many_admin_accesses would do outside a run, read without writing."""
-    plans = _checked_plans(answers, _read_states([user for user, _ in answers]), in_run=False)
+def plan_admin_accesses(
+    *, answers: Sequence[UserAnswer], trigger: Trigger, in_run: bool = False
+) -> list[SyncResult]:
+    """What reconcile_many_admin_accesses would do (in a run, without its budget: `in_run`),
+    read without writing."""
+    plans = _checked_plans(answers, _read_states([user for user, _ in answers]), in_run=in_run)
     return _results(answers, plans, trigger=trigger)
 
 
@@ -344,6 +348,9 @@ def _status(answer: UpstreamAnswer, plan: _Plan) -> tuple[str, str]:
     """The sync state's status and error code after reconciling `answer` as `plan` says."""
     if plan.identity_held:
         return Status.REVOCATIONS_HELD, IDENTITY_CHANGED
+    if plan.held:
+        # The run's budget held them: the user's row says so, not only the held list.
+        return Status.REVOCATIONS_HELD, HeldRevocation.Reason.RUN_BUDGET.value
     return SYNC_STATUS_BY_ANSWER_KIND[answer.kind], _error_code(answer)
 
 

@@ -35,6 +35,9 @@ class RunCategory(enum.StrEnum):
     FAILED = "failed"
     # Not synced and not a failure: the user could not be asked, or another sync had them.
     SKIPPED = "skipped"
+    # Not asked: the run stopped (configuration error) before this user's turn. Their state
+    # stays as it was.
+    NOT_RUN = "not_run"
 
 
 @dataclass(slots=True)

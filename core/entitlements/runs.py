@@ -3,6 +3,7 @@
 The rules of a SyncRun row, which the fan-out (`fan_out`) and the batches (`batches`) follow.
 """
 
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -17,8 +18,13 @@ from core.entitlements.results import RunCategory, SyncResult
 from core.entitlements.revocation_budget import new_run_budget
 from core.models import SyncRun, Trigger
 
+logger = logging.getLogger(__name__)
+
+
 # A run's error code once a configuration error stopped it: its batches ask no one else.
 CONFIGURATION_ERROR = "configuration"
+# A run's error code once it was closed unfinished: its batches were lost or expired unrun.
+INCOMPLETE = "incomplete"
 
 
 @dataclass(slots=True)
@@ -44,6 +50,7 @@ class BatchTally:
             "changed": self.counts[RunCategory.CHANGED],
             "failed": self.counts[RunCategory.FAILED],
             "skipped": self.counts[RunCategory.SKIPPED],
+            "not_run": self.counts[RunCategory.NOT_RUN],
             "retrying": len(self.retry_user_ids),
         }
 
@@ -68,19 +75,15 @@ def start_run(
     """Create the run's row: running, or skipped when a run of the same scope is in progress.
 
     Call with the scope's run lock held (else pass `another_is_starting`), so two starts
-    cannot both see no run in progress. A run whose batches may still be queued (younger
-    than the batch expiry) is in progress; an older one still marked running lost batches to
-    expiry and is closed as failed.
+    cannot both see no run in progress. A run still marked running whose batches were lost
+    (see `close_lost_runs`) is closed first: it never holds up the next one.
     """
     now = timezone.now()
     same_scope = SyncRun.objects.filter(
         scope=scope, maildomain_name=maildomain_name, status=SyncRun.Status.RUNNING
     )
     if not another_is_starting:
-        expired_before = now - timedelta(seconds=batch_expiry_seconds())
-        same_scope.filter(started_at__lt=expired_before).update(
-            status=SyncRun.Status.FAILED, error_code="incomplete", finished_at=now
-        )
+        close_lost_runs()
     skipped = another_is_starting or same_scope.exists()
     # The revocation budget, counted before any batch of the run revokes.
     budget = {} if skipped else asdict(new_run_budget())
@@ -91,8 +94,45 @@ def start_run(
         task_id=task_id,
         status=SyncRun.Status.SKIPPED if skipped else SyncRun.Status.RUNNING,
         finished_at=now if skipped else None,
+        progressed_at=now,
         **budget,
     )
+
+
+def close_lost_runs() -> int:
+    """Close as failed/incomplete every running run whose batches can no longer finish; return
+    how many.
+
+    A run is lost when no batch reported for ENTITLEMENTS_RUN_STALL_SECONDS (its tasks were
+    lost, e.g. a Redis broker restarted without its data; a live run's batches report before
+    each retry and at their end), or when it is older than the batch expiry (its batches
+    expire unrun). The next run, and the sweep every minute, call this: a lost run ends within
+    minutes and never holds up the next one. A batch of it that still turns up counts on the
+    closed row.
+    """
+    now = timezone.now()
+    stalled_before = now - timedelta(seconds=settings.ENTITLEMENTS_RUN_STALL_SECONDS)
+    expired_before = now - timedelta(seconds=batch_expiry_seconds())
+    lost = SyncRun.objects.filter(status=SyncRun.Status.RUNNING).filter(
+        Q(progressed_at__lt=stalled_before)
+        | Q(progressed_at__isnull=True, started_at__lt=stalled_before)
+        | Q(started_at__lt=expired_before)
+    )
+    closed = 0
+    for run_id in lost.values_list("pk", flat=True):
+        if SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).update(
+            status=SyncRun.Status.FAILED, error_code=INCOMPLETE, finished_at=now
+        ):
+            logger.warning(
+                "resync run %s closed as failed/incomplete: no batch reported for %d s (its "
+                "tasks were lost, e.g. the broker restarted without its data); the next run "
+                "covers its users",
+                run_id,
+                settings.ENTITLEMENTS_RUN_STALL_SECONDS,
+            )
+            _record_ended(run_id)
+            closed += 1
+    return closed
 
 
 def record_fan_out(*, run_id: int, users_enqueued: int) -> None:
@@ -101,7 +141,9 @@ def record_fan_out(*, run_id: int, users_enqueued: int) -> None:
     Written once, after the last batch is sent: until then no batch can mistake a partial
     count for the total and close the run early.
     """
-    SyncRun.objects.filter(pk=run_id).update(users_enqueued=users_enqueued)
+    SyncRun.objects.filter(pk=run_id).update(
+        users_enqueued=users_enqueued, progressed_at=timezone.now()
+    )
     if users_enqueued == 0:
         SyncRun.objects.filter(pk=run_id).update(
             status=SyncRun.Status.DONE, finished_at=timezone.now()
@@ -130,7 +172,10 @@ def record_batch(*, run_id: int, tally: BatchTally) -> None:
         users_changed=F("users_changed") + totals["changed"],
         users_failed=F("users_failed") + totals["failed"],
         users_skipped=F("users_skipped") + totals["skipped"],
+        users_not_run=F("users_not_run") + totals["not_run"],
+        progressed_at=timezone.now(),
     )
+    metrics.run_users_counted(counts=totals)
     finish_if_complete(run_id=run_id)
 
 
@@ -166,7 +211,7 @@ def finish_if_complete(*, run_id: int) -> bool:
     Both the fan-out (after writing the total) and every batch (after adding its counts)
     call this, so whichever comes last closes the run, exactly once.
     """
-    counted = F("users_done") + F("users_failed") + F("users_skipped")
+    counted = F("users_done") + F("users_failed") + F("users_skipped") + F("users_not_run")
     finished = bool(
         SyncRun.objects.filter(
             Q(pk=run_id, status=SyncRun.Status.RUNNING, users_enqueued__gt=0),
@@ -181,6 +226,8 @@ def finish_if_complete(*, run_id: int) -> bool:
 def _record_ended(run_id: int) -> None:
     """Report a run that just ended to the metrics: one read, once per run."""
     run = SyncRun.objects.get(pk=run_id)
+    if run.status == SyncRun.Status.FAILED:
+        metrics.run_failed(reason=run.error_code)
     metrics.run_ended(
         scope=run.scope,
         status=run.status,

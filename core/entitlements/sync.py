@@ -114,12 +114,14 @@ def _sync_user(*, user_id: uuid.UUID | str, trigger: Trigger, task_id: str) -> S
     return result
 
 
-def plan_sync(*, user_id: uuid.UUID | str) -> SyncResult:
+def plan_sync(*, user_id: uuid.UUID | str, in_run: bool = False) -> SyncResult:
     """The dry run of one user's sync: what it would change now, written nowhere.
 
     Asks the upstream now (through the cache and the guard, as a command-line sync would) and
-    plans the reconcile without a run's budget; records nothing, counts no metric. An
-    upstream that is down gives an `unavailable` result. Raises User.DoesNotExist.
+    plans the reconcile without a run's budget (the caller applies it); `in_run` plans it as
+    a run's batch does (an ended subscription past its window is revoked). Records nothing,
+    counts no metric. An upstream that is down gives an `unavailable` result. Raises
+    User.DoesNotExist.
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
     trigger = Trigger.COMMAND
@@ -128,7 +130,7 @@ def plan_sync(*, user_id: uuid.UUID | str) -> SyncResult:
     except EntitlementsUnavailableError as error:
         _log_unavailable(user, trigger=trigger, error=error)
         return _unavailable_result(user, trigger=trigger, error=error)
-    [result] = plan_admin_accesses(answers=[(user, answer)], trigger=trigger)
+    [result] = plan_admin_accesses(answers=[(user, answer)], trigger=trigger, in_run=in_run)
     _log_result(result, answer=answer, note=" (dry run)")
     return result
 
@@ -248,19 +250,11 @@ def _requested_at(user: User) -> datetime | None:
         return None
 
 
-def record_syncs_not_run(
-    *, user_ids: Iterable[uuid.UUID | str], trigger: Trigger, task_id: str, error_code: str
-) -> None:
-    """Record users of a stopped run as failed with `error_code`, without asking: one UPDATE.
-
-    Ends the syncs the run had started for them, so the sweep does not take them for stuck.
-    """
+def end_syncs_not_run(*, user_ids: Iterable[uuid.UUID | str]) -> None:
+    """End the syncs a stopped run started but never asked: one UPDATE. Their status, error
+    code and last answer stay as they were; the end only tells the sweep they are not stuck."""
     EntitlementSyncState.objects.filter(user_id__in=list(user_ids)).update(
-        status=EntitlementSyncState.Status.ERROR,
-        error_code=error_code,
-        finished_at=timezone.now(),
-        last_trigger=trigger,
-        last_task_id=task_id,
+        finished_at=timezone.now()
     )
 
 

@@ -61,7 +61,7 @@ class TestDemoStory:
         mapping_file = tmp_path / "demo_entitlements.json"
         settings.ENTITLEMENTS_BACKEND = LOCAL_BACKEND
         settings.ENTITLEMENTS_BACKEND_PARAMETERS = {"mapping_file": str(mapping_file)}
-        settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+        settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
         admin = User.objects.get(email="admin@alpha.example.org")
         demo_users = set(User.objects.filter(email__in=DEMO_USERS).values_list("pk", flat=True))
 

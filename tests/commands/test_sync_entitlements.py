@@ -1,8 +1,11 @@
 """The sync_entitlements command: a user, a domain or everyone, queued or waited for."""
 
 import re
+import subprocess
+import sys
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError
 
 from core.models import (
@@ -11,8 +14,10 @@ from core.models import (
     MailDomainAccess,
     SyncRun,
 )
+from tests.support import worker_environment
 from tests.support.broker import producer_app
 from tests.support.commands import run
+from tests.support.workers import BASE_DIR
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 
@@ -156,3 +161,31 @@ class TestSyncEntitlements:
     ):
         with producer_app(private_redis.url), pytest.raises(CommandError, match="broker"):
             run("sync_entitlements", "--all")
+
+
+@pytest.mark.parametrize("option", ["--user", "--domain"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_target_is_refused_not_taken_for_everyone(
+    option, value, transactional_db, make_user, broker_queues, tmp_path
+):
+    """As a script with an unset variable runs it: `manage.py sync_entitlements --user "$X"`."""
+    make_user()
+    environment = worker_environment(
+        redis_url=settings.CELERY_BROKER_URL, data_dir=tmp_path, LOG_LEVEL="WARNING"
+    )
+
+    finished = subprocess.run(
+        [sys.executable, "manage.py", "sync_entitlements", option, value],
+        cwd=BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert finished.returncode == 2  # argparse's usage error
+    assert f"{option}: must not be empty (an unset variable?)" in finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert "Resync started" not in finished.stdout
+    assert broker_queues.length("bulk") == broker_queues.length("interactive") == 0
+    assert not SyncRun.objects.exists()

@@ -6,16 +6,19 @@ import os
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 import redis
+from celery import current_app
 from django.conf import settings
+from django.core.cache import cache
 
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests import figures
 from tests.deploycenter_stub import ALPHA_SIRET
-from tests.support import WorkerProcess, worker_environment
-from tests.support.broker import broker_keys
+from tests.support import PrivateRedis, WorkerProcess, worker_environment
+from tests.support.broker import broker_keys, producer_app
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
 ALPHA, BETA, GAMMA, DELTA = (
@@ -66,6 +69,37 @@ def shared_broker():
     yield settings.CELERY_BROKER_URL
     client.delete(*broker_keys(client))
     client.close()
+
+
+@pytest.fixture
+def private_broker(private_redis, settings):
+    """The private Redis as broker and cache, for the workers and for this process."""
+    private_redis.start()
+    with broker_and_cache(private_redis, settings):
+        yield private_redis
+
+
+@contextmanager
+def broker_and_cache(server: PrivateRedis, settings):
+    """`server` as this process's broker and cache while the block runs."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "LOCATION": server.url},
+    }
+    cache.close()
+    with producer_app(server.url):
+        yield
+    cache.close()
+
+
+WRONG_KEY = "a-wrong-service-key-0123456789"
+
+
+@pytest.fixture
+def wrong_key(upstream, settings):
+    """The workers send a key DeployCenter does not know: every request is refused (401)."""
+    settings.ENTITLEMENTS_BACKEND_PARAMETERS = upstream.backend_parameters(api_key=WRONG_KEY)
+    return upstream
 
 
 @pytest.fixture
@@ -187,3 +221,17 @@ def duplicate_access_rows() -> int:
     """(user, domain) pairs held more than once (the unique constraint should make it 0)."""
     pairs = Counter(MailDomainAccess.objects.values_list("user_id", "maildomain_id"))
     return sum(count - 1 for count in pairs.values() if count > 1)
+
+
+def until_sweeping(predicate):
+    """`predicate`, while doing what beat does every minute (every 2 s here): the sweep."""
+    last_sweep = 0.0
+
+    def check():
+        nonlocal last_sweep
+        if time.monotonic() - last_sweep > 2:
+            current_app.send_task("entitlements.sweep_pending_syncs")
+            last_sweep = time.monotonic()
+        return predicate()
+
+    return check

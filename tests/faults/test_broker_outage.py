@@ -7,33 +7,16 @@ across a restart), because the sweep sends every recorded request that no sync s
 import statistics
 import time
 
-import pytest
 from celery import current_app
-from django.core.cache import cache
 
 from core.models import EntitlementSyncState, User
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import ALPHA, BETA, synced_domains, upstream_calls_by_email
 from tests.support import wait_until
-from tests.support.broker import producer_app
 from tests.support.oidc_provider import FakeProvider
 
 # The sweep leaves a request alone this long after a task was sent for it (the minimum).
 SWEEP_GRACE_SECONDS = 10
-
-
-@pytest.fixture
-def private_broker(private_redis, settings):
-    """The private Redis as broker and cache, for the workers and for this process."""
-    private_redis.start()
-    settings.CACHES = {
-        **settings.CACHES,
-        "default": {**settings.CACHES["default"], "LOCATION": private_redis.url},
-    }
-    cache.close()
-    with producer_app(private_redis.url):
-        yield private_redis
-    cache.close()
 
 
 def log_in(provider, email: str):

@@ -12,8 +12,10 @@ for login syncs.
 
 import re
 import time
+from collections import Counter
 
 import pytest
+from django.db.models import F
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -21,11 +23,10 @@ from django_celery_results.models import TaskResult
 
 from core.entitlements.sync_requests import request_resync, request_sync
 from core.models import EntitlementSyncState, SyncRun, User
-from tests.faults.conftest import ALPHA, synced_domains
+from tests.faults.conftest import ALPHA, WRONG_KEY, synced_domains
 from tests.support import wait_until
 from tests.support.sentry_ingest import SentryIngest
 
-WRONG_KEY = "a-wrong-service-key-0123456789"
 USERS = 40
 RUN_SETTINGS = {
     "ENTITLEMENTS_SYNC_BATCH_SIZE": 5,
@@ -37,13 +38,6 @@ RUN_SETTINGS = {
 def sentry_ingest():
     with SentryIngest() as ingest:
         yield ingest
-
-
-@pytest.fixture
-def wrong_key(upstream, settings):
-    """The workers send a key DeployCenter does not know: every request is refused (401)."""
-    settings.ENTITLEMENTS_BACKEND_PARAMETERS = upstream.backend_parameters(api_key=WRONG_KEY)
-    return upstream
 
 
 def error_lines(log: str) -> list[str]:
@@ -78,10 +72,13 @@ def test_a_wrong_key_stops_the_full_run_with_one_error_and_one_event(
         message="the run's end",
     )
     # Every batch is counted (the run's counters reach the total), then nothing more comes.
-    wait_until(
+    run = wait_until(
         lambda: SyncRun.objects.filter(
-            pk=run.pk, users_done=0, users_failed=USERS, users_enqueued=USERS
-        ).exists(),
+            pk=run.pk,
+            users_done=0,
+            users_enqueued=USERS,
+            users_failed=F("users_enqueued") - F("users_not_run"),
+        ).first(),
         message="every batch of the run counted",
     )
     events = settled_events(sentry_ingest)
@@ -90,9 +87,11 @@ def test_a_wrong_key_stops_the_full_run_with_one_error_and_one_event(
     # Only the calls already in flight when the first 401 came: 2 batches x 2 threads.
     assert wrong_key.calls <= 4, wrong_key.calls
     assert all(synced_domains(user) == {ALPHA} for user in admins), "nothing is revoked"
-    assert set(
+    # Those asked record the refusal; the others were not run and keep their state.
+    assert run.users_failed == wrong_key.calls
+    assert Counter(
         EntitlementSyncState.objects.filter(user__in=admins).values_list("status", flat=True)
-    ) == {"error"}
+    ) == {"error": run.users_failed, "never": run.users_not_run}
     [error] = error_lines(worker.log())
     assert f"resync run {run.pk} stopped" in error
     assert all(word in error for word in ("http_401", "api_key", "service_id"))

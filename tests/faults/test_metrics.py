@@ -8,7 +8,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.entitlements import request_resync, request_sync
-from core.models import MailDomainAccess, SyncRun
+from core.models import EntitlementSyncState, MailDomainAccess, SyncRun
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import ALPHA, BETA, DOMAINS, synced_domains
 from tests.support import wait_until
@@ -103,7 +103,15 @@ def test_a_full_run_counts_every_user_the_held_revocations_and_the_run(
     assert all(BETA in synced_domains(user) for user in admins)
     scraped = samples(scrape())
 
-    assert value(scraped, "syncs_total", trigger="periodic", outcome="ok") == users
+    # The 20 users whose revocation the budget held say so on their row, with the reason.
+    assert value(scraped, "syncs_total", trigger="periodic", outcome="ok") == 10
+    assert value(scraped, "syncs_total", trigger="periodic", outcome="revocations_held") == 20
+    held_users = EntitlementSyncState.objects.filter(
+        user__in=admins, status="revocations_held", error_code="run_budget"
+    )
+    assert held_users.count() == 20
+    assert all(ALPHA in synced_domains(state.user) for state in held_users)
+    assert value(scraped, "run_users_total", outcome="done") == users
     assert value(scraped, "accesses_granted_total", trigger="periodic") == users
     assert value(scraped, "accesses_revoked_total", trigger="periodic") == 10
     assert value(scraped, "revocations_held_total") == 20

@@ -4,6 +4,7 @@ project's Celery configuration pointed at another broker."""
 import json
 from base64 import b64decode
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
@@ -67,6 +68,10 @@ def producer_app(broker_url: str):
     app = Celery("producer", set_as_current=False)
     app.config_from_object("django.conf:settings", namespace="CELERY")
     app.conf.broker_url = broker_url
+    # The settings' transport is the one of their own broker (ours for Redis): another kind
+    # of broker takes the transport its URL names.
+    if urlsplit(broker_url).scheme != urlsplit(settings.CELERY_BROKER_URL).scheme:
+        app.conf.broker_transport = None
     # A worker started on this app runs in a test thread: Celery must close its database
     # connection after each task (settings' CELERY_DB_REUSE_MAX would keep it open past the
     # test, and the test database could not be flushed and dropped behind it).

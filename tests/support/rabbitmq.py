@@ -56,3 +56,10 @@ def purge(url: str, queues: tuple[str, ...]) -> None:
 
 def _rabbitmqctl(*arguments: str, check: bool = True) -> None:
     subprocess.run(["rabbitmqctl", "-q", *arguments], check=check, capture_output=True, timeout=120)
+
+
+def close_connections(url: str) -> None:
+    """Close every connection of the vhost at `url` (none of another vhost's), as a restart of
+    the server would: clients see their connection lost."""
+    vhost = urlsplit(url).path.lstrip("/")
+    _rabbitmqctl("close_all_connections", "--vhost", vhost, "tests: broker restart")

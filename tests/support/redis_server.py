@@ -9,10 +9,13 @@ import redis
 
 
 class PrivateRedis:
-    """A redis-server subprocess without persistence; `stop` then `start` keeps its port."""
+    """A redis-server subprocess; `stop` then `start` keeps its port. Without persistence by
+    default; `persistent` keeps every write in an append-only file, as docker-compose.yml's
+    Redis does, so a restart loses nothing."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, *, persistent: bool = False):
         self.directory = directory
+        self.persistent = persistent
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -20,7 +23,7 @@ class PrivateRedis:
         self.process = None
 
     def start(self) -> None:
-        """Start the server (empty: nothing survives a stop) and wait until it answers."""
+        """Start the server (empty unless persistent) and wait until it answers."""
         self.process = subprocess.Popen(
             [
                 "redis-server",
@@ -31,7 +34,9 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
             ],
@@ -50,7 +55,7 @@ class PrivateRedis:
         raise RuntimeError("private redis-server did not start")
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM to its own pid); its data is gone."""
+        """Stop the server (SIGTERM to its own pid); its data is gone unless persistent."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)

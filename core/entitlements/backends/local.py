@@ -58,6 +58,14 @@ class LocalEntitlementsBackend(EntitlementsBackend):
                 self._reload_mapping_file()
             except OSError as error:
                 raise ValueError(f"mapping_file cannot be read: {error.strerror}") from None
+            except ValueError as error:
+                # As while running: a broken file is an invalid answer for every sync (nothing
+                # is revoked) until it is fixed, not a process that cannot start.
+                logger.warning(
+                    "local entitlements mapping file unusable: %s; every sync ends invalid "
+                    "until it is fixed",
+                    error,
+                )
         else:
             self._maps = _parse_mapping(
                 {
@@ -92,7 +100,10 @@ class LocalEntitlementsBackend(EntitlementsBackend):
             try:
                 data = json.loads(self._mapping_file.read_text())
             except json.JSONDecodeError as error:
-                raise ValueError(f"mapping_file is not valid JSON: {error.msg}") from None
+                raise ValueError(
+                    f"mapping_file is not valid JSON: {error.msg} "
+                    f"(line {error.lineno}, column {error.colno})"
+                ) from None
             self._maps = _parse_mapping(data)
             self._mapping_version = version
 

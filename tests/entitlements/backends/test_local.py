@@ -119,9 +119,20 @@ def test_bad_parameters_are_refused(parameters, message):
     assert "a@x.org" not in str(raised.value)
 
 
-def test_invalid_mapping_file_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"admins": {}}', "keys among"),
+        ('{\n  "admins_by_email": {},\n}', "(line 3, column 1)"),
+    ],
+    ids=["unknown key", "trailing comma"],
+)
+def test_a_mapping_file_broken_at_start_is_an_invalid_answer(tmp_path, caplog, content, message):
     mapping_file = tmp_path / "entitlements.json"
-    mapping_file.write_text('{"admins": {}}')
+    mapping_file.write_text(content)
 
-    with pytest.raises(ValueError, match="keys among"):
-        LocalEntitlementsBackend(mapping_file=str(mapping_file))
+    backend = LocalEntitlementsBackend(mapping_file=str(mapping_file))
+    answer = backend.get_entitlements(user=User(email="a@x.org"), forwarded_claims={})
+
+    assert (answer.kind, answer.error_code) == (AnswerKind.INVALID, "mapping_file_invalid")
+    assert message in caplog.text
