@@ -288,6 +288,17 @@ def test_logout_without_a_provider_session_stays_local(db, oidc, admin_client):
     assert oidc.ended_sessions == []
 
 
+def test_logout_without_an_end_session_endpoint_stays_local(db, oidc, settings):
+    settings.OIDC_OP_LOGOUT_ENDPOINT = ""
+    browser = oidc.log_in(CLAIMS).client
+
+    response = browser.post(reverse("admin:logout"))
+
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert not logged_in(browser)
+    assert oidc.ended_sessions == []
+
+
 def test_logout_is_a_post_protected_against_csrf(db, oidc):
     browser = Client(enforce_csrf_checks=True)
     oidc.log_in(CLAIMS, browser)
