@@ -155,7 +155,8 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
 
     def create_user(self, claims):
         email = normalize_email(claims.get("email", ""))
-        # Case-blind: `ADMIN@…` is not a second account beside `admin@…`.
+        # Case-blind: `ADMIN@…` is not a second account beside `admin@…` (a first login is
+        # rare enough for a lookup that scans the user table).
         holder = (
             self.UserModel.objects.filter(email__iexact=email).values_list("pk", flat=True).first()
         )
@@ -179,12 +180,16 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
 
     def update_user(self, user, claims):
         email = email_from_login(stored=user.email, claimed=claims.get("email", user.email))
-        holder = (
-            self.UserModel.objects.filter(email__iexact=email)
-            .exclude(pk=user.pk)
-            .values_list("pk", flat=True)
-            .first()
-        )
+        # Only a new e-mail can be another user's, checked case-blind as at a first login; an
+        # unchanged one is not looked up (that lookup reads the whole user table).
+        holder = None
+        if email != user.email:
+            holder = (
+                self.UserModel.objects.filter(email__iexact=email)
+                .exclude(pk=user.pk)
+                .values_list("pk", flat=True)
+                .first()
+            )
         if holder is not None:
             self._refuse(holder)
             return None

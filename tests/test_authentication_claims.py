@@ -108,6 +108,17 @@ def test_another_spelling_of_a_taken_email_is_no_second_account(db, oidc, email)
     assert list(User.objects.all()) == [holder]
 
 
+def test_a_known_subject_moving_to_another_spelling_of_a_taken_email_is_refused(db, oidc):
+    User.objects.create_user(email="admin@alpha.example.org", sub="sub-admin")
+    mover = User.objects.create_user(email="alice@alpha.example.org", sub="sub-alice")
+
+    response = oidc.log_in({"sub": "sub-alice", "email": "ADMIN@alpha\uff0eexample.org."})
+
+    assert refused(response)
+    mover.refresh_from_db()
+    assert mover.email == "alice@alpha.example.org"
+
+
 def test_names_are_trimmed_and_bounded(db, oidc):
     response = oidc.log_in({**CLAIMS, "given_name": "  Alice  ", "usual_name": "B" * 400})
 
@@ -274,6 +285,17 @@ def test_logout_without_a_provider_session_stays_local(db, oidc, admin_client):
 
     assert response.status_code == 302 and response["Location"] == "/"
     assert not logged_in(admin_client)
+    assert oidc.ended_sessions == []
+
+
+def test_logout_without_an_end_session_endpoint_stays_local(db, oidc, settings):
+    settings.OIDC_OP_LOGOUT_ENDPOINT = ""
+    browser = oidc.log_in(CLAIMS).client
+
+    response = browser.post(reverse("admin:logout"))
+
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert not logged_in(browser)
     assert oidc.ended_sessions == []
 
 
