@@ -49,6 +49,7 @@ run: install
 test: install-dev
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/ruff check .
+	$(BIN)/mypy
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -59,6 +60,8 @@ test-slow: install-dev
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# Types of core/, worker/ and messages/ ([tool.mypy] in pyproject.toml).
+	$(BIN)/mypy
 
 bench: install-dev
 	$(BIN)/python -m bench --quick

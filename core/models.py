@@ -1,6 +1,7 @@
 """The domain's tables: users, mail domains, their admin accesses, and the sync's bookkeeping."""
 
 import uuid
+from typing import ClassVar
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
@@ -35,7 +36,7 @@ class Trigger(models.TextChoices):
     MANUAL = "manual", "By hand (Flower, celery call)"
 
 
-class UserManager(BaseUserManager):
+class UserManager(BaseUserManager["User"]):
     """Creates users keyed by email; OIDC users also carry their `sub`."""
 
     use_in_migrations = True
@@ -74,7 +75,7 @@ class User(AbstractBaseUser, PermissionsMixin, BaseModel):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     class Meta:
         ordering = ["email"]

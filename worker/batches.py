@@ -2,6 +2,7 @@
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -219,6 +220,7 @@ def _finish(
                 else:
                     outcome.retry_user_ids.append(str(item.user.pk))
             else:
+                assert item.outcome is not None, "a user neither answered nor unavailable has one"
                 outcome.count(item.outcome)
             counted.add(id(item))
     except SoftTimeLimitExceeded:
@@ -235,7 +237,7 @@ def _reconcile(
     trigger: Trigger,
     task_id: str,
     revocation_budget: runs.RunRevocationBudget | None,
-) -> list[SyncResult | Outcome]:
+) -> Sequence[SyncResult | Outcome]:
     """Each user's SyncResult, or the Outcome of a user whose reconcile failed.
 
     All together in one transaction; if that fails, one by one, so that one user's failure
@@ -243,7 +245,8 @@ def _reconcile(
     """
     if not answered:
         return []
-    answers = [(item.user, item.answer) for item in answered]
+    # Every one has its answer: the test only narrows the type.
+    answers = [(item.user, item.answer) for item in answered if item.answer is not None]
     try:
         return sync.finish_user_syncs(
             answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
@@ -255,6 +258,7 @@ def _reconcile(
             "bulk reconcile of %d users failed; retrying one by one", len(answers), exc_info=True
         )
     results: list[SyncResult | Outcome] = []
+    result: SyncResult | Outcome
     for answer in answers:
         try:
             [result] = sync.finish_user_syncs(

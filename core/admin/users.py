@@ -1,5 +1,8 @@
 """Users in the admin: their accesses, their sync state and audit trail, the resync action."""
 
+from collections.abc import Sequence
+from typing import Any
+
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import admin as auth_admin
@@ -39,6 +42,8 @@ _AUDIT_ROWS_SHOWN = 10
 
 class NormalizedEmailMixin:
     """Normalise the email before the uniqueness check, as User.save() would after it."""
+
+    cleaned_data: dict[str, Any]
 
     def clean_email(self):
         return normalize_email(self.cleaned_data["email"])
@@ -151,7 +156,8 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
         # Outside a transaction (the changelist runs in autocommit) each task is sent here and
         # now, so each outcome is final.
         requests = [request_sync(user=user, trigger=Trigger.ADMIN) for user in users]
-        queued = [r.task_id for r in requests if r.outcome == RequestOutcome.QUEUED]
+        # A queued request always has its task id: the test only narrows the type.
+        queued = [r.task_id for r in requests if r.outcome == RequestOutcome.QUEUED and r.task_id]
         collapsed = [r for r in requests if r.outcome == RequestOutcome.COLLAPSED]
         not_sent = [r for r in requests if r.outcome == RequestOutcome.NOT_SENT]
         if queued:
@@ -264,6 +270,6 @@ def _when(moment) -> str:
     return date_format(localtime(moment), "DATETIME_FORMAT") if moment else "-"
 
 
-def _with_claim_values(fields: tuple) -> tuple:
+def _with_claim_values(fields: Sequence[Any]) -> tuple:
     """A superuser's fields: the claim names replaced by the names with their values."""
     return tuple("claim_values" if field == "claim_names" else field for field in fields)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -50,7 +51,7 @@ def fetch_entitlements(
     key = cache_key(user.pk)
     request = _request_digest(backend, user, forwarded_claims)
     entry = _usable_entry(cache.get(key), request)
-    age = time.time() - entry["fetched_at"] if entry else None
+    age = time.time() - entry["fetched_at"] if entry else math.inf
 
     if (
         entry

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import sentry_sdk
 from celery import current_app
@@ -194,7 +195,7 @@ def _send(
     expires: float | None = None,
 ) -> None:
     """Put the sync task on the broker; on failure, log and leave the request to the sweep."""
-    options = {"queue": queue} if queue else {}
+    options: dict[str, Any] = {"queue": queue} if queue else {}
     try:
         current_app.send_task(
             TaskName.SYNC_USER,

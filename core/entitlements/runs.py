@@ -213,6 +213,7 @@ def finish_if_complete(*, run_id: int) -> bool:
 def _record_ended(run_id: int) -> None:
     """Report a run that just ended to the metrics: one read, once per run."""
     run = SyncRun.objects.get(pk=run_id)
+    assert run.finished_at is not None, "every caller ends the run first"
     metrics.run_ended(
         scope=run.scope,
         status=run.status,

@@ -42,10 +42,15 @@ class Command(BaseCommand):
         with transaction.atomic():
             found = backend.filter_users_by_claims(claims).first()
             user = backend.update_user(found, claims) if found else backend.create_user(claims)
+        if user is None:
+            raise CommandError(
+                "The login was refused: its e-mail belongs to another user (the log names them)."
+            )
         state = EntitlementSyncState.objects.get(user=user)
         self.stdout.write(f"Logged in {user.email} (sub {user.sub}).")
         self.stdout.write(f"Stored forwarded claims: {state.forwarded_claims or 'none'}")
         request = backend.sync_request
+        assert request is not None, "a login that creates or updates its user requests a sync"
         if request.outcome == RequestOutcome.QUEUED:
             self.stdout.write(f"Sync queued: task {request.task_id}.")
         elif request.outcome == RequestOutcome.NOT_SENT:

@@ -6,10 +6,12 @@ held revocations that an operator must release or discard.
 
 import argparse
 import time
+from collections.abc import Iterable
+from typing import Any, TextIO, cast
 
 from celery import current_app
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from tqdm import tqdm
 
 from core.entitlements import (
@@ -28,6 +30,12 @@ from core.validators import normalize_domain_name, normalize_email
 EXIT_TIMEOUT = 3
 EXIT_HELD_REVOCATIONS = 4
 _POLL_SECONDS = 0.5
+
+
+def _raw(stream: OutputWrapper) -> TextIO:
+    """The stream under a command's output wrapper, which would end each of tqdm's redraws."""
+    # Private to Django, and its hints type every unknown attribute of the wrapper a callable.
+    return cast(TextIO, stream._out)
 
 
 def _positive_seconds(value: str) -> float:
@@ -83,7 +91,7 @@ class Command(BaseCommand):
         maildomain = _domain_by_name(options["domain"]) if options["domain"] else None
         if dry_run:
             if target_user:
-                user_ids = [target_user.pk]
+                user_ids: Iterable[Any] = [target_user.pk]
             elif maildomain:
                 user_ids = users_of_domain(maildomain=maildomain)
             else:
@@ -174,7 +182,7 @@ class Command(BaseCommand):
 
     def _follow(self, run_id: int, *, deadline: float, timeout: float) -> SyncRun:
         """Show a run's progress until it ends; its final row."""
-        with tqdm(file=self.stderr._out, unit=" users", dynamic_ncols=True) as bar:
+        with tqdm(file=_raw(self.stderr), unit=" users", dynamic_ncols=True) as bar:
 
             def show(run: SyncRun) -> bool:
                 bar.total = run.users_enqueued or None
@@ -196,11 +204,11 @@ class Command(BaseCommand):
         """Compute each user's plan in this process and print the changes; write nothing."""
         user_ids = list(user_ids)
         would_change = 0
-        for user_id in tqdm(user_ids, file=self.stderr._out, unit=" users", leave=False):
+        for user_id in tqdm(user_ids, file=_raw(self.stderr), unit=" users", leave=False):
             line, changes = self._dry_run_one(user_id)
             would_change += changes
             if line:
-                tqdm.write(line, file=self.stdout._out)
+                tqdm.write(line, file=_raw(self.stdout))
         self.stdout.write(
             f"Dry run: {_count(len(user_ids), 'user')} checked, {would_change} would change."
         )
