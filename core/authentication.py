@@ -7,21 +7,22 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend as BaseOIDCBackend
 
-from core.entitlements import SyncRequest, forwarded_claim_names, request_sync
+from core.entitlements import request_sync
+
+# The receipt's type, for annotations (tests/test_layers.py lists this reader of the package).
+from core.entitlements.receipts import SyncReceipt
 from core.models import EntitlementSyncState, Trigger, User
 from core.validators import normalize_email
 
 logger = logging.getLogger(__name__)
 
 
-def record_login(*, user: User, claims: dict) -> SyncRequest:
-    """The post-login step: keep the claims the backend forwards, and request a sync.
+def request_login_sync(*, user: User, claims: dict) -> SyncReceipt:
+    """The post-login step: request a sync, storing the claims the backend forwards.
 
-    Never waits on the entitlements service or the broker: the sync runs in a worker. Only
-    the configured forwarded claims are stored, never tokens.
+    Never waits on the entitlements service or the broker: the sync runs in a worker.
     """
-    forwarded = {name: claims[name] for name in forwarded_claim_names() if name in claims}
-    return request_sync(user=user, trigger=Trigger.LOGIN, forwarded_claims=forwarded)
+    return request_sync(user=user, trigger=Trigger.LOGIN, login_claims=claims)
 
 
 def email_from_login(*, stored: str, claimed: str) -> str:
@@ -35,7 +36,7 @@ def email_from_login(*, stored: str, claimed: str) -> str:
 
 
 class OIDCAuthenticationBackend(BaseOIDCBackend):
-    """Creates or updates the user from the OIDC claims, then records the login.
+    """Creates or updates the user from the OIDC claims, then requests their sync.
 
     A login whose e-mail belongs to another local user is refused like a failed
     authentication (mozilla-django-oidc's failure redirect), never a 500. With
@@ -44,7 +45,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
     """
 
     # What became of the sync the last login requested (None before a login).
-    sync_request: SyncRequest | None = None
+    sync_request: SyncReceipt | None = None
 
     def filter_users_by_claims(self, claims):
         sub = claims.get("sub")
@@ -76,7 +77,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
         except IntegrityError:
             logger.warning("OIDC login refused: its subject or e-mail was taken meanwhile")
             return None
-        self.sync_request = record_login(user=user, claims=claims)
+        self.sync_request = request_login_sync(user=user, claims=claims)
         return user
 
     def update_user(self, user, claims):
@@ -102,7 +103,7 @@ class OIDCAuthenticationBackend(BaseOIDCBackend):
         except IntegrityError:
             logger.warning("OIDC login of user %s refused: its e-mail was taken meanwhile", user.pk)
             return None
-        self.sync_request = record_login(user=user, claims=claims)
+        self.sync_request = request_login_sync(user=user, claims=claims)
         return user
 
     def _full_name(self, claims) -> str:

@@ -8,7 +8,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from core.authentication import email_from_login
-from core.entitlements.requests import enqueue_outstanding_requests
+from core.entitlements.sync_requests import enqueue_outstanding_requests
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.support.broker import QUEUES, producer_app
 

@@ -41,8 +41,11 @@ REQUIRED = {"DJANGO_SECRET_KEY", "ENTITLEMENTS_BACKEND", "POSTGRES_PASSWORD", "F
 _INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 # `NAME=value` or `# NAME=value` (a documented default) in env.example.
 _EXAMPLE_LINE = re.compile(r"^(?P<commented>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
-# env_str("NAME", ...), the name possibly on the next line, after a comment.
-_SETTINGS_READ = re.compile(r"\benv_\w+\(\s*(?:#[^\n]*\n\s*)*\"(?P<name>[A-Z][A-Z0-9_]*)\"")
+# env_str("NAME", ...), the name possibly on the next line, after a comment, or renamed from an
+# old name: env_int(renamed("NAME", old="OLD_NAME"), ...).
+_SETTINGS_READ = re.compile(
+    r"\benv_\w+\(\s*(?:#[^\n]*\n\s*)*(?:renamed\(\s*)?\"(?P<name>[A-Z][A-Z0-9_]*)\""
+)
 
 
 @pytest.fixture(scope="module")

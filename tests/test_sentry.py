@@ -254,7 +254,7 @@ def test_a_failing_worker_sync_reports_no_email_siret_nor_api_key(
             SENTRY_DSN=sentry_ingest.dsn,
             SENTRY_ENVIRONMENT="test",
             SENTRY_TRACES_SAMPLE_RATE=1.0,
-            ENTITLEMENTS_CACHE_TIMEOUT=0,
+            ENTITLEMENTS_CACHE_TIMEOUT_SECONDS=0,
             ENTITLEMENTS_STALE_FALLBACK_SECONDS=0,
         ),
         log_path=tmp_path / "worker.log",

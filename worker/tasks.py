@@ -1,4 +1,4 @@
-"""Celery tasks of the entitlements sync: thin wrappers adding locks, retries and counting.
+"""Celery tasks of the entitlements sync: thin wrappers adding retries to core's services.
 
 Arguments are ids and a trigger name, results are small JSON dicts: no email, claim or
 token ever reaches the broker, the result backend or Flower. A result's `status` takes the
@@ -12,23 +12,22 @@ import logging
 from celery import shared_task
 
 from core.entitlements import (
-    EntitlementsUnavailableError,
-    SyncResult,
-    TaskName,
     enqueue_outstanding_requests,
-    runs,
+    run_resync,
+    sync_run_batch,
     sync_user_entitlements,
 )
-from core.models import EntitlementSyncState, MailDomain, SyncRun, Trigger, User
-from core.selectors import running_sync_serves_request, users_due_for_full_resync, users_of_domain
-from worker.batches import sync_batch
-from worker.fan_out import run_resync
-from worker.locks import SYNC_USER_TIME_LIMIT, user_lock
+from core.locks import SYNC_USER_TIME_LIMIT, user_lock
+from core.models import EntitlementSyncState, Trigger, User
+from core.selectors import running_sync_serves_request
+from core.task_names import TaskName
 from worker.retry import may_retry, retry_countdown
 
 logger = logging.getLogger(__name__)
 
 Status = EntitlementSyncState.Status
+# A sync that ended so applied no authoritative answer: the task ends failed (SyncNotApplied).
+_NOT_APPLIED = frozenset({Status.INVALID, Status.ERROR, Status.UNAVAILABLE})
 
 
 class SyncNotApplied(Exception):
@@ -53,39 +52,37 @@ def sync_user(self, user_id: str, trigger: Trigger) -> dict:
     retries = self.request.retries
     try:
         result = _sync_under_lock(user_id=user_id, trigger=trigger, task_id=self.request.id or "")
-    except EntitlementsUnavailableError as error:
-        # The engine recorded the failure and left every access as it was.
-        if may_retry(retries=retries):
-            raise self.retry(countdown=retry_countdown(retries=retries)) from error
-        logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
-        raise _not_applied(user_id, trigger, Status.UNAVAILABLE, error.error_code) from None
     except User.DoesNotExist:
         return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="unknown_user")
-    if result is not None:
-        if runs.outcome_of(result) == runs.Outcome.FAILED:
-            raise _not_applied(user_id, trigger, result.status, result.error_code)
-        return result.as_dict()
-    # Another sync of this user holds the lock.
-    if running_sync_serves_request(user_id=user_id):
-        return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="served_by_running_sync")
-    if may_retry(retries=retries):
-        raise self.retry(countdown=retry_countdown(retries=retries))
-    # Still recorded as requested and unserved: the sweep sends it again later.
-    return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="locked")
+    if result is None:
+        # Another sync of this user holds the lock.
+        if running_sync_serves_request(user_id=user_id):
+            return _not_synced(
+                user_id, trigger, status=Status.SKIPPED, reason="served_by_running_sync"
+            )
+        if may_retry(retries=retries):
+            raise self.retry(countdown=retry_countdown(retries=retries))
+        # Still recorded as requested and unserved: the sweep sends it again later.
+        return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="locked")
+    if result.status == Status.UNAVAILABLE:
+        # The engine recorded the failure and left every access as it was.
+        if may_retry(retries=retries):
+            raise self.retry(countdown=retry_countdown(retries=retries))
+        logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
+    if result.status in _NOT_APPLIED:
+        raise _not_applied(user_id, trigger, result.status, result.error_code)
+    return result.as_dict()
 
 
 @shared_task(bind=True, name=TaskName.SYNC_ALL_ADMINS)
 def sync_all_admins(self, trigger: Trigger | None = None) -> dict:
     """Resync every user the periodic run covers, in batches on the bulk queue.
 
-    Without a trigger: `periodic` when beat sent it, else a run started by hand (Flower).
+    Without a trigger: `periodic` when beat sent it, else a task sent by hand (Flower).
     """
     return run_resync(
-        scope=SyncRun.Scope.ALL,
-        scope_key="all",
         trigger=trigger or _trigger_of_untold(self.request),
         task_id=self.request.id or "",
-        user_ids=users_due_for_full_resync(),
         on_progress=_progress_reporter(self),
     )
 
@@ -93,16 +90,10 @@ def sync_all_admins(self, trigger: Trigger | None = None) -> dict:
 @shared_task(bind=True, name=TaskName.SYNC_DOMAIN_ADMINS)
 def sync_domain_admins(self, maildomain_id: str, trigger: Trigger = Trigger.ADMIN) -> dict:
     """Resync the admins of one mail domain and those last told they may administer it."""
-    maildomain = MailDomain.objects.filter(pk=maildomain_id).first()
-    if maildomain is None:
-        return {"run_status": SyncRun.Status.SKIPPED, "reason": "unknown_domain"}
     return run_resync(
-        scope=SyncRun.Scope.DOMAIN,
-        scope_key=f"domain:{maildomain.pk}",
-        maildomain_name=maildomain.name,
+        maildomain_id=maildomain_id,
         trigger=trigger,
         task_id=self.request.id or "",
-        user_ids=users_of_domain(maildomain=maildomain),
         on_progress=_progress_reporter(self),
     )
 
@@ -111,23 +102,18 @@ def sync_domain_admins(self, maildomain_id: str, trigger: Trigger = Trigger.ADMI
 def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -> dict:
     """Sync a batch of a run's users concurrently; retry those whose upstream was down."""
     retries = self.request.retries
-    outcome = sync_batch(
+    tally = sync_run_batch(
+        run_id=run_id,
         user_ids=user_ids,
         trigger=trigger,
         task_id=self.request.id or "",
-        # The run's budget: beyond it, the batch holds revocations instead of applying them.
-        revocation_budget=runs.RunRevocationBudget(run_id=run_id),
-        run_id=run_id,
+        last_try=not may_retry(retries=retries),
     )
-    if outcome.retry_user_ids and may_retry(retries=retries):
-        runs.record_batch(run_id=run_id, outcome=outcome)
+    if tally.retry_user_ids:
         raise self.retry(
-            args=[outcome.retry_user_ids, run_id, trigger],
-            countdown=retry_countdown(retries=retries),
+            args=[tally.retry_user_ids, run_id, trigger], countdown=retry_countdown(retries=retries)
         )
-    outcome.give_up_retries()
-    runs.record_batch(run_id=run_id, outcome=outcome)
-    return {"run_id": run_id, **outcome.as_dict()}
+    return {"run_id": run_id, **tally.as_dict()}
 
 
 # Runs every minute and usually sends nothing: its results would flood the result backend
@@ -141,10 +127,10 @@ def sweep_pending_syncs() -> int:
     return sent
 
 
-def _sync_under_lock(*, user_id, trigger: Trigger, task_id: str) -> SyncResult | None:
-    """Run the user's sync while holding their lock; None if another sync holds it.
+def _sync_under_lock(*, user_id, trigger: Trigger, task_id: str):
+    """Run the user's sync while holding their lock: its result; None if another sync holds it.
 
-    Raises what the sync raises, EntitlementsUnavailableError included, lock released.
+    Raises what the sync raises (User.DoesNotExist), lock released.
     """
     lock = user_lock(user_id, owner=task_id)
     if not lock.acquire():
@@ -179,7 +165,7 @@ def _trigger_of_untold(request) -> Trigger:
     header) is periodic, anything else was started by hand."""
     if getattr(request, "periodic_task_name", None):
         return Trigger.PERIODIC
-    return Trigger.MANUAL
+    return Trigger.HAND_SENT_TASK
 
 
 def _progress_reporter(task):

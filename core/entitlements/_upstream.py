@@ -6,6 +6,8 @@ from django.conf import settings
 from django.core.cache import caches
 from django_redis import get_redis_connection
 
+from core.entitlements.errors import EntitlementsError
+
 _REDIS_CACHE_BACKEND = "django_redis.cache.RedisCache"
 
 
@@ -16,7 +18,7 @@ class Priority(StrEnum):
     BULK = "bulk"
 
 
-class UpstreamGuardError(Exception):
+class UpstreamGuardError(EntitlementsError):
     """A call to the upstream was not made; `code` says why."""
 
     code = "upstream_guard"

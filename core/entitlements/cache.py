@@ -56,7 +56,7 @@ def fetch_entitlements(
     if (
         entry
         and not force_refresh
-        and age < settings.ENTITLEMENTS_CACHE_TIMEOUT
+        and age < settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS
         and (fetched_since is None or entry["fetched_at"] >= fetched_since.timestamp())
     ):
         return UpstreamAnswer.from_dict(entry["answer"], cache="hit")
@@ -118,7 +118,7 @@ def _usable_entry(entry: Any, request: str) -> dict[str, Any] | None:
 def _store(key: str, request: str, answer: UpstreamAnswer, *, asked_at: float) -> None:
     """Keep the answer for as long as either window may still use it."""
     lifetime = max(
-        settings.ENTITLEMENTS_CACHE_TIMEOUT, settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS
+        settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS, settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS
     )
     if lifetime <= 0:
         return

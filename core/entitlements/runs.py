@@ -1,7 +1,6 @@
 """Resync runs (all admins, or one domain's): when one may start, how it counts, when it ends.
 
-The rules of a SyncRun row. The Celery side (the run's lock, the fan-out of batches on the
-bulk queue, the batch's threads) lives in the worker; it calls these.
+The rules of a SyncRun row, which the fan-out (`fan_out`) and the batches (`batches`) follow.
 """
 
 import enum
@@ -16,9 +15,6 @@ from django.utils import timezone
 from core import metrics
 from core.entitlements.configuration_errors import report_run_stopped
 from core.entitlements.reconcile import SyncResult
-
-# A run's batches reconcile under its budget: part of what a run is, so offered here.
-from core.entitlements.revocation_budget import RunRevocationBudget as RunRevocationBudget
 from core.entitlements.revocation_budget import new_run_budget
 from core.models import EntitlementSyncState, SyncRun, Trigger
 
@@ -54,7 +50,7 @@ def outcome_of(result: SyncResult) -> Outcome:
 
 
 @dataclass(slots=True)
-class BatchOutcome:
+class BatchTally:
     """What one batch did: counts per outcome, and the users worth trying again later."""
 
     counts: Counter = field(default_factory=Counter)
@@ -86,7 +82,7 @@ def batch_expiry_seconds() -> int:
     One resync interval: by then the next periodic run covers its users again, so a slow run
     never piles up behind the next one.
     """
-    return settings.ENTITLEMENTS_RESYNC_INTERVAL
+    return settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS
 
 
 def start_run(
@@ -154,9 +150,9 @@ def record_fan_out_failed(*, run_id: int, users_enqueued: int) -> None:
     _record_ended(run_id)
 
 
-def record_batch(*, run_id: int, outcome: BatchOutcome) -> None:
+def record_batch(*, run_id: int, tally: BatchTally) -> None:
     """Add a batch's counts to its run (one UPDATE), then close the run if it was the last."""
-    totals = outcome.as_dict()
+    totals = tally.as_dict()
     SyncRun.objects.filter(pk=run_id).update(
         users_done=F("users_done") + totals["done"],
         users_changed=F("users_changed") + totals["changed"],

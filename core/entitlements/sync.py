@@ -16,6 +16,7 @@ from core.entitlements.reconcile import (
     RevocationBudget,
     SyncResult,
     UserAnswer,
+    plan_admin_accesses,
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
@@ -37,7 +38,7 @@ _MAY_USE_FRESH_WINDOW = frozenset({Trigger.PERIODIC})
 def answer_needed_since(*, trigger: Trigger, requested_at: datetime | None) -> datetime | None:
     """The freshness rule: the moment a sync's answer must have been asked at or after.
 
-    None for the periodic run: a cached answer inside ENTITLEMENTS_CACHE_TIMEOUT will do.
+    None for the periodic run: a cached answer inside ENTITLEMENTS_CACHE_TIMEOUT_SECONDS will do.
     A person's request needs an answer asked after it was made (`requested_at`; now when the
     sync serves no recorded request): in practice it asks the upstream, unless another sync of
     the same user asked since the request (a login storm collapses into few calls). Either
@@ -53,48 +54,58 @@ def sync_user_entitlements(
     user_id: uuid.UUID | str,
     trigger: Trigger,
     task_id: str = "",
-    dry_run: bool = False,
-    priority: Priority = Priority.INTERACTIVE,
 ) -> SyncResult:
     """Fetch the user's entitlements and reconcile their ADMIN accesses; return what changed.
 
     The answer is as fresh as `answer_needed_since` says for the trigger and the user's latest
-    recorded request; a dry run serves no recorded request, so it asks now.
+    recorded request. A person waits on this sync (a login, the admin, the command line, the
+    sweep sending their request): it asks at interactive priority, for the upstream rate limit.
 
-    Raises User.DoesNotExist for an unknown id, and EntitlementsUnavailableError (after
-    recording it) when the upstream is down and no stale answer is usable: retry later.
-    Every other upstream failure is recorded and returned, and changes no access. `priority`
-    says whether a person waits (login, manual) or a bulk run does, for the upstream rate limit.
-    A user's own sync is never held by a revocation budget: their fresh answer is theirs.
+    Raises User.DoesNotExist for an unknown id. Every upstream failure is recorded and
+    returned, and changes no access: an `unavailable` result (the upstream is down and no
+    stale answer is usable) is worth another try later. A user's own sync is never held by
+    a revocation budget: their fresh answer is theirs.
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
-    requested_at = None if dry_run else _requested_at(user)
-    if not dry_run:
-        _mark_started([user])
+    requested_at = _requested_at(user)
+    _mark_started([user])
     try:
-        answer = fetch_user_answer(
-            user=user, trigger=trigger, requested_at=requested_at, priority=priority
-        )
+        answer = fetch_user_answer(user=user, trigger=trigger, requested_at=requested_at)
     except EntitlementsUnavailableError as error:
-        if dry_run:
-            _log_unavailable(user, trigger=trigger, error=error)
-        else:
-            record_sync_unavailable(user=user, trigger=trigger, task_id=task_id, error=error)
-        raise
-    result = reconcile_admin_accesses(
-        user=user, answer=answer, trigger=trigger, task_id=task_id, dry_run=dry_run
-    )
-    _log_result(result, answer=answer, dry_run=dry_run)
+        record_sync_unavailable(user=user, trigger=trigger, task_id=task_id, error=error)
+        return _unavailable_result(user, trigger=trigger, error=error)
+    result = reconcile_admin_accesses(user=user, answer=answer, trigger=trigger, task_id=task_id)
+    metrics.sync_ended(trigger=result.trigger, outcome=result.status)
+    _log_result(result, answer=answer)
     if answer.kind is AnswerKind.CONFIGURATION:
         report_configuration_error(error_code=answer.error_code)
     return result
 
 
-def start_user_syncs(*, user_ids: Iterable[uuid.UUID | str]) -> list[User]:
+def plan_sync(*, user_id: uuid.UUID | str) -> SyncResult:
+    """The dry run of one user's sync: what it would change now, written nowhere.
+
+    Asks the upstream now (through the cache and the guard, as a command-line sync would) and
+    plans the reconcile without a run's budget; records nothing, counts no metric. An
+    upstream that is down gives an `unavailable` result. Raises User.DoesNotExist.
+    """
+    user = User.objects.select_related("sync_state").get(pk=user_id)
+    trigger = Trigger.COMMAND
+    try:
+        answer = fetch_user_answer(user=user, trigger=trigger, requested_at=timezone.now())
+    except EntitlementsUnavailableError as error:
+        _log_unavailable(user, trigger=trigger, error=error)
+        return _unavailable_result(user, trigger=trigger, error=error)
+    [result] = plan_admin_accesses(answers=[(user, answer)], trigger=trigger)
+    _log_result(result, answer=answer, note=" (dry run)")
+    return result
+
+
+def load_users_starting_sync(*, user_ids: Iterable[uuid.UUID | str]) -> list[User]:
     """Load the users (with their sync state) and record their syncs started: two queries.
 
     The first step of a batch sync: then fetch_user_answer for each user (threads welcome: it
-    makes no database query), then finish_user_syncs. Unknown ids are left out of the list.
+    makes no database query), then reconcile_fetched_answers. Unknown ids are left out of the list.
     """
     users = list(User.objects.select_related("sync_state").filter(pk__in=list(user_ids)))
     _mark_started(users)
@@ -127,7 +138,7 @@ def fetch_user_answer(
     )
 
 
-def finish_user_syncs(
+def reconcile_fetched_answers(
     *,
     answers: Sequence[UserAnswer],
     trigger: Trigger,
@@ -143,7 +154,8 @@ def finish_user_syncs(
         answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
     )
     for (_user, answer), result in zip(answers, results, strict=True):
-        _log_result(result, answer=answer, dry_run=False)
+        metrics.sync_ended(trigger=result.trigger, outcome=result.status)
+        _log_result(result, answer=answer)
     return results
 
 
@@ -192,9 +204,20 @@ def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailable
     )
 
 
-def _log_result(result: SyncResult, *, answer: UpstreamAnswer, dry_run: bool) -> None:
-    if not dry_run:
-        metrics.sync_ended(trigger=result.trigger, outcome=result.status)
+def _unavailable_result(
+    user: User, *, trigger: Trigger, error: EntitlementsUnavailableError
+) -> SyncResult:
+    """The result of a sync whose upstream was unavailable: nothing changed."""
+    return SyncResult(
+        user_id=str(user.pk),
+        trigger=trigger,
+        status=str(EntitlementSyncState.Status.UNAVAILABLE),
+        error_code=error.error_code,
+    )
+
+
+def _log_result(result: SyncResult, *, answer: UpstreamAnswer, note: str = "") -> None:
+    """The sync's one line; an invalid answer's is an ERROR (Sentry gets it)."""
     level = _LOG_LEVELS.get(answer.kind, logging.INFO)
     logger.log(
         level,
@@ -207,7 +230,7 @@ def _log_result(result: SyncResult, *, answer: UpstreamAnswer, dry_run: bool) ->
         len(result.removed),
         len(result.held),
         result.cache,
-        " (dry run)" if dry_run else "",
+        note,
     )
 
 

@@ -24,7 +24,7 @@ class TestSimulateLogin:
         assert state.forwarded_claims == {"siret": "123"}
         [message] = broker_queues.messages("interactive")
         assert message["args"] == [str(user.pk), "login"]
-        assert f"Sync queued: task {message['id']}" in out
+        assert f"Entitlements sync queued for 1 user: task {message['id']}." in out
 
     def test_an_existing_user_keeps_their_account(
         self, transactional_db, make_user, broker_queues, scripted_upstream

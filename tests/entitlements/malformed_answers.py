@@ -746,7 +746,7 @@ def markdown_table() -> str:
         code = f" / `{case.error_code}`" if case.error_code else ""
         recorded = SYNC_STATUS[case.kind]
         if case.kind == UNAVAILABLE:
-            recorded += ", raises `EntitlementsUnavailableError` (the task retries)"
+            recorded += ", returned as such (the task retries)"
         lines.append(
             f"| `{case.id}` | {case.status} | {case.what} | {case.kind}{code} | {recorded} |"
         )

@@ -7,9 +7,9 @@ from django.conf import settings
 from django.core.cache import cache
 from django_redis import get_redis_connection
 
-from core.entitlements import EntitlementsUnavailableError
 from core.entitlements.backends.base import AnswerKind
 from core.entitlements.cache import cache_key, fetch_entitlements
+from core.entitlements.errors import EntitlementsUnavailableError
 from core.models import User
 
 ADMIN_DOMAINS = ("alpha.example.org", "beta.example.org")
@@ -18,7 +18,7 @@ CLAIMS = {"siret": "12345678900017"}
 
 @pytest.fixture(autouse=True)
 def _short_windows(settings):
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 300
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 300
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 3600
 
 
@@ -168,7 +168,7 @@ def test_entry_lives_for_the_stale_window_and_its_key_holds_no_email(deploycente
 
 def test_stale_window_counts_from_the_fetch(deploycenter_backend, admin, settings):
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 1
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     _fetch(admin)
     deploycenter_backend.fail_with(503)
     assert _fetch(admin).cache == "stale"

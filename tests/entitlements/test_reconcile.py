@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from core.entitlements import grant_accesses_for_new_domains
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.reconcile import (
+    plan_admin_accesses,
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
@@ -190,7 +191,9 @@ def test_dry_run_plans_and_writes_nothing(user, domains):
     MailDomainAccess.objects.create(user=user, maildomain=domains["gamma.example.org"], source=SYNC)
 
     with CaptureQueriesContext(connection) as queries:
-        result = _reconcile(user, _answer("alpha.example.org"), dry_run=True)
+        [result] = plan_admin_accesses(
+            answers=[(user, _answer("alpha.example.org"))], trigger="test"
+        )
 
     assert (result.added, result.removed) == (["alpha.example.org"], ["gamma.example.org"])
     assert all(query["sql"].startswith("SELECT") for query in queries.captured_queries)

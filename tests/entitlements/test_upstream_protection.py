@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from core.entitlements import EntitlementsUnavailableError, Priority
 from core.entitlements.cache import fetch_entitlements
-from core.entitlements.upstream_guard import upstream_status
+from core.entitlements.errors import EntitlementsUnavailableError
+from core.entitlements.upstream_guard import Priority, upstream_status
 from core.models import User
 
 CLAIMS = {"siret": "12345678900017"}

@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from core.entitlements.requests import request_full_resync, request_sync
+from core.entitlements.sync_requests import request_resync, request_sync
 from core.models import EntitlementSyncState, SyncRun, User
 from tests.faults.conftest import ALPHA, synced_domains
 from tests.support import wait_until
@@ -65,7 +65,7 @@ def test_a_wrong_key_stops_the_full_run_with_one_error_and_one_event(
     worker = start_worker(concurrency=2, SENTRY_DSN=sentry_ingest.dsn, **RUN_SETTINGS)
     started = timezone.now()
 
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     run = wait_until(
         lambda: (
             SyncRun.objects.filter(started_at__gte=started)
@@ -152,7 +152,7 @@ def test_an_outage_reports_the_opening_of_the_circuit_once(
     )
     started = timezone.now()
 
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     run = wait_until(
         lambda: SyncRun.objects.filter(started_at__gte=started, status="done").first(),
         timeout=120,

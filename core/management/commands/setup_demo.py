@@ -63,7 +63,7 @@ class Command(BaseCommand):
             "ENTITLEMENTS_BACKEND_PARAMETERS": json.dumps({"mapping_file": str(mapping_file)}),
             # Reading the local file is cheap: no fresh-answer cache, so an edit of the mapping
             # shows at the very next sync.
-            "ENTITLEMENTS_CACHE_TIMEOUT": "0",
+            "ENTITLEMENTS_CACHE_TIMEOUT_SECONDS": "0",
             "FLOWER_BASIC_AUTH": f"{SUPERUSER_EMAIL}:{password}",
             # The demo is served on plain http: a browser would not send back secure cookies.
             "DJANGO_SECURE_COOKIES": "false",

@@ -6,7 +6,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 
 from core.authentication import OIDCAuthenticationBackend
-from core.entitlements import RequestOutcome
+from core.entitlements import describe
 from core.models import EntitlementSyncState, User
 from core.validators import normalize_email
 
@@ -49,14 +49,9 @@ class Command(BaseCommand):
         state = EntitlementSyncState.objects.get(user=user)
         self.stdout.write(f"Logged in {user.email} (sub {user.sub}).")
         self.stdout.write(f"Stored forwarded claims: {state.forwarded_claims or 'none'}")
-        request = backend.sync_request
-        assert request is not None, "a login that creates or updates its user requests a sync"
-        if request.outcome == RequestOutcome.QUEUED:
-            self.stdout.write(f"Sync queued: task {request.task_id}.")
-        elif request.outcome == RequestOutcome.NOT_SENT:
-            self.stdout.write("The broker is unreachable: the sweep will send the sync later.")
-        else:
-            self.stdout.write("A sync queued moments ago serves this login too.")
+        assert backend.sync_request is not None, "a login that makes its user requests a sync"
+        for notice in describe(backend.sync_request):
+            self.stdout.write(notice.text)
 
 
 def _subject_for(email: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 import requests
 from django.core.management import CommandError
 
-from core.entitlements.requests import request_sync
+from core.entitlements.sync_requests import request_sync
 from tests.support.commands import run
 from tests.support.flower import CREDENTIALS, running_flower
 

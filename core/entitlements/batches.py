@@ -1,4 +1,9 @@
-"""A batch of a run's users: threads fetch their answers, this thread reconciles them in bulk."""
+"""A batch of a run's users: threads fetch their answers, one thread reconciles them in bulk.
+
+The run's rules for a batch live here: a configuration error stops the run, the syncs it did
+not run are recorded, each user's sync is counted, a failed bulk reconcile falls back to one
+by one, and the users worth another try are listed. The Celery task only retries them.
+"""
 
 import logging
 import threading
@@ -6,17 +11,23 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+# The task's soft time limit reaches this code as an exception: it stops the batch cleanly.
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connections
 
-from core.entitlements import EntitlementsUnavailableError, Priority, SyncResult, runs, sync
+from core.entitlements import runs, sync
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
-from core.models import Trigger, User
-from worker.locks import TTLLock, user_lock
+from core.entitlements.errors import EntitlementsUnavailableError
+from core.entitlements.reconcile import SyncResult
+from core.entitlements.revocation_budget import RunRevocationBudget
+from core.entitlements.runs import BatchTally, Outcome
+from core.entitlements.upstream_guard import Priority
 
-BatchOutcome = runs.BatchOutcome
-Outcome = runs.Outcome
+# Per-user locks are taken here, not in the task: a user's lock is held from before their
+# fetch in a pool thread until just after the batch's bulk reconcile commits their rights.
+from core.locks import TTLLock, user_lock
+from core.models import Trigger, User
 
 logger = logging.getLogger(__name__)
 
@@ -64,30 +75,33 @@ class _ConfigurationStop:
             self._event.set()
 
 
-def sync_batch(
-    *,
-    user_ids: list[str],
-    trigger: Trigger,
-    task_id: str,
-    revocation_budget: runs.RunRevocationBudget | None = None,
-    run_id: int | None = None,
-) -> BatchOutcome:
-    """Sync a batch of users: a small pool of threads fetches, this thread reconciles in bulk.
+def sync_run_batch(
+    *, run_id: int, user_ids: list[str], trigger: Trigger, task_id: str, last_try: bool = True
+) -> BatchTally:
+    """Sync a batch of a run's users and count it in the run; the tally lists who to retry.
 
-    Threads, not processes: fetching is waiting on the upstream, and it makes no database
-    query. The answers that arrived within a short window are reconciled together in one
-    transaction (a handful of queries however many users), then their locks are released, so
-    a user's lock is held from before their fetch until just after their rights are committed.
-    Users whose upstream was unavailable are listed for a retry of the batch, and so are those
-    not fetched yet when the task hits its soft time limit. The run's task passes its
-    `revocation_budget`, asked inside each reconcile, and its `run_id`: a configuration
-    error (the upstream refuses our key) stops the batch and the run; the users not asked
-    then count as failed, and nobody is retried.
+    A small pool of threads fetches (waiting on the upstream, no database query); the answers
+    that arrived within a short window are reconciled together in one transaction, then their
+    locks are released. The run's revocation budget is asked inside each reconcile. Users
+    whose upstream was unavailable, or not fetched yet when the task hit its soft time limit,
+    are left in `retry_user_ids`, unless it is the `last_try`: then they count as failed.
+    A configuration error (the upstream refuses our key) stops the batch and the run: the
+    users not asked count as failed, and nobody is retried. `task_id` owns the users' locks,
+    so a redelivered batch takes back what its killed run left.
     """
-    outcome = BatchOutcome()
+    tally = _sync_batch(run_id=run_id, user_ids=user_ids, trigger=trigger, task_id=task_id)
+    if last_try:
+        tally.give_up_retries()
+    runs.record_batch(run_id=run_id, tally=tally)
+    return tally
+
+
+def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: str) -> BatchTally:
+    """The batch's syncs, counted, without recording the count in the run."""
+    tally = BatchTally()
     if not user_ids:
-        return outcome
-    if run_id is not None and runs.stopped_by_configuration_error(run_id=run_id):
+        return tally
+    if runs.stopped_by_configuration_error(run_id=run_id):
         # Another batch of the run found the configuration wrong: asking would be refused.
         sync.record_syncs_not_run(
             user_ids=user_ids,
@@ -95,11 +109,13 @@ def sync_batch(
             task_id=task_id,
             error_code=runs.CONFIGURATION_ERROR,
         )
-        outcome.counts[Outcome.FAILED] += len(user_ids)
-        return outcome
-    users = sync.start_user_syncs(user_ids=user_ids)
+        tally.counts[Outcome.FAILED] += len(user_ids)
+        return tally
+    # The run's budget: beyond it, the batch holds revocations instead of applying them.
+    budget = RunRevocationBudget(run_id=run_id)
+    users = sync.load_users_starting_sync(user_ids=user_ids)
     # Deleted between the fan-out and now: nothing left to sync.
-    outcome.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
+    tally.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
     stop = _ConfigurationStop()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
@@ -113,8 +129,8 @@ def sync_batch(
                 fetched = [future.result() for future in arrived]
                 for future in arrived:
                     del pending[future]
-                _finish(fetched, outcome, trigger, task_id, revocation_budget, stop=stop)
-                if stop and run_id is not None and not stop.run_stopped:
+                _finish(fetched, tally, trigger, task_id, budget, stop=stop)
+                if stop and not stop.run_stopped:
                     runs.stop_run_on_configuration_error(run_id=run_id, error_code=stop.error_code)
                     stop.run_stopped = True
             except SoftTimeLimitExceeded:
@@ -125,8 +141,8 @@ def sync_batch(
                 for future, user in list(pending.items()):
                     if future.cancel():
                         del pending[future]
-                        outcome.retry_user_ids.append(str(user.pk))
-    return outcome
+                        tally.retry_user_ids.append(str(user.pk))
+    return tally
 
 
 def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationStop) -> FetchedUser:
@@ -134,7 +150,7 @@ def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationSt
     if stop:
         return FetchedUser(user=user, outcome=Outcome.FAILED, not_asked=True)
     try:
-        fetched = fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
+        fetched = _fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
         if fetched.answer is not None:
             stop.see(fetched.answer)
         return fetched
@@ -143,7 +159,7 @@ def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationSt
         connections.close_all()
 
 
-def fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUser:
+def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUser:
     """Take the user's lock and fetch their answer for a batch; the lock stays held.
 
     The batch's task id owns the lock, so a redelivered batch takes back what its killed run
@@ -178,10 +194,10 @@ def _gather(pending: dict[Future, User]) -> set[Future]:
 
 def _finish(
     fetched: list[FetchedUser],
-    outcome: BatchOutcome,
+    tally: BatchTally,
     trigger: Trigger,
     task_id: str,
-    revocation_budget: runs.RunRevocationBudget | None,
+    revocation_budget: RunRevocationBudget,
     *,
     stop: _ConfigurationStop,
 ) -> None:
@@ -196,9 +212,7 @@ def _finish(
         for item, result in zip(
             answered, _reconcile(answered, trigger, task_id, revocation_budget), strict=True
         ):
-            outcome.counts[
-                runs.outcome_of(result) if isinstance(result, SyncResult) else result
-            ] += 1
+            tally.count(result)
             counted.add(id(item))
         not_asked = [item.user.pk for item in fetched if item.not_asked]
         if not_asked:
@@ -216,16 +230,16 @@ def _finish(
                     user=item.user, trigger=trigger, task_id=task_id, error=item.unavailable
                 )
                 if stop:
-                    outcome.count(Outcome.FAILED)
+                    tally.count(Outcome.FAILED)
                 else:
-                    outcome.retry_user_ids.append(str(item.user.pk))
+                    tally.retry_user_ids.append(str(item.user.pk))
             else:
                 assert item.outcome is not None, "a user neither answered nor unavailable has one"
-                outcome.count(item.outcome)
+                tally.count(item.outcome)
             counted.add(id(item))
     except SoftTimeLimitExceeded:
         # Whatever was not recorded yet is tried again by the batch's retry.
-        outcome.retry_user_ids += [str(item.user.pk) for item in fetched if id(item) not in counted]
+        tally.retry_user_ids += [str(item.user.pk) for item in fetched if id(item) not in counted]
         raise
     finally:
         for item in fetched:
@@ -236,7 +250,7 @@ def _reconcile(
     answered: list[FetchedUser],
     trigger: Trigger,
     task_id: str,
-    revocation_budget: runs.RunRevocationBudget | None,
+    revocation_budget: RunRevocationBudget,
 ) -> Sequence[SyncResult | Outcome]:
     """Each user's SyncResult, or the Outcome of a user whose reconcile failed.
 
@@ -248,7 +262,7 @@ def _reconcile(
     # Every one has its answer: the test only narrows the type.
     answers = [(item.user, item.answer) for item in answered if item.answer is not None]
     try:
-        return sync.finish_user_syncs(
+        return sync.reconcile_fetched_answers(
             answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
         )
     except SoftTimeLimitExceeded:
@@ -261,7 +275,7 @@ def _reconcile(
     result: SyncResult | Outcome
     for answer in answers:
         try:
-            [result] = sync.finish_user_syncs(
+            [result] = sync.reconcile_fetched_answers(
                 answers=[answer],
                 trigger=trigger,
                 task_id=task_id,

@@ -1,14 +1,12 @@
-"""Requesting a sync: the one door for a login, the admin, the command line and the sweep.
+"""Requesting a sync: the one way in for a login, the admin, the command line and the sweep.
 
 A request is recorded on the user's sync state row first, then its task is sent once the
 transaction commits. A broker that cannot be reached loses nothing: the sweep
 (`enqueue_outstanding_requests`) sends whatever is recorded and was never served.
 """
 
-import enum
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -20,35 +18,13 @@ from django.db import transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
+from core.entitlements.factory import forwarded_claim_names
+from core.entitlements.receipts import RequestOutcome, SyncReceipt
 from core.models import EntitlementSyncState, MailDomain, Trigger, User
 from core.selectors import outstanding_requests
 from core.task_names import TaskName
 
 logger = logging.getLogger(__name__)
-
-
-class SyncNotEnqueuedError(Exception):
-    """The broker could not be reached: the resync was not started."""
-
-
-class RequestOutcome(enum.StrEnum):
-    """What became of one sync request."""
-
-    # A task of its own carries it (sent, or sent when the transaction commits).
-    QUEUED = "queued"
-    # A task queued moments ago for the same user, not started yet, serves it.
-    COLLAPSED = "collapsed"
-    # The broker could not be reached: recorded, the sweep sends it later.
-    NOT_SENT = "not_sent"
-
-
-@dataclass(slots=True)
-class SyncRequest:
-    """The answer of request_sync; final once the caller's transaction has committed."""
-
-    user_id: uuid.UUID
-    outcome: RequestOutcome
-    task_id: str | None = None
 
 
 # One quick reconnection attempt, then give up: a login must not hang on a dead broker, and
@@ -61,48 +37,58 @@ def request_sync(
     user: User,
     trigger: Trigger,
     queue: str | None = None,
-    forwarded_claims: dict | None = None,
-) -> SyncRequest:
+    login_claims: dict | None = None,
+) -> SyncReceipt:
     """Record that the user's entitlements need a sync and enqueue its task after commit.
 
     A request collapses into the user's task queued less than ENTITLEMENTS_SYNC_DEDUP_SECONDS
     ago only while no sync has started since that task was queued: a request made once a sync
-    started gets a task of its own, whose sync starts after it. A login passes the
-    `forwarded_claims` it stores on the way (same statement). Never raises for a broker that
-    cannot be reached: the request stays recorded, the outcome says NOT_SENT (in autocommit at
-    once, else once the transaction commits), and `enqueue_outstanding_requests` (the sweep)
-    sends it later.
+    started gets a task of its own, whose sync starts after it. A login passes its
+    `login_claims`: the ones the backend forwards are stored on the way (same statement),
+    never tokens. Never raises for a broker that cannot be reached: the request stays
+    recorded, the outcome says NOT_SENT (in autocommit at once, else once the transaction
+    commits), and `enqueue_outstanding_requests` (the sweep) sends it later.
     """
     now = timezone.now()
     fields = {"requested_at": now, "last_trigger": trigger}
-    if forwarded_claims is not None:
-        fields["forwarded_claims"] = forwarded_claims
+    if login_claims is not None:
+        fields["forwarded_claims"] = {
+            name: login_claims[name] for name in forwarded_claim_names() if name in login_claims
+        }
     not_enqueued_since = now - timedelta(seconds=settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS)
     if not _record_and_claim(
         user_id=user.pk, fields=fields, now=now, not_enqueued_since=not_enqueued_since
     ):
-        return SyncRequest(user_id=user.pk, outcome=RequestOutcome.COLLAPSED)
-    request = SyncRequest(user_id=user.pk, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4()))
+        return SyncReceipt(user_id=user.pk, outcome=RequestOutcome.COLLAPSED)
+    request = SyncReceipt(user_id=user.pk, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4()))
     transaction.on_commit(
         partial(_send, request=request, trigger=trigger, queue=queue, claimed_at=now)
     )
     return request
 
 
-def request_full_resync(*, trigger: Trigger) -> str:
-    """Start a resync of every admin (entitlements.sync_all_admins); return its task id.
+def request_resync(*, trigger: Trigger, maildomain: MailDomain | None = None) -> SyncReceipt:
+    """Start a resync run of every admin, or of one domain's admins; a person is waiting.
 
-    Raises SyncNotEnqueuedError when the broker cannot be reached.
+    Sends entitlements.sync_all_admins (sync_domain_admins with `maildomain`) now, whatever
+    the transaction: NOT_SENT when the broker cannot be reached, and nothing is recorded
+    for the sweep (the person tries again).
     """
-    return _send_resync(TaskName.SYNC_ALL_ADMINS, args=[trigger])
-
-
-def request_domain_resync(*, maildomain: MailDomain, trigger: Trigger) -> str:
-    """Start a resync of one domain's admins (entitlements.sync_domain_admins); return its id.
-
-    Raises SyncNotEnqueuedError when the broker cannot be reached.
-    """
-    return _send_resync(TaskName.SYNC_DOMAIN_ADMINS, args=[str(maildomain.pk), trigger])
+    args: list[str]
+    if maildomain is None:
+        task_name, args, name = TaskName.SYNC_ALL_ADMINS, [trigger], ""
+    else:
+        task_name, args = TaskName.SYNC_DOMAIN_ADMINS, [str(maildomain.pk), trigger]
+        name = maildomain.name
+    try:
+        task_id = current_app.send_task(
+            task_name, args=args, retry=True, retry_policy=_PUBLISH_RETRY_POLICY
+        ).id
+    except Exception as error:
+        logger.warning("%s not enqueued (%s)", task_name, type(error).__name__)
+        sentry_sdk.capture_exception(error)
+        return SyncReceipt(outcome=RequestOutcome.NOT_SENT, maildomain_name=name)
+    return SyncReceipt(outcome=RequestOutcome.QUEUED, task_id=task_id, maildomain_name=name)
 
 
 def enqueue_outstanding_requests() -> int:
@@ -118,7 +104,7 @@ def enqueue_outstanding_requests() -> int:
     for user_id, trigger in outstanding_requests(now=now, grace=grace).iterator(chunk_size=500):
         if not _claim(user_id=user_id, now=now, not_enqueued_since=now - grace):
             continue
-        request = SyncRequest(
+        request = SyncReceipt(
             user_id=user_id, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4())
         )
         transaction.on_commit(
@@ -158,12 +144,8 @@ def _record_and_claim(
     any process.
     """
     states = EntitlementSyncState.objects.filter(user_id=user_id)
-    no_task_waiting = (
-        Q(enqueued_at__isnull=True)
-        | Q(enqueued_at__lt=not_enqueued_since)
-        | Q(started_at__gte=F("enqueued_at"))
-    )
-    if states.filter(no_task_waiting).update(enqueued_at=now, status=_PENDING_IF_NEVER, **fields):
+    no_task_waiting = states.without_task_waiting(queued_since=not_enqueued_since)
+    if no_task_waiting.update(enqueued_at=now, status=_PENDING_IF_NEVER, **fields):
         return True
     if states.update(status=_PENDING_IF_NEVER, **fields):
         return False
@@ -188,13 +170,14 @@ def _claim(*, user_id, now: datetime, not_enqueued_since: datetime) -> bool:
 
 def _send(
     *,
-    request: SyncRequest,
+    request: SyncReceipt,
     trigger: str,
     queue: str | None,
     claimed_at: datetime,
     expires: float | None = None,
 ) -> None:
     """Put the sync task on the broker; on failure, log and leave the request to the sweep."""
+    assert request.user_id is not None, "a user's sync request names its user"
     options: dict[str, Any] = {"queue": queue} if queue else {}
     try:
         current_app.send_task(
@@ -219,15 +202,3 @@ def _send(
             enqueued_at=None
         )
         request.outcome = RequestOutcome.NOT_SENT
-
-
-def _send_resync(task_name: str, *, args: list) -> str:
-    """Send an admin-wide resync task; a person started it and is told when it failed."""
-    try:
-        return current_app.send_task(
-            task_name, args=args, retry=True, retry_policy=_PUBLISH_RETRY_POLICY
-        ).id
-    except Exception as error:
-        logger.warning("%s not enqueued (%s)", task_name, type(error).__name__)
-        sentry_sdk.capture_exception(error)
-        raise SyncNotEnqueuedError("the task broker cannot be reached; try again later") from error
