@@ -362,3 +362,13 @@ class HeldRevocation(models.Model):
 
     def __str__(self):
         return f"held revocation of {self.maildomain_name} ({self.resolution})"
+
+
+# The sync statuses a run counts as failed (its category `failed`, SyncResult.run_category).
+FAILED_SYNC_STATUSES = frozenset(
+    {
+        EntitlementSyncState.Status.INVALID,
+        EntitlementSyncState.Status.ERROR,
+        EntitlementSyncState.Status.UNAVAILABLE,
+    }
+)

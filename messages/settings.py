@@ -80,6 +80,8 @@ MIDDLEWARE = [
     # First: a probe answers whatever Host it sends and never opens a session (core/health.py).
     "core.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Filter values are input: a NUL would reach PostgreSQL and fail there (core/query_guard.py).
+    "core.query_guard.refuse_nul_in_address",
     # Static files from STATIC_ROOT (filled by `collectstatic`) by every web process.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -198,9 +200,12 @@ OIDC_USE_NONCE = env_bool("OIDC_USE_NONCE", True)
 OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION = env_bool(
     "OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION", False
 )
-# Tokens are never kept: the sync only needs the forwarded claims, stored at login.
+# The access token is never kept: the sync only needs the forwarded claims, stored at login.
+# The id token stays in the (server-side) session for one use: the hint of the provider's
+# end-session call when the user logs out (RP-initiated logout, OIDC_OP_LOGOUT_ENDPOINT).
 OIDC_STORE_ACCESS_TOKEN = False
-OIDC_STORE_ID_TOKEN = False
+OIDC_STORE_ID_TOKEN = True
+OIDC_OP_LOGOUT_URL_METHOD = "core.authentication.provider_logout_url"
 OIDC_USERINFO_FULLNAME_FIELDS = env_list(
     "OIDC_USERINFO_FULLNAME_FIELDS", ["given_name", "usual_name"]
 )

@@ -133,6 +133,18 @@ def test_the_benchmark_measures_the_procfiles_workers(monkeypatch):
     assert [spec.concurrency for spec in bigger if spec.queues == (BULK_QUEUE,)] == [5]
 
 
+def test_every_web_command_logs_access_through_the_masking_logger(services):
+    """tests/test_access_log.py runs the Procfile's; compose and the image must match it."""
+    logger = "messages.access_log.AccessLogger"
+    dockerfile_cmd = next(
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")
+    )
+
+    assert f"--logger-class {logger}" in procfile_processes()["web"]
+    assert f"--logger-class={logger}" in command_of(services["web"])
+    assert f'"--logger-class", "{logger}"' in dockerfile_cmd
+
+
 def test_app_services_are_built_from_the_dockerfile(services):
     for name in APP_SERVICES:
         assert services[name]["build"] == "."

@@ -51,12 +51,14 @@ def test_outside_the_package_entitlements_are_used_through_their_door(path):
 
 
 # Who may read the package past its door: the backend's configuration where it is built (the
-# app's start-up, where a wrong backend stops every process, and the admin showing the claims
-# forwarded), and the receipt's type for annotations (the door gives receipts, not the type).
+# app's start-up, where a wrong backend stops every process, the admin showing the claims
+# forwarded, and the login paths keeping only the claims the backend forwards), and the
+# receipt's type for annotations (the door gives receipts, not the type).
 _READERS_PAST_THE_DOOR = {
     "core.apps": {"core.entitlements.factory"},
     "core.admin.common": {"core.entitlements.factory"},
-    "core.authentication": {"core.entitlements.receipts"},
+    "core.authentication": {"core.entitlements.factory", "core.entitlements.receipts"},
+    "core.management.commands.simulate_login": {"core.entitlements.factory"},
     "core.management.commands.sync_entitlements": {"core.entitlements.receipts"},
 }
 

@@ -18,7 +18,7 @@ from core.entitlements import (
     sync_user_entitlements,
 )
 from core.locks import SYNC_USER_TIME_LIMIT, user_lock
-from core.models import EntitlementSyncState, Trigger, User
+from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState, Trigger, User
 from core.selectors import running_sync_serves_request
 from core.task_names import TaskName
 from worker.retry import may_retry, retry_countdown
@@ -26,8 +26,6 @@ from worker.retry import may_retry, retry_countdown
 logger = logging.getLogger(__name__)
 
 Status = EntitlementSyncState.Status
-# A sync that ended so applied no authoritative answer: the task ends failed (SyncNotApplied).
-_NOT_APPLIED = frozenset({Status.INVALID, Status.ERROR, Status.UNAVAILABLE})
 
 
 class SyncNotApplied(Exception):
@@ -69,7 +67,8 @@ def sync_user(self, user_id: str, trigger: Trigger) -> dict:
         if may_retry(retries=retries):
             raise self.retry(countdown=retry_countdown(retries=retries))
         logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
-    if result.status in _NOT_APPLIED:
+    # A sync that applied no authoritative answer: the task ends failed (SyncNotApplied).
+    if result.status in FAILED_SYNC_STATUSES:
         raise _not_applied(user_id, trigger, result.status, result.error_code)
     return result.as_dict()
 

@@ -2,7 +2,7 @@
 
 from collections import defaultdict
 from collections.abc import Sequence, Set
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from django.conf import settings
@@ -12,54 +12,26 @@ from django.utils import timezone
 from core.chunks import chunked
 from core.entitlements.access_ended import confirmed_ended
 from core.entitlements.accesses import Grant, Revocation, grant_accesses, revoke_accesses
-from core.entitlements.backends.base import AnswerKind, CacheStatus, UpstreamAnswer
+from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.identity import (
     IDENTITY_CHANGED,
     hold_identity_revocations,
     hold_revocations_after_identity_change,
     upstream_identity,
 )
-from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, Trigger, User
+from core.entitlements.results import SYNC_STATUS_BY_ANSWER_KIND, SyncResult
+from core.models import (
+    EntitlementSyncState,
+    MailDomain,
+    MailDomainAccess,
+    Trigger,
+    User,
+)
 
 Status = EntitlementSyncState.Status
 
 # Domain names looked up per query: far below SQLite's limit on bound parameters.
 _NAMES_PER_QUERY = 500
-
-STATUS_BY_KIND = {
-    AnswerKind.AUTHORITATIVE: Status.OK,
-    AnswerKind.NO_INFORMATION: Status.NO_INFORMATION,
-    AnswerKind.ACCESS_ENDED: Status.ACCESS_ENDED,
-    AnswerKind.INVALID: Status.INVALID,
-    AnswerKind.BAD_REQUEST: Status.ERROR,
-    AnswerKind.NOT_ASKED: Status.SKIPPED,
-    AnswerKind.CONFIGURATION: Status.ERROR,
-    AnswerKind.UNAVAILABLE: Status.UNAVAILABLE,
-}
-
-
-@dataclass(slots=True)
-class SyncResult:
-    """What one sync did, small and JSON-able (no email, no claim value)."""
-
-    user_id: str
-    trigger: str
-    status: str
-    error_code: str = ""
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    unchanged: int = 0
-    cache: CacheStatus = "miss"
-    held: list[str] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        """True when an access was granted or revoked."""
-        return bool(self.added or self.removed)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The result as a task returns it."""
-        return {**asdict(self), "changed": self.changed}
 
 
 @dataclass(slots=True)
@@ -84,6 +56,9 @@ class RevocationBudget(Protocol):
     A run's budget (revocation_budget.RunRevocationBudget) is the one implementation: it
     holds the revocations past the run's share, recording them for an operator.
     """
+
+    # The run whose budget it is: its syncs report what fails for all of them once per run.
+    run_id: int
 
     def admit_batch(self, *, count: int) -> bool:
         """Reserve `count` revocations at once; False changes nothing (then ask one by one)."""
@@ -372,7 +347,7 @@ def _status(answer: UpstreamAnswer, plan: _Plan) -> tuple[str, str]:
     """The sync state's status and error code after reconciling `answer` as `plan` says."""
     if plan.identity_held:
         return Status.REVOCATIONS_HELD, IDENTITY_CHANGED
-    return STATUS_BY_KIND[answer.kind], _error_code(answer)
+    return SYNC_STATUS_BY_ANSWER_KIND[answer.kind], _error_code(answer)
 
 
 def _error_code(answer: UpstreamAnswer) -> str:

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from core.entitlements.factory import forwarded_claim_names
+from core.entitlements.factory import forwarded_claims
 from core.entitlements.receipts import RequestOutcome, SyncReceipt
 from core.models import EntitlementSyncState, MailDomain, Trigger, User
 from core.selectors import outstanding_requests
@@ -52,9 +52,7 @@ def request_sync(
     now = timezone.now()
     fields = {"requested_at": now, "last_trigger": trigger}
     if login_claims is not None:
-        fields["forwarded_claims"] = {
-            name: login_claims[name] for name in forwarded_claim_names() if name in login_claims
-        }
+        fields["forwarded_claims"] = forwarded_claims(login_claims)
     not_enqueued_since = now - timedelta(seconds=settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS)
     if not _record_and_claim(
         user_id=user.pk, fields=fields, now=now, not_enqueued_since=not_enqueued_since

@@ -80,4 +80,4 @@ def test_without_the_cache_every_sync_reports(unreachable_cache, caplog):
     report_configuration_error(error_code="http_403")
 
     assert len(_errors(caplog)) == 2
-    assert "cache unreachable: configuration error episode not recorded" in caplog.text
+    assert "cache unreachable: reporting window" in caplog.text

@@ -8,7 +8,8 @@ import pytest
 from django.utils import timezone
 
 from core.entitlements import runs
-from core.entitlements.runs import BatchTally, Outcome
+from core.entitlements.results import RunCategory
+from core.entitlements.runs import BatchTally
 from core.models import MailDomainAccess, SyncRun, Trigger
 from tests.factories import MailDomainAccessFactory
 
@@ -23,9 +24,9 @@ def _start(**options) -> SyncRun:
 
 def _tally(**counts) -> BatchTally:
     tally = BatchTally()
-    for outcome, count in counts.items():
+    for category, count in counts.items():
         for _ in range(count):
-            tally.count(Outcome(outcome))
+            tally.count(RunCategory(category))
     return tally
 
 
