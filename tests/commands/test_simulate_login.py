@@ -58,20 +58,6 @@ class TestSimulateLogin:
             run("simulate_login", value)
         assert not User.objects.exists()
 
-    def test_a_login_refused_for_anothers_email_is_a_clear_error(
-        self, transactional_db, make_user, broker_queues, scripted_upstream
-    ):
-        holder = make_user(sub="holder-sub")
-        other = make_user(sub="other-sub")
-
-        # The other user's subject with the holder's e-mail: the backend refuses the login.
-        with pytest.raises(CommandError, match="belongs to another user"):
-            run("simulate_login", holder.email, "--claim", "sub=other-sub")
-
-        other.refresh_from_db()
-        assert other.email != holder.email
-        assert broker_queues.length("interactive") == 0
-
     def test_malformed_claim_is_a_clear_error(self, transactional_db):
         with pytest.raises(CommandError, match="NAME=VALUE"):
             run("simulate_login", "a@example.org", "--claim", "siret")

@@ -50,8 +50,9 @@ class Command(BaseCommand):
             found = backend.filter_users_by_claims(claims).first()
             user = backend.update_user(found, claims) if found else backend.create_user(claims)
         if user is None:
+            # The backend refuses a login whose e-mail another user took meanwhile (a race).
             raise CommandError(
-                "The login was refused: its e-mail belongs to another user (the log names them)."
+                "The login was refused: its e-mail belongs to another user (the log says so)."
             )
         state = EntitlementSyncState.objects.get(user=user)
         self.stdout.write(f"Logged in {user.email} (sub {user.sub}).")
