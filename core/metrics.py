@@ -340,11 +340,14 @@ class _OwnMetrics(Collector):
 
 
 def _queue_depth(connection, queue: str) -> int:
-    """The messages waiting in `queue`: 0 for a queue the broker does not know (Redis drops an
-    empty queue's key, so a passive declare of it fails with ChannelError NOT_FOUND)."""
-    # A channel of its own: AMQP closes the channel a NOT_FOUND happened on.
+    """The messages waiting in `queue`: 0 for a queue the broker does not know yet."""
+    # On RabbitMQ a passive declare never creates a queue, and NOT_FOUND (a queue no worker
+    # declared yet) closes the channel it came on: hence a channel of its own. kombu's Redis
+    # transport takes an empty queue for a missing one and checks without the broker key
+    # prefix (CELERY_BROKER_KEY_PREFIX), so there a plain declare, which writes nothing, reads it.
+    passive = connection.transport.driver_type != "redis"
     with connection.channel() as channel:
         try:
-            return channel.queue_declare(queue, passive=True).message_count
+            return channel.queue_declare(queue, passive=passive).message_count
         except ChannelError:
             return 0

@@ -299,7 +299,7 @@ class SyncRun(models.Model):
     revocable_accesses = models.PositiveIntegerField(default=0)
     revoke_budget = models.PositiveIntegerField(default=0)
     accesses_revoked = models.PositiveIntegerField(default=0)
-    revocations_held = models.BooleanField(default=False)
+    budget_reached = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-started_at"]

@@ -393,6 +393,11 @@ elif _broker_scheme in {"redis", "rediss"}:
         "socket_timeout": 5,
         "retry_on_timeout": True,
     }
+    # Prefix of every broker key (queues, unacked messages, bindings), so several deployments
+    # or test runs can share one Redis db without seeing each other's tasks.
+    _broker_key_prefix = env_str("CELERY_BROKER_KEY_PREFIX")
+    if _broker_key_prefix:
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = _broker_key_prefix
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 # A producer must not hang when the broker is down: login records the request and moves on.
@@ -464,6 +469,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Times to the second with their zone (messages/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["messages.formats"]
 STATIC_URL = "static/"
 # Filled by `manage.py collectstatic` (`make run`, the Docker image build), served by WhiteNoise.
 STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT") or DATA_DIR / "static").resolve()

@@ -51,9 +51,9 @@ def test_outside_the_package_entitlements_are_used_through_their_door(path):
 
 
 # Who may read the package past its door: the backend's configuration where it is built (the
-# app's start-up, where a wrong backend stops every process, the admin showing the claims
-# forwarded, and the login paths keeping only the claims the backend forwards), and the
-# receipt's type for annotations (the door gives receipts, not the type).
+# app's start-up, where a wrong backend stops every process, and the admin showing the claims
+# forwarded, the login's claim policy keeping only the claims the backend forwards in the shape
+# it expects), and the receipt's type for annotations (the door gives receipts, not the type).
 _READERS_PAST_THE_DOOR = {
     "core.apps": {"core.entitlements.factory"},
     "core.admin.common": {"core.entitlements.factory"},

@@ -7,15 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 from celery import current_app
+from django.conf import settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from core import metrics
 from core.models import EntitlementSyncState
 from tests.factories import UserFactory
-from tests.faults.conftest import kombu_keys
 from tests.support import rabbitmq
+from tests.support.broker import broker_keys
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
 NS = "messages_entitlements"
@@ -23,12 +25,13 @@ NS = "messages_entitlements"
 
 @pytest.fixture
 def empty_queues():
-    """The suite's broker db with its task queues emptied before and after."""
-    with current_app.connection_for_write() as connection:
-        client = connection.default_channel.client
-        client.delete(*kombu_keys(client))
-        yield
-        client.delete(*kombu_keys(client))
+    """The suite's broker db with its task queues emptied before and after (a plain client:
+    broker_keys names the keys with the run's broker key prefix)."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete(*broker_keys(client))
+    yield
+    client.delete(*broker_keys(client))
+    client.close()
 
 
 @pytest.mark.django_db

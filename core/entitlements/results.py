@@ -9,6 +9,9 @@ from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState
 
 Status = EntitlementSyncState.Status
 
+# Error code of a sync skipped because another sync of the user held their lock.
+LOCKED = "locked"
+
 # The one translation from an answer kind to the sync status it records (the glossary in
 # docs/entitlements.md); the statuses missing here come from the sync's bookkeeping.
 SYNC_STATUS_BY_ANSWER_KIND = {
@@ -61,6 +64,14 @@ class SyncResult:
         if self.status == Status.SKIPPED:
             return RunCategory.SKIPPED
         return RunCategory.CHANGED if self.changed else RunCategory.DONE
+
+    @property
+    def worth_retrying(self) -> bool:
+        """Whether another try later may do what this sync could not: the upstream was down,
+        or another sync of the user held their lock (one that does not serve the request)."""
+        return self.status == Status.UNAVAILABLE or (
+            self.status == Status.SKIPPED and self.error_code == LOCKED
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The result as a task returns it."""

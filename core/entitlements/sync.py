@@ -25,9 +25,11 @@ from core.entitlements.reconcile import (
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
-from core.entitlements.results import SyncResult
+from core.entitlements.results import LOCKED, SyncResult
 from core.entitlements.upstream_guard import Priority, admit_upstream_call
+from core.locks import user_lock
 from core.models import EntitlementSyncState, Trigger, User
+from core.selectors import running_sync_serves_request
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +69,33 @@ def sync_user_entitlements(
     recorded request. A person waits on this sync (a login, the admin, the command line, the
     sweep sending their request): it asks at interactive priority, for the upstream rate limit.
 
+    Runs under the user's lock, owned by `task_id` (a redelivered task takes back the lock its
+    killed run left). While another sync of the user holds it, the result is `skipped`:
+    `served_by_running_sync` when that sync started after the user's latest request, else
+    `locked` (worth another try; the request stays recorded for the sweep).
+
     Raises User.DoesNotExist for an unknown id. Every upstream failure is recorded and
     returned, and changes no access: an `unavailable` result (the upstream is down and no
-    stale answer is usable) is worth another try later. A user's own sync is never held by
-    a revocation budget: their fresh answer is theirs.
+    stale answer is usable) is worth another try later (`SyncResult.worth_retrying`). A
+    user's own sync is never held by a revocation budget: their fresh answer is theirs.
     """
+    lock = user_lock(user_id, owner=task_id)
+    if not lock.acquire():
+        served = running_sync_serves_request(user_id=user_id)
+        return SyncResult(
+            user_id=str(user_id),
+            trigger=trigger,
+            status=str(EntitlementSyncState.Status.SKIPPED),
+            error_code="served_by_running_sync" if served else LOCKED,
+        )
+    try:
+        return _sync_user(user_id=user_id, trigger=trigger, task_id=task_id)
+    finally:
+        lock.release()
+
+
+def _sync_user(*, user_id: uuid.UUID | str, trigger: Trigger, task_id: str) -> SyncResult:
+    """The user's sync, their lock held."""
     user = User.objects.select_related("sync_state").get(pk=user_id)
     requested_at = _requested_at(user)
     _mark_started([user])

@@ -36,6 +36,8 @@ def test_a_worker_reuses_its_database_connection_across_tasks(transactional_db, 
         "REDIS_URL": private_redis.url,
     }
     app = Celery("producer", broker=private_redis.url, set_as_current=False)
+    # The worker's broker key prefix (CELERY_BROKER_KEY_PREFIX), or the ping never reaches it.
+    app.conf.broker_transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
     with subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "messages", "worker", "--concurrency=1"],
         cwd=REPO,

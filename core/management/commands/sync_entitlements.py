@@ -155,7 +155,7 @@ class Command(BaseCommand):
             f"{run.users_skipped} skipped."
         )
         held = run.held_revocations.filter(resolution="pending").count()
-        if run.revocations_held:
+        if run.budget_reached:
             raise CommandError(
                 f"Run #{run.pk} reached its revocation budget and held "
                 f"{_count(held, 'revocation')} for an operator: review them in the admin "
@@ -188,7 +188,15 @@ class Command(BaseCommand):
         """Compute each user's plan in this process and print the changes; write nothing."""
         user_ids = list(user_ids)
         would_change = 0
-        for user_id in tqdm(user_ids, file=_raw(self.stderr), unit=" users", leave=False):
+        # A bar for many users on a terminal only: none for one user, nor in a log or a pipe.
+        bar = tqdm(
+            user_ids,
+            file=_raw(self.stderr),
+            unit=" users",
+            leave=False,
+            disable=True if len(user_ids) < 2 else None,
+        )
+        for user_id in bar:
             line, changes = self._dry_run_one(user_id)
             would_change += changes
             if line:
