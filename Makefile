@@ -76,6 +76,7 @@ run: install
 
 test: install-dev
 	$(TEST_ENV) $(BIN)/ruff check .
+	$(BIN)/mypy
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: install-dev
@@ -84,6 +85,8 @@ test-slow: install-dev
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# Types of core/, worker/ and messages/ ([tool.mypy] in pyproject.toml).
+	$(BIN)/mypy
 
 bench: install-dev
 	$(BIN)/python -m bench --quick

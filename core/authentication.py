@@ -31,8 +31,9 @@ from core.validators import clean_email, has_control_characters, normalize_email
 
 logger = logging.getLogger(__name__)
 
-# The column's bound: a longer `sub` is no subject the user table can keep.
-MAX_SUBJECT_LENGTH = User._meta.get_field("sub").max_length
+# The column's bound: a longer `sub` is no subject the user table can keep. (A CharField
+# always has its max_length; the hints allow None, for other fields.)
+MAX_SUBJECT_LENGTH: int = User._meta.get_field("sub").max_length  # type: ignore[assignment]
 MAX_FULL_NAME_LENGTH = User._meta.get_field("full_name").max_length
 # An OAuth error code (RFC 6749, 5.2) is logged when it looks like one; its description never
 # is (a provider may quote the user's e-mail in it).

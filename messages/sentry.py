@@ -8,6 +8,7 @@ from sentry_sdk.integrations.argv import ArgvIntegration
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
+from sentry_sdk.types import Breadcrumb, BreadcrumbHint, Event, Hint
 from sentry_sdk.utils import capture_internal_exceptions
 
 from core.validators import IDNA_DOTS
@@ -133,7 +134,7 @@ def init_sentry(*, dsn: str, environment: str, traces_sample_rate: float = 0.0) 
     )
 
 
-def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+def scrub_event(event: Event, hint: Hint) -> Event | None:
     """Keep what an operator needs (exception type, module, task, user id), drop the rest;
     None (not sent) for what anonymous requests can cause at will."""
     if str(event.get("logger", "")).startswith(_UNSENT_LOGGERS):
@@ -153,7 +154,8 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
     user = event.get("user")
     if isinstance(user, dict):
         event["user"] = {"id": user["id"]} if "id" in user else {}
-    for span in event.get("spans") or ():
+    spans = event.get("spans")
+    for span in spans if isinstance(spans, list) else ():
         data = span.get("data") if isinstance(span, dict) else None
         if isinstance(data, dict):
             data.pop("http.query", None)
@@ -163,7 +165,7 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
     return _scrubbed(event)
 
 
-def scrub_breadcrumb(breadcrumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def scrub_breadcrumb(breadcrumb: Breadcrumb, hint: BreadcrumbHint) -> Breadcrumb:
     """Drop a request's query string and fragment, and scrub the message and data."""
     data = breadcrumb.get("data")
     if isinstance(data, dict):

@@ -13,7 +13,7 @@ from core.models import HeldRevocation
 from core.selectors import count_pending
 
 
-class HeldRevocationActionsMixin(ReleasePermissionMixin):
+class HeldRevocationActionsMixin(ReleasePermissionMixin, admin.ModelAdmin):
     """Release and discard actions over the held revocations that `_held(queryset)` covers.
 
     Each asks for a confirmation that says what would happen (a dry run of the release).

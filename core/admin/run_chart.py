@@ -7,6 +7,7 @@ The mix of run categories comes from the run's own counters and is always exact.
 """
 
 from datetime import datetime, timedelta
+from typing import cast
 
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -42,7 +43,11 @@ def run_chart(run: SyncRun) -> SafeString:
     return render_chart(
         started_at=run.started_at,
         ended_at=end,
-        finishes=[(at, status in FAILED_SYNC_STATUSES) for at, status in finished.iterator()],
+        # Rows filtered on finished_at: none is null.
+        finishes=[
+            (cast(datetime, at), status in FAILED_SYNC_STATUSES)
+            for at, status in finished.iterator()
+        ],
         total=max(run.users_enqueued, counted),
         mix={name: count(run) for name, _colour, count in _MIX},
     )

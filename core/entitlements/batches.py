@@ -7,6 +7,7 @@ by one, and the users worth another try are listed. The Celery task only retries
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -223,6 +224,7 @@ def _finish(
                 else:
                     tally.retry_user_ids.append(str(item.user.pk))
             else:
+                assert item.category is not None, "a user neither answered nor unavailable has one"
                 tally.count(item.category)
             counted.add(id(item))
     except SoftTimeLimitExceeded:
@@ -239,7 +241,7 @@ def _reconcile(
     trigger: Trigger,
     task_id: str,
     revocation_budget: RunRevocationBudget,
-) -> list[SyncResult | RunCategory]:
+) -> Sequence[SyncResult | RunCategory]:
     """Each user's SyncResult, or the RunCategory of a user whose reconcile failed.
 
     All together in one transaction; if that fails, one by one, so that one user's failure
@@ -247,7 +249,8 @@ def _reconcile(
     """
     if not answered:
         return []
-    answers = [(item.user, item.answer) for item in answered]
+    # Every one has its answer: the test only narrows the type.
+    answers = [(item.user, item.answer) for item in answered if item.answer is not None]
     try:
         return sync.reconcile_fetched_answers(
             answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
@@ -259,6 +262,7 @@ def _reconcile(
             "bulk reconcile of %d users failed; retrying one by one", len(answers), exc_info=True
         )
     results: list[SyncResult | RunCategory] = []
+    result: SyncResult | RunCategory
     for answer in answers:
         try:
             [result] = sync.reconcile_fetched_answers(

@@ -1,9 +1,9 @@
 """The reconcile service: make a user's ADMIN accesses match a classified answer, atomically."""
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.db import connections, router, transaction
@@ -192,7 +192,7 @@ def _read_states(users: Sequence) -> dict[Any, EntitlementSyncState]:
     return {user.pk: found.get(user.pk) or EntitlementSyncState(user_id=user.pk) for user in users}
 
 
-def _plans(answers: Sequence[UserAnswer], *, ended: set = frozenset()) -> list[_Plan]:
+def _plans(answers: Sequence[UserAnswer], *, ended: Set[Any] = frozenset()) -> list[_Plan]:
     """Diff each user's access rows against the entitled domains that exist here.
 
     Users in `ended` (their access ended upstream, confirmed) are entitled to nothing.
@@ -234,7 +234,7 @@ def _plans(answers: Sequence[UserAnswer], *, ended: set = frozenset()) -> list[_
 
 def _domain_ids(names: set[str]) -> dict[str, Any]:
     """Ids of the existing domains among `names`; one query per chunk of names."""
-    found = {}
+    found: dict[str, Any] = {}
     for chunk in chunked(sorted(names), _NAMES_PER_QUERY):
         found.update(MailDomain.objects.filter(name__in=chunk).values_list("name", "id"))
     return found
@@ -310,11 +310,14 @@ def _update_rows(states: Sequence[EntitlementSyncState], fields: list[str]) -> N
     """
     connection = connections[router.db_for_write(EntitlementSyncState)]
     meta = EntitlementSyncState._meta
-    columns = [meta.get_field(name) for name in fields]
+    concrete_fields = {field.name: field for field in meta.concrete_fields}
+    columns = [concrete_fields[name] for name in fields]
     quote = connection.ops.quote_name
-    assignments = ", ".join(f"{quote(column.column)} = %s" for column in columns)
+    # A field attached to its model has its column (the hints allow None before that).
+    assignments = ", ".join(f"{quote(cast(str, column.column))} = %s" for column in columns)
+    table, pk_column = quote(meta.db_table), quote(cast(str, meta.pk.column))
     # Names come from the model, quoted; every value is a bound parameter.
-    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608
+    sql = f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s"  # noqa: S608
     rows = [
         [column.get_db_prep_save(getattr(state, column.attname), connection) for column in columns]
         + [meta.pk.get_db_prep_value(state.pk, connection)]

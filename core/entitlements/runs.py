@@ -228,6 +228,7 @@ def _record_ended(run_id: int) -> None:
     run = SyncRun.objects.get(pk=run_id)
     if run.status == SyncRun.Status.FAILED:
         metrics.run_failed(reason=run.error_code)
+    assert run.finished_at is not None, "every caller ends the run first"
     metrics.run_ended(
         scope=run.scope,
         status=run.status,

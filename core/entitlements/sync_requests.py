@@ -9,6 +9,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import sentry_sdk
 from celery import current_app
@@ -71,6 +72,7 @@ def request_resync(*, trigger: Trigger, maildomain: MailDomain | None = None) ->
     the transaction: NOT_SENT when the broker cannot be reached, and nothing is recorded
     for the sweep (the person tries again).
     """
+    args: list[str]
     if maildomain is None:
         task_name, args, name = TaskName.SYNC_ALL_ADMINS, [trigger], ""
     else:
@@ -173,7 +175,8 @@ def _send(
     expires: float | None = None,
 ) -> None:
     """Put the sync task on the broker; on failure, log and leave the request to the sweep."""
-    options = {"queue": queue} if queue else {}
+    assert request.user_id is not None, "a user's sync request names its user"
+    options: dict[str, Any] = {"queue": queue} if queue else {}
     try:
         current_app.send_task(
             TaskName.SYNC_USER,

@@ -46,7 +46,7 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
         base_url: str,
         service_id: int | str,
         api_key: str,
-        timeout: float | list[float] = DEFAULT_TIMEOUT,
+        timeout: float | Sequence[float] = DEFAULT_TIMEOUT,
         oidc_claims: Sequence[str] = (REQUIRED_CLAIM,),
     ):
         self.base_url = _checked_base_url(base_url)

@@ -49,9 +49,15 @@ class Command(BaseCommand):
         with transaction.atomic():
             found = backend.filter_users_by_claims(claims).first()
             user = backend.update_user(found, claims) if found else backend.create_user(claims)
+        if user is None:
+            # The backend refuses a login whose e-mail another user took meanwhile (a race).
+            raise CommandError(
+                "The login was refused: its e-mail belongs to another user (the log says so)."
+            )
         state = EntitlementSyncState.objects.get(user=user)
         self.stdout.write(f"Logged in {user.email} (sub {user.sub}).")
         self.stdout.write(f"Stored forwarded claims: {state.forwarded_claims or 'none'}")
+        assert backend.sync_request is not None, "a login that makes its user requests a sync"
         for notice in describe(backend.sync_request):
             self.stdout.write(notice.text)
 

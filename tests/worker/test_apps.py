@@ -1,5 +1,5 @@
-"""A worker process keeps its database connection from one task to the next, as Django keeps
-a connection between requests (CELERY_DB_REUSE_MAX and worker/apps.py)."""
+"""worker/apps.py: a worker process keeps its database connection from one task to the next,
+as Django keeps a connection between requests (CELERY_DB_REUSE_MAX and the task signals)."""
 
 import os
 import subprocess

@@ -1,5 +1,5 @@
-"""A sync's life on its state row (core/models.py): running and served, as the model answers
-for one row and its queryset selects in SQL, the same for every case."""
+"""core/querysets.py: a sync's life on its state row: running and served, as the model answers
+for one row and its queryset selects in SQL, the same for every case; a task waiting."""
 
 from datetime import timedelta
 

@@ -6,9 +6,8 @@ import logging
 
 import pytest
 
-from core.authentication import email_from_login
 from core.entitlements import plan_sync, release_held_revocations, sync_user_entitlements
-from core.entitlements.identity import upstream_identity
+from core.entitlements.identity import loses_everything_after_identity_change, upstream_identity
 from core.entitlements.revocation_budget import new_run_budget
 from core.models import (
     AccessAuditEntry,
@@ -171,17 +170,23 @@ def test_a_users_first_sync_is_never_held(db, deploycenter_backend, settings):
 
 
 @pytest.mark.parametrize(
-    ("stored", "claimed", "kept"),
+    ("recorded", "email", "revoked", "revocable", "held"),
     [
-        # Only the case of the local part differs: the stored form, the one upstream knows.
-        ("admin@alpha.example.org", "Admin@alpha.example.org", "admin@alpha.example.org"),
-        ("Admin@alpha.example.org", "admin@ALPHA.example.org", "Admin@alpha.example.org"),
-        # A real change is taken (and guarded by the identity rule).
-        ("admin@alpha.example.org", "a.dmin@alpha.example.org", "a.dmin@alpha.example.org"),
-        ("admin@alpha.example.org", "admin@beta.example.org", "admin@beta.example.org"),
-        # The domain part is always stored lower-case.
-        ("old@alpha.example.org", "New@ALPHA.example.org", "New@alpha.example.org"),
+        (upstream_identity("old@example.org"), "new@example.org", 2, 2, True),
+        # The same address as upstream is asked: the domain part's case is not a change.
+        (upstream_identity("me@example.org"), "me@EXAMPLE.org", 2, 2, False),
+        (upstream_identity("old@example.org"), "new@example.org", 1, 2, False),
+        (upstream_identity("old@example.org"), "new@example.org", 0, 0, False),
+        ("", "new@example.org", 2, 2, False),
     ],
+    ids=["all-after-change", "same-identity", "some-kept", "nothing-to-revoke", "first-sync"],
 )
-def test_a_login_keeps_the_stored_email_when_only_its_case_changed(stored, claimed, kept):
-    assert email_from_login(stored=stored, claimed=claimed) == kept
+def test_only_losing_everything_right_after_a_change_is_held(
+    recorded, email, revoked, revocable, held
+):
+    assert (
+        loses_everything_after_identity_change(
+            recorded_identity=recorded, email=email, revoked=revoked, revocable=revocable
+        )
+        is held
+    )
