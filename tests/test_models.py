@@ -1,6 +1,6 @@
 """core/models.py: what the tables themselves guarantee, on PostgreSQL (normalised names and
-e-mails, one access per user and domain, one pending hold, a trail that outlives its rows); a sync's life on its state row is in
-test_querysets.py."""
+e-mails, one access per user and domain, one pending hold, a trail that outlives its rows); a
+sync's life on its state row is in test_querysets.py."""
 
 import pytest
 from django.db import IntegrityError, transaction
