@@ -4,7 +4,7 @@ The Procfile's workers run under it, because honcho (`make run`) stops every pro
 one exits: a worker lost to a crash would take the web and beat down with it. A command that
 fails soon after it started (a wrong setting) is not started again: after three such failures
 in a row it exits with the command's status, and honcho stops, as before. SIGTERM and SIGINT
-are passed on to the command, whose exit this waits for.
+are passed on to the command (once), whose exit this waits for.
 """
 
 import signal
@@ -34,7 +34,10 @@ def main(command: list[str]) -> int:
     failed_starts = 0
     while not stopping:
         started = time.monotonic()
-        child = subprocess.Popen(command)  # noqa: S603 - the Procfile's own command line
+        # A session of its own: a stop signalled to our whole process group (honcho's, Ctrl-C)
+        # reaches the command once, through `stop`. Signalled twice, a Celery worker's second
+        # SIGTERM cuts its warm shutdown short and it dies by the signal.
+        child = subprocess.Popen(command, start_new_session=True)  # noqa: S603 - the Procfile's
         status = child.wait()
         if stopping or status == 0:
             return status
