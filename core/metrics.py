@@ -47,6 +47,12 @@ _ANSWERS = frozenset(AnswerKind)
 _TRANSITIONS = frozenset({"opened", "reopened", "closed"})
 _REFUSALS = frozenset({"circuit_open", "rate_limited"})
 _PRIORITIES = frozenset(QUEUES)
+# DeployCenter's webhook events and what became of a signal (core/entitlements/change_signals.py;
+# a test checks they agree, this module cannot import it).
+_SIGNAL_EVENTS = frozenset(
+    {"account.updated", "subscription.created", "subscription.updated", "subscription.deleted"}
+)
+_SIGNAL_RESULTS = frozenset({"requested", "collapsed", "no_user", "invalid", "refused"})
 
 # Before any metric exists: each writes its file there as soon as it is defined.
 if settings.PROMETHEUS_MULTIPROC_DIR:
@@ -133,6 +139,20 @@ RATE_LIMIT_WAIT = Histogram(
     namespace=NAMESPACE,
     registry=_REGISTRY,
     buckets=(0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30),
+)
+CHANGE_SIGNALS = Counter(
+    "change_signals",
+    "DeployCenter change signals received, by event type and result (refused: bad token).",
+    ["event_type", "result"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+CHANGE_TO_RIGHTS = Histogram(
+    "change_to_rights_seconds",
+    "From an account's change signal to the sync that changed the account's rights.",
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+    buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
 )
 RUNS = Counter(
     "runs",
@@ -224,6 +244,20 @@ def rate_limit_waited(*, priority: str, seconds: float) -> None:
     """A caller got its token (or gave up) after waiting `seconds`."""
     if _enabled:
         RATE_LIMIT_WAIT.labels(_bounded(priority, _PRIORITIES)).observe(seconds)
+
+
+def change_signal_received(*, event_type: object, result: str) -> None:
+    """A change signal was answered: `result` says what it requested, or why it was refused."""
+    if _enabled:
+        CHANGE_SIGNALS.labels(
+            _bounded(event_type, _SIGNAL_EVENTS), _bounded(result, _SIGNAL_RESULTS)
+        ).inc()
+
+
+def change_applied(*, seconds: float) -> None:
+    """A change signal's sync changed the rights this long after the signal arrived."""
+    if _enabled:
+        CHANGE_TO_RIGHTS.observe(seconds)
 
 
 def run_ended(*, scope: str, status: str, seconds: float, users: int) -> None:

@@ -26,6 +26,7 @@ def run_resync(
     task_id: str,
     user_ids: QuerySet,
     maildomain_name: str = "",
+    organization_siret: str = "",
     on_progress: Callable[[dict], None] = lambda meta: None,
 ) -> dict:
     """Start a run of `scope` over `user_ids` unless one is in progress, and fan it out.
@@ -39,6 +40,7 @@ def run_resync(
             trigger=trigger,
             task_id=task_id,
             maildomain_name=maildomain_name,
+            organization_siret=organization_siret,
             another_is_starting=not acquired,
         )
         if run.status == SyncRun.Status.RUNNING:

@@ -10,17 +10,26 @@ shows it failed; it is an expected outcome (`throws`): no traceback, no Sentry e
 import logging
 
 from celery import shared_task
+from django.conf import settings
 
 from core.entitlements import (
     EntitlementsUnavailableError,
+    Priority,
     SyncResult,
     TaskName,
+    change_signals,
     enqueue_outstanding_requests,
     runs,
     sync_user_entitlements,
 )
 from core.models import EntitlementSyncState, MailDomain, SyncRun, Trigger, User
-from core.selectors import running_sync_serves_request, users_due_for_full_resync, users_of_domain
+from core.selectors import (
+    organisation_siret_of,
+    running_sync_serves_request,
+    users_due_for_full_resync,
+    users_of_domain,
+    users_of_organisation,
+)
 from worker.batches import sync_batch
 from worker.fan_out import run_resync
 from worker.locks import SYNC_USER_TIME_LIMIT, user_lock
@@ -45,10 +54,18 @@ class SyncNotApplied(Exception):
     # Expected: Celery logs it without a traceback and Sentry's integration ignores it.
     throws=(SyncNotApplied,),
 )
-def sync_user(self, user_id: str, trigger: Trigger) -> dict:
+def sync_user(
+    self,
+    user_id: str,
+    trigger: Trigger,
+    signalled_at: float | None = None,
+    recheck: bool = False,
+) -> dict:
     """Sync one user's admin accesses; retry while the upstream is down or another sync runs.
 
-    Raises SyncNotApplied, after recording, when no authoritative answer was applied.
+    A change signal's sync passes when the signal arrived, and `recheck` for its first sync
+    (change_signals.after_signal_sync). Raises SyncNotApplied, after recording, when no
+    authoritative answer was applied.
     """
     retries = self.request.retries
     try:
@@ -64,9 +81,14 @@ def sync_user(self, user_id: str, trigger: Trigger) -> dict:
     if result is not None:
         if runs.outcome_of(result) == runs.Outcome.FAILED:
             raise _not_applied(user_id, trigger, result.status, result.error_code)
+        if trigger == Trigger.CHANGE_SIGNAL:
+            change_signals.after_signal_sync(
+                user_id=user_id, result=result, signalled_at=signalled_at, recheck=recheck
+            )
         return result.as_dict()
-    # Another sync of this user holds the lock.
-    if running_sync_serves_request(user_id=user_id):
+    # Another sync of this user holds the lock. It may have asked before a signalled change
+    # settled: a signal's sync waits its turn instead.
+    if trigger != Trigger.CHANGE_SIGNAL and running_sync_serves_request(user_id=user_id):
         return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="served_by_running_sync")
     if may_retry(retries=retries):
         raise self.retry(countdown=retry_countdown(retries=retries))
@@ -105,6 +127,44 @@ def sync_domain_admins(self, maildomain_id: str, trigger: Trigger = Trigger.ADMI
         user_ids=users_of_domain(maildomain=maildomain),
         on_progress=_progress_reporter(self),
     )
+
+
+@shared_task(bind=True, name=TaskName.SYNC_ORGANISATION_ADMINS, max_retries=None)
+def sync_organisation_admins(
+    self, user_id: str, trigger: Trigger = Trigger.CHANGE_SIGNAL, recheck_of_run: int | None = None
+) -> dict:
+    """Resync the users sharing the stored siret claim of `user_id` (an organisation's signal).
+
+    The first run then sends its recheck: unless the run changed someone's rights, a second
+    run ENTITLEMENTS_CHANGE_RECHECK_SECONDS later (`recheck_of_run`, waiting for the first
+    to end).
+    """
+    siret = organisation_siret_of(user_id=user_id)
+    if not siret:
+        return {"run_status": SyncRun.Status.SKIPPED, "reason": "unknown_organisation"}
+    recheck_after = settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS
+    if recheck_of_run is not None:
+        decision = change_signals.organisation_recheck(run_id=recheck_of_run)
+        if decision is change_signals.RecheckDecision.WAIT:
+            raise self.retry(countdown=recheck_after)
+        if decision is change_signals.RecheckDecision.NOT_NEEDED:
+            return {"run_status": SyncRun.Status.SKIPPED, "reason": "first_run_changed_rights"}
+    result = run_resync(
+        scope=SyncRun.Scope.ORGANISATION,
+        scope_key=change_signals.organisation_scope_key(siret),
+        organization_siret=siret,
+        trigger=trigger,
+        task_id=self.request.id or "",
+        user_ids=users_of_organisation(siret=siret),
+        on_progress=_progress_reporter(self),
+    )
+    if recheck_of_run is None:
+        self.apply_async(
+            args=[user_id, trigger],
+            kwargs={"recheck_of_run": result["run_id"]},
+            countdown=recheck_after,
+        )
+    return result
 
 
 @shared_task(bind=True, name=TaskName.SYNC_USERS_BATCH, max_retries=None)
@@ -149,8 +209,13 @@ def _sync_under_lock(*, user_id, trigger: Trigger, task_id: str) -> SyncResult |
     lock = user_lock(user_id, owner=task_id)
     if not lock.acquire():
         return None
+    # Nobody waits on a change signal's sync: the rate limit's reserve stays for logins,
+    # which a storm of signals must not delay.
+    priority = Priority.BULK if trigger == Trigger.CHANGE_SIGNAL else Priority.INTERACTIVE
     try:
-        return sync_user_entitlements(user_id=user_id, trigger=trigger, task_id=task_id)
+        return sync_user_entitlements(
+            user_id=user_id, trigger=trigger, task_id=task_id, priority=priority
+        )
     finally:
         lock.release()
 

@@ -8,7 +8,7 @@ command line and provisioning call `request_sync` (or `request_full_resync`,
 the run's rules in `runs`. A custom backend subclasses `backends.base.EntitlementsBackend`.
 """
 
-from core.entitlements import runs, sync
+from core.entitlements import change_signals, runs, sync
 from core.entitlements.accesses import grant_accesses_for_new_domains
 from core.entitlements.errors import EntitlementsConfigurationError, EntitlementsUnavailableError
 from core.entitlements.factory import forwarded_claim_names, get_backend
@@ -36,6 +36,7 @@ __all__ = (
     "SyncRequest",
     "SyncResult",
     "TaskName",
+    "change_signals",
     "discard_held_revocations",
     "enqueue_outstanding_requests",
     "forwarded_claim_names",

@@ -61,6 +61,8 @@ def request_sync(
     trigger: Trigger,
     queue: str | None = None,
     forwarded_claims: dict | None = None,
+    delay_seconds: float = 0.0,
+    task_kwargs: dict | None = None,
 ) -> SyncRequest:
     """Record that the user's entitlements need a sync and enqueue its task after commit.
 
@@ -71,19 +73,37 @@ def request_sync(
     cannot be reached: the request stays recorded, the outcome says NOT_SENT (in autocommit at
     once, else once the transaction commits), and `enqueue_outstanding_requests` (the sweep)
     sends it later.
+
+    A change signal passes `delay_seconds`: its task starts no sooner (its row records when
+    it is due), and it collapses only into a task not due yet, while a request with no delay
+    never waits for such a task. `task_kwargs` are the sync task's extra keyword arguments
+    (numbers and flags only: the broker and Flower show them).
     """
     now = timezone.now()
     fields = {"requested_at": now, "last_trigger": trigger}
     if forwarded_claims is not None:
         fields["forwarded_claims"] = forwarded_claims
     not_enqueued_since = now - timedelta(seconds=settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS)
+    due_at = now + timedelta(seconds=delay_seconds)
     if not _record_and_claim(
-        user_id=user.pk, fields=fields, now=now, not_enqueued_since=not_enqueued_since
+        user_id=user.pk,
+        fields=fields,
+        now=now,
+        due_at=due_at,
+        not_enqueued_since=not_enqueued_since,
     ):
         return SyncRequest(user_id=user.pk, outcome=RequestOutcome.COLLAPSED)
     request = SyncRequest(user_id=user.pk, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4()))
     transaction.on_commit(
-        partial(_send, request=request, trigger=trigger, queue=queue, claimed_at=now)
+        partial(
+            _send,
+            request=request,
+            trigger=trigger,
+            queue=queue,
+            claimed_at=due_at,
+            countdown=delay_seconds or None,
+            kwargs=task_kwargs,
+        )
     )
     return request
 
@@ -102,6 +122,19 @@ def request_domain_resync(*, maildomain: MailDomain, trigger: Trigger) -> str:
     Raises SyncNotEnqueuedError when the broker cannot be reached.
     """
     return _send_resync(TaskName.SYNC_DOMAIN_ADMINS, args=[str(maildomain.pk), trigger])
+
+
+def request_organisation_resync(
+    *, user_id: uuid.UUID, trigger: Trigger, delay_seconds: float
+) -> str:
+    """Start, after `delay_seconds`, a resync of the users who share the stored siret claim of
+    `user_id` (entitlements.sync_organisation_admins); return its task id.
+
+    Raises SyncNotEnqueuedError when the broker cannot be reached.
+    """
+    return _send_resync(
+        TaskName.SYNC_ORGANISATION_ADMINS, args=[str(user_id), trigger], countdown=delay_seconds
+    )
 
 
 def enqueue_outstanding_requests() -> int:
@@ -146,13 +179,15 @@ _PENDING_IF_NEVER = Case(
 
 
 def _record_and_claim(
-    *, user_id, fields: dict, now: datetime, not_enqueued_since: datetime
+    *, user_id, fields: dict, now: datetime, due_at: datetime, not_enqueued_since: datetime
 ) -> bool:
     """Write the request on the user's bookkeeping row; True when this call must enqueue.
 
     The usual case is one UPDATE: it records the request and claims the enqueue at once,
     unless a task enqueued after `not_enqueued_since` has not started yet (no sync started
     since it was enqueued): only such a task is sure to read the upstream after this request.
+    `enqueued_at` holds when the task is due (`due_at`: now, unless the request is delayed);
+    a delayed request needs a waiting task not due yet, a request due now one already due.
     The database serialises concurrent requests on the row, so exactly one of them claims, in
     any process.
     """
@@ -161,8 +196,11 @@ def _record_and_claim(
         Q(enqueued_at__isnull=True)
         | Q(enqueued_at__lt=not_enqueued_since)
         | Q(started_at__gte=F("enqueued_at"))
+        | (Q(enqueued_at__lt=now) if due_at > now else Q(enqueued_at__gt=now))
     )
-    if states.filter(no_task_waiting).update(enqueued_at=now, status=_PENDING_IF_NEVER, **fields):
+    if states.filter(no_task_waiting).update(
+        enqueued_at=due_at, status=_PENDING_IF_NEVER, **fields
+    ):
         return True
     if states.update(status=_PENDING_IF_NEVER, **fields):
         return False
@@ -172,7 +210,11 @@ def _record_and_claim(
         [EntitlementSyncState(user_id=user_id)], ignore_conflicts=True
     )
     return _record_and_claim(
-        user_id=user_id, fields=fields, now=now, not_enqueued_since=not_enqueued_since
+        user_id=user_id,
+        fields=fields,
+        now=now,
+        due_at=due_at,
+        not_enqueued_since=not_enqueued_since,
     )
 
 
@@ -192,6 +234,8 @@ def _send(
     queue: str | None,
     claimed_at: datetime,
     expires: float | None = None,
+    countdown: float | None = None,
+    kwargs: dict | None = None,
 ) -> None:
     """Put the sync task on the broker; on failure, log and leave the request to the sweep."""
     options = {"queue": queue} if queue else {}
@@ -199,8 +243,10 @@ def _send(
         current_app.send_task(
             TaskName.SYNC_USER,
             args=[str(request.user_id), trigger],
+            kwargs=kwargs,
             task_id=request.task_id,
             expires=expires,
+            countdown=countdown,
             retry=True,
             retry_policy=_PUBLISH_RETRY_POLICY,
             **options,
@@ -220,11 +266,15 @@ def _send(
         request.outcome = RequestOutcome.NOT_SENT
 
 
-def _send_resync(task_name: str, *, args: list) -> str:
-    """Send an admin-wide resync task; a person started it and is told when it failed."""
+def _send_resync(task_name: str, *, args: list, countdown: float | None = None) -> str:
+    """Send a resync run's task; its sender is told when it failed."""
     try:
         return current_app.send_task(
-            task_name, args=args, retry=True, retry_policy=_PUBLISH_RETRY_POLICY
+            task_name,
+            args=args,
+            countdown=countdown,
+            retry=True,
+            retry_policy=_PUBLISH_RETRY_POLICY,
         ).id
     except Exception as error:
         logger.warning("%s not enqueued (%s)", task_name, type(error).__name__)

@@ -95,6 +95,7 @@ def start_run(
     trigger: Trigger,
     task_id: str,
     maildomain_name: str = "",
+    organization_siret: str = "",
     another_is_starting: bool = False,
 ) -> SyncRun:
     """Create the run's row: running, or skipped when a run of the same scope is in progress.
@@ -106,7 +107,10 @@ def start_run(
     """
     now = timezone.now()
     same_scope = SyncRun.objects.filter(
-        scope=scope, maildomain_name=maildomain_name, status=SyncRun.Status.RUNNING
+        scope=scope,
+        maildomain_name=maildomain_name,
+        organization_siret=organization_siret,
+        status=SyncRun.Status.RUNNING,
     )
     if not another_is_starting:
         expired_before = now - timedelta(seconds=batch_expiry_seconds())
@@ -119,6 +123,7 @@ def start_run(
     return SyncRun.objects.create(
         scope=scope,
         maildomain_name=maildomain_name,
+        organization_siret=organization_siret,
         trigger=trigger,
         task_id=task_id,
         status=SyncRun.Status.SKIPPED if skipped else SyncRun.Status.RUNNING,

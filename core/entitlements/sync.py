@@ -32,6 +32,9 @@ _LOG_LEVELS = {AnswerKind.INVALID: logging.ERROR, AnswerKind.CONFIGURATION: logg
 # on it and it comes back every interval. Every other sync was asked for by a person (a login,
 # the admin, the command line, or the sweep sending such a request that never ran).
 _MAY_USE_FRESH_WINDOW = frozenset({Trigger.PERIODIC})
+# A change signal's sync asks when it runs, after the settle delay: an answer asked earlier,
+# even after the signal arrived, may predate the change DeployCenter had not committed yet.
+_ASKS_WHEN_IT_RUNS = frozenset({Trigger.CHANGE_SIGNAL})
 
 
 def answer_needed_since(*, trigger: Trigger, requested_at: datetime | None) -> datetime | None:
@@ -41,10 +44,13 @@ def answer_needed_since(*, trigger: Trigger, requested_at: datetime | None) -> d
     A person's request needs an answer asked after it was made (`requested_at`; now when the
     sync serves no recorded request): in practice it asks the upstream, unless another sync of
     the same user asked since the request (a login storm collapses into few calls). Either
-    way, an upstream that is down is covered by the stale window.
+    way, an upstream that is down is covered by the stale window. A change signal's sync
+    needs an answer asked now.
     """
     if trigger in _MAY_USE_FRESH_WINDOW:
         return None
+    if trigger in _ASKS_WHEN_IT_RUNS:
+        return timezone.now()
     return requested_at or timezone.now()
 
 
