@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -321,6 +322,22 @@ class DeployCenterStub:
             self.forced: tuple[int, dict[str, str], bytes] | None = None
             self.calls = 0
             self.requests: list[dict[str, Any]] = []
+
+    def reset_counters(self) -> None:
+        """Forget the requests and webhooks seen so far (a test's set-up is not its subject)."""
+        with self._lock:
+            self.calls = 0
+            self.requests = []
+            self.webhook_results = []
+
+    @contextmanager
+    def quietly(self):
+        """Make changes inside without sending webhooks (a test's set-up)."""
+        webhooks, self.webhooks = self.webhooks, []
+        try:
+            yield
+        finally:
+            self.webhooks = webhooks
 
     def fail_with(self, status: int, body: bytes = b"", content_type: str = "text/html") -> None:
         """Answer every request with this status and body (503, 429, 500...)."""
