@@ -147,30 +147,6 @@ def send_webhooks(webhooks: list[dict[str, Any]], context: dict[str, Any]) -> li
     return results
 
 
-def changes_webhook(url: str, token: str) -> dict[str, Any]:
-    """The webhook config docs/entitlements.md tells an operator to put in DeployCenter."""
-    return {
-        "url": url,
-        "method": "POST",
-        "event_types": [
-            "account.updated",
-            "subscription.created",
-            "subscription.updated",
-            "subscription.deleted",
-        ],
-        "headers": {"Authorization": f"Bearer {token}"},
-        "body": {
-            "event_type": {"$val": "event_type"},
-            "timestamp": {"$val": "timestamp"},
-            "organization_siret": {"$val": "organization_siret"},
-            "subscription_is_active": {"$val": "subscription_is_active"},
-            "account_email": {"$val": "account_email"},
-            "account_external_id": {"$val": "account_external_id"},
-        },
-        "timeout": 10,
-    }
-
-
 def webhook_context(
     event_type: str,
     organization: dict[str, Any],

@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 import requests
 
+from core.entitlements.change_signals import deploycenter_webhook
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
@@ -23,7 +24,7 @@ from core.models import (
     SyncRun,
     User,
 )
-from tests.deploycenter_stub import ALPHA_SIRET, changes_webhook
+from tests.deploycenter_stub import ALPHA_SIRET
 from tests.support import wait_until
 from tests.support.web_server import WebServer
 
@@ -64,7 +65,7 @@ def world(
     stub = deploycenter_backend
     stub.latency = 0.01
     with WebServer() as server:
-        stub.webhooks = [changes_webhook(server.url + CHANGES_PATH, TOKEN)]
+        stub.webhooks = [deploycenter_webhook(url=server.url + CHANGES_PATH, token=TOKEN)]
         yield stub
 
 

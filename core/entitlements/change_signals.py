@@ -91,6 +91,29 @@ class SignalReceipt:
         return {"users": self.users, "organisation_run": self.organisation_run}
 
 
+def deploycenter_webhook(*, url: str, token: str) -> dict[str, Any]:
+    """The entry of the Messages service's `webhooks` config in DeployCenter that sends its
+    change events here (docs/entitlements.md, "The service config to put in DeployCenter")."""
+    return {
+        "url": url,
+        "method": "POST",
+        "event_types": list(ChangeEvent),
+        "headers": {"Authorization": f"Bearer {token}"},
+        "body": {
+            key: {"$val": key}
+            for key in (
+                "event_type",
+                "timestamp",
+                "organization_siret",
+                "subscription_is_active",
+                "account_email",
+                "account_external_id",
+            )
+        },
+        "timeout": 10,
+    }
+
+
 def parse_change_signal(payload: Any) -> ChangeSignal:
     """Check a decoded webhook body; InvalidChangeSignal says what is wrong.
 
