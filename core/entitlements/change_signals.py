@@ -6,7 +6,10 @@ so the change may not be visible yet: a signal's sync asks after ENTITLEMENTS_CH
 and, when that answer changed nothing, once more ENTITLEMENTS_CHANGE_RECHECK_SECONDS later.
 An account's signal syncs the local user with that e-mail; a subscription's signal runs a resync
 of every local user whose stored siret claim is the organisation's (a run, with its revocation
-budget). Repeated signals for a user or an organisation collapse while their sync is not due yet.
+budget). Repeated signals for a user or an organisation collapse while their sync is waiting,
+and a user's signals inside the window of their settled sync (until its recheck is due) are
+served by one sync at its end: at most two upstream calls per user for a bulk change shorter
+than settle + recheck.
 """
 
 import enum
@@ -219,14 +222,25 @@ def _signal_account(signal: ChangeSignal) -> SignalReceipt:
         user = None
     if user is None:
         return SignalReceipt(result=SignalResult.NO_USER)
+    now = time.time()
+    settle = settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS
+    # A settled sync opens the user's window, until its recheck is due. Inside it, one sync at
+    # the window's end (the recheck itself when one is waiting) serves every further signal:
+    # a bulk change in DeployCenter shorter than the window costs at most two calls per user,
+    # and a change signalled then still lands within settle + recheck.
+    window_end = cache.get(_window_key(user.pk))
+    in_window = window_end is not None and window_end > now
     request = request_sync(
         user=user,
         trigger=Trigger.CHANGE_SIGNAL,
-        delay_seconds=settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS,
-        task_kwargs={"signalled_at": time.time(), "recheck": True},
+        delay_seconds=max(settle, window_end - now) if in_window else settle,
+        task_kwargs={"signalled_at": now, "recheck": not in_window},
     )
     if request.outcome is RequestOutcome.COLLAPSED:
         return SignalReceipt(result=SignalResult.COLLAPSED, users=1)
+    if not in_window:
+        window = settle + settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS
+        cache.set(_window_key(user.pk), now + window, timeout=math.ceil(window))
     return SignalReceipt(result=SignalResult.REQUESTED, users=1)
 
 
@@ -255,6 +269,11 @@ def _signal_organisation(signal: ChangeSignal) -> SignalReceipt:
         cache.delete(pending_key)
         raise
     return SignalReceipt(result=SignalResult.REQUESTED, organisation_run="queued")
+
+
+def _window_key(user_id) -> str:
+    """The cache key of a user's recheck window: when it ends (epoch seconds)."""
+    return f"change-signal:window:{user_id}"
 
 
 def _digest(value: str) -> str:

@@ -75,9 +75,9 @@ def request_sync(
     sends it later.
 
     A change signal passes `delay_seconds`: its task starts no sooner (its row records when
-    it is due), and it collapses only into a task not due yet, while a request with no delay
-    never waits for such a task. `task_kwargs` are the sync task's extra keyword arguments
-    (numbers and flags only: the broker and Flower show them).
+    it is due); it collapses only into a waiting task of the same trigger, and a request with
+    no delay never waits for a task not due yet. `task_kwargs` are the sync task's extra
+    keyword arguments (numbers and flags only: the broker and Flower show them).
     """
     now = timezone.now()
     fields = {"requested_at": now, "last_trigger": trigger}
@@ -187,7 +187,8 @@ def _record_and_claim(
     unless a task enqueued after `not_enqueued_since` has not started yet (no sync started
     since it was enqueued): only such a task is sure to read the upstream after this request.
     `enqueued_at` holds when the task is due (`due_at`: now, unless the request is delayed);
-    a delayed request needs a waiting task not due yet, a request due now one already due.
+    a delayed request collapses only into a waiting task of its own trigger, and a request due
+    now not into another trigger's task that is not due yet.
     The database serialises concurrent requests on the row, so exactly one of them claims, in
     any process.
     """
@@ -196,7 +197,13 @@ def _record_and_claim(
         Q(enqueued_at__isnull=True)
         | Q(enqueued_at__lt=not_enqueued_since)
         | Q(started_at__gte=F("enqueued_at"))
-        | (Q(enqueued_at__lt=now) if due_at > now else Q(enqueued_at__gt=now))
+        # A delayed request does not collapse into another trigger's task (it would run
+        # without the delay); a request due now does not wait for another trigger's task not
+        # due yet.
+        | (
+            ~Q(last_trigger=fields["last_trigger"])
+            & (Q() if due_at > now else Q(enqueued_at__gt=now))
+        )
     )
     if states.filter(no_task_waiting).update(
         enqueued_at=due_at, status=_PENDING_IF_NEVER, **fields

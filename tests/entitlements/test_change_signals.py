@@ -4,13 +4,17 @@ an organisation's second run waits for its first and is skipped when that one ch
 import time
 from datetime import timedelta
 
+from django.db.models import F
 from django.utils import timezone
 
 from core import metrics
 from core.entitlements.change_signals import (
+    ChangeEvent,
+    ChangeSignal,
     RecheckDecision,
     after_signal_sync,
     organisation_recheck,
+    receive_change_signal,
 )
 from core.entitlements.reconcile import SyncResult
 from core.models import EntitlementSyncState, SyncRun
@@ -87,3 +91,50 @@ def test_an_organisation_recheck_follows_its_first_run(db):
     # Another run of the organisation was in progress: it may have asked before the change.
     assert organisation_recheck(run_id=skipped.pk) is RecheckDecision.RUN
     assert organisation_recheck(run_id=lost.pk) is RecheckDecision.RUN
+
+
+def test_signals_inside_a_users_recheck_window_wait_for_its_end(
+    transactional_db, settings, make_user, broker_queues
+):
+    """After a settled sync that changed the rights, a burst of signals costs one more sync,
+    at the end of the window, without a recheck of its own."""
+    settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS = 2.0
+    settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS = 20.0
+    user = make_user()
+    signal = ChangeSignal(event=ChangeEvent.ACCOUNT_UPDATED, account_email=user.email)
+    receive_change_signal(signal=signal)
+    [first] = broker_queues.messages("interactive")
+    assert first["kwargs"]["recheck"] is True
+    # The settled sync ran and changed the rights.
+    EntitlementSyncState.objects.filter(user=user).update(started_at=F("enqueued_at"))
+    after_signal_sync(
+        user_id=str(user.pk),
+        result=result(user, added=["alpha.example.org"]),
+        signalled_at=first["kwargs"]["signalled_at"],
+        recheck=True,
+    )
+
+    receipts = [receive_change_signal(signal=signal).result for _ in range(5)]
+
+    assert receipts == ["requested"] + ["collapsed"] * 4
+    [_, at_window_end] = broker_queues.messages("interactive")
+    assert at_window_end["kwargs"]["recheck"] is False
+    state = EntitlementSyncState.objects.get(user=user)
+    # The window: settle + recheck from the first signal.
+    assert 19 <= (state.enqueued_at - timezone.now()).total_seconds() <= 22.5
+
+
+def test_inside_the_window_a_pending_recheck_serves_the_signals(
+    transactional_db, settings, make_user, broker_queues
+):
+    settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS = 20.0
+    user = make_user()
+    signal = ChangeSignal(event=ChangeEvent.ACCOUNT_UPDATED, account_email=user.email)
+    receive_change_signal(signal=signal)
+    EntitlementSyncState.objects.filter(user=user).update(started_at=F("enqueued_at"))
+    after_signal_sync(user_id=str(user.pk), result=result(user), signalled_at=1.0, recheck=True)
+
+    receipts = [receive_change_signal(signal=signal).result for _ in range(3)]
+
+    assert receipts == ["collapsed"] * 3
+    assert broker_queues.length("interactive") == 2, "the settled sync and its recheck only"

@@ -27,7 +27,7 @@ class BrokerQueues:
         return self.client.llen(queue)
 
     def messages(self, queue: str) -> list[dict]:
-        """Each queued task as {"task", "id", "args", "expires"}, oldest first."""
+        """Each queued task as {"task", "id", "args", "kwargs", "expires"}, oldest first."""
         found = []
         # kombu LPUSHes and BRPOPs: the list tail is the oldest message.
         for raw in reversed(self.client.lrange(queue, 0, -1)):
@@ -39,6 +39,7 @@ class BrokerQueues:
                     "task": headers["task"],
                     "id": headers["id"],
                     "args": body[0],
+                    "kwargs": body[1],
                     "expires": headers.get("expires"),
                 }
             )
