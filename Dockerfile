@@ -36,4 +36,4 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /app app \
 USER app
 
 EXPOSE 8000 5555
-CMD ["gunicorn", "messages.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-"]
+CMD ["gunicorn", "messages.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-", "--logger-class", "messages.access_log.AccessLogger"]

@@ -36,7 +36,7 @@ install: $(BIN)/.runtime
 install-dev: $(BIN)/.dev
 
 run: install
-	ENTITLEMENTS_RESYNC_INTERVAL=$(DEMO_RESYNC_INTERVAL) $(BIN)/python manage.py migrate --noinput
+	ENTITLEMENTS_RESYNC_INTERVAL_SECONDS=$(DEMO_RESYNC_INTERVAL) $(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py setup_demo
 	@# The admin's CSS and JS, served by the web process itself (WhiteNoise).
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0

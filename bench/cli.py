@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(stub.stop)
             ensure_database(args.database_url)
             tuning = {
-                "ENTITLEMENTS_CACHE_TIMEOUT": "0",
+                "ENTITLEMENTS_CACHE_TIMEOUT_SECONDS": "0",
                 "ENTITLEMENTS_RATE_LIMIT_PER_SECOND": str(RATE_LIMIT_PER_SECOND),
                 # The changed run revokes one access of every user on purpose: the
                 # revocation budget (default 10% per run) would hold nine in ten of them.

@@ -11,8 +11,9 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from bench.data import CLAIMS
-from core.authentication import record_login
-from core.entitlements import RequestOutcome, sync_user_entitlements
+from core.authentication import request_login_sync
+from core.entitlements import sync_user_entitlements
+from core.entitlements.receipts import RequestOutcome
 from core.models import EntitlementSyncState, Trigger, User
 
 # The claims an identity provider hands over at login; only the siret is forwarded and kept.
@@ -24,8 +25,8 @@ def _ms(seconds: float) -> float:
 
 
 def async_login(user: User) -> None:
-    """The real post-login step (core.authentication.record_login): claims, request, publish."""
-    record_login(user=user, claims=LOGIN_CLAIMS)
+    """The real post-login step (authentication.request_login_sync): claims, request, publish."""
+    request_login_sync(user=user, claims=LOGIN_CLAIMS)
 
 
 def inline_login(user: User) -> None:
@@ -187,7 +188,7 @@ def storm(
                 if delay > 0:
                     time.sleep(delay)
                 begin = time.perf_counter()
-                request = record_login(user=users[number % len(users)], claims=LOGIN_CLAIMS)
+                request = request_login_sync(user=users[number % len(users)], claims=LOGIN_CLAIMS)
                 timings.append(_ms(time.perf_counter() - begin))
                 if request.outcome == RequestOutcome.QUEUED:
                     with sent_lock:

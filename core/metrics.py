@@ -10,13 +10,14 @@ What lives in shared stores (queues, the circuit, backlogs) is read at scrape ti
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
+from kombu.exceptions import ChannelError
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -28,7 +29,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from core.entitlements.backends.base import AnswerKind
 from core.models import EntitlementSyncState, HeldRevocation, SyncRun, Trigger
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,18 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "messages_entitlements"
 # The worker's queues (worker/queues.py; core never imports the worker, a test checks they agree).
 QUEUES = ("interactive", "bulk")
+# The classes of an upstream answer (AnswerKind's values; a test checks they agree). Spelled
+# here: the entitlements package imports this module, which must not import it back.
+ANSWERS = (
+    "authoritative",
+    "no_information",
+    "access_ended",
+    "invalid",
+    "bad_request",
+    "not_asked",
+    "configuration",
+    "unavailable",
+)
 OTHER = "other"
 
 _TRIGGERS = frozenset(Trigger.values)
@@ -43,7 +55,7 @@ _SYNC_STATUSES = frozenset(EntitlementSyncState.Status.values)
 _RUN_STATUSES = frozenset(SyncRun.Status.values)
 _SCOPES = frozenset(SyncRun.Scope.values)
 _RESOLUTIONS = frozenset(HeldRevocation.Resolution.values)
-_ANSWERS = frozenset(AnswerKind)
+_ANSWERS = frozenset(ANSWERS)
 _TRANSITIONS = frozenset({"opened", "reopened", "closed"})
 _REFUSALS = frozenset({"circuit_open", "rate_limited"})
 _PRIORITIES = frozenset(QUEUES)
@@ -52,7 +64,7 @@ _PRIORITIES = frozenset(QUEUES)
 _SIGNAL_EVENTS = frozenset(
     {"account.updated", "subscription.created", "subscription.updated", "subscription.deleted"}
 )
-_SIGNAL_RESULTS = frozenset({"requested", "collapsed", "no_user", "invalid", "refused"})
+_SIGNAL_RESULTS = frozenset({"requested", "collapsed", "no_user", "not_sent", "invalid", "refused"})
 
 # Before any metric exists: each writes its file there as soon as it is defined.
 if settings.PROMETHEUS_MULTIPROC_DIR:
@@ -66,12 +78,10 @@ if settings.PROMETHEUS_MULTIPROC_DIR:
 
 # Our metrics, when each process keeps its own (no PROMETHEUS_MULTIPROC_DIR).
 _REGISTRY = CollectorRegistry(auto_describe=True)
-# Off only in the benchmark that weighs what recording costs.
-_enabled = True
 
 SYNCS = Counter(
     "syncs",
-    "User syncs that ended, by trigger and outcome (the sync state's status).",
+    "User syncs that ended, by trigger and sync status (its label keeps the name outcome).",
     ["trigger", "outcome"],
     namespace=NAMESPACE,
     registry=_REGISTRY,
@@ -185,22 +195,13 @@ def _bounded(value: object, allowed: frozenset[str]) -> str:
     return text if text in allowed else OTHER
 
 
-def set_enabled(enabled: bool) -> None:
-    """Record or not (the benchmark compares the two in one process)."""
-    global _enabled
-    _enabled = enabled
-
-
-def sync_ended(*, trigger: str, outcome: str) -> None:
-    """One user's sync ended with `outcome` (its sync state's status)."""
-    if _enabled:
-        SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(outcome, _SYNC_STATUSES)).inc()
+def sync_ended(*, trigger: str, status: str) -> None:
+    """One user's sync ended with this sync status (the label keeps its old name, outcome)."""
+    SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(status, _SYNC_STATUSES)).inc()
 
 
 def accesses_changed(*, granted: int = 0, revoked: int = 0, trigger: str) -> None:
     """Accesses the sync granted or revoked, counted once where they are written."""
-    if not _enabled:
-        return
     trigger = _bounded(trigger, _TRIGGERS)
     if granted:
         GRANTED.labels(trigger).inc(granted)
@@ -210,60 +211,53 @@ def accesses_changed(*, granted: int = 0, revoked: int = 0, trigger: str) -> Non
 
 def revocations_held(*, count: int) -> None:
     """A run held `count` revocations at its budget."""
-    if _enabled and count:
+    if count:
         HELD.inc(count)
 
 
 def held_revocations_resolved(*, resolution: str, count: int) -> None:
     """An operator resolved `count` held revocations this way."""
-    if _enabled and count:
+    if count:
         RESOLVED.labels(_bounded(resolution, _RESOLUTIONS)).inc(count)
 
 
 def upstream_answered(*, answer: str, seconds: float) -> None:
     """One request to the entitlements service was classified as `answer` after `seconds`."""
-    if _enabled:
-        answer = _bounded(answer, _ANSWERS)
-        UPSTREAM_CALLS.labels(answer).inc()
-        UPSTREAM_SECONDS.labels(answer).observe(seconds)
+    answer = _bounded(answer, _ANSWERS)
+    UPSTREAM_CALLS.labels(answer).inc()
+    UPSTREAM_SECONDS.labels(answer).observe(seconds)
 
 
 def upstream_refused(*, reason: str) -> None:
     """The guard refused a request: circuit_open or rate_limited."""
-    if _enabled:
-        UPSTREAM_REFUSED.labels(_bounded(reason, _REFUSALS)).inc()
+    UPSTREAM_REFUSED.labels(_bounded(reason, _REFUSALS)).inc()
 
 
 def circuit_transition(*, transition: str) -> None:
     """The shared circuit changed state (other values, e.g. "counted", are not transitions)."""
-    if _enabled and transition in _TRANSITIONS:
+    if transition in _TRANSITIONS:
         CIRCUIT_TRANSITIONS.labels(transition).inc()
 
 
 def rate_limit_waited(*, priority: str, seconds: float) -> None:
     """A caller got its token (or gave up) after waiting `seconds`."""
-    if _enabled:
-        RATE_LIMIT_WAIT.labels(_bounded(priority, _PRIORITIES)).observe(seconds)
+    RATE_LIMIT_WAIT.labels(_bounded(priority, _PRIORITIES)).observe(seconds)
 
 
 def change_signal_received(*, event_type: object, result: str) -> None:
     """A change signal was answered: `result` says what it requested, or why it was refused."""
-    if _enabled:
-        CHANGE_SIGNALS.labels(
-            _bounded(event_type, _SIGNAL_EVENTS), _bounded(result, _SIGNAL_RESULTS)
-        ).inc()
+    CHANGE_SIGNALS.labels(
+        _bounded(event_type, _SIGNAL_EVENTS), _bounded(result, _SIGNAL_RESULTS)
+    ).inc()
 
 
 def change_applied(*, seconds: float) -> None:
     """A change signal's sync changed the rights this long after the signal arrived."""
-    if _enabled:
-        CHANGE_TO_RIGHTS.observe(seconds)
+    CHANGE_TO_RIGHTS.observe(seconds)
 
 
 def run_ended(*, scope: str, status: str, seconds: float, users: int) -> None:
     """A resync run ended: its status, duration and pace."""
-    if not _enabled:
-        return
     scope = _bounded(scope, _SCOPES)
     RUNS.labels(scope, _bounded(status, _RUN_STATUSES)).inc()
     RUN_SECONDS.labels(scope).observe(seconds)
@@ -281,7 +275,10 @@ def process_exited(*, pid: int) -> None:
 class SharedStateCollector(Collector):
     """What lives in shared stores, read at each scrape with cheap queries: queue depths
     (Redis LLEN), requests waiting for the sweep and pending held revocations (two counts),
-    the end of the last full run, the circuit's state."""
+    the end of the last full run, the circuit's state (read by `read_circuit_state`)."""
+
+    def __init__(self, read_circuit_state: Callable[[], str]):
+        self._read_circuit_state = read_circuit_state
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         readings = (
@@ -305,9 +302,8 @@ class SharedStateCollector(Collector):
             f"{NAMESPACE}_queue_messages", "Tasks waiting in a Celery queue.", labels=["queue"]
         )
         with celery_app.connection_for_read() as connection:
-            channel = connection.default_channel
             for queue in QUEUES:
-                family.add_metric([queue], channel.queue_declare(queue, passive=True).message_count)
+                family.add_metric([queue], _queue_depth(connection, queue))
         yield family
 
     def _sweep_backlog(self) -> Iterable[GaugeMetricFamily]:
@@ -345,9 +341,7 @@ class SharedStateCollector(Collector):
             )
 
     def _circuit(self) -> Iterable[GaugeMetricFamily]:
-        from core.entitlements import upstream_status
-
-        state = upstream_status()["circuit"]["state"]
+        state = self._read_circuit_state()
         family = GaugeMetricFamily(
             f"{NAMESPACE}_circuit_state",
             "The shared circuit breaker: 1 for its current state.",
@@ -358,14 +352,15 @@ class SharedStateCollector(Collector):
         yield family
 
 
-def render() -> bytes:
-    """The whole service's metrics in Prometheus' text format."""
+def render(*, read_circuit_state: Callable[[], str]) -> bytes:
+    """The whole service's metrics in Prometheus' text format; the caller tells how to read
+    the circuit's state ("closed", "open" or "half_open") at scrape time."""
     registry = CollectorRegistry(auto_describe=True)
     if settings.PROMETHEUS_MULTIPROC_DIR:
         multiprocess.MultiProcessCollector(registry, path=settings.PROMETHEUS_MULTIPROC_DIR)
     else:
         registry.register(_OwnMetrics())
-    registry.register(SharedStateCollector())
+    registry.register(SharedStateCollector(read_circuit_state))
     return generate_latest(registry)
 
 
@@ -374,3 +369,14 @@ class _OwnMetrics(Collector):
 
     def collect(self):
         return _REGISTRY.collect()
+
+
+def _queue_depth(connection, queue: str) -> int:
+    """The messages waiting in `queue`: 0 for a queue the broker does not know (Redis drops an
+    empty queue's key, so a passive declare of it fails with ChannelError NOT_FOUND)."""
+    # A channel of its own: AMQP closes the channel a NOT_FOUND happened on.
+    with connection.channel() as channel:
+        try:
+            return channel.queue_declare(queue, passive=True).message_count
+        except ChannelError:
+            return 0

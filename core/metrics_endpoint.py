@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from core import metrics
+from core.entitlements import upstream_status
 
 
 @never_cache
@@ -30,7 +31,8 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    return HttpResponse(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+    body = metrics.render(read_circuit_state=lambda: upstream_status()["circuit"]["state"])
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 
 def _bearer_matches(request: HttpRequest, token: str) -> bool:

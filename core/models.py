@@ -1,10 +1,12 @@
 """The domain's tables: users, mail domains, their admin accesses, and the sync's bookkeeping."""
 
 import uuid
+from datetime import datetime
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
+from django.db.models import F, Q
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Lower
 
@@ -32,8 +34,9 @@ class Trigger(models.TextChoices):
     SWEEP = "sweep", "Sweep of requests that never ran"
     PROVISIONING = "provisioning", "Provisioning API"
     RELEASE = "release", "Release of held revocations"
-    # A task sent by hand outside the app's own doors (Flower's apply, `celery call`).
-    MANUAL = "manual", "By hand (Flower, celery call)"
+    # A task sent by hand outside the app's own doors (Flower's apply, `celery call`). Its
+    # stored value stays "manual"; not to be confused with MailDomainAccess.Source.MANUAL.
+    HAND_SENT_TASK = "manual", "By hand (Flower, celery call)"
     # DeployCenter's webhook said something changed for the user or their organisation.
     CHANGE_SIGNAL = "change_signal", "Change signalled by DeployCenter"
 
@@ -139,6 +142,36 @@ class MailDomainAccess(BaseModel):
         return f"{self.user} {self.role} of {self.maildomain} ({self.source})"
 
 
+class SyncStateQuerySet(models.QuerySet):
+    """Sync states by where they stand in a sync's life (docs/entitlements.md, "A sync's life").
+
+    A request sets `requested_at`; sending its task sets `enqueued_at`; a sync sets
+    `started_at` when it starts and `finished_at` when it ends. `finished_at` is not cleared
+    at a start, so a sync runs while `finished_at` is missing or older than `started_at`, and
+    a request is served by a sync that started at or after it.
+    """
+
+    def running(self) -> "SyncStateQuerySet":
+        """States whose sync has started and not finished since."""
+        return self.filter(started_at__isnull=False).filter(
+            Q(finished_at__isnull=True) | Q(finished_at__lt=F("started_at"))
+        )
+
+    def unserved(self) -> "SyncStateQuerySet":
+        """States with a request that no sync started after."""
+        return self.filter(requested_at__isnull=False).filter(
+            Q(started_at__isnull=True) | Q(started_at__lt=F("requested_at"))
+        )
+
+    def without_task_waiting(self, *, queued_since: datetime) -> "SyncStateQuerySet":
+        """States with no task queued at or after `queued_since` that has not started yet."""
+        return self.filter(
+            Q(enqueued_at__isnull=True)
+            | Q(enqueued_at__lt=queued_since)
+            | Q(started_at__gte=F("enqueued_at"))
+        )
+
+
 class EntitlementSyncState(models.Model):
     """One row per user: what the next sync needs and what the last one found."""
 
@@ -185,6 +218,8 @@ class EntitlementSyncState(models.Model):
     last_trigger = models.CharField(max_length=32, choices=Trigger.choices, blank=True)
     last_task_id = models.CharField(max_length=255, blank=True)
 
+    objects = SyncStateQuerySet.as_manager()
+
     class Meta:
         indexes = [
             models.Index(fields=["status"]),
@@ -197,6 +232,18 @@ class EntitlementSyncState(models.Model):
 
     def __str__(self):
         return f"sync state of {self.user_id}: {self.status}"
+
+    def is_running(self) -> bool:
+        """Whether a sync has started and not finished since (as SyncStateQuerySet.running)."""
+        return self.started_at is not None and (
+            self.finished_at is None or self.finished_at < self.started_at
+        )
+
+    def is_served(self, requested_at: datetime | None = None) -> bool:
+        """Whether a sync started at or after the request: the latest one recorded, or the one
+        made at `requested_at` (as SyncStateQuerySet.unserved, negated)."""
+        requested_at = requested_at or self.requested_at
+        return bool(requested_at and self.started_at and self.started_at >= requested_at)
 
 
 class AccessAuditEntry(models.Model):
@@ -325,3 +372,13 @@ class HeldRevocation(models.Model):
 
     def __str__(self):
         return f"held revocation of {self.maildomain_name} ({self.resolution})"
+
+
+# The sync statuses a run counts as failed (its category `failed`, SyncResult.run_category).
+FAILED_SYNC_STATUSES = frozenset(
+    {
+        EntitlementSyncState.Status.INVALID,
+        EntitlementSyncState.Status.ERROR,
+        EntitlementSyncState.Status.UNAVAILABLE,
+    }
+)

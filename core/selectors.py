@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connections, router
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, TextField
+from django.db.models import Exists, OuterRef, Q, QuerySet, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
@@ -104,15 +104,11 @@ def states_entitled_to_any(names: Iterable[str]) -> QuerySet:
 def outstanding_requests(*, now: datetime, grace: timedelta) -> QuerySet:
     """(user id, trigger) of requests no sync has served and no recent task carries."""
     stuck_before = now - grace
-    still_running = Q(finished_at__isnull=True) | Q(finished_at__lt=F("started_at"))
+    states = EntitlementSyncState.objects
+    # The sync that took the request died without finishing.
+    died = states.running().filter(requested_at__isnull=False, started_at__lt=stuck_before)
     return (
-        EntitlementSyncState.objects.filter(requested_at__isnull=False)
-        .filter(
-            Q(started_at__isnull=True)
-            | Q(started_at__lt=F("requested_at"))
-            # The sync that took the request died without finishing.
-            | (still_running & Q(started_at__lt=stuck_before))
-        )
+        (states.unserved() | died)
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stuck_before))
         .order_by()
         .values_list("user_id", "last_trigger")
@@ -194,13 +190,10 @@ def running_sync_serves_request(*, user_id) -> bool:
     """
     state = (
         EntitlementSyncState.objects.filter(user_id=user_id)
-        .values("requested_at", "started_at", "finished_at")
+        .only("requested_at", "started_at", "finished_at")
         .first()
     )
-    if not state or not state["started_at"] or not state["requested_at"]:
-        return False
-    running = state["finished_at"] is None or state["finished_at"] < state["started_at"]
-    return running and state["started_at"] >= state["requested_at"]
+    return bool(state and state.is_running() and state.is_served())
 
 
 def pending_held_revocations(*, user: User | None = None) -> QuerySet:

@@ -15,6 +15,22 @@ def _raw(name: str) -> str | None:
     return None if value is None else value.strip()
 
 
+# Variables read under a name that was renamed since: (old, new), for one warning at start-up.
+RENAMED_IN_USE: list[tuple[str, str]] = []
+
+
+def renamed(new: str, *, old: str) -> str:
+    """The name to read a renamed variable by: `new`, or `old` while only the old one is set.
+
+    The old name keeps working (its errors name it); core's start-up logs one deprecation
+    warning for it (RENAMED_IN_USE).
+    """
+    if _raw(new) is None and _raw(old) is not None:
+        RENAMED_IN_USE.append((old, new))
+        return old
+    return new
+
+
 def env_str(name: str, default: str = "") -> str:
     """Return a string variable, or the default when unset."""
     value = _raw(name)

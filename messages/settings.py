@@ -15,6 +15,7 @@ from messages.env import (
     env_list,
     env_str,
     env_url,
+    renamed,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -79,6 +80,8 @@ MIDDLEWARE = [
     # First: a probe answers whatever Host it sends and never opens a session (core/health.py).
     "core.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Filter values are input: a NUL would reach PostgreSQL and fail there (core/query_guard.py).
+    "core.query_guard.refuse_nul_in_address",
     # Static files from STATIC_ROOT (filled by `collectstatic`) by every web process.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -197,9 +200,12 @@ OIDC_USE_NONCE = env_bool("OIDC_USE_NONCE", True)
 OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION = env_bool(
     "OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION", False
 )
-# Tokens are never kept: the sync only needs the forwarded claims, stored at login.
+# The access token is never kept: the sync only needs the forwarded claims, stored at login.
+# The id token stays in the (server-side) session for one use: the hint of the provider's
+# end-session call when the user logs out (RP-initiated logout, OIDC_OP_LOGOUT_ENDPOINT).
 OIDC_STORE_ACCESS_TOKEN = False
-OIDC_STORE_ID_TOKEN = False
+OIDC_STORE_ID_TOKEN = True
+OIDC_OP_LOGOUT_URL_METHOD = "core.authentication.provider_logout_url"
 OIDC_USERINFO_FULLNAME_FIELDS = env_list(
     "OIDC_USERINFO_FULLNAME_FIELDS", ["given_name", "usual_name"]
 )
@@ -248,23 +254,33 @@ ENTITLEMENTS_BACKEND = env_str(
 )
 ENTITLEMENTS_BACKEND_PARAMETERS = env_json("ENTITLEMENTS_BACKEND_PARAMETERS", {}, expect=dict)
 # Fresh window: the upstream is not asked again for this long unless a refresh is forced.
-ENTITLEMENTS_CACHE_TIMEOUT = env_int("ENTITLEMENTS_CACHE_TIMEOUT", 300, minimum=0)
+ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = env_int(
+    renamed("ENTITLEMENTS_CACHE_TIMEOUT_SECONDS", old="ENTITLEMENTS_CACHE_TIMEOUT"), 300, minimum=0
+)
 # Stale window: how long the last good answer may stand in while the upstream is unavailable.
 ENTITLEMENTS_STALE_FALLBACK_SECONDS = env_int(
     "ENTITLEMENTS_STALE_FALLBACK_SECONDS", 6 * 3600, minimum=0
 )
 # Strict mode: the sync owns every ADMIN row, hand-made ones included (the seed product's rule).
 ENTITLEMENTS_STRICT_MODE = env_bool("ENTITLEMENTS_STRICT_MODE", False)
-ENTITLEMENTS_RESYNC_INTERVAL = env_int("ENTITLEMENTS_RESYNC_INTERVAL", 3600, minimum=60)
+ENTITLEMENTS_RESYNC_INTERVAL_SECONDS = env_int(
+    renamed("ENTITLEMENTS_RESYNC_INTERVAL_SECONDS", old="ENTITLEMENTS_RESYNC_INTERVAL"),
+    3600,
+    minimum=60,
+)
 # Requests for the same user inside this window collapse into one queued task.
 ENTITLEMENTS_SYNC_DEDUP_SECONDS = env_int("ENTITLEMENTS_SYNC_DEDUP_SECONDS", 10, minimum=0)
 ENTITLEMENTS_SYNC_MAX_RETRIES = env_int("ENTITLEMENTS_SYNC_MAX_RETRIES", 5, minimum=0)
 # Retry delays: full jitter under an exponential ceiling, base * 2**retries, capped.
-ENTITLEMENTS_SYNC_RETRY_BASE_DELAY = env_float(
-    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY", 2.0, minimum=0.1
+ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS = env_float(
+    renamed("ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS", old="ENTITLEMENTS_SYNC_RETRY_BASE_DELAY"),
+    2.0,
+    minimum=0.1,
 )
-ENTITLEMENTS_SYNC_RETRY_MAX_DELAY = env_float(
-    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY", 120.0, minimum=1.0
+ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS = env_float(
+    renamed("ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS", old="ENTITLEMENTS_SYNC_RETRY_MAX_DELAY"),
+    120.0,
+    minimum=1.0,
 )
 # A recorded request not picked up by a worker after this long is enqueued again by the sweep.
 ENTITLEMENTS_SYNC_SWEEP_GRACE_SECONDS = env_int(
@@ -312,11 +328,11 @@ ENTITLEMENTS_CHANGE_RECHECK_SECONDS = env_float(
     "ENTITLEMENTS_CHANGE_RECHECK_SECONDS", 20.0, minimum=1.0
 )
 if ENTITLEMENTS_CHANGE_SETTLE_SECONDS + ENTITLEMENTS_CHANGE_RECHECK_SECONDS >= (
-    ENTITLEMENTS_RESYNC_INTERVAL
+    ENTITLEMENTS_RESYNC_INTERVAL_SECONDS
 ):
     raise ImproperlyConfigured(
         "ENTITLEMENTS_CHANGE_SETTLE_SECONDS plus ENTITLEMENTS_CHANGE_RECHECK_SECONDS must stay "
-        f"under ENTITLEMENTS_RESYNC_INTERVAL ({ENTITLEMENTS_RESYNC_INTERVAL}), got "
+        f"under ENTITLEMENTS_RESYNC_INTERVAL_SECONDS ({ENTITLEMENTS_RESYNC_INTERVAL_SECONDS}), got "
         f"{ENTITLEMENTS_CHANGE_SETTLE_SECONDS:g} + {ENTITLEMENTS_CHANGE_RECHECK_SECONDS:g}"
     )
 
@@ -365,10 +381,10 @@ if CELERY_TASK_TIME_LIMIT * 2 > _VISIBILITY_TIMEOUT:
     )
 # A retry waiting for its countdown is an unacked message on Redis: past the visibility
 # timeout it would be delivered a second time.
-if ENTITLEMENTS_SYNC_RETRY_MAX_DELAY + CELERY_TASK_TIME_LIMIT > _VISIBILITY_TIMEOUT / 2:
+if ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS + CELERY_TASK_TIME_LIMIT > _VISIBILITY_TIMEOUT / 2:
     raise ImproperlyConfigured(
-        "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY plus CELERY_TASK_TIME_LIMIT must stay under half of "
-        f"CELERY_VISIBILITY_TIMEOUT ({ENTITLEMENTS_SYNC_RETRY_MAX_DELAY:g} + "
+        "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS plus CELERY_TASK_TIME_LIMIT must stay under "
+        f"half of CELERY_VISIBILITY_TIMEOUT ({ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS:g} + "
         f"{CELERY_TASK_TIME_LIMIT} > {_VISIBILITY_TIMEOUT} / 2)"
     )
 

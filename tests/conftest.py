@@ -179,7 +179,7 @@ def scripted_upstream(settings):
 
     settings.ENTITLEMENTS_BACKEND = SCRIPTED_BACKEND
     # Every sync asks the upstream: no fresh answer, no stale stand-in.
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
 
     def script(*, admins_by_email=None, unavailable_emails=(), claims=(), latency_seconds=0.0):

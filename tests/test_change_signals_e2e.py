@@ -57,7 +57,7 @@ def world(
 ):
     """A worker, the endpoint on a local HTTP server, the stub as the upstream sending its
     webhooks there, the alpha and beta domains; the shipped settle and recheck delays."""
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     settings.ENTITLEMENTS_CHANGES_TOKEN = (TOKEN,)
     settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS = 2.0
     settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS = 20.0

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from core.entitlements.requests import request_sync
+from core.entitlements.sync_requests import request_sync
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.support import wait_until
@@ -37,10 +37,10 @@ def world(
 ):
     """A worker, the stub as the configured upstream, the alpha and beta domains."""
     # Each sync asks the stub: the fresh cache would hide the changes these tests make.
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
-    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY = 0.2
-    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY = 0.4
+    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS = 0.2
+    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS = 0.4
     for name in (ALPHA, BETA):
         MailDomain.objects.create(name=name)
     return deploycenter_backend

@@ -41,8 +41,11 @@ REQUIRED = {"DJANGO_SECRET_KEY", "ENTITLEMENTS_BACKEND", "POSTGRES_PASSWORD", "F
 _INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 # `NAME=value` or `# NAME=value` (a documented default) in env.example.
 _EXAMPLE_LINE = re.compile(r"^(?P<commented>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
-# env_str("NAME", ...), the name possibly on the next line, after a comment.
-_SETTINGS_READ = re.compile(r"\benv_\w+\(\s*(?:#[^\n]*\n\s*)*\"(?P<name>[A-Z][A-Z0-9_]*)\"")
+# env_str("NAME", ...), the name possibly on the next line, after a comment, or renamed from an
+# old name: env_int(renamed("NAME", old="OLD_NAME"), ...).
+_SETTINGS_READ = re.compile(
+    r"\benv_\w+\(\s*(?:#[^\n]*\n\s*)*(?:renamed\(\s*)?\"(?P<name>[A-Z][A-Z0-9_]*)\""
+)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +131,18 @@ def test_the_benchmark_measures_the_procfiles_workers(monkeypatch):
     assert layouts["split"] == shipped_workers(environ={})
     bigger = worker_layouts(parse_args(["--smoke", "--bulk-concurrency", "5"]))["split"]
     assert [spec.concurrency for spec in bigger if spec.queues == (BULK_QUEUE,)] == [5]
+
+
+def test_every_web_command_logs_access_through_the_masking_logger(services):
+    """tests/test_access_log.py runs the Procfile's; compose and the image must match it."""
+    logger = "messages.access_log.AccessLogger"
+    dockerfile_cmd = next(
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")
+    )
+
+    assert f"--logger-class {logger}" in procfile_processes()["web"]
+    assert f"--logger-class={logger}" in command_of(services["web"])
+    assert f'"--logger-class", "{logger}"' in dockerfile_cmd
 
 
 def test_app_services_are_built_from_the_dockerfile(services):

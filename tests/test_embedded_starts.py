@@ -68,7 +68,7 @@ def _prepare(environment: dict[str, str]) -> None:
         subprocess.run(
             [sys.executable, "manage.py", *command],
             cwd=BASE_DIR,
-            env={**environment, "ENTITLEMENTS_RESYNC_INTERVAL": "120"},
+            env={**environment, "ENTITLEMENTS_RESYNC_INTERVAL_SECONDS": "120"},
             check=True,
             capture_output=True,
             timeout=300,

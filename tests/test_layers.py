@@ -44,7 +44,43 @@ def test_outside_the_package_entitlements_are_used_through_their_door(path):
         return
     inner = [name for name in _imports(path) if name.startswith("core.entitlements.")]
     # A backend is an extension point: custom backends subclass the base interface.
-    assert [name for name in inner if name != "core.entitlements.backends.base"] == []
+    allowed = {"core.entitlements.backends.base", *_READERS_PAST_THE_DOOR.get(module, ())}
+    assert [name for name in inner if name not in allowed] == []
+
+
+# Who may read the package past its door: the backend's configuration where it is built (the
+# app's start-up, where a wrong backend stops every process, and the admin showing the claims
+# forwarded), and the receipt's type for annotations (the door gives receipts, not the type).
+_READERS_PAST_THE_DOOR = {
+    "core.apps": {"core.entitlements.factory"},
+    "core.admin.common": {"core.entitlements.factory"},
+    "core.authentication": {"core.entitlements.receipts"},
+    "core.management.commands.sync_entitlements": {"core.entitlements.receipts"},
+    # DeployCenter's webhooks come in by a door of their own: the changes endpoint hands them
+    # to change_signals, the worker follows a signal's sync and runs its organisation there,
+    # and the demo writes the webhook config DeployCenter would hold.
+    "core.api.views": {"core.entitlements.change_signals"},
+    "worker.tasks": {"core.entitlements.change_signals"},
+    "core.management.commands.setup_demo": {"core.entitlements.change_signals"},
+}
+
+
+def test_the_door_exports_at_most_twelve_names_and_no_module():
+    import types
+
+    import core.entitlements as door
+
+    assert len(door.__all__) <= 12
+    assert not [name for name in door.__all__ if isinstance(getattr(door, name), types.ModuleType)]
+
+
+def test_the_metrics_never_import_the_entitlements_package():
+    """core.metrics is imported by the package: importing it back would make a cycle."""
+    assert not [
+        name
+        for name in _imports(REPO / "core" / "metrics.py")
+        if name.startswith("core.entitlements")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -54,3 +90,25 @@ def test_outside_the_package_entitlements_are_used_through_their_door(path):
 )
 def test_no_module_of_core_or_worker_is_over_the_size_a_reader_holds(path):
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
+
+
+def test_every_error_of_the_entitlements_package_is_an_entitlements_error():
+    """Public ones: a private error (a leading underscore) never leaves its module."""
+    import inspect
+    import pkgutil
+    from importlib import import_module
+
+    import core.entitlements as package
+    from core.entitlements.errors import EntitlementsError
+
+    errors = [
+        error
+        for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+        for name, error in inspect.getmembers(import_module(module.name), inspect.isclass)
+        if issubclass(error, Exception)
+        and error.__module__ == module.name
+        and not name.startswith("_")
+    ]
+
+    assert errors, "the package defines errors"
+    assert [error for error in errors if not issubclass(error, EntitlementsError)] == []

@@ -16,6 +16,7 @@ from core import metrics
 from core.models import EntitlementSyncState
 from tests.factories import UserFactory
 from tests.faults.conftest import kombu_keys
+from tests.support import rabbitmq
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
 TOKEN = "a-metrics-token"
@@ -110,6 +111,31 @@ def test_queue_depths_are_read_from_the_broker(client, token, empty_queues):
 
 
 @pytest.mark.django_db
+def test_empty_queues_read_zero(client, token, empty_queues):
+    # Redis keeps no key for an empty queue: the broker says it does not know the queue.
+    values = scraped(client)
+
+    assert values[(f"{NS}_queue_messages", (("queue", "interactive"),))] == 0
+    assert values[(f"{NS}_queue_messages", (("queue", "bulk"),))] == 0
+
+
+@pytest.mark.django_db
+def test_queues_rabbitmq_does_not_know_yet_read_zero(client, token, monkeypatch, settings):
+    if reason := rabbitmq.unavailable_reason():
+        pytest.skip(reason)
+    database = settings.DATABASES["default"]["NAME"].removeprefix("test_")
+    # A vhost without queues: RabbitMQ answers NOT_FOUND and closes the channel it came on.
+    monkeypatch.setattr(
+        current_app.conf, "broker_url", rabbitmq.fresh_vhost(f"{database}_metrics_test")
+    )
+
+    values = scraped(client)
+
+    assert values[(f"{NS}_queue_messages", (("queue", "interactive"),))] == 0
+    assert values[(f"{NS}_queue_messages", (("queue", "bulk"),))] == 0
+
+
+@pytest.mark.django_db
 def test_requests_waiting_for_the_sweep_are_counted(client, token):
     waiting, sent = UserFactory(), UserFactory()
     now = timezone.now()
@@ -134,7 +160,7 @@ def test_a_label_value_outside_its_set_is_recorded_as_other():
     other = metrics.SYNCS.labels("other", "ok")
     before = other._value.get()
 
-    metrics.sync_ended(trigger="jane.doe@example.org", outcome="ok")
+    metrics.sync_ended(trigger="jane.doe@example.org", status="ok")
 
     assert other._value.get() == before + 1
     labels = {sample.labels["trigger"] for sample in metrics.SYNCS.collect()[0].samples}
@@ -143,6 +169,12 @@ def test_a_label_value_outside_its_set_is_recorded_as_other():
 
 def test_the_queues_are_the_workers():
     assert metrics.QUEUES == (INTERACTIVE_QUEUE, BULK_QUEUE)
+
+
+def test_the_answer_labels_are_the_answer_kinds():
+    from core.entitlements.backends.base import AnswerKind
+
+    assert set(metrics.ANSWERS) == set(AnswerKind)
 
 
 def test_reset_metrics_deletes_only_the_metric_files(tmp_path, settings):

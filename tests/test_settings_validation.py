@@ -46,8 +46,8 @@ def test_valid_environment_starts(tmp_path):
         ("ENTITLEMENTS_BACKEND_PARAMETERS", "{bad"),
         ("ENTITLEMENTS_BACKEND_PARAMETERS", "[1, 2]"),
         ("REDIS_URL", "http://x"),
-        ("ENTITLEMENTS_CACHE_TIMEOUT", "abc"),
-        ("ENTITLEMENTS_CACHE_TIMEOUT", "-1"),
+        ("ENTITLEMENTS_CACHE_TIMEOUT_SECONDS", "abc"),
+        ("ENTITLEMENTS_CACHE_TIMEOUT_SECONDS", "-1"),
         ("PROVISIONING_MAX_DOMAINS", "0"),
         ("FEATURE_MAILDOMAIN_CREATE", "sometimes"),
         ("FEATURE_MAILDOMAIN_MANAGE_ACCESSES", "2"),
@@ -102,3 +102,41 @@ def test_several_changes_tokens_are_read_for_rotation(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2"
     assert "new-token" not in result.stderr
+
+
+class TestRenamedVariables:
+    """A variable renamed to name its unit keeps working under its old name, with a warning."""
+
+    def test_the_old_name_is_read_and_deprecated_once_at_start_up(self, tmp_path):
+        result = start_django(
+            tmp_path,
+            "from django.conf import settings; print(settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS)",
+            ENTITLEMENTS_CACHE_TIMEOUT="42",
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == "42"
+        output = result.stdout + result.stderr
+        warning = (
+            "environment variable ENTITLEMENTS_CACHE_TIMEOUT is deprecated: rename it "
+            "ENTITLEMENTS_CACHE_TIMEOUT_SECONDS"
+        )
+        assert output.count(warning) == 1
+
+    def test_the_new_name_wins_without_a_warning(self, tmp_path):
+        result = start_django(
+            tmp_path,
+            "from django.conf import settings as s; print(s.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS)",
+            ENTITLEMENTS_RESYNC_INTERVAL="600",
+            ENTITLEMENTS_RESYNC_INTERVAL_SECONDS="900",
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == "900"
+        assert "deprecated" not in result.stdout + result.stderr
+
+    def test_a_bad_value_under_the_old_name_names_the_old_name(self, tmp_path):
+        result = start_django(tmp_path, ENTITLEMENTS_SYNC_RETRY_BASE_DELAY="soon")
+
+        assert result.returncode != 0
+        assert "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY must be a number" in result.stderr

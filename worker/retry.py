@@ -16,8 +16,8 @@ def retry_countdown(*, retries: int) -> float:
     start-up in settings), or Redis would deliver the waiting message a second time.
     """
     ceiling = min(
-        settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY,
-        settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY * 2 ** max(retries, 0),
+        settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS,
+        settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS * 2 ** max(retries, 0),
     )
     return _random.uniform(0, ceiling)
 

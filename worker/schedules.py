@@ -6,8 +6,8 @@ from django.apps import apps as global_apps
 from django.conf import settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from core.entitlements import TaskName
 from core.models import Trigger
+from core.task_names import TaskName
 
 FULL_RESYNC_NAME = "entitlements: resync all admins"
 SWEEP_NAME = "entitlements: sweep sync requests that never ran"
@@ -27,7 +27,7 @@ def ensure_periodic_tasks(*, apps=global_apps, **kwargs) -> None:
     except LookupError:
         # beat's tables are not migrated yet (a partial `migrate`): next time.
         return
-    resync_every = settings.ENTITLEMENTS_RESYNC_INTERVAL
+    resync_every = settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS
     _ensure(
         name=FULL_RESYNC_NAME,
         task=TaskName.SYNC_ALL_ADMINS,

@@ -1,4 +1,4 @@
-"""Celery tasks of the entitlements sync: thin wrappers adding locks, retries and counting.
+"""Celery tasks of the entitlements sync: thin wrappers adding retries to core's services.
 
 Arguments are ids and a trigger name, results are small JSON dicts: no email, claim or
 token ever reaches the broker, the result backend or Flower. A result's `status` takes the
@@ -13,26 +13,21 @@ from celery import shared_task
 from django.conf import settings
 
 from core.entitlements import (
-    EntitlementsUnavailableError,
-    Priority,
-    SyncResult,
-    TaskName,
-    change_signals,
     enqueue_outstanding_requests,
-    runs,
+    run_resync,
+    sync_run_batch,
     sync_user_entitlements,
 )
-from core.models import EntitlementSyncState, MailDomain, SyncRun, Trigger, User
-from core.selectors import (
-    organisation_siret_of,
-    running_sync_serves_request,
-    users_due_for_full_resync,
-    users_of_domain,
-    users_of_organisation,
+from core.entitlements.change_signals import (
+    RecheckDecision,
+    after_signal_sync,
+    organisation_recheck,
+    run_organisation_resync,
 )
-from worker.batches import sync_batch
-from worker.fan_out import run_resync
-from worker.locks import SYNC_USER_TIME_LIMIT, user_lock
+from core.locks import SYNC_USER_TIME_LIMIT, user_lock
+from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState, SyncRun, Trigger, User
+from core.selectors import running_sync_serves_request
+from core.task_names import TaskName
 from worker.retry import may_retry, retry_countdown
 
 logger = logging.getLogger(__name__)
@@ -64,50 +59,49 @@ def sync_user(
     """Sync one user's admin accesses; retry while the upstream is down or another sync runs.
 
     A change signal's sync passes when the signal arrived, and `recheck` for its first sync
-    (change_signals.after_signal_sync). Raises SyncNotApplied, after recording, when no
+    (after_signal_sync). Raises SyncNotApplied, after recording, when no
     authoritative answer was applied.
     """
     retries = self.request.retries
     try:
         result = _sync_under_lock(user_id=user_id, trigger=trigger, task_id=self.request.id or "")
-    except EntitlementsUnavailableError as error:
-        # The engine recorded the failure and left every access as it was.
-        if may_retry(retries=retries):
-            raise self.retry(countdown=retry_countdown(retries=retries)) from error
-        logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
-        raise _not_applied(user_id, trigger, Status.UNAVAILABLE, error.error_code) from None
     except User.DoesNotExist:
         return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="unknown_user")
-    if result is not None:
-        if runs.outcome_of(result) == runs.Outcome.FAILED:
-            raise _not_applied(user_id, trigger, result.status, result.error_code)
-        if trigger == Trigger.CHANGE_SIGNAL:
-            change_signals.after_signal_sync(
-                user_id=user_id, result=result, signalled_at=signalled_at, recheck=recheck
+    if result is None:
+        # Another sync of this user holds the lock. It may have asked before a signalled
+        # change settled: a signal's sync waits its turn instead.
+        if trigger != Trigger.CHANGE_SIGNAL and running_sync_serves_request(user_id=user_id):
+            return _not_synced(
+                user_id, trigger, status=Status.SKIPPED, reason="served_by_running_sync"
             )
-        return result.as_dict()
-    # Another sync of this user holds the lock. It may have asked before a signalled change
-    # settled: a signal's sync waits its turn instead.
-    if trigger != Trigger.CHANGE_SIGNAL and running_sync_serves_request(user_id=user_id):
-        return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="served_by_running_sync")
-    if may_retry(retries=retries):
-        raise self.retry(countdown=retry_countdown(retries=retries))
-    # Still recorded as requested and unserved: the sweep sends it again later.
-    return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="locked")
+        if may_retry(retries=retries):
+            raise self.retry(countdown=retry_countdown(retries=retries))
+        # Still recorded as requested and unserved: the sweep sends it again later.
+        return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="locked")
+    if result.status == Status.UNAVAILABLE:
+        # The engine recorded the failure and left every access as it was.
+        if may_retry(retries=retries):
+            raise self.retry(countdown=retry_countdown(retries=retries))
+        logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
+    # A sync that applied no authoritative answer: the task ends failed (SyncNotApplied).
+    if result.status in FAILED_SYNC_STATUSES:
+        raise _not_applied(user_id, trigger, result.status, result.error_code)
+    if trigger == Trigger.CHANGE_SIGNAL:
+        after_signal_sync(
+            user_id=user_id, result=result, signalled_at=signalled_at, recheck=recheck
+        )
+    return result.as_dict()
 
 
 @shared_task(bind=True, name=TaskName.SYNC_ALL_ADMINS)
 def sync_all_admins(self, trigger: Trigger | None = None) -> dict:
     """Resync every user the periodic run covers, in batches on the bulk queue.
 
-    Without a trigger: `periodic` when beat sent it, else a run started by hand (Flower).
+    Without a trigger: `periodic` when beat sent it, else a task sent by hand (Flower).
     """
     return run_resync(
-        scope=SyncRun.Scope.ALL,
-        scope_key="all",
         trigger=trigger or _trigger_of_untold(self.request),
         task_id=self.request.id or "",
-        user_ids=users_due_for_full_resync(),
         on_progress=_progress_reporter(self),
     )
 
@@ -115,16 +109,10 @@ def sync_all_admins(self, trigger: Trigger | None = None) -> dict:
 @shared_task(bind=True, name=TaskName.SYNC_DOMAIN_ADMINS)
 def sync_domain_admins(self, maildomain_id: str, trigger: Trigger = Trigger.ADMIN) -> dict:
     """Resync the admins of one mail domain and those last told they may administer it."""
-    maildomain = MailDomain.objects.filter(pk=maildomain_id).first()
-    if maildomain is None:
-        return {"run_status": SyncRun.Status.SKIPPED, "reason": "unknown_domain"}
     return run_resync(
-        scope=SyncRun.Scope.DOMAIN,
-        scope_key=f"domain:{maildomain.pk}",
-        maildomain_name=maildomain.name,
+        maildomain_id=maildomain_id,
         trigger=trigger,
         task_id=self.request.id or "",
-        user_ids=users_of_domain(maildomain=maildomain),
         on_progress=_progress_reporter(self),
     )
 
@@ -139,26 +127,20 @@ def sync_organisation_admins(
     run ENTITLEMENTS_CHANGE_RECHECK_SECONDS later (`recheck_of_run`, waiting for the first
     to end).
     """
-    siret = organisation_siret_of(user_id=user_id)
-    if not siret:
-        return {"run_status": SyncRun.Status.SKIPPED, "reason": "unknown_organisation"}
     recheck_after = settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS
     if recheck_of_run is not None:
-        decision = change_signals.organisation_recheck(run_id=recheck_of_run)
-        if decision is change_signals.RecheckDecision.WAIT:
+        decision = organisation_recheck(run_id=recheck_of_run)
+        if decision is RecheckDecision.WAIT:
             raise self.retry(countdown=recheck_after)
-        if decision is change_signals.RecheckDecision.NOT_NEEDED:
+        if decision is RecheckDecision.NOT_NEEDED:
             return {"run_status": SyncRun.Status.SKIPPED, "reason": "first_run_changed_rights"}
-    result = run_resync(
-        scope=SyncRun.Scope.ORGANISATION,
-        scope_key=change_signals.organisation_scope_key(siret),
-        organization_siret=siret,
+    result = run_organisation_resync(
+        user_id=user_id,
         trigger=trigger,
         task_id=self.request.id or "",
-        user_ids=users_of_organisation(siret=siret),
         on_progress=_progress_reporter(self),
     )
-    if recheck_of_run is None:
+    if recheck_of_run is None and "run_id" in result:
         self.apply_async(
             args=[user_id, trigger],
             kwargs={"recheck_of_run": result["run_id"]},
@@ -171,23 +153,18 @@ def sync_organisation_admins(
 def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -> dict:
     """Sync a batch of a run's users concurrently; retry those whose upstream was down."""
     retries = self.request.retries
-    outcome = sync_batch(
+    tally = sync_run_batch(
+        run_id=run_id,
         user_ids=user_ids,
         trigger=trigger,
         task_id=self.request.id or "",
-        # The run's budget: beyond it, the batch holds revocations instead of applying them.
-        revocation_budget=runs.RunRevocationBudget(run_id=run_id),
-        run_id=run_id,
+        last_try=not may_retry(retries=retries),
     )
-    if outcome.retry_user_ids and may_retry(retries=retries):
-        runs.record_batch(run_id=run_id, outcome=outcome)
+    if tally.retry_user_ids:
         raise self.retry(
-            args=[outcome.retry_user_ids, run_id, trigger],
-            countdown=retry_countdown(retries=retries),
+            args=[tally.retry_user_ids, run_id, trigger], countdown=retry_countdown(retries=retries)
         )
-    outcome.give_up_retries()
-    runs.record_batch(run_id=run_id, outcome=outcome)
-    return {"run_id": run_id, **outcome.as_dict()}
+    return {"run_id": run_id, **tally.as_dict()}
 
 
 # Runs every minute and usually sends nothing: its results would flood the result backend
@@ -201,21 +178,16 @@ def sweep_pending_syncs() -> int:
     return sent
 
 
-def _sync_under_lock(*, user_id, trigger: Trigger, task_id: str) -> SyncResult | None:
-    """Run the user's sync while holding their lock; None if another sync holds it.
+def _sync_under_lock(*, user_id, trigger: Trigger, task_id: str):
+    """Run the user's sync while holding their lock: its result; None if another sync holds it.
 
-    Raises what the sync raises, EntitlementsUnavailableError included, lock released.
+    Raises what the sync raises (User.DoesNotExist), lock released.
     """
     lock = user_lock(user_id, owner=task_id)
     if not lock.acquire():
         return None
-    # Nobody waits on a change signal's sync: the rate limit's reserve stays for logins,
-    # which a storm of signals must not delay.
-    priority = Priority.BULK if trigger == Trigger.CHANGE_SIGNAL else Priority.INTERACTIVE
     try:
-        return sync_user_entitlements(
-            user_id=user_id, trigger=trigger, task_id=task_id, priority=priority
-        )
+        return sync_user_entitlements(user_id=user_id, trigger=trigger, task_id=task_id)
     finally:
         lock.release()
 
@@ -244,7 +216,7 @@ def _trigger_of_untold(request) -> Trigger:
     header) is periodic, anything else was started by hand."""
     if getattr(request, "periodic_task_name", None):
         return Trigger.PERIODIC
-    return Trigger.MANUAL
+    return Trigger.HAND_SENT_TASK
 
 
 def _progress_reporter(task):

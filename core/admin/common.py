@@ -3,12 +3,11 @@
 from django.contrib import admin
 from django.utils.translation import ngettext
 
-from core.entitlements import forwarded_claim_names
+# The configured backend's claim names, shown beside the stored claims: configuration, read
+# where it is built (tests/test_layers.py lists this exception to the door).
+from core.entitlements.factory import forwarded_claim_names
 from core.models import EntitlementSyncState, MailDomainAccess
 from core.selectors import error_codes_in_use
-
-# Task ids listed in a message; the rest are counted.
-_MAX_IDS_SHOWN = 10
 
 
 class ReadOnlyAdminMixin:
@@ -76,13 +75,6 @@ class ErrorCodeFilter(admin.SimpleListFilter):
 def counted(count: int, singular: str, plural: str) -> str:
     """'1 user', '2 users': a count with the noun that agrees with it."""
     return f"{count} {ngettext(singular, plural, count)}"
-
-
-def task_ids_text(task_ids: list[str]) -> str:
-    """Task ids for a message: all of a few, the first ones of many."""
-    shown = ", ".join(task_ids[:_MAX_IDS_SHOWN])
-    more = len(task_ids) - _MAX_IDS_SHOWN
-    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def claims_display(state: EntitlementSyncState | None, *, with_values: bool) -> str:

@@ -1,11 +1,12 @@
 """Mail domains and their accesses in the admin, with the per-domain resync action."""
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
+from django.contrib.messages.constants import DEFAULT_LEVELS
 from django.db.models import Count, Q, QuerySet
 
 from core.admin.common import AccessInline, ResyncPermissionMixin
-from core.entitlements import SyncNotEnqueuedError, request_domain_resync
+from core.entitlements import describe, request_resync
 from core.models import MailDomain, MailDomainAccess, Trigger
 from core.validators import normalize_domain_name
 
@@ -45,21 +46,11 @@ class MailDomainAdmin(ResyncPermissionMixin, admin.ModelAdmin):
     def resync_domain_admins(self, request, queryset: QuerySet) -> None:
         """Start a per-domain resync run for each selected domain."""
         for maildomain in queryset:
-            try:
-                task_id = request_domain_resync(maildomain=maildomain, trigger=Trigger.ADMIN)
-            except SyncNotEnqueuedError:
-                self.message_user(
-                    request,
-                    f"The task broker cannot be reached: the resync of {maildomain.name}'s "
-                    "admins was not started. Try again later.",
-                    messages.ERROR,
-                )
+            receipt = request_resync(maildomain=maildomain, trigger=Trigger.ADMIN)
+            [notice] = describe(receipt)
+            self.message_user(request, notice.text, DEFAULT_LEVELS[notice.level.upper()])
+            if not receipt.sent:
                 return
-            self.message_user(
-                request,
-                f"Resync of {maildomain.name}'s admins started: task {task_id}.",
-                messages.SUCCESS,
-            )
 
     def get_queryset(self, request):
         return (

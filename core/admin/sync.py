@@ -1,6 +1,7 @@
 """The sync's records in the admin: sync states, the audit trail, and runs with "resync all"."""
 
-from django.contrib import admin, messages
+from django.contrib import admin
+from django.contrib.messages.constants import DEFAULT_LEVELS
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.shortcuts import redirect
@@ -19,7 +20,7 @@ from core.admin.common import (
 )
 from core.admin.held_revocations import HeldRevocationActionsMixin
 from core.admin.run_chart import run_chart
-from core.entitlements import SyncNotEnqueuedError, request_full_resync, upstream_status
+from core.entitlements import describe, request_resync, upstream_status
 from core.models import AccessAuditEntry, EntitlementSyncState, HeldRevocation, SyncRun, Trigger
 from core.selectors import count_pending, held_revocations_of_runs, running_full_run
 
@@ -202,22 +203,8 @@ class SyncRunAdmin(
         if not self.has_request_resync_permission(request):
             raise PermissionDenied
         if request.method == "POST":
-            try:
-                task_id = request_full_resync(trigger=Trigger.ADMIN)
-            except SyncNotEnqueuedError:
-                self.message_user(
-                    request,
-                    "The task broker cannot be reached: the full resync was not started. "
-                    "Try again later.",
-                    messages.ERROR,
-                )
-            else:
-                self.message_user(
-                    request,
-                    f"Full resync started: task {task_id}. Its run shows here once a worker "
-                    "takes it.",
-                    messages.SUCCESS,
-                )
+            [notice] = describe(request_resync(trigger=Trigger.ADMIN))
+            self.message_user(request, notice.text, DEFAULT_LEVELS[notice.level.upper()])
             return redirect("admin:core_syncrun_changelist")
         return TemplateResponse(
             request,

@@ -1,9 +1,9 @@
 """Users in the admin: their accesses, their sync state and audit trail, the resync action."""
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import forms as auth_forms
+from django.contrib.messages.constants import DEFAULT_LEVELS
 from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils.formats import date_format
@@ -15,9 +15,8 @@ from core.admin.common import (
     ResyncPermissionMixin,
     claims_display,
     counted,
-    task_ids_text,
 )
-from core.entitlements import RequestOutcome, request_sync
+from core.entitlements import describe, request_sync
 from core.models import EntitlementSyncState, Trigger, User
 from core.selectors import audit_entries_of, get_sync_state, pending_held_revocations
 from core.validators import normalize_email
@@ -150,33 +149,9 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
             return
         # Outside a transaction (the changelist runs in autocommit) each task is sent here and
         # now, so each outcome is final.
-        requests = [request_sync(user=user, trigger=Trigger.ADMIN) for user in users]
-        queued = [r.task_id for r in requests if r.outcome == RequestOutcome.QUEUED]
-        collapsed = [r for r in requests if r.outcome == RequestOutcome.COLLAPSED]
-        not_sent = [r for r in requests if r.outcome == RequestOutcome.NOT_SENT]
-        if queued:
-            tasks = "task" if len(queued) == 1 else "tasks"
-            self.message_user(
-                request,
-                f"Entitlements sync queued for {counted(len(queued), 'user', 'users')}: "
-                f"{tasks} {task_ids_text(queued)}.",
-                messages.SUCCESS,
-            )
-        if collapsed:
-            self.message_user(
-                request,
-                f"{counted(len(collapsed), 'user', 'users')} already had a sync queued in the "
-                f"last {settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS} s: it serves this request.",
-                messages.INFO,
-            )
-        if not_sent:
-            self.message_user(
-                request,
-                "The task broker cannot be reached: the sync of "
-                f"{counted(len(not_sent), 'user', 'users')} was not sent. The request is "
-                "recorded; the sweep sends it once the broker is back.",
-                messages.ERROR,
-            )
+        receipts = [request_sync(user=user, trigger=Trigger.ADMIN) for user in users]
+        for notice in describe(*receipts):
+            self.message_user(request, notice.text, DEFAULT_LEVELS[notice.level.upper()])
 
     @admin.display(description="sync", ordering="sync_state__status")
     def sync_status(self, user: User) -> str:

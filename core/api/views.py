@@ -31,7 +31,16 @@ from core.api.permissions import (
     MailDomainCreateEnabled,
     ManageAccessesEnabled,
 )
-from core.entitlements import SyncNotEnqueuedError, change_signals
+from core.entitlements.change_signals import (
+    MAX_BODY_BYTES,
+    ChangeEvent,
+    InvalidChangeSignal,
+    SignalResult,
+    parse_change_signal,
+    receive_change_signal,
+    record_invalid_signal,
+    record_refused_signal,
+)
 from core.models import MailDomain
 
 
@@ -184,7 +193,7 @@ class EntitlementChangesView(APIView):
         request=inline_serializer(
             "ChangeSignal",
             {
-                "event_type": serializers.ChoiceField(choices=list(change_signals.ChangeEvent)),
+                "event_type": serializers.ChoiceField(choices=list(ChangeEvent)),
                 "account_email": serializers.CharField(required=False, allow_null=True),
                 "account_external_id": serializers.CharField(required=False, allow_null=True),
                 "organization_siret": serializers.CharField(required=False, allow_null=True),
@@ -206,26 +215,28 @@ class EntitlementChangesView(APIView):
     )
     def post(self, request):
         try:
-            signal = change_signals.parse_change_signal(_read_json(request))
-        except (ParseError, change_signals.InvalidChangeSignal) as error:
-            change_signals.record_invalid_signal()
+            signal = parse_change_signal(_read_json(request))
+        except (ParseError, InvalidChangeSignal) as error:
+            record_invalid_signal()
             detail = error.detail if isinstance(error, ParseError) else str(error)
             return Response({"detail": detail}, status=status.HTTP_400_BAD_REQUEST)
-        try:
-            receipt = change_signals.receive_change_signal(signal=signal)
-        except SyncNotEnqueuedError as error:
-            return Response({"detail": str(error)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        receipt = receive_change_signal(signal=signal)
+        if receipt.result == SignalResult.NOT_SENT:
+            return Response(
+                {"detail": "The task broker cannot be reached; try again later."},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
         return Response(receipt.as_dict(), status=status.HTTP_202_ACCEPTED)
 
     def handle_exception(self, exc):
         if isinstance(exc, AuthenticationFailed | NotAuthenticated | PermissionDenied):
-            change_signals.record_refused_signal()
+            record_refused_signal()
         return super().handle_exception(exc)
 
 
 def _read_json(request):
     """The request's body decoded as strict JSON; ParseError for one too large or not JSON."""
-    limit = change_signals.MAX_BODY_BYTES
+    limit = MAX_BODY_BYTES
     declared = request.META.get("CONTENT_LENGTH") or "0"
     if (declared.isdigit() and int(declared) > limit) or len(request.body) > limit:
         raise ParseError(f"Request body is larger than {limit // 1024} KB.")

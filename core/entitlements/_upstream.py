@@ -1,4 +1,4 @@
-"""What the upstream guard's parts share: who is asking, the base error, and their Redis keys."""
+"""What the upstream guard's parts share: who is asking, and their Redis keys."""
 
 from enum import StrEnum
 
@@ -14,12 +14,6 @@ class Priority(StrEnum):
 
     INTERACTIVE = "interactive"
     BULK = "bulk"
-
-
-class UpstreamGuardError(Exception):
-    """A call to the upstream was not made; `code` says why."""
-
-    code = "upstream_guard"
 
 
 def uses_redis() -> bool:

@@ -24,16 +24,13 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from core import metrics
-from core.entitlements.reconcile import SyncResult
-from core.entitlements.requests import (
-    RequestOutcome,
-    SyncNotEnqueuedError,
-    request_organisation_resync,
-    request_sync,
-)
+from core.entitlements import fan_out
+from core.entitlements.receipts import RequestOutcome
+from core.entitlements.results import SyncResult
 from core.entitlements.runs import batch_expiry_seconds
+from core.entitlements.sync_requests import request_organisation_resync, request_sync
 from core.models import SyncRun, Trigger, User
-from core.selectors import find_user, users_of_organisation
+from core.selectors import find_user, organisation_siret_of, users_of_organisation
 
 
 class ChangeEvent(enum.StrEnum):
@@ -69,6 +66,8 @@ class SignalResult(enum.StrEnum):
     # A sync (or organisation run) requested moments ago and not due yet serves it.
     COLLAPSED = "collapsed"
     NO_USER = "no_user"
+    # An organisation's run could not be queued: the broker is down.
+    NOT_SENT = "not_sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +142,9 @@ def parse_change_signal(payload: Any) -> ChangeSignal:
 def receive_change_signal(*, signal: ChangeSignal) -> SignalReceipt:
     """Request the syncs a valid signal calls for; a constant number of queries.
 
-    Tasks are sent once the caller's transaction commits. Raises SyncNotEnqueuedError when
-    an organisation's run cannot be sent (the broker is down); an account's sync that cannot
-    be sent stays recorded for the sweep.
+    A user's task is sent once the caller's transaction commits (if the broker is down, the
+    request stays recorded for the sweep); an organisation's at once (NOT_SENT when the
+    broker is down: nothing is recorded).
     """
     if signal.event is ChangeEvent.ACCOUNT_UPDATED:
         receipt = _signal_account(signal)
@@ -207,6 +206,22 @@ def organisation_recheck(*, run_id: int) -> RecheckDecision:
     return RecheckDecision.NOT_NEEDED if run.users_changed else RecheckDecision.RUN
 
 
+def run_organisation_resync(
+    *, user_id: str, trigger: Trigger, task_id: str, on_progress=lambda meta: None
+) -> dict:
+    """Run the resync of the organisation whose siret claim `user_id` carries (its task's)."""
+    siret = organisation_siret_of(user_id=user_id)
+    if not siret:
+        return {"run_status": SyncRun.Status.SKIPPED, "reason": "unknown_organisation"}
+    return fan_out.run_organisation_resync(
+        siret=siret,
+        scope_key=organisation_scope_key(siret),
+        trigger=trigger,
+        task_id=task_id,
+        on_progress=on_progress,
+    )
+
+
 def organisation_scope_key(siret: str) -> str:
     """The run lock's key of an organisation: a digest, so no siret is written in Redis."""
     return f"organisation:{_digest(siret)}"
@@ -260,14 +275,13 @@ def _signal_organisation(signal: ChangeSignal) -> SignalReceipt:
     pending_key = f"change-signal:{organisation_scope_key(signal.organization_siret)}"
     if not cache.add(pending_key, 1, timeout=max(1, math.ceil(settle))):
         return SignalReceipt(result=SignalResult.COLLAPSED, organisation_run="collapsed")
-    try:
-        request_organisation_resync(
-            user_id=anchor, trigger=Trigger.CHANGE_SIGNAL, delay_seconds=settle
-        )
-    except SyncNotEnqueuedError:
+    receipt = request_organisation_resync(
+        user_id=anchor, trigger=Trigger.CHANGE_SIGNAL, delay_seconds=settle
+    )
+    if not receipt.sent:
         # Nothing is pending: the next signal must not collapse into it.
         cache.delete(pending_key)
-        raise
+        return SignalReceipt(result=SignalResult.NOT_SENT, organisation_run="not_sent")
     return SignalReceipt(result=SignalResult.REQUESTED, organisation_run="queued")
 
 

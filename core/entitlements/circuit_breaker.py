@@ -16,12 +16,7 @@ from django.conf import settings
 from redis.commands.core import Script
 
 from core import metrics
-from core.entitlements._upstream import (
-    UpstreamGuardError,
-    redis_connection,
-    redis_key,
-    seconds_to_ms,
-)
+from core.entitlements._upstream import redis_connection, redis_key, seconds_to_ms
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +30,6 @@ class CircuitState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-class CircuitOpenError(UpstreamGuardError):
-    """The circuit is open: the upstream failed repeatedly and is left alone for a cool-down."""
-
-    code = "circuit_open"
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"entitlements circuit open, retry in {retry_after:.1f} s")
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

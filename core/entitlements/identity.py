@@ -41,16 +41,16 @@ def loses_everything_after_identity_change(
     )
 
 
-def hold_identity_changes(
+def hold_revocations_after_identity_change(
     *,
     answers: Sequence[tuple[Any, Any]],
     plans: Sequence[Any],
     states: dict[Any, EntitlementSyncState],
-    write: bool,
 ) -> None:
     """Move to `held` every revocation of a user who would lose them all after an e-mail change.
 
-    `plans` are the reconcile's, one per answer; `write` records the holds (not in a dry run).
+    `plans` are the reconcile's, one per answer; those it holds are marked `identity_held`,
+    for the reconcile to record (hold_identity_revocations) and the dry run to show.
     """
     for (user, answer), plan in zip(answers, plans, strict=True):
         if answer.is_authoritative and loses_everything_after_identity_change(
@@ -59,8 +59,6 @@ def hold_identity_changes(
             revoked=len(plan.to_remove),
             revocable=plan.revocable,
         ):
-            if write:
-                hold_identity_revocations(user=user, maildomain_names=plan.to_remove)
             plan.held, plan.to_remove = plan.to_remove, {}
             plan.identity_held = True
 

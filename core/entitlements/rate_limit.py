@@ -12,24 +12,7 @@ from django.conf import settings
 from redis.commands.core import Script
 
 from core import metrics
-from core.entitlements._upstream import (
-    Priority,
-    UpstreamGuardError,
-    redis_connection,
-    redis_key,
-    seconds_to_ms,
-)
-
-
-class RateLimitTimeoutError(UpstreamGuardError):
-    """No token of the shared rate limit became available within the caller's wait."""
-
-    code = "rate_limited"
-
-    def __init__(self, waited: float) -> None:
-        super().__init__(f"entitlements rate limit: no token after {waited:.1f} s")
-        self.waited = waited
-
+from core.entitlements._upstream import Priority, redis_connection, redis_key, seconds_to_ms
 
 # The bucket's tokens now, refilled at `rate` since its last use (Redis clock, in seconds).
 # KEYS: bucket hash. ARGV[1]: rate per second, ARGV[2]: burst.

@@ -2,7 +2,7 @@
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -12,49 +12,26 @@ from django.utils import timezone
 from core.chunks import chunked
 from core.entitlements.access_ended import confirmed_ended
 from core.entitlements.accesses import Grant, Revocation, grant_accesses, revoke_accesses
-from core.entitlements.backends.base import AnswerKind, CacheStatus, UpstreamAnswer
-from core.entitlements.identity import IDENTITY_CHANGED, hold_identity_changes, upstream_identity
-from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, Trigger, User
+from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
+from core.entitlements.identity import (
+    IDENTITY_CHANGED,
+    hold_identity_revocations,
+    hold_revocations_after_identity_change,
+    upstream_identity,
+)
+from core.entitlements.results import SYNC_STATUS_BY_ANSWER_KIND, SyncResult
+from core.models import (
+    EntitlementSyncState,
+    MailDomain,
+    MailDomainAccess,
+    Trigger,
+    User,
+)
 
 Status = EntitlementSyncState.Status
 
 # Domain names looked up per query: far below SQLite's limit on bound parameters.
 _NAMES_PER_QUERY = 500
-
-STATUS_BY_KIND = {
-    AnswerKind.AUTHORITATIVE: Status.OK,
-    AnswerKind.NO_INFORMATION: Status.NO_INFORMATION,
-    AnswerKind.ACCESS_ENDED: Status.ACCESS_ENDED,
-    AnswerKind.INVALID: Status.INVALID,
-    AnswerKind.BAD_REQUEST: Status.ERROR,
-    AnswerKind.NOT_ASKED: Status.SKIPPED,
-    AnswerKind.CONFIGURATION: Status.ERROR,
-    AnswerKind.UNAVAILABLE: Status.UNAVAILABLE,
-}
-
-
-@dataclass(slots=True)
-class SyncResult:
-    """What one sync did, small and JSON-able (no email, no claim value)."""
-
-    user_id: str
-    trigger: str
-    status: str
-    error_code: str = ""
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    unchanged: int = 0
-    cache: CacheStatus = "miss"
-    held: list[str] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        """True when an access was granted or revoked."""
-        return bool(self.added or self.removed)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The result as a task returns it."""
-        return {**asdict(self), "changed": self.changed}
 
 
 @dataclass(slots=True)
@@ -80,6 +57,9 @@ class RevocationBudget(Protocol):
     holds the revocations past the run's share, recording them for an operator.
     """
 
+    # The run whose budget it is: its syncs report what fails for all of them once per run.
+    run_id: int
+
     def admit_batch(self, *, count: int) -> bool:
         """Reserve `count` revocations at once; False changes nothing (then ask one by one)."""
 
@@ -93,14 +73,13 @@ def reconcile_admin_accesses(
     answer: UpstreamAnswer,
     trigger: Trigger,
     task_id: str = "",
-    dry_run: bool = False,
     revocation_budget: RevocationBudget | None = None,
 ) -> SyncResult:
     """Grant and revoke the user's ADMIN accesses to match an authoritative answer.
 
     Runs in one transaction with the user's sync state row locked, so two syncs of one user
     queue behind each other. A non-authoritative answer changes no access and only records
-    why. The query count does not depend on the number of domains. `dry_run` plans only.
+    why. The query count does not depend on the number of domains.
     A `revocation_budget` (a resync run's) is asked only when the plan revokes; the
     revocations it holds stay, and the result lists them as `held`. An answer removing every
     revocable access right after the e-mail sent upstream changed is held for an operator
@@ -111,7 +90,6 @@ def reconcile_admin_accesses(
         answers=[(user, answer)],
         trigger=trigger,
         task_id=task_id,
-        dry_run=dry_run,
         revocation_budget=revocation_budget,
     )
     return result
@@ -122,7 +100,6 @@ def reconcile_many_admin_accesses(
     answers: Sequence[UserAnswer],
     trigger: Trigger,
     task_id: str = "",
-    dry_run: bool = False,
     revocation_budget: RevocationBudget | None = None,
 ) -> list[SyncResult]:
     """reconcile_admin_accesses for many users at once, in one transaction; results in order.
@@ -135,18 +112,29 @@ def reconcile_many_admin_accesses(
     """
     if len({user.pk for user, _answer in answers}) != len(answers):
         raise ValueError("each user may appear once in a reconcile")
-    in_run = revocation_budget is not None
     users = [user for user, _answer in answers]
-    if dry_run:
-        plans = _checked_plans(answers, _read_states(users), in_run=in_run, write=False)
-    else:
-        with transaction.atomic():
-            states = _locked_states(users)
-            plans = _checked_plans(answers, states, in_run=in_run, write=True)
-            if revocation_budget is not None:
-                _hold_refused_revocations(answers=answers, plans=plans, budget=revocation_budget)
-            _apply(plans=plans, answers=answers, trigger=trigger, task_id=task_id)
-            _record(states=states, answers=answers, plans=plans, trigger=trigger, task_id=task_id)
+    with transaction.atomic():
+        states = _locked_states(users)
+        plans = _checked_plans(answers, states, in_run=revocation_budget is not None)
+        for (user, _answer), plan in zip(answers, plans, strict=True):
+            if plan.identity_held:
+                hold_identity_revocations(user=user, maildomain_names=plan.held)
+        if revocation_budget is not None:
+            _hold_refused_revocations(answers=answers, plans=plans, budget=revocation_budget)
+        _apply(plans=plans, answers=answers, trigger=trigger, task_id=task_id)
+        _record(states=states, answers=answers, plans=plans, trigger=trigger, task_id=task_id)
+    return _results(answers, plans, trigger=trigger)
+
+
+def plan_admin_accesses(*, answers: Sequence[UserAnswer], trigger: Trigger) -> list[SyncResult]:
+    """What reconcile_many_admin_accesses would do outside a run, read without writing."""
+    plans = _checked_plans(answers, _read_states([user for user, _ in answers]), in_run=False)
+    return _results(answers, plans, trigger=trigger)
+
+
+def _results(
+    answers: Sequence[UserAnswer], plans: Sequence["_Plan"], *, trigger: Trigger
+) -> list[SyncResult]:
     return [
         _result(answer=answer, trigger=trigger, plan=plan)
         for answer, plan in zip(answers, plans, strict=True)
@@ -154,15 +142,11 @@ def reconcile_many_admin_accesses(
 
 
 def _checked_plans(
-    answers: Sequence[UserAnswer],
-    states: dict[Any, EntitlementSyncState],
-    *,
-    in_run: bool,
-    write: bool,
+    answers: Sequence[UserAnswer], states: dict[Any, EntitlementSyncState], *, in_run: bool
 ) -> list["_Plan"]:
-    """The plans, with the ended-access and identity rules applied (holds written if `write`)."""
+    """The plans, with the ended-access and identity rules applied."""
     plans = _plans(answers, ended=confirmed_ended(answers=answers, states=states, in_run=in_run))
-    hold_identity_changes(answers=answers, plans=plans, states=states, write=write)
+    hold_revocations_after_identity_change(answers=answers, plans=plans, states=states)
     return plans
 
 
@@ -360,7 +344,7 @@ def _status(answer: UpstreamAnswer, plan: _Plan) -> tuple[str, str]:
     """The sync state's status and error code after reconciling `answer` as `plan` says."""
     if plan.identity_held:
         return Status.REVOCATIONS_HELD, IDENTITY_CHANGED
-    return STATUS_BY_KIND[answer.kind], _error_code(answer)
+    return SYNC_STATUS_BY_ANSWER_KIND[answer.kind], _error_code(answer)
 
 
 def _error_code(answer: UpstreamAnswer) -> str:

@@ -1,10 +1,8 @@
 """Resync runs (all admins, or one domain's): when one may start, how it counts, when it ends.
 
-The rules of a SyncRun row. The Celery side (the run's lock, the fan-out of batches on the
-bulk queue, the batch's threads) lives in the worker; it calls these.
+The rules of a SyncRun row, which the fan-out (`fan_out`) and the batches (`batches`) follow.
 """
 
-import enum
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -15,67 +13,37 @@ from django.utils import timezone
 
 from core import metrics
 from core.entitlements.configuration_errors import report_run_stopped
-from core.entitlements.reconcile import SyncResult
-
-# A run's batches reconcile under its budget: part of what a run is, so offered here.
-from core.entitlements.revocation_budget import RunRevocationBudget as RunRevocationBudget
+from core.entitlements.results import RunCategory, SyncResult
 from core.entitlements.revocation_budget import new_run_budget
-from core.models import EntitlementSyncState, SyncRun, Trigger
-
-_FAILED_STATUSES = frozenset(
-    {
-        EntitlementSyncState.Status.INVALID,
-        EntitlementSyncState.Status.ERROR,
-        EntitlementSyncState.Status.UNAVAILABLE,
-    }
-)
-
+from core.models import SyncRun, Trigger
 
 # A run's error code once a configuration error stopped it: its batches ask no one else.
 CONFIGURATION_ERROR = "configuration"
 
 
-class Outcome(enum.StrEnum):
-    """How one user's sync inside a run's batch ended, as the run's counters count it."""
-
-    DONE = "done"
-    CHANGED = "changed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-def outcome_of(result: SyncResult) -> Outcome:
-    """How a finished sync counts in its run: a user who could not be asked is skipped."""
-    if result.status in _FAILED_STATUSES:
-        return Outcome.FAILED
-    if result.status == EntitlementSyncState.Status.SKIPPED:
-        return Outcome.SKIPPED
-    return Outcome.CHANGED if result.changed else Outcome.DONE
-
-
 @dataclass(slots=True)
-class BatchOutcome:
-    """What one batch did: counts per outcome, and the users worth trying again later."""
+class BatchTally:
+    """What one batch did: users per run category, and the users worth trying again later."""
 
     counts: Counter = field(default_factory=Counter)
     retry_user_ids: list[str] = field(default_factory=list)
 
-    def count(self, result: SyncResult | Outcome) -> None:
-        """Count one user: a finished sync by what it did, or an outcome given outright."""
-        self.counts[outcome_of(result) if isinstance(result, SyncResult) else result] += 1
+    def count(self, result: SyncResult | RunCategory) -> None:
+        """Count one user: a finished sync by its run category, or a category given outright."""
+        self.counts[result.run_category if isinstance(result, SyncResult) else result] += 1
 
     def give_up_retries(self) -> None:
         """Count the users left for a retry as failed: the batch will not try them again."""
-        self.counts[Outcome.FAILED] += len(self.retry_user_ids)
+        self.counts[RunCategory.FAILED] += len(self.retry_user_ids)
         self.retry_user_ids = []
 
     def as_dict(self) -> dict[str, int]:
         """The batch's totals as its task returns them and its run counts them."""
         return {
-            "done": self.counts[Outcome.DONE] + self.counts[Outcome.CHANGED],
-            "changed": self.counts[Outcome.CHANGED],
-            "failed": self.counts[Outcome.FAILED],
-            "skipped": self.counts[Outcome.SKIPPED],
+            "done": self.counts[RunCategory.DONE] + self.counts[RunCategory.CHANGED],
+            "changed": self.counts[RunCategory.CHANGED],
+            "failed": self.counts[RunCategory.FAILED],
+            "skipped": self.counts[RunCategory.SKIPPED],
             "retrying": len(self.retry_user_ids),
         }
 
@@ -86,7 +54,7 @@ def batch_expiry_seconds() -> int:
     One resync interval: by then the next periodic run covers its users again, so a slow run
     never piles up behind the next one.
     """
-    return settings.ENTITLEMENTS_RESYNC_INTERVAL
+    return settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS
 
 
 def start_run(
@@ -159,9 +127,9 @@ def record_fan_out_failed(*, run_id: int, users_enqueued: int) -> None:
     _record_ended(run_id)
 
 
-def record_batch(*, run_id: int, outcome: BatchOutcome) -> None:
+def record_batch(*, run_id: int, tally: BatchTally) -> None:
     """Add a batch's counts to its run (one UPDATE), then close the run if it was the last."""
-    totals = outcome.as_dict()
+    totals = tally.as_dict()
     SyncRun.objects.filter(pk=run_id).update(
         users_done=F("users_done") + totals["done"],
         users_changed=F("users_changed") + totals["changed"],

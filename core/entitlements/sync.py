@@ -1,32 +1,39 @@
 """The sync itself: of one user, or of a batch: bookkeeping, fetch through the cache, reconcile."""
 
 import logging
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from django.utils import timezone
 
 from core import metrics
+from core.entitlements import cache
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
-from core.entitlements.cache import fetch_entitlements
-from core.entitlements.configuration_errors import report_configuration_error
+from core.entitlements.configuration_errors import (
+    report_configuration_error,
+    report_invalid_answer,
+)
 from core.entitlements.errors import EntitlementsUnavailableError
+from core.entitlements.factory import get_backend
 from core.entitlements.reconcile import (
     RevocationBudget,
-    SyncResult,
     UserAnswer,
+    plan_admin_accesses,
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
-from core.entitlements.upstream_guard import Priority
+from core.entitlements.results import SyncResult
+from core.entitlements.upstream_guard import Priority, admit_upstream_call
 from core.models import EntitlementSyncState, Trigger, User
 
 logger = logging.getLogger(__name__)
 
-# Log level of a sync's line by answer: errors reach Sentry. A configuration error is the
-# same for every user: each sync warns, and one ERROR per run or episode says what to check.
-_LOG_LEVELS = {AnswerKind.INVALID: logging.ERROR, AnswerKind.CONFIGURATION: logging.WARNING}
+# Log level of a sync's line by answer. A configuration error or an invalid answer is the
+# same for every user: each sync warns, and one ERROR (Sentry) per run or episode says so.
+_LOG_LEVELS = {AnswerKind.INVALID: logging.WARNING, AnswerKind.CONFIGURATION_ERROR: logging.WARNING}
 
 # The only trigger that may take an answer from the cache's fresh window: nobody is waiting
 # on it and it comes back every interval. Every other sync was asked for by a person (a login,
@@ -35,12 +42,15 @@ _MAY_USE_FRESH_WINDOW = frozenset({Trigger.PERIODIC})
 # A change signal's sync asks when it runs, after the settle delay: an answer asked earlier,
 # even after the signal arrived, may predate the change DeployCenter had not committed yet.
 _ASKS_WHEN_IT_RUNS = frozenset({Trigger.CHANGE_SIGNAL})
+# Nobody waits on a change signal's sync: it takes the rate limit's bulk share, so that a storm
+# of signals leaves the reserve to logins.
+_NOBODY_WAITS = frozenset({Trigger.CHANGE_SIGNAL})
 
 
 def answer_needed_since(*, trigger: Trigger, requested_at: datetime | None) -> datetime | None:
     """The freshness rule: the moment a sync's answer must have been asked at or after.
 
-    None for the periodic run: a cached answer inside ENTITLEMENTS_CACHE_TIMEOUT will do.
+    None for the periodic run: a cached answer inside ENTITLEMENTS_CACHE_TIMEOUT_SECONDS will do.
     A person's request needs an answer asked after it was made (`requested_at`; now when the
     sync serves no recorded request): in practice it asks the upstream, unless another sync of
     the same user asked since the request (a login storm collapses into few calls). Either
@@ -59,48 +69,66 @@ def sync_user_entitlements(
     user_id: uuid.UUID | str,
     trigger: Trigger,
     task_id: str = "",
-    dry_run: bool = False,
-    priority: Priority = Priority.INTERACTIVE,
 ) -> SyncResult:
     """Fetch the user's entitlements and reconcile their ADMIN accesses; return what changed.
 
     The answer is as fresh as `answer_needed_since` says for the trigger and the user's latest
-    recorded request; a dry run serves no recorded request, so it asks now.
+    recorded request. A person waits on this sync (a login, the admin, the command line, the
+    sweep sending their request): it asks at interactive priority, for the upstream rate
+    limit; a change signal's, which nobody waits on, at bulk priority.
 
-    Raises User.DoesNotExist for an unknown id, and EntitlementsUnavailableError (after
-    recording it) when the upstream is down and no stale answer is usable: retry later.
-    Every other upstream failure is recorded and returned, and changes no access. `priority`
-    says whether a person waits (login, manual) or a bulk run does, for the upstream rate limit.
-    A user's own sync is never held by a revocation budget: their fresh answer is theirs.
+    Raises User.DoesNotExist for an unknown id. Every upstream failure is recorded and
+    returned, and changes no access: an `unavailable` result (the upstream is down and no
+    stale answer is usable) is worth another try later. A user's own sync is never held by
+    a revocation budget: their fresh answer is theirs.
     """
     user = User.objects.select_related("sync_state").get(pk=user_id)
-    requested_at = None if dry_run else _requested_at(user)
-    if not dry_run:
-        _mark_started([user])
+    requested_at = _requested_at(user)
+    _mark_started([user])
     try:
         answer = fetch_user_answer(
-            user=user, trigger=trigger, requested_at=requested_at, priority=priority
+            user=user,
+            trigger=trigger,
+            requested_at=requested_at,
+            priority=Priority.BULK if trigger in _NOBODY_WAITS else Priority.INTERACTIVE,
         )
     except EntitlementsUnavailableError as error:
-        if dry_run:
-            _log_unavailable(user, trigger=trigger, error=error)
-        else:
-            record_sync_unavailable(user=user, trigger=trigger, task_id=task_id, error=error)
-        raise
-    result = reconcile_admin_accesses(
-        user=user, answer=answer, trigger=trigger, task_id=task_id, dry_run=dry_run
-    )
-    _log_result(result, answer=answer, dry_run=dry_run)
-    if answer.kind is AnswerKind.CONFIGURATION:
+        record_sync_unavailable(user=user, trigger=trigger, task_id=task_id, error=error)
+        return _unavailable_result(user, trigger=trigger, error=error)
+    result = reconcile_admin_accesses(user=user, answer=answer, trigger=trigger, task_id=task_id)
+    metrics.sync_ended(trigger=result.trigger, status=result.status)
+    _log_result(result, answer=answer)
+    if answer.kind is AnswerKind.CONFIGURATION_ERROR:
         report_configuration_error(error_code=answer.error_code)
+    elif answer.kind is AnswerKind.INVALID:
+        report_invalid_answer(user_id=user.pk, error_code=answer.error_code, run_id=None)
     return result
 
 
-def start_user_syncs(*, user_ids: Iterable[uuid.UUID | str]) -> list[User]:
+def plan_sync(*, user_id: uuid.UUID | str) -> SyncResult:
+    """The dry run of one user's sync: what it would change now, written nowhere.
+
+    Asks the upstream now (through the cache and the guard, as a command-line sync would) and
+    plans the reconcile without a run's budget; records nothing, counts no metric. An
+    upstream that is down gives an `unavailable` result. Raises User.DoesNotExist.
+    """
+    user = User.objects.select_related("sync_state").get(pk=user_id)
+    trigger = Trigger.COMMAND
+    try:
+        answer = fetch_user_answer(user=user, trigger=trigger, requested_at=timezone.now())
+    except EntitlementsUnavailableError as error:
+        _log_unavailable(user, trigger=trigger, error=error)
+        return _unavailable_result(user, trigger=trigger, error=error)
+    [result] = plan_admin_accesses(answers=[(user, answer)], trigger=trigger)
+    _log_result(result, answer=answer, note=" (dry run)")
+    return result
+
+
+def load_users_starting_sync(*, user_ids: Iterable[uuid.UUID | str]) -> list[User]:
     """Load the users (with their sync state) and record their syncs started: two queries.
 
     The first step of a batch sync: then fetch_user_answer for each user (threads welcome: it
-    makes no database query), then finish_user_syncs. Unknown ids are left out of the list.
+    makes no database query), then reconcile_fetched_answers. Unknown ids are left out of the list.
     """
     users = list(User.objects.select_related("sync_state").filter(pk__in=list(user_ids)))
     _mark_started(users)
@@ -114,26 +142,57 @@ def fetch_user_answer(
     requested_at: datetime | None = None,
     priority: Priority = Priority.INTERACTIVE,
 ) -> UpstreamAnswer:
-    """The user's classified answer, through the shared cache and the upstream guard.
+    """The user's classified answer: cached if fresh enough, else asked upstream, else stale.
 
     As fresh as `answer_needed_since(trigger=, requested_at=)` says: a run's batch passes no
     `requested_at`, so a run a person started asks now and the periodic run may use the cache.
-    Reads the forwarded claims of a user loaded with their sync state (select_related), so it
-    makes no database query. Raises EntitlementsUnavailableError.
+    When the upstream is unavailable (an open circuit or an exhausted rate limit counts), the
+    cached answer is served as stale while younger than ENTITLEMENTS_STALE_FALLBACK_SECONDS;
+    past that, EntitlementsUnavailableError. Reads the forwarded claims of a user loaded with
+    their sync state (select_related), so it makes no database query.
     """
     try:
         forwarded_claims = user.sync_state.forwarded_claims
     except EntitlementSyncState.DoesNotExist:
         forwarded_claims = {}
-    return fetch_entitlements(
+    fresh = cache.read_fresh_answer(
         user=user,
         forwarded_claims=forwarded_claims,
-        fetched_since=answer_needed_since(trigger=trigger, requested_at=requested_at),
-        priority=priority,
+        asked_since=answer_needed_since(trigger=trigger, requested_at=requested_at),
     )
+    if fresh is not None:
+        return fresh
+    # The answer dates from when it was asked: one asked before a request cannot honour it,
+    # even if it arrives after.
+    asked_at = time.time()
+    answer = _ask_upstream(user=user, forwarded_claims=forwarded_claims, priority=priority)
+    if answer.kind is not AnswerKind.UNAVAILABLE:
+        cache.store_answer(
+            user=user, forwarded_claims=forwarded_claims, answer=answer, asked_at=asked_at
+        )
+        return answer
+    stale = cache.read_stale_answer(user=user, forwarded_claims=forwarded_claims)
+    if stale is not None:
+        return stale
+    raise EntitlementsUnavailableError(answer.error_code)
 
 
-def finish_user_syncs(
+def _ask_upstream(
+    *, user: User, forwarded_claims: Mapping[str, Any], priority: Priority
+) -> UpstreamAnswer:
+    """One call to the backend; a remote one only if the guard admits it, told how it went."""
+    backend = get_backend()
+    if not backend.guard_upstream_calls:
+        return backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
+    with admit_upstream_call(priority=priority) as call:
+        if call.refused:
+            return UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, call.refused)
+        answer = backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
+        call.record(available=answer.kind is not AnswerKind.UNAVAILABLE)
+    return answer
+
+
+def reconcile_fetched_answers(
     *,
     answers: Sequence[UserAnswer],
     trigger: Trigger,
@@ -148,8 +207,12 @@ def finish_user_syncs(
     results = reconcile_many_admin_accesses(
         answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
     )
-    for (_user, answer), result in zip(answers, results, strict=True):
-        _log_result(result, answer=answer, dry_run=False)
+    run_id = revocation_budget.run_id if revocation_budget is not None else None
+    for (user, answer), result in zip(answers, results, strict=True):
+        metrics.sync_ended(trigger=result.trigger, status=result.status)
+        _log_result(result, answer=answer)
+        if answer.kind is AnswerKind.INVALID:
+            report_invalid_answer(user_id=user.pk, error_code=answer.error_code, run_id=run_id)
     return results
 
 
@@ -158,7 +221,7 @@ def record_sync_unavailable(
 ) -> None:
     """Record that the upstream was unavailable for the user's sync; accesses stay as they were."""
     _log_unavailable(user, trigger=trigger, error=error)
-    metrics.sync_ended(trigger=trigger, outcome=EntitlementSyncState.Status.UNAVAILABLE)
+    metrics.sync_ended(trigger=trigger, status=EntitlementSyncState.Status.UNAVAILABLE)
     EntitlementSyncState.objects.filter(user=user).update(
         status=EntitlementSyncState.Status.UNAVAILABLE,
         error_code=error.error_code,
@@ -198,9 +261,20 @@ def _log_unavailable(user: User, *, trigger: str, error: EntitlementsUnavailable
     )
 
 
-def _log_result(result: SyncResult, *, answer: UpstreamAnswer, dry_run: bool) -> None:
-    if not dry_run:
-        metrics.sync_ended(trigger=result.trigger, outcome=result.status)
+def _unavailable_result(
+    user: User, *, trigger: Trigger, error: EntitlementsUnavailableError
+) -> SyncResult:
+    """The result of a sync whose upstream was unavailable: nothing changed."""
+    return SyncResult(
+        user_id=str(user.pk),
+        trigger=trigger,
+        status=str(EntitlementSyncState.Status.UNAVAILABLE),
+        error_code=error.error_code,
+    )
+
+
+def _log_result(result: SyncResult, *, answer: UpstreamAnswer, note: str = "") -> None:
+    """The sync's one line; an invalid answer's is an ERROR (Sentry gets it)."""
     level = _LOG_LEVELS.get(answer.kind, logging.INFO)
     logger.log(
         level,
@@ -213,7 +287,7 @@ def _log_result(result: SyncResult, *, answer: UpstreamAnswer, dry_run: bool) ->
         len(result.removed),
         len(result.held),
         result.cache,
-        " (dry run)" if dry_run else "",
+        note,
     )
 
 

@@ -24,7 +24,10 @@ class TestResyncDomain:
         [message] = broker_queues.messages("bulk")
         assert message["task"] == "entitlements.sync_domain_admins"
         assert message["args"] == [str(domains[ALPHA].pk), "admin"]
-        assert shown(response) == [f"Resync of {ALPHA}'s admins started: task {message['id']}."]
+        assert shown(response) == [
+            f"Resync of {ALPHA}'s admins started: task {message['id']}. Its run shows in the "
+            "admin's sync runs once a worker takes it."
+        ]
 
     def test_broker_down_is_a_clear_error(self, superuser_client, domains, private_redis):
         with producer_app(private_redis.url):

@@ -83,7 +83,8 @@ class TestResyncAll:
         assert (message["task"], message["args"]) == ("entitlements.sync_all_admins", ["admin"])
         assert response.redirect_chain == [(RUNS, 302)]
         assert shown(response) == [
-            f"Full resync started: task {message['id']}. Its run shows here once a worker takes it."
+            f"Full resync started: task {message['id']}. Its run shows in the admin's sync runs "
+            "once a worker takes it."
         ]
 
     def test_the_run_it_starts_shows_in_the_changelist(

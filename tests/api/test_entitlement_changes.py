@@ -12,8 +12,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from core import metrics
-from core.entitlements import RequestOutcome, request_sync
+from core.entitlements import request_sync
 from core.entitlements.change_signals import ChangeEvent
+from core.entitlements.receipts import RequestOutcome
 from core.models import EntitlementSyncState, Trigger
 from tests.deploycenter_stub import ALPHA_SIRET
 

@@ -5,7 +5,7 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
-from core.entitlements.revocation_budget import RunRevocationBudget
+from core.entitlements import sync_run_batch
 from core.entitlements.runs import start_run
 from core.models import (
     AccessAuditEntry,
@@ -14,7 +14,6 @@ from core.models import (
     MailDomainAccess,
     SyncRun,
 )
-from worker.batches import sync_batch
 
 ALPHA = "alpha.example.org"
 SYNC = MailDomainAccess.Source.ENTITLEMENTS
@@ -33,11 +32,11 @@ class TestReleaseCommand:
         users = make_synced_admins(4)
         scripted_upstream(admins_by_email={user.email: [] for user in users})
         run = start_run(scope=SyncRun.Scope.ALL, trigger="periodic", task_id="")
-        sync_batch(
+        sync_run_batch(
+            run_id=run.pk,
             user_ids=[str(user.pk) for user in users],
             trigger="periodic",
             task_id="",
-            revocation_budget=RunRevocationBudget(run_id=run.pk),
         )
         EntitlementSyncState.objects.filter(user=users[0]).update(entitled_domains=[ALPHA])
         return run

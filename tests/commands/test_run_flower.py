@@ -1,15 +1,19 @@
 """`manage.py run_flower` as operators start it: Flower shows a sync with its state and result
 behind basic auth and refuses anybody without the credentials; run open in debug, its API (which
 can apply tasks) still refuses everybody, whatever FLOWER_UNAUTHENTICATED_API says; it refuses to
-start without credentials outside debug, or with malformed ones."""
+start without credentials outside debug, or with malformed ones. Its /metrics asks for the
+credentials too (Flower 2.2 alone would not), its /healthcheck answers anybody `OK`, and it
+never writes into the app's multiprocess metrics directory."""
 
 import time
 
 import pytest
 import requests
 from django.core.management import CommandError
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
-from core.entitlements.requests import request_sync
+from core.entitlements.sync_requests import request_sync
 from tests.support.commands import run
 from tests.support.flower import CREDENTIALS, running_flower
 
@@ -102,3 +106,46 @@ class TestRunFlowerRefusals:
 
         with pytest.raises(CommandError, match="user:password"):
             run("run_flower")
+
+
+def test_flower_metrics_need_credentials_and_stay_out_of_the_apps(
+    transactional_db,
+    celery_worker,
+    celery_app,
+    depends_on_current_app,
+    broker_queues,
+    make_user,
+    scripted_upstream,
+    tmp_path,
+):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    user = make_user()
+    scripted_upstream(admins_by_email={user.email: []})
+    environment = {
+        "FLOWER_BASIC_AUTH": ":".join(CREDENTIALS),
+        # As `make run` and compose give every process.
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    with running_flower(**environment) as url:
+        # Events flow through Flower: its event counters move.
+        for _ in range(5):
+            task_id = request_sync(user=user, trigger="login").task_id
+            celery_app.AsyncResult(task_id).get(timeout=20)
+            if _task_in_flower(url, task_id, seconds=15) is not None:
+                break
+        stranger = requests.get(f"{url}/metrics", timeout=5)
+        wrong = requests.get(f"{url}/metrics", auth=(CREDENTIALS[0], "wrong"), timeout=5)
+        own = requests.get(f"{url}/metrics", auth=CREDENTIALS, timeout=5)
+        health = requests.get(f"{url}/healthcheck", timeout=5)
+
+    assert stranger.status_code == 401 and "flower_" not in stranger.text
+    assert stranger.headers["WWW-Authenticate"] == 'Basic realm="flower"'
+    assert wrong.status_code == 401
+    assert own.status_code == 200
+    assert 'flower_events_total{task="entitlements.sync_user"' in own.text
+    assert (health.status_code, health.text) == (200, "OK")
+    # Nothing of Flower's in the directory the app's /metrics adds up.
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))
+    assert [family.name for family in registry.collect() if "flower" in family.name] == []

@@ -8,8 +8,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from core.entitlements import grant_accesses_for_new_domains, sync_user_entitlements
-from core.entitlements.revocation_budget import RunRevocationBudget
+from core.entitlements import grant_accesses_for_new_domains, sync_run_batch, sync_user_entitlements
 from core.models import (
     EntitlementSyncState,
     HeldRevocation,
@@ -19,7 +18,6 @@ from core.models import (
     User,
 )
 from tests.deploycenter_stub import ALPHA_SIRET
-from worker.batches import sync_batch
 
 ALPHA, BETA, GAMMA = "alpha.example.org", "beta.example.org", "gamma.example.org"
 ADMIN = "admin@alpha.example.org"
@@ -30,7 +28,7 @@ DAY = 24 * 3600
 @pytest.fixture
 def admin(db, deploycenter_backend, settings):
     """The stub's admin after a sync: alpha and beta granted, gamma named but not provisioned."""
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
     settings.ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS = DAY
     for name in (ALPHA, BETA):
@@ -62,11 +60,11 @@ def ended_since(user, seconds: int) -> None:
 
 def run_batch(users, *, budget: int = 100) -> tuple[SyncRun, list]:
     run = SyncRun.objects.create(trigger="periodic", revoke_budget=budget, revocable_accesses=9)
-    outcome = sync_batch(
+    outcome = sync_run_batch(
+        run_id=run.pk,
         user_ids=[str(user.pk) for user in users],
         trigger="periodic",
         task_id=f"batch-{run.pk}",
-        revocation_budget=RunRevocationBudget(run_id=run.pk),
     )
     run.refresh_from_db()
     return run, outcome

@@ -16,7 +16,7 @@ from core.entitlements.change_signals import (
     organisation_recheck,
     receive_change_signal,
 )
-from core.entitlements.reconcile import SyncResult
+from core.entitlements.results import SyncResult
 from core.models import EntitlementSyncState, SyncRun
 
 

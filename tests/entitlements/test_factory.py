@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from core.entitlements import forwarded_claim_names, get_backend
 from core.entitlements.backends.deploycenter import DeployCenterEntitlementsBackend
 from core.entitlements.backends.local import LocalEntitlementsBackend
-from core.entitlements.factory import build_backend
+from core.entitlements.factory import build_backend, forwarded_claim_names, get_backend
 from tests.conftest import DEPLOYCENTER_BACKEND
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,10 +9,11 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from core.entitlements import EntitlementsUnavailableError, sync_user_entitlements
-from core.entitlements.cache import cache_key, fetch_entitlements
+from core.entitlements import plan_sync, sync_run_batch, sync_user_entitlements
+from core.entitlements.cache import cache_key
+from core.entitlements.sync import fetch_user_answer
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
-from worker.batches import sync_batch
+from tests.factories import SyncRunFactory
 
 ADMIN = "admin@alpha.example.org"
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
@@ -23,7 +24,7 @@ PERSONS = ["login", "admin", "command", "sweep"]
 @pytest.fixture(autouse=True)
 def _real_windows(settings, db):
     """The production windows: five minutes fresh, six hours stale."""
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 300
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 300
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 6 * 3600
     for name in (ALPHA, BETA):
         MailDomain.objects.create(name=name)
@@ -86,8 +87,9 @@ def test_an_answer_asked_since_the_request_serves_it(deploycenter_backend, admin
 def test_an_answer_in_flight_when_the_request_came_does_not_serve_it(deploycenter_backend, admin):
     deploycenter_backend.latency = 0.5
     # The periodic run's fetch (no database in that thread: the test's transaction is its own).
+    loaded = User.objects.select_related("sync_state").get(pk=admin.pk)
     periodic = threading.Thread(
-        target=fetch_entitlements, kwargs={"user": admin, "forwarded_claims": {"siret": SIRET}}
+        target=fetch_user_answer, kwargs={"user": loaded, "trigger": "periodic"}
     )
     periodic.start()
     time.sleep(0.2)
@@ -126,15 +128,16 @@ def test_past_the_stale_window_a_persons_request_is_unavailable(
     cache.set(cache_key(admin.pk), entry)
     deploycenter_backend.fail_with(503)
 
-    with pytest.raises(EntitlementsUnavailableError):
-        sync_user_entitlements(user_id=admin.pk, trigger="admin")
+    result = sync_user_entitlements(user_id=admin.pk, trigger="admin")
+
+    assert result.status == "unavailable"
 
 
 def test_a_dry_run_asks_now(deploycenter_backend, admin):
     sync_user_entitlements(user_id=admin.pk, trigger="login")
     deploycenter_backend.set_admin_domains(ADMIN, [ALPHA])
 
-    result = sync_user_entitlements(user_id=admin.pk, trigger="command", dry_run=True)
+    result = plan_sync(user_id=admin.pk)
 
     assert (result.cache, result.removed) == ("miss", [BETA])
     assert _rights(admin) == {ALPHA, BETA}
@@ -150,7 +153,10 @@ def test_a_run_a_person_started_asks_now_the_periodic_one_may_not(
     sync_user_entitlements(user_id=admin.pk, trigger="login")
     deploycenter_backend.set_admin_domains(ADMIN, [ALPHA])
 
-    outcome = sync_batch(user_ids=[str(admin.pk)], trigger=trigger, task_id=f"batch-{trigger}")
+    run = SyncRunFactory(status="running", trigger=trigger, revoke_budget=10)
+    outcome = sync_run_batch(
+        run_id=run.pk, user_ids=[str(admin.pk)], trigger=trigger, task_id=f"batch-{trigger}"
+    )
 
     assert outcome.counts
     assert deploycenter_backend.calls == calls

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from core.authentication import email_from_login
-from core.entitlements import release_held_revocations, sync_user_entitlements
+from core.entitlements import plan_sync, release_held_revocations, sync_user_entitlements
 from core.entitlements.identity import upstream_identity
 from core.entitlements.revocation_budget import new_run_budget
 from core.models import (
@@ -27,7 +27,7 @@ ADMIN = "admin@alpha.example.org"
 @pytest.fixture
 def admin(db, deploycenter_backend, settings):
     """The stub's admin after a first sync: alpha and beta granted, their e-mail recorded."""
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
     for name in (ALPHA, BETA):
         MailDomain.objects.create(name=name)
@@ -149,7 +149,7 @@ def test_without_an_email_change_losing_everything_is_a_plain_revocation(
 def test_a_dry_run_shows_the_hold_and_writes_nothing(admin):
     change_email(admin, "Admin@alpha.example.org")
 
-    result = sync(admin, dry_run=True)
+    result = plan_sync(user_id=admin.pk)
 
     assert (result.status, result.held, result.removed) == ("revocations_held", [ALPHA, BETA], [])
     assert not HeldRevocation.objects.exists()
@@ -157,7 +157,7 @@ def test_a_dry_run_shows_the_hold_and_writes_nothing(admin):
 
 
 def test_a_users_first_sync_is_never_held(db, deploycenter_backend, settings):
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     alpha = MailDomain.objects.create(name=ALPHA)
     user = User.objects.create_user(email="Admin@alpha.example.org", sub="sub-x")
     EntitlementSyncState.objects.create(user=user, forwarded_claims={"siret": ALPHA_SIRET})

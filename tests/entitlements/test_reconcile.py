@@ -9,9 +9,11 @@ from django.test.utils import CaptureQueriesContext
 from core.entitlements import grant_accesses_for_new_domains
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.reconcile import (
+    plan_admin_accesses,
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
+from core.entitlements.results import RunCategory
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from core.selectors import users_entitled_to
 
@@ -148,7 +150,7 @@ def test_unknown_domains_are_remembered_then_granted_when_provisioned(user, doma
         (AnswerKind.NO_INFORMATION, "no_organization", "no_information"),
         (AnswerKind.INVALID, "not_json", "invalid"),
         (AnswerKind.BAD_REQUEST, "missing_claim", "error"),
-        (AnswerKind.CONFIGURATION, "configuration", "error"),
+        (AnswerKind.CONFIGURATION_ERROR, "configuration", "error"),
     ],
 )
 def test_answers_that_are_not_authoritative_change_no_access(
@@ -164,6 +166,24 @@ def test_answers_that_are_not_authoritative_change_no_access(
     assert (state.status, state.error_code) == (status, error_code)
     assert state.entitled_domains == ["alpha.example.org"]
     assert state.answer_fingerprint == _answer("alpha.example.org").fingerprint
+
+
+@pytest.mark.parametrize(
+    ("answer", "category"),
+    [
+        (_answer("alpha.example.org", "beta.example.org"), RunCategory.CHANGED),
+        (_answer("alpha.example.org"), RunCategory.DONE),
+        (UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, "no_organization"), RunCategory.DONE),
+        (UpstreamAnswer.failure(AnswerKind.NOT_ASKED, "missing_claim"), RunCategory.SKIPPED),
+        (UpstreamAnswer.failure(AnswerKind.INVALID, "not_json"), RunCategory.FAILED),
+        (UpstreamAnswer.failure(AnswerKind.BAD_REQUEST, "http_400"), RunCategory.FAILED),
+        (UpstreamAnswer.failure(AnswerKind.CONFIGURATION_ERROR, "http_401"), RunCategory.FAILED),
+    ],
+)
+def test_a_syncs_result_says_how_it_counts_in_a_run(user, domains, answer, category):
+    _reconcile(user, _answer("alpha.example.org"))
+
+    assert _reconcile(user, answer).run_category is category
 
 
 def test_unchanged_answer_writes_no_access_or_audit_row(user, domains):
@@ -190,7 +210,9 @@ def test_dry_run_plans_and_writes_nothing(user, domains):
     MailDomainAccess.objects.create(user=user, maildomain=domains["gamma.example.org"], source=SYNC)
 
     with CaptureQueriesContext(connection) as queries:
-        result = _reconcile(user, _answer("alpha.example.org"), dry_run=True)
+        [result] = plan_admin_accesses(
+            answers=[(user, _answer("alpha.example.org"))], trigger="test"
+        )
 
     assert (result.added, result.removed) == (["alpha.example.org"], ["gamma.example.org"])
     assert all(query["sql"].startswith("SELECT") for query in queries.captured_queries)

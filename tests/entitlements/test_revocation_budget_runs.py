@@ -9,7 +9,7 @@ import time
 from django.core.management import call_command
 from django.db import connections
 
-from core.entitlements.revocation_budget import RunRevocationBudget
+from core.entitlements import sync_run_batch
 from core.entitlements.runs import start_run
 from core.models import (
     AccessAuditEntry,
@@ -20,7 +20,6 @@ from core.models import (
 )
 from tests import figures
 from tests.support import wait_until
-from worker.batches import sync_batch
 
 ALPHA = "alpha.example.org"
 SYNC = MailDomainAccess.Source.ENTITLEMENTS
@@ -182,11 +181,11 @@ def _batch_at_once(users, run_id: int, barrier: threading.Barrier) -> None:
     """One batch of the run, as its task runs it, started with the other one."""
     barrier.wait()
     try:
-        sync_batch(
+        sync_run_batch(
+            run_id=run_id,
             user_ids=[str(user.pk) for user in users],
             trigger="periodic",
             task_id="",
-            revocation_budget=RunRevocationBudget(run_id=run_id),
         )
     finally:
         connections.close_all()
@@ -195,7 +194,7 @@ def _batch_at_once(users, run_id: int, barrier: threading.Barrier) -> None:
 def test_a_login_sync_revokes_a_held_access_and_the_release_finds_it_gone(
     worker, make_synced_admins, scripted_upstream, settings
 ):
-    from core.entitlements.requests import request_sync
+    from core.entitlements.sync_requests import request_sync
 
     settings.ENTITLEMENTS_MAX_REVOKE_MIN = 0
     settings.ENTITLEMENTS_MAX_REVOKE_SHARE = 0

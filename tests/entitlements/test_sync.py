@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from core.entitlements import EntitlementsUnavailableError, sync_user_entitlements
+from core.entitlements import plan_sync, sync_user_entitlements
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 
 SIRET = "12345678900017"
@@ -109,7 +109,7 @@ def test_user_without_sync_state_gets_one(deploycenter_backend, domains):
     assert EntitlementSyncState.objects.get(user=user).started_at is not None
 
 
-def test_unavailable_upstream_is_recorded_and_raised(deploycenter_backend, domains):
+def test_unavailable_upstream_is_recorded_and_returned(deploycenter_backend, domains):
     user = _user()
     MailDomainAccess.objects.create(
         user=user,
@@ -118,8 +118,9 @@ def test_unavailable_upstream_is_recorded_and_raised(deploycenter_backend, domai
     )
     deploycenter_backend.fail_with(503)
 
-    with pytest.raises(EntitlementsUnavailableError):
-        sync_user_entitlements(user_id=user.pk, trigger="login", task_id="task-2")
+    result = sync_user_entitlements(user_id=user.pk, trigger="login", task_id="task-2")
+
+    assert (result.status, result.error_code, result.changed) == ("unavailable", "http_503", False)
 
     state = EntitlementSyncState.objects.get(user=user)
     assert (state.status, state.error_code, state.last_task_id) == (
@@ -131,7 +132,7 @@ def test_unavailable_upstream_is_recorded_and_raised(deploycenter_backend, domai
 
 
 def test_stale_answer_is_used_and_marked(deploycenter_backend, domains, settings):
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     user = _user()
     sync_user_entitlements(user_id=user.pk, trigger="login")
     deploycenter_backend.fail_with(503)
@@ -170,10 +171,23 @@ def test_dry_run_writes_nothing(deploycenter_backend, domains):
     user = _user()
     before = EntitlementSyncState.objects.values().get(user=user)
 
-    result = sync_user_entitlements(user_id=user.pk, trigger="cli", dry_run=True)
+    result = plan_sync(user_id=user.pk)
 
     assert result.added == ["alpha.example.org", "beta.example.org"]
     assert _accesses(user) == []
+    assert EntitlementSyncState.objects.values().get(user=user) == before
+
+
+def test_a_dry_run_of_an_unavailable_upstream_says_so_and_records_nothing(
+    deploycenter_backend, domains
+):
+    user = _user()
+    before = EntitlementSyncState.objects.values().get(user=user)
+    deploycenter_backend.fail_with(503)
+
+    result = plan_sync(user_id=user.pk)
+
+    assert (result.status, result.error_code, result.changed) == ("unavailable", "http_503", False)
     assert EntitlementSyncState.objects.values().get(user=user) == before
 
 

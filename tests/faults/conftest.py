@@ -28,10 +28,10 @@ DOMAINS = (ALPHA, BETA, GAMMA, DELTA)
 # Settings every test worker starts with unless a test says otherwise: every sync asks the
 # stub (no fresh or stale answer hides a change), and retries come quickly.
 WORKER_DEFAULTS = {
-    "ENTITLEMENTS_CACHE_TIMEOUT": 0,
+    "ENTITLEMENTS_CACHE_TIMEOUT_SECONDS": 0,
     "ENTITLEMENTS_STALE_FALLBACK_SECONDS": 0,
-    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY": 0.2,
-    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY": 1,
+    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS": 0.2,
+    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS": 1,
     "LOG_LEVEL": "INFO",
 }
 
@@ -79,7 +79,7 @@ def shared_broker():
 @pytest.fixture
 def upstream(deploycenter_backend, settings):
     """The DeployCenter stub as the configured upstream of this process and of the workers."""
-    settings.ENTITLEMENTS_CACHE_TIMEOUT = 0
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
     return deploycenter_backend
 

@@ -4,7 +4,7 @@ window, then a run revokes them within its budget."""
 
 import time
 
-from core.entitlements.requests import request_full_resync
+from core.entitlements.sync_requests import request_resync
 from core.models import EntitlementSyncState, SyncRun
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import ALPHA, BETA, synced_domains
@@ -15,7 +15,7 @@ WINDOW_SECONDS = 3
 
 def full_run() -> SyncRun:
     """Start a full run and wait for it to end."""
-    task_id = request_full_resync(trigger="periodic")
+    task_id = request_resync(trigger="periodic").task_id
     return wait_until(
         lambda: SyncRun.objects.filter(task_id=task_id, status="done").first(),
         timeout=30,

@@ -18,8 +18,8 @@ from django.db import connections
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from core.authentication import record_login
-from core.entitlements.requests import request_domain_resync, request_full_resync, request_sync
+from core.authentication import request_login_sync
+from core.entitlements.sync_requests import request_resync, request_sync
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, SyncRun
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import DOMAINS, duplicate_access_rows, fault_seed, synced_domains
@@ -30,8 +30,8 @@ CONCURRENCY_SETTINGS = {
     "ENTITLEMENTS_SYNC_BATCH_SIZE": 3,
     "ENTITLEMENTS_SYNC_BATCH_CONCURRENCY": 3,
     "ENTITLEMENTS_SYNC_MAX_RETRIES": 8,
-    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY": 0.1,
-    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY": 1,
+    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS": 0.1,
+    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS": 1,
     # The mix changes every answer twice: a run may revoke far past the 10 % budget, which would
     # hold revocations (and log an ERROR) by design. The budget has its own tests; here it stays
     # out of the way so the end state is the upstream's.
@@ -111,13 +111,13 @@ def run_mix(start_worker, make_admins, upstream, settings, report_figure, *, thr
                 kind = local.choice(("login", "login", "manual", "domain", "periodic"))
                 if kind == "login":
                     claims = {"sub": user.sub, "email": user.email, "siret": ALPHA_SIRET}
-                    record_login(user=user, claims=claims)
+                    request_login_sync(user=user, claims=claims)
                 elif kind == "manual":
                     request_sync(user=user, trigger="admin")
                 elif kind == "domain":
-                    request_domain_resync(maildomain=local.choice(domains), trigger="admin")
+                    request_resync(maildomain=local.choice(domains), trigger="admin")
                 else:
-                    request_full_resync(trigger="periodic")
+                    request_resync(trigger="periodic")
                 with counting:
                     done[kind] += 1
                 time.sleep(local.uniform(0, 0.6))

@@ -13,13 +13,14 @@ from django.db import connection
 from django.db.models import F
 from django.urls import reverse
 
-from core.entitlements import RequestOutcome, request_sync
+from core.entitlements import request_sync
+from core.entitlements.receipts import RequestOutcome
 from core.models import EntitlementSyncState, Trigger
 from tests.faults.conftest import ALPHA, BETA, fault_seed, synced_domains, upstream_calls_by_email
 from tests.support import wait_until
 
 # Production's windows: a five-minute fresh answer would hide the change if anyone used it.
-WINDOWS = {"ENTITLEMENTS_CACHE_TIMEOUT": 300, "ENTITLEMENTS_STALE_FALLBACK_SECONDS": 3600}
+WINDOWS = {"ENTITLEMENTS_CACHE_TIMEOUT_SECONDS": 300, "ENTITLEMENTS_STALE_FALLBACK_SECONDS": 3600}
 # How soon a person's resync must land, worker and upstream latency included.
 LANDS_WITHIN_SECONDS = 5
 USERS_CHANGELIST = reverse("admin:core_user_changelist")

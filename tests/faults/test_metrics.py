@@ -7,7 +7,7 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.entitlements import request_full_resync, request_sync
+from core.entitlements import request_resync, request_sync
 from core.models import MailDomainAccess, SyncRun
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import ALPHA, BETA, DOMAINS, synced_domains
@@ -94,7 +94,7 @@ def test_a_full_run_counts_every_user_the_held_revocations_and_the_run(
     )
 
     started = timezone.now()
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     run = wait_until(
         lambda: SyncRun.objects.filter(started_at__gte=started, status="done").first(),
         timeout=120,
@@ -163,7 +163,7 @@ def test_no_label_carries_personal_data(start_worker, make_admins, upstream, met
         message="the syncs",
     )
     # A run too, so the run's metrics are in the scrape.
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     wait_until(lambda: SyncRun.objects.filter(status="done").exists(), timeout=60, message="run")
     text = scrape()
 

@@ -24,7 +24,7 @@ from django.forms.models import model_to_dict
 from django.test import Client
 from django_celery_results.models import TaskResult
 
-from core.entitlements.requests import request_domain_resync, request_full_resync, request_sync
+from core.entitlements.sync_requests import request_resync, request_sync
 from core.models import EntitlementSyncState, MailDomain, SyncRun, User
 from tests.deploycenter_stub import DeployCenterStub
 from tests.faults.conftest import ALPHA, BETA, GAMMA, synced_domains
@@ -214,8 +214,8 @@ def test_no_personal_data_or_secret_leaves_the_database(
             stub.recover()
             for email in emails:
                 stub.set_admin_domains(email, [ALPHA, BETA], siret=siret)
-            request_domain_resync(maildomain=MailDomain.objects.get(name=ALPHA), trigger="admin")
-            request_full_resync(trigger="periodic")
+            request_resync(maildomain=MailDomain.objects.get(name=ALPHA), trigger="admin")
+            request_resync(trigger="periodic")
             wait_until(
                 lambda: (
                     all(synced_domains(user) == {ALPHA, BETA} for user in users)

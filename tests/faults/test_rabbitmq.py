@@ -16,7 +16,7 @@ import redis
 from django.conf import settings
 
 from bench.layout import shipped_workers
-from core.entitlements.requests import request_full_resync
+from core.entitlements.sync_requests import request_resync
 from core.models import EntitlementSyncState, SyncRun, Trigger, User
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import ALPHA, BETA, GAMMA, duplicate_access_rows, synced_domains
@@ -111,7 +111,7 @@ def test_a_full_run_syncs_every_admin_with_the_shipped_workers_on_rabbitmq(
         )
     users = make_admins(30, upstream_domains=(ALPHA, BETA), held=(GAMMA,))
 
-    request_full_resync(trigger=Trigger.ADMIN)
+    request_resync(trigger=Trigger.ADMIN)
 
     run = wait_until(
         lambda: SyncRun.objects.filter(status=SyncRun.Status.DONE).first(),

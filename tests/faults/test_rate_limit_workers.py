@@ -11,7 +11,7 @@ from bisect import bisect_right
 import pytest
 from django.utils import timezone
 
-from core.entitlements.requests import request_full_resync, request_sync
+from core.entitlements.sync_requests import request_resync, request_sync
 from core.models import SyncRun
 from tests.faults.conftest import ALPHA, synced_domains
 from tests.support import wait_until
@@ -70,7 +70,7 @@ def run_rate_limited(start_worker, make_admins, upstream, report_figure, *, user
     time.sleep(1)  # the bucket refills after the idle logins
     upstream.requests.clear()
     started = timezone.now()
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     run = wait_until(
         lambda: SyncRun.objects.filter(started_at__gte=started).first(), message="the run"
     )

@@ -25,22 +25,22 @@ from django.core.cache import cache
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from core.entitlements.requests import request_full_resync, request_sync
+from core.entitlements.sync_requests import request_resync, request_sync
+from core.locks import USER_LOCK_TTL, run_lock, user_lock
 from core.models import EntitlementSyncState, MailDomainAccess, SyncRun
 from tests.faults.conftest import ALPHA, BETA, synced_domains
 from tests.support import wait_until
 from tests.support.workers import BASE_DIR
-from worker.locks import USER_LOCK_TTL, run_lock, user_lock
 
 TIME_LIMIT = 10
 TTL_SETTINGS = {
     "CELERY_TASK_TIME_LIMIT": TIME_LIMIT,
     "CELERY_VISIBILITY_TIMEOUT": 60,
-    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY": 1,
-    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY": 0.5,
+    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS": 1,
+    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS": 0.5,
     "ENTITLEMENTS_SYNC_MAX_RETRIES": 8,
     "ENTITLEMENTS_SYNC_SWEEP_GRACE_SECONDS": 10,
-    "ENTITLEMENTS_RESYNC_INTERVAL": 60,
+    "ENTITLEMENTS_RESYNC_INTERVAL_SECONDS": 60,
 }
 RUN_LOCK_TTL = TIME_LIMIT + 60
 
@@ -79,7 +79,7 @@ def run_task_over_its_time_limit(
     start_worker(concurrency=1, **TTL_SETTINGS)
     upstream.hang(TIME_LIMIT * 3)
 
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     started = time.monotonic()
     batch = wait_until(
         lambda: TaskResult.objects.filter(
@@ -150,8 +150,8 @@ def test_a_full_run_overlapping_the_next_one_is_recorded_as_skipped(
 
     # The next scheduled run is queued right behind the first: it starts once the first has
     # fanned out its batches (they queue after it), while the first is still running.
-    request_full_resync(trigger="periodic")
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     first, second = wait_until(
         lambda: (
             list(SyncRun.objects.order_by("pk"))
@@ -170,7 +170,7 @@ def test_a_full_run_overlapping_the_next_one_is_recorded_as_skipped(
     )
     assert second.started_at < first.finished_at, "the second run overlapped the first"
     assert (first.users_enqueued, first.users_done, first.users_failed) == (30, 30, 0)
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     third = wait_until(
         lambda: SyncRun.objects.exclude(pk__in=[first.pk, second.pk]).first(),
         message="the run after",
@@ -189,8 +189,8 @@ def hold_locks_then_die(*, env: dict, user_id) -> None:
         f"""
         import django
         django.setup()
-        from worker.locks import run_lock
-        from worker.locks import user_lock
+        from core.locks import run_lock
+        from core.locks import user_lock
         assert user_lock({str(user_id)!r}, owner="killed-task").acquire()
         assert run_lock(scope_key="all").acquire()
         print("held", flush=True)
@@ -226,7 +226,7 @@ def run_killed_lock_holder(
         lambda: TaskResult.objects.filter(task_id=task_id, status="RETRY").exists(),
         message="the login sync to wait for the dead holder's lock",
     )
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     blocked_run = wait_until(lambda: SyncRun.objects.first(), message="the full run")
     assert blocked_run.status == SyncRun.Status.SKIPPED
     assert synced_domains(user) == {ALPHA}
@@ -248,7 +248,7 @@ def run_killed_lock_holder(
         every=0.5,
         message="the run lock to expire",
     )
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     next_run = wait_until(
         lambda: SyncRun.objects.exclude(pk=blocked_run.pk).first(), message="the next run"
     )

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from django.utils import timezone
 
-from core.entitlements.requests import request_full_resync
+from core.entitlements.sync_requests import request_resync
 from core.models import EntitlementSyncState, MailDomainAccess, SyncRun, User
 from core.selectors import users_due_for_full_resync
 from tests.faults.conftest import ALPHA, BETA, synced_domains, upstream_calls_by_email
@@ -19,7 +19,7 @@ from tests.support import wait_until
 
 def full_run() -> SyncRun:
     started = timezone.now()
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     return wait_until(
         lambda: SyncRun.objects.filter(started_at__gte=started, status="done").first(),
         timeout=60,

@@ -16,7 +16,7 @@ import pytest
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from core.entitlements.requests import request_full_resync, request_sync
+from core.entitlements.sync_requests import request_resync, request_sync
 from core.models import EntitlementSyncState, MailDomainAccess, SyncRun
 from tests.deploycenter_stub import DeployCenterStub
 from tests.faults.conftest import ALPHA, BETA, synced_domains
@@ -32,8 +32,8 @@ OUTAGE_SETTINGS = {
     "ENTITLEMENTS_CIRCUIT_FAILURE_THRESHOLD": 5,
     "ENTITLEMENTS_CIRCUIT_COOLDOWN_SECONDS": COOLDOWN_SECONDS,
     "ENTITLEMENTS_SYNC_MAX_RETRIES": MAX_RETRIES,
-    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY": 0.5,
-    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY": 2,
+    "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS": 0.5,
+    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS": 2,
     "ENTITLEMENTS_SYNC_BATCH_SIZE": 25,
     "ENTITLEMENTS_SYNC_BATCH_CONCURRENCY": 4,
 }
@@ -92,7 +92,7 @@ def calls_in(log: str) -> list[tuple[str, str]]:
 def run_and_wait(*, timeout: float = 120) -> SyncRun:
     """Start a full run as beat would, wait until it is done, return its row."""
     started = timezone.now()
-    request_full_resync(trigger="periodic")
+    request_resync(trigger="periodic")
     return wait_until(
         lambda: SyncRun.objects.filter(
             started_at__gte=started, status=SyncRun.Status.DONE, users_enqueued__gt=0
@@ -194,7 +194,7 @@ def test_stale_answer_stands_in_inside_its_window_and_never_past_it(
     # Each request here must send its own task.
     settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS = 0
     start_worker(
-        ENTITLEMENTS_CACHE_TIMEOUT=FRESH_SECONDS,
+        ENTITLEMENTS_CACHE_TIMEOUT_SECONDS=FRESH_SECONDS,
         ENTITLEMENTS_STALE_FALLBACK_SECONDS=STALE_SECONDS,
         ENTITLEMENTS_SYNC_MAX_RETRIES=0,
     )

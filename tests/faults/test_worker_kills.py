@@ -20,7 +20,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from core.entitlements.requests import request_sync
+from core.entitlements.sync_requests import request_sync
+from core.locks import user_lock
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain
 from tests.faults.conftest import (
     ALPHA,
@@ -32,7 +33,6 @@ from tests.faults.conftest import (
     upstream_calls_by_email,
 )
 from tests.support import wait_until
-from worker.locks import user_lock
 
 UPSTREAM_LATENCY = 0.4
 # Where a kill lands; each is drawn several times per run, in random order, at random delays.
@@ -228,7 +228,7 @@ def test_killing_the_pool_child_mid_sync_100_times(
 WHOLE_WORKER_SETTINGS = {
     "CELERY_VISIBILITY_TIMEOUT": 60,
     "CELERY_TASK_TIME_LIMIT": 20,
-    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY": 1,
+    "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS": 1,
 }
 
 

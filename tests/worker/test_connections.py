@@ -12,7 +12,7 @@ from celery import Celery
 from django.conf import settings
 from django.db import connection
 
-from core.entitlements import TaskName
+from core.task_names import TaskName
 
 REPO = Path(__file__).resolve().parents[2]
 

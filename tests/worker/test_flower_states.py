@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from core.entitlements.requests import request_sync
+from core.entitlements.sync_requests import request_sync
 from core.models import EntitlementSyncState, SyncRun
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.support import wait_until

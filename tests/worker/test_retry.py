@@ -13,8 +13,8 @@ from worker.retry import may_retry, retry_countdown
 
 @pytest.mark.parametrize("retries", range(12))
 def test_countdown_stays_under_the_capped_exponential_ceiling(settings, retries):
-    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY = 2
-    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY = 120
+    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS = 2
+    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS = 120
     ceiling = min(120, 2 * 2**retries)
 
     draws = [retry_countdown(retries=retries) for _ in range(2000)]
@@ -43,7 +43,7 @@ def test_a_retry_delay_near_the_visibility_timeout_stops_start_up():
         **os.environ,
         "CELERY_VISIBILITY_TIMEOUT": "600",
         "CELERY_TASK_TIME_LIMIT": "200",
-        "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY": "150",
+        "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS": "150",
     }
 
     completed = subprocess.run(
@@ -56,4 +56,4 @@ def test_a_retry_delay_near_the_visibility_timeout_stops_start_up():
 
     assert completed.returncode != 0
     assert "ImproperlyConfigured" in completed.stderr
-    assert "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY" in completed.stderr
+    assert "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS" in completed.stderr

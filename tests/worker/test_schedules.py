@@ -20,10 +20,10 @@ def test_migrate_creates_the_full_resync_and_the_sweep(settings):
     assert resync.task == "entitlements.sync_all_admins"
     assert json.loads(resync.kwargs) == {"trigger": "periodic"}
     assert (resync.interval.every, resync.interval.period) == (
-        settings.ENTITLEMENTS_RESYNC_INTERVAL,
+        settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS,
         IntervalSchedule.SECONDS,
     )
-    assert resync.expire_seconds == settings.ENTITLEMENTS_RESYNC_INTERVAL
+    assert resync.expire_seconds == settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS
     assert resync.enabled
 
     sweep = PeriodicTask.objects.get(name=SWEEP_NAME)
@@ -47,7 +47,7 @@ def test_migrate_keeps_an_operators_edits(settings):
     resync.enabled = False
     resync.kwargs = json.dumps({"trigger": "nightly"})
     resync.save()
-    settings.ENTITLEMENTS_RESYNC_INTERVAL = 600
+    settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS = 600
 
     migrate()
 

@@ -10,7 +10,8 @@ from django.db import connection
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from core.entitlements.requests import request_sync
+from core.entitlements.sync_requests import request_sync
+from core.locks import run_lock, user_lock
 from core.models import (
     AccessAuditEntry,
     EntitlementSyncState,
@@ -18,7 +19,6 @@ from core.models import (
     SyncRun,
 )
 from tests.support import wait_until
-from worker.locks import run_lock, user_lock
 from worker.tasks import SyncNotApplied
 
 ALPHA, BETA, GAMMA = "alpha.example.org", "beta.example.org", "gamma.example.org"
@@ -26,8 +26,8 @@ ALPHA, BETA, GAMMA = "alpha.example.org", "beta.example.org", "gamma.example.org
 
 @pytest.fixture
 def fast_retries(settings):
-    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY = 0.05
-    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY = 0.2
+    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS = 0.05
+    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS = 0.2
     settings.ENTITLEMENTS_SYNC_MAX_RETRIES = 5
 
 
@@ -315,7 +315,7 @@ class TestFullResync:
         stale = SyncRun.objects.create(trigger="periodic")
         SyncRun.objects.filter(pk=stale.pk).update(
             started_at=timezone.now()
-            - timezone.timedelta(seconds=settings.ENTITLEMENTS_RESYNC_INTERVAL + 1)
+            - timezone.timedelta(seconds=settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS + 1)
         )
 
         totals = worker.send_task("entitlements.sync_all_admins", args=["periodic"]).get(timeout=20)
@@ -370,7 +370,8 @@ def test_domain_resync_covers_its_admins_and_those_told_they_may_be(
 def test_batch_threads_close_their_database_connections(
     transactional_db, population, scripted_upstream, settings
 ):
-    from worker.batches import sync_batch
+    from core.entitlements import sync_run_batch
+    from tests.factories import SyncRunFactory
 
     settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = 4
     ids = [str(user.pk) for user in population.values()]
@@ -387,7 +388,8 @@ def test_batch_threads_close_their_database_connections(
 
     before = open_connections()
     for _ in range(3):
-        outcome = sync_batch(user_ids=ids, trigger="admin", task_id="")
+        run = SyncRunFactory(status="running", revoke_budget=1000)
+        outcome = sync_run_batch(run_id=run.pk, user_ids=ids, trigger="admin", task_id="")
         assert sum(outcome.as_dict().values()) == len(ids)
 
     # Four threads per batch, three batches: a leak would leave twelve more.

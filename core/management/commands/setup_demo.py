@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from core.entitlements import change_signals
+from core.entitlements.change_signals import deploycenter_webhook
 from core.models import MailDomain, User
 
 DEMO_DOMAINS = ("alpha.example.org", "beta.example.org", "gamma.example.org")
@@ -52,7 +52,7 @@ class Command(BaseCommand):
             webhooks_file,
             json.dumps(
                 [
-                    change_signals.deploycenter_webhook(
+                    deploycenter_webhook(
                         url=f"http://{web}/api/v1.0/entitlements/changes/", token=changes_token
                     )
                 ],
@@ -80,7 +80,7 @@ class Command(BaseCommand):
             "ENTITLEMENTS_BACKEND_PARAMETERS": json.dumps({"mapping_file": str(mapping_file)}),
             # Reading the local file is cheap: no fresh-answer cache, so an edit of the mapping
             # shows at the very next sync.
-            "ENTITLEMENTS_CACHE_TIMEOUT": "0",
+            "ENTITLEMENTS_CACHE_TIMEOUT_SECONDS": "0",
             "FLOWER_BASIC_AUTH": f"{SUPERUSER_EMAIL}:{password}",
             # DeployCenter's webhooks (here: the stub's `send`) resync the users they name.
             "ENTITLEMENTS_CHANGES_TOKEN": changes_token,

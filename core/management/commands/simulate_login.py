@@ -2,13 +2,13 @@
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.core.validators import validate_email
 from django.db import transaction
 
-from core.authentication import OIDCAuthenticationBackend
-from core.entitlements import RequestOutcome
+from core.authentication import LoginRefused, OIDCAuthenticationBackend, clean_login_claims
+from core.entitlements import describe
+from core.entitlements.factory import forwarded_claim_names
 from core.models import EntitlementSyncState, User
-from core.validators import normalize_email
+from core.validators import clean_email
 
 
 class Command(BaseCommand):
@@ -28,12 +28,19 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        email = normalize_email(options["email"])
         try:
-            validate_email(email)
+            email = clean_email(options["email"])
         except ValidationError:
             raise CommandError(f"{options['email']!r} is not an e-mail address.") from None
-        claims = {"email": email, "sub": _subject_for(email), **_parse_claims(options["claim"])}
+        given = _parse_claims(options["claim"])
+        # The claim policy of the OIDC callback, so this path stores nothing a login would not.
+        try:
+            claims = clean_login_claims({**given, "email": email, "sub": _subject_for(email)})
+        except LoginRefused as refusal:
+            raise CommandError(f"An OIDC login would be refused: {refusal}.") from None
+        for name in forwarded_claim_names():
+            if name in given and name not in claims:
+                self.stderr.write(f"Claim {name} not stored: not the shape the backend expects.")
         backend = OIDCAuthenticationBackend()
         if not backend.verify_claims(claims):
             raise CommandError("These claims would fail verification (an email is required).")
@@ -45,13 +52,8 @@ class Command(BaseCommand):
         state = EntitlementSyncState.objects.get(user=user)
         self.stdout.write(f"Logged in {user.email} (sub {user.sub}).")
         self.stdout.write(f"Stored forwarded claims: {state.forwarded_claims or 'none'}")
-        request = backend.sync_request
-        if request.outcome == RequestOutcome.QUEUED:
-            self.stdout.write(f"Sync queued: task {request.task_id}.")
-        elif request.outcome == RequestOutcome.NOT_SENT:
-            self.stdout.write("The broker is unreachable: the sweep will send the sync later.")
-        else:
-            self.stdout.write("A sync queued moments ago serves this login too.")
+        for notice in describe(backend.sync_request):
+            self.stdout.write(notice.text)
 
 
 def _subject_for(email: str) -> str:

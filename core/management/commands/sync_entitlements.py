@@ -12,15 +12,10 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from core.entitlements import (
-    EntitlementsUnavailableError,
-    RequestOutcome,
-    SyncNotEnqueuedError,
-    request_domain_resync,
-    request_full_resync,
-    request_sync,
-    sync_user_entitlements,
-)
+from core.entitlements import describe, plan_sync, request_resync, request_sync
+
+# The receipt's type, for annotations (tests/test_layers.py lists this reader of the package).
+from core.entitlements.receipts import SyncReceipt
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, SyncRun, Trigger, User
 from core.selectors import users_due_for_full_resync, users_of_domain
 from core.validators import normalize_domain_name, normalize_email
@@ -91,43 +86,31 @@ class Command(BaseCommand):
             return self._dry_run(user_ids)
         if target_user:
             return self._sync_user(target_user, wait=wait, timeout=timeout)
-        try:
-            if maildomain:
-                task_id = request_domain_resync(maildomain=maildomain, trigger=Trigger.COMMAND)
-            else:
-                task_id = request_full_resync(trigger=Trigger.COMMAND)
-        except SyncNotEnqueuedError as error:
-            raise CommandError(str(error)) from None
-        self.stdout.write(f"Resync started: task {task_id} (Flower, or the admin's sync runs).")
+        receipt = request_resync(maildomain=maildomain, trigger=Trigger.COMMAND)
+        self._tell(receipt)
         if wait:
-            self._wait_for_run(task_id, timeout=timeout)
+            self._wait_for_run(receipt.task_id, timeout=timeout)
 
     def _sync_user(self, user: User, *, wait: bool, timeout: float) -> None:
         """Request a sync of the user through the one door, and optionally wait for it."""
-        request = request_sync(user=user, trigger=Trigger.COMMAND)
-        if request.outcome == RequestOutcome.NOT_SENT:
-            raise CommandError(
-                "The task broker cannot be reached. The request is recorded: the sweep "
-                "sends it once the broker is back."
-            )
-        if request.outcome == RequestOutcome.QUEUED:
-            self.stdout.write(f"Sync of {user.email} queued: task {request.task_id}.")
-        else:
-            self.stdout.write(f"A sync of {user.email} was already queued; it serves this one.")
+        self._tell(request_sync(user=user, trigger=Trigger.COMMAND))
         if wait:
             requested_at = EntitlementSyncState.objects.get(user=user).requested_at
             self._wait_for_user(user, requested_at=requested_at, timeout=timeout)
 
+    def _tell(self, receipt: SyncReceipt) -> None:
+        """Say what became of the request; a request that was not sent is an error (exit 1)."""
+        [notice] = describe(receipt)
+        if notice.level == "error":
+            raise CommandError(notice.text)
+        self.stdout.write(notice.text)
+
     def _wait_for_user(self, user: User, *, requested_at, timeout: float) -> None:
         """Wait for a sync that started after the request to finish, then say what it did."""
 
-        def served(state: EntitlementSyncState) -> bool:
-            started, finished = state.started_at, state.finished_at
-            return bool(started and finished and started >= requested_at and finished >= started)
-
         state = _poll(
             lambda: EntitlementSyncState.objects.get(user=user),
-            until=served,
+            until=lambda state: state.is_served(requested_at) and not state.is_running(),
             deadline=time.monotonic() + timeout,
             timeout_message=f"No sync of {user.email} finished within {timeout:g} s; is a "
             "worker serving the interactive queue? The request stays recorded.",
@@ -209,11 +192,10 @@ class Command(BaseCommand):
         """One user's line of the dry run ("" when there is nothing to say), and whether their
         accesses would change."""
         email = User.objects.values_list("email", flat=True).get(pk=user_id)
-        try:
-            result = sync_user_entitlements(user_id=user_id, trigger=Trigger.COMMAND, dry_run=True)
-        except EntitlementsUnavailableError as error:
+        result = plan_sync(user_id=user_id)
+        if result.status == EntitlementSyncState.Status.UNAVAILABLE:
             return (
-                f"{email}: upstream unavailable ({error.error_code}), nothing would change",
+                f"{email}: upstream unavailable ({result.error_code}), nothing would change",
                 False,
             )
         if not result.changed:

@@ -1,21 +1,32 @@
-"""A batch of a run's users: threads fetch their answers, this thread reconciles them in bulk."""
+"""A batch of a run's users: threads fetch their answers, one thread reconciles them in bulk.
+
+The run's rules for a batch live here: a configuration error stops the run, the syncs it did
+not run are recorded, each user's sync is counted, a failed bulk reconcile falls back to one
+by one, and the users worth another try are listed. The Celery task only retries them.
+"""
 
 import logging
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+# The task's soft time limit reaches this code as an exception: it stops the batch cleanly.
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connections
 
-from core.entitlements import EntitlementsUnavailableError, Priority, SyncResult, runs, sync
+from core.entitlements import runs, sync
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
-from core.models import Trigger, User
-from worker.locks import TTLLock, user_lock
+from core.entitlements.errors import EntitlementsUnavailableError
+from core.entitlements.results import RunCategory, SyncResult
+from core.entitlements.revocation_budget import RunRevocationBudget
+from core.entitlements.runs import BatchTally
+from core.entitlements.upstream_guard import Priority
 
-BatchOutcome = runs.BatchOutcome
-Outcome = runs.Outcome
+# Per-user locks are taken here, not in the task: a user's lock is held from before their
+# fetch in a pool thread until just after the batch's bulk reconcile commits their rights.
+from core.locks import TTLLock, user_lock
+from core.models import Trigger, User
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +38,14 @@ _RECONCILE_WINDOW_SECONDS = 0.05
 @dataclass(slots=True)
 class FetchedUser:
     """One user of a batch after the fetch: their answer (held under their lock), the upstream
-    error to retry, or already an outcome (lock held elsewhere, failure, not asked because a
+    error to retry, or already its run category (lock held elsewhere, failure, not asked because a
     configuration error stopped the batch)."""
 
     user: User
     lock: TTLLock | None = None
     answer: UpstreamAnswer | None = None
     unavailable: EntitlementsUnavailableError | None = None
-    outcome: Outcome | None = None
+    category: RunCategory | None = None
     not_asked: bool = False
 
     def release(self) -> None:
@@ -58,35 +69,38 @@ class _ConfigurationStop:
 
     def see(self, answer: UpstreamAnswer) -> None:
         """Stop the batch if this answer is a configuration error."""
-        if answer.kind is AnswerKind.CONFIGURATION and not self._event.is_set():
+        if answer.kind is AnswerKind.CONFIGURATION_ERROR and not self._event.is_set():
             self.error_code = answer.error_code
             self._event.set()
 
 
-def sync_batch(
-    *,
-    user_ids: list[str],
-    trigger: Trigger,
-    task_id: str,
-    revocation_budget: runs.RunRevocationBudget | None = None,
-    run_id: int | None = None,
-) -> BatchOutcome:
-    """Sync a batch of users: a small pool of threads fetches, this thread reconciles in bulk.
+def sync_run_batch(
+    *, run_id: int, user_ids: list[str], trigger: Trigger, task_id: str, last_try: bool = True
+) -> BatchTally:
+    """Sync a batch of a run's users and count it in the run; the tally lists who to retry.
 
-    Threads, not processes: fetching is waiting on the upstream, and it makes no database
-    query. The answers that arrived within a short window are reconciled together in one
-    transaction (a handful of queries however many users), then their locks are released, so
-    a user's lock is held from before their fetch until just after their rights are committed.
-    Users whose upstream was unavailable are listed for a retry of the batch, and so are those
-    not fetched yet when the task hits its soft time limit. The run's task passes its
-    `revocation_budget`, asked inside each reconcile, and its `run_id`: a configuration
-    error (the upstream refuses our key) stops the batch and the run; the users not asked
-    then count as failed, and nobody is retried.
+    A small pool of threads fetches (waiting on the upstream, no database query); the answers
+    that arrived within a short window are reconciled together in one transaction, then their
+    locks are released. The run's revocation budget is asked inside each reconcile. Users
+    whose upstream was unavailable, or not fetched yet when the task hit its soft time limit,
+    are left in `retry_user_ids`, unless it is the `last_try`: then they count as failed.
+    A configuration error (the upstream refuses our key) stops the batch and the run: the
+    users not asked count as failed, and nobody is retried. `task_id` owns the users' locks,
+    so a redelivered batch takes back what its killed run left.
     """
-    outcome = BatchOutcome()
+    tally = _sync_batch(run_id=run_id, user_ids=user_ids, trigger=trigger, task_id=task_id)
+    if last_try:
+        tally.give_up_retries()
+    runs.record_batch(run_id=run_id, tally=tally)
+    return tally
+
+
+def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: str) -> BatchTally:
+    """The batch's syncs, counted, without recording the count in the run."""
+    tally = BatchTally()
     if not user_ids:
-        return outcome
-    if run_id is not None and runs.stopped_by_configuration_error(run_id=run_id):
+        return tally
+    if runs.stopped_by_configuration_error(run_id=run_id):
         # Another batch of the run found the configuration wrong: asking would be refused.
         sync.record_syncs_not_run(
             user_ids=user_ids,
@@ -94,11 +108,13 @@ def sync_batch(
             task_id=task_id,
             error_code=runs.CONFIGURATION_ERROR,
         )
-        outcome.counts[Outcome.FAILED] += len(user_ids)
-        return outcome
-    users = sync.start_user_syncs(user_ids=user_ids)
+        tally.counts[RunCategory.FAILED] += len(user_ids)
+        return tally
+    # The run's budget: beyond it, the batch holds revocations instead of applying them.
+    budget = RunRevocationBudget(run_id=run_id)
+    users = sync.load_users_starting_sync(user_ids=user_ids)
     # Deleted between the fan-out and now: nothing left to sync.
-    outcome.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
+    tally.counts[RunCategory.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
     stop = _ConfigurationStop()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
@@ -112,8 +128,8 @@ def sync_batch(
                 fetched = [future.result() for future in arrived]
                 for future in arrived:
                     del pending[future]
-                _finish(fetched, outcome, trigger, task_id, revocation_budget, stop=stop)
-                if stop and run_id is not None and not stop.run_stopped:
+                _finish(fetched, tally, trigger, task_id, budget, stop=stop)
+                if stop and not stop.run_stopped:
                     runs.stop_run_on_configuration_error(run_id=run_id, error_code=stop.error_code)
                     stop.run_stopped = True
             except SoftTimeLimitExceeded:
@@ -124,16 +140,16 @@ def sync_batch(
                 for future, user in list(pending.items()):
                     if future.cancel():
                         del pending[future]
-                        outcome.retry_user_ids.append(str(user.pk))
-    return outcome
+                        tally.retry_user_ids.append(str(user.pk))
+    return tally
 
 
 def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationStop) -> FetchedUser:
     """A pool thread's work for one user; nothing once a configuration error stopped the batch."""
     if stop:
-        return FetchedUser(user=user, outcome=Outcome.FAILED, not_asked=True)
+        return FetchedUser(user=user, category=RunCategory.FAILED, not_asked=True)
     try:
-        fetched = fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
+        fetched = _fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
         if fetched.answer is not None:
             stop.see(fetched.answer)
         return fetched
@@ -142,7 +158,7 @@ def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationSt
         connections.close_all()
 
 
-def fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUser:
+def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUser:
     """Take the user's lock and fetch their answer for a batch; the lock stays held.
 
     The batch's task id owns the lock, so a redelivered batch takes back what its killed run
@@ -151,7 +167,7 @@ def fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUs
     lock = user_lock(user.pk, owner=task_id)
     if not lock.acquire():
         # Another sync of this user is running now: it is at least as fresh as this run.
-        return FetchedUser(user=user, outcome=Outcome.SKIPPED)
+        return FetchedUser(user=user, category=RunCategory.SKIPPED)
     try:
         # Bulk priority: a full run leaves the rate limit's reserve to login syncs. The trigger
         # says how fresh: a run a person started asks now, the periodic run may use the cache.
@@ -162,7 +178,7 @@ def fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUs
         lock.release()
         # Logged with its traceback (Sentry gets it), without the user's email or claims.
         logger.exception("sync of user %s failed while fetching", user.pk)
-        return FetchedUser(user=user, outcome=Outcome.FAILED)
+        return FetchedUser(user=user, category=RunCategory.FAILED)
     return FetchedUser(user=user, lock=lock, answer=answer)
 
 
@@ -177,10 +193,10 @@ def _gather(pending: dict[Future, User]) -> set[Future]:
 
 def _finish(
     fetched: list[FetchedUser],
-    outcome: BatchOutcome,
+    tally: BatchTally,
     trigger: Trigger,
     task_id: str,
-    revocation_budget: runs.RunRevocationBudget | None,
+    revocation_budget: RunRevocationBudget,
     *,
     stop: _ConfigurationStop,
 ) -> None:
@@ -195,9 +211,7 @@ def _finish(
         for item, result in zip(
             answered, _reconcile(answered, trigger, task_id, revocation_budget), strict=True
         ):
-            outcome.counts[
-                runs.outcome_of(result) if isinstance(result, SyncResult) else result
-            ] += 1
+            tally.count(result)
             counted.add(id(item))
         not_asked = [item.user.pk for item in fetched if item.not_asked]
         if not_asked:
@@ -215,15 +229,15 @@ def _finish(
                     user=item.user, trigger=trigger, task_id=task_id, error=item.unavailable
                 )
                 if stop:
-                    outcome.count(Outcome.FAILED)
+                    tally.count(RunCategory.FAILED)
                 else:
-                    outcome.retry_user_ids.append(str(item.user.pk))
+                    tally.retry_user_ids.append(str(item.user.pk))
             else:
-                outcome.count(item.outcome)
+                tally.count(item.category)
             counted.add(id(item))
     except SoftTimeLimitExceeded:
         # Whatever was not recorded yet is tried again by the batch's retry.
-        outcome.retry_user_ids += [str(item.user.pk) for item in fetched if id(item) not in counted]
+        tally.retry_user_ids += [str(item.user.pk) for item in fetched if id(item) not in counted]
         raise
     finally:
         for item in fetched:
@@ -234,9 +248,9 @@ def _reconcile(
     answered: list[FetchedUser],
     trigger: Trigger,
     task_id: str,
-    revocation_budget: runs.RunRevocationBudget | None,
-) -> list[SyncResult | Outcome]:
-    """Each user's SyncResult, or the Outcome of a user whose reconcile failed.
+    revocation_budget: RunRevocationBudget,
+) -> list[SyncResult | RunCategory]:
+    """Each user's SyncResult, or the RunCategory of a user whose reconcile failed.
 
     All together in one transaction; if that fails, one by one, so that one user's failure
     never costs the others their sync.
@@ -245,7 +259,7 @@ def _reconcile(
         return []
     answers = [(item.user, item.answer) for item in answered]
     try:
-        return sync.finish_user_syncs(
+        return sync.reconcile_fetched_answers(
             answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
         )
     except SoftTimeLimitExceeded:
@@ -254,10 +268,10 @@ def _reconcile(
         logger.warning(
             "bulk reconcile of %d users failed; retrying one by one", len(answers), exc_info=True
         )
-    results: list[SyncResult | Outcome] = []
+    results: list[SyncResult | RunCategory] = []
     for answer in answers:
         try:
-            [result] = sync.finish_user_syncs(
+            [result] = sync.reconcile_fetched_answers(
                 answers=[answer],
                 trigger=trigger,
                 task_id=task_id,
@@ -268,9 +282,9 @@ def _reconcile(
         except Exception:
             if not User.objects.filter(pk=answer[0].pk).exists():
                 # Deleted while their answer was fetched: nothing left to sync.
-                result = Outcome.SKIPPED
+                result = RunCategory.SKIPPED
             else:
                 logger.exception("sync of user %s (%s) failed", answer[0].pk, trigger)
-                result = Outcome.FAILED
+                result = RunCategory.FAILED
         results.append(result)
     return results

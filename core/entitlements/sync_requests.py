@@ -1,14 +1,12 @@
-"""Requesting a sync: the one door for a login, the admin, the command line and the sweep.
+"""Requesting a sync: the one way in for a login, the admin, the command line and the sweep.
 
 A request is recorded on the user's sync state row first, then its task is sent once the
 transaction commits. A broker that cannot be reached loses nothing: the sweep
 (`enqueue_outstanding_requests`) sends whatever is recorded and was never served.
 """
 
-import enum
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -19,35 +17,13 @@ from django.db import transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
+from core.entitlements.factory import forwarded_claims
+from core.entitlements.receipts import RequestOutcome, SyncReceipt
 from core.models import EntitlementSyncState, MailDomain, Trigger, User
 from core.selectors import outstanding_requests
 from core.task_names import TaskName
 
 logger = logging.getLogger(__name__)
-
-
-class SyncNotEnqueuedError(Exception):
-    """The broker could not be reached: the resync was not started."""
-
-
-class RequestOutcome(enum.StrEnum):
-    """What became of one sync request."""
-
-    # A task of its own carries it (sent, or sent when the transaction commits).
-    QUEUED = "queued"
-    # A task queued moments ago for the same user, not started yet, serves it.
-    COLLAPSED = "collapsed"
-    # The broker could not be reached: recorded, the sweep sends it later.
-    NOT_SENT = "not_sent"
-
-
-@dataclass(slots=True)
-class SyncRequest:
-    """The answer of request_sync; final once the caller's transaction has committed."""
-
-    user_id: uuid.UUID
-    outcome: RequestOutcome
-    task_id: str | None = None
 
 
 # One quick reconnection attempt, then give up: a login must not hang on a dead broker, and
@@ -60,29 +36,29 @@ def request_sync(
     user: User,
     trigger: Trigger,
     queue: str | None = None,
-    forwarded_claims: dict | None = None,
+    login_claims: dict | None = None,
     delay_seconds: float = 0.0,
     task_kwargs: dict | None = None,
-) -> SyncRequest:
+) -> SyncReceipt:
     """Record that the user's entitlements need a sync and enqueue its task after commit.
 
     A request collapses into the user's task queued less than ENTITLEMENTS_SYNC_DEDUP_SECONDS
     ago only while no sync has started since that task was queued: a request made once a sync
-    started gets a task of its own, whose sync starts after it. A login passes the
-    `forwarded_claims` it stores on the way (same statement). Never raises for a broker that
-    cannot be reached: the request stays recorded, the outcome says NOT_SENT (in autocommit at
-    once, else once the transaction commits), and `enqueue_outstanding_requests` (the sweep)
-    sends it later.
+    started gets a task of its own, whose sync starts after it. A login passes its
+    `login_claims`: the ones the backend forwards are stored on the way (same statement),
+    never tokens. Never raises for a broker that cannot be reached: the request stays
+    recorded, the outcome says NOT_SENT (in autocommit at once, else once the transaction
+    commits), and `enqueue_outstanding_requests` (the sweep) sends it later.
 
     A change signal passes `delay_seconds`: its task starts no sooner (its row records when
     it is due); it collapses only into a waiting task of the same trigger, and a request with
-    no delay never waits for a task not due yet. `task_kwargs` are the sync task's extra
-    keyword arguments (numbers and flags only: the broker and Flower show them).
+    no delay never waits for another trigger's task not due yet. `task_kwargs` are the sync
+    task's extra keyword arguments (numbers and flags only: the broker and Flower show them).
     """
     now = timezone.now()
     fields = {"requested_at": now, "last_trigger": trigger}
-    if forwarded_claims is not None:
-        fields["forwarded_claims"] = forwarded_claims
+    if login_claims is not None:
+        fields["forwarded_claims"] = forwarded_claims(login_claims)
     not_enqueued_since = now - timedelta(seconds=settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS)
     due_at = now + timedelta(seconds=delay_seconds)
     if not _record_and_claim(
@@ -92,8 +68,8 @@ def request_sync(
         due_at=due_at,
         not_enqueued_since=not_enqueued_since,
     ):
-        return SyncRequest(user_id=user.pk, outcome=RequestOutcome.COLLAPSED)
-    request = SyncRequest(user_id=user.pk, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4()))
+        return SyncReceipt(user_id=user.pk, outcome=RequestOutcome.COLLAPSED)
+    request = SyncReceipt(user_id=user.pk, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4()))
     transaction.on_commit(
         partial(
             _send,
@@ -108,32 +84,53 @@ def request_sync(
     return request
 
 
-def request_full_resync(*, trigger: Trigger) -> str:
-    """Start a resync of every admin (entitlements.sync_all_admins); return its task id.
+def request_resync(*, trigger: Trigger, maildomain: MailDomain | None = None) -> SyncReceipt:
+    """Start a resync run of every admin, or of one domain's admins; a person is waiting.
 
-    Raises SyncNotEnqueuedError when the broker cannot be reached.
+    Sends entitlements.sync_all_admins (sync_domain_admins with `maildomain`) now, whatever
+    the transaction: NOT_SENT when the broker cannot be reached, and nothing is recorded
+    for the sweep (the person tries again).
     """
-    return _send_resync(TaskName.SYNC_ALL_ADMINS, args=[trigger])
-
-
-def request_domain_resync(*, maildomain: MailDomain, trigger: Trigger) -> str:
-    """Start a resync of one domain's admins (entitlements.sync_domain_admins); return its id.
-
-    Raises SyncNotEnqueuedError when the broker cannot be reached.
-    """
-    return _send_resync(TaskName.SYNC_DOMAIN_ADMINS, args=[str(maildomain.pk), trigger])
+    if maildomain is None:
+        return _send_run(TaskName.SYNC_ALL_ADMINS, args=[trigger])
+    return _send_run(
+        TaskName.SYNC_DOMAIN_ADMINS,
+        args=[str(maildomain.pk), trigger],
+        maildomain_name=maildomain.name,
+    )
 
 
 def request_organisation_resync(
     *, user_id: uuid.UUID, trigger: Trigger, delay_seconds: float
-) -> str:
-    """Start, after `delay_seconds`, a resync of the users who share the stored siret claim of
-    `user_id` (entitlements.sync_organisation_admins); return its task id.
+) -> SyncReceipt:
+    """Start, after `delay_seconds`, a resync run of the users who share the stored siret
+    claim of `user_id` (entitlements.sync_organisation_admins): a change signal's.
 
-    Raises SyncNotEnqueuedError when the broker cannot be reached.
+    Sent now, whatever the transaction: NOT_SENT when the broker cannot be reached.
     """
-    return _send_resync(
+    return _send_run(
         TaskName.SYNC_ORGANISATION_ADMINS, args=[str(user_id), trigger], countdown=delay_seconds
+    )
+
+
+def _send_run(
+    task_name: str, *, args: list, maildomain_name: str = "", countdown: float | None = None
+) -> SyncReceipt:
+    """Send a resync run's task; its receipt says NOT_SENT when the broker is unreachable."""
+    try:
+        task_id = current_app.send_task(
+            task_name,
+            args=args,
+            countdown=countdown,
+            retry=True,
+            retry_policy=_PUBLISH_RETRY_POLICY,
+        ).id
+    except Exception as error:
+        logger.warning("%s not enqueued (%s)", task_name, type(error).__name__)
+        sentry_sdk.capture_exception(error)
+        return SyncReceipt(outcome=RequestOutcome.NOT_SENT, maildomain_name=maildomain_name)
+    return SyncReceipt(
+        outcome=RequestOutcome.QUEUED, task_id=task_id, maildomain_name=maildomain_name
     )
 
 
@@ -150,7 +147,7 @@ def enqueue_outstanding_requests() -> int:
     for user_id, trigger in outstanding_requests(now=now, grace=grace).iterator(chunk_size=500):
         if not _claim(user_id=user_id, now=now, not_enqueued_since=now - grace):
             continue
-        request = SyncRequest(
+        request = SyncReceipt(
             user_id=user_id, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4())
         )
         transaction.on_commit(
@@ -186,28 +183,20 @@ def _record_and_claim(
     The usual case is one UPDATE: it records the request and claims the enqueue at once,
     unless a task enqueued after `not_enqueued_since` has not started yet (no sync started
     since it was enqueued): only such a task is sure to read the upstream after this request.
-    `enqueued_at` holds when the task is due (`due_at`: now, unless the request is delayed);
-    a delayed request collapses only into a waiting task of its own trigger, and a request due
-    now not into another trigger's task that is not due yet.
+    `enqueued_at` holds when the task is due (`due_at`: now, unless the request is delayed).
     The database serialises concurrent requests on the row, so exactly one of them claims, in
     any process.
     """
     states = EntitlementSyncState.objects.filter(user_id=user_id)
+    # A delayed request does not collapse into another trigger's task (it would run without
+    # the delay); a request due now does not wait for another trigger's task not due yet.
+    other_triggers_task = states.exclude(last_trigger=fields["last_trigger"])
+    if due_at <= now:
+        other_triggers_task = other_triggers_task.filter(enqueued_at__gt=now)
     no_task_waiting = (
-        Q(enqueued_at__isnull=True)
-        | Q(enqueued_at__lt=not_enqueued_since)
-        | Q(started_at__gte=F("enqueued_at"))
-        # A delayed request does not collapse into another trigger's task (it would run
-        # without the delay); a request due now does not wait for another trigger's task not
-        # due yet.
-        | (
-            ~Q(last_trigger=fields["last_trigger"])
-            & (Q() if due_at > now else Q(enqueued_at__gt=now))
-        )
+        states.without_task_waiting(queued_since=not_enqueued_since) | other_triggers_task
     )
-    if states.filter(no_task_waiting).update(
-        enqueued_at=due_at, status=_PENDING_IF_NEVER, **fields
-    ):
+    if no_task_waiting.update(enqueued_at=due_at, status=_PENDING_IF_NEVER, **fields):
         return True
     if states.update(status=_PENDING_IF_NEVER, **fields):
         return False
@@ -236,7 +225,7 @@ def _claim(*, user_id, now: datetime, not_enqueued_since: datetime) -> bool:
 
 def _send(
     *,
-    request: SyncRequest,
+    request: SyncReceipt,
     trigger: str,
     queue: str | None,
     claimed_at: datetime,
@@ -271,19 +260,3 @@ def _send(
             enqueued_at=None
         )
         request.outcome = RequestOutcome.NOT_SENT
-
-
-def _send_resync(task_name: str, *, args: list, countdown: float | None = None) -> str:
-    """Send a resync run's task; its sender is told when it failed."""
-    try:
-        return current_app.send_task(
-            task_name,
-            args=args,
-            countdown=countdown,
-            retry=True,
-            retry_policy=_PUBLISH_RETRY_POLICY,
-        ).id
-    except Exception as error:
-        logger.warning("%s not enqueued (%s)", task_name, type(error).__name__)
-        sentry_sdk.capture_exception(error)
-        raise SyncNotEnqueuedError("the task broker cannot be reached; try again later") from error

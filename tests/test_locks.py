@@ -11,7 +11,7 @@ import time
 import pytest
 from django.conf import settings as django_settings
 
-from worker.locks import TTLLock
+from core.locks import TTLLock
 
 
 @pytest.fixture(params=["redis", "file"])
@@ -85,7 +85,7 @@ def test_lock_of_a_killed_process_expires_by_its_ttl(settings):
         """
         import django, time
         django.setup()
-        from worker.locks import TTLLock
+        from core.locks import TTLLock
         assert TTLLock("user:killed", ttl=2).acquire()
         print("held", flush=True)
         time.sleep(60)

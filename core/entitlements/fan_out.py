@@ -1,4 +1,4 @@
-"""Admin-wide resync runs on Celery: one at a time per scope, fanned out as batches."""
+"""Admin-wide resync runs: one at a time per scope, fanned out as batches of the run's users."""
 
 from collections.abc import Callable, Iterable
 
@@ -7,10 +7,11 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from core.chunks import chunked
-from core.entitlements import TaskName, runs
-from core.models import SyncRun, Trigger
-from worker.locks import run_lock
-from worker.queues import BULK_QUEUE
+from core.entitlements import runs
+from core.locks import run_lock
+from core.models import MailDomain, SyncRun, Trigger
+from core.selectors import users_due_for_full_resync, users_of_domain, users_of_organisation
+from core.task_names import TaskName
 
 # Progress is written to the result backend every this many batches, not at every one.
 _PROGRESS_EVERY_BATCHES = 20
@@ -20,20 +21,69 @@ _STREAM_CHUNK = 2000
 
 def run_resync(
     *,
-    scope: SyncRun.Scope,
+    trigger: Trigger,
+    task_id: str,
+    maildomain_id: str | None = None,
+    on_progress: Callable[[dict], None] = lambda meta: None,
+) -> dict:
+    """Start a run over every admin (or one domain's) unless one is in progress; fan it out.
+
+    Returns the fan-out task's result: the run's id, and its status once every batch is
+    sent ("running" while the batches work, "skipped" when another run was in progress or
+    the domain is unknown). `on_progress` is told how many users are enqueued so far.
+    """
+    if maildomain_id is None:
+        scope, scope_key, name = SyncRun.Scope.ALL, "all", ""
+        user_ids = users_due_for_full_resync()
+    else:
+        maildomain = MailDomain.objects.filter(pk=maildomain_id).first()
+        if maildomain is None:
+            return {"run_status": SyncRun.Status.SKIPPED, "reason": "unknown_domain"}
+        scope, scope_key, name = SyncRun.Scope.DOMAIN, f"domain:{maildomain.pk}", maildomain.name
+        user_ids = users_of_domain(maildomain=maildomain)
+    return _run(
+        scope=scope,
+        scope_key=scope_key,
+        maildomain_name=name,
+        user_ids=user_ids,
+        trigger=trigger,
+        task_id=task_id,
+        on_progress=on_progress,
+    )
+
+
+def run_organisation_resync(
+    *,
+    siret: str,
     scope_key: str,
     trigger: Trigger,
     task_id: str,
-    user_ids: QuerySet,
-    maildomain_name: str = "",
-    organization_siret: str = "",
     on_progress: Callable[[dict], None] = lambda meta: None,
 ) -> dict:
-    """Start a run of `scope` over `user_ids` unless one is in progress, and fan it out.
+    """Start a run over the users whose stored siret claim is `siret`, as run_resync does."""
+    return _run(
+        scope=SyncRun.Scope.ORGANISATION,
+        scope_key=scope_key,
+        organization_siret=siret,
+        user_ids=users_of_organisation(siret=siret),
+        trigger=trigger,
+        task_id=task_id,
+        on_progress=on_progress,
+    )
 
-    Returns the fan-out task's result: the run's id, and its status once every batch is
-    sent ("running" while the batches work, "skipped" when another run was in progress).
-    """
+
+def _run(
+    *,
+    scope: SyncRun.Scope,
+    scope_key: str,
+    user_ids: QuerySet,
+    trigger: Trigger,
+    task_id: str,
+    on_progress: Callable[[dict], None],
+    maildomain_name: str = "",
+    organization_siret: str = "",
+) -> dict:
+    """Start the run under its scope's lock and, unless skipped, send its batches."""
     with run_lock(scope_key=scope_key) as acquired:
         run = runs.start_run(
             scope=scope,
@@ -68,10 +118,8 @@ def fan_out(
     trigger: Trigger,
     on_progress: Callable[[int], None] = lambda enqueued: None,
 ) -> int:
-    """Send the users as batches on the bulk queue; return how many users were enqueued.
-
-    The ids are streamed, never held all at once.
-    """
+    """Send the users as batches (the worker routes them to the bulk queue); return how many
+    users were enqueued. The ids are streamed, never held all at once."""
     enqueued = 0
     try:
         with current_app.producer_or_acquire() as producer:
@@ -81,7 +129,6 @@ def fan_out(
                 current_app.send_task(
                     TaskName.SYNC_USERS_BATCH,
                     args=[[str(user_id) for user_id in batch], run.pk, trigger],
-                    queue=BULK_QUEUE,
                     expires=runs.batch_expiry_seconds(),
                     producer=producer,
                 )

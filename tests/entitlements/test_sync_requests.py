@@ -9,12 +9,13 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from core.entitlements.requests import (
-    RequestOutcome,
+from core.entitlements.receipts import RequestOutcome
+from core.entitlements.sync_requests import (
     enqueue_outstanding_requests,
+    request_resync,
     request_sync,
 )
-from core.models import EntitlementSyncState
+from core.models import EntitlementSyncState, MailDomain
 from tests.support.broker import producer_app
 
 
@@ -215,3 +216,34 @@ class TestSweep:
             (str(served_too_early.user_id), "sweep"),
             (str(died_running.user_id), "sweep"),
         }
+
+
+class TestRequestResync:
+    """A full or a domain's resync: sent now, its receipt says so; never an exception."""
+
+    def test_a_full_resync_is_sent_and_its_receipt_carries_the_task(
+        self, transactional_db, broker_queues
+    ):
+        receipt = request_resync(trigger="admin")
+
+        [message] = broker_queues.messages("bulk")
+        assert (message["task"], message["args"]) == ("entitlements.sync_all_admins", ["admin"])
+        assert (receipt.outcome, receipt.task_id, receipt.maildomain_name) == (
+            RequestOutcome.QUEUED,
+            message["id"],
+            "",
+        )
+
+    def test_a_broker_that_cannot_be_reached_gives_a_receipt_not_sent(
+        self, transactional_db, private_redis
+    ):
+        maildomain = MailDomain.objects.create(name="alpha.example.org")
+
+        with producer_app(private_redis.url):
+            receipt = request_resync(maildomain=maildomain, trigger="command")
+
+        assert (receipt.outcome, receipt.task_id, receipt.maildomain_name) == (
+            RequestOutcome.NOT_SENT,
+            None,
+            "alpha.example.org",
+        )

@@ -3,8 +3,9 @@ one made once a sync started (or ended) gets a task of its own, whose sync start
 
 from django.utils import timezone
 
-from core.entitlements import RequestOutcome, request_sync
-from core.entitlements.sync import start_user_syncs
+from core.entitlements import request_sync
+from core.entitlements.receipts import RequestOutcome
+from core.entitlements.sync import load_users_starting_sync
 from core.models import EntitlementSyncState
 
 
@@ -26,7 +27,7 @@ def test_a_request_once_the_sync_started_gets_its_own_task(
 ):
     user = make_user()
     first = request_sync(user=user, trigger="login")
-    start_user_syncs(user_ids=[user.pk])
+    load_users_starting_sync(user_ids=[user.pk])
 
     second = request_sync(user=user, trigger="admin")
     third = request_sync(user=user, trigger="admin")
@@ -45,7 +46,7 @@ def test_a_request_once_the_sync_ended_gets_its_own_task(
 ):
     user = make_user()
     request_sync(user=user, trigger="login")
-    start_user_syncs(user_ids=[user.pk])
+    load_users_starting_sync(user_ids=[user.pk])
     _finish(user)
 
     again = request_sync(user=user, trigger="command")

@@ -1,5 +1,6 @@
-"""A full resync's batch (worker.runs.sync_batch) on PostgreSQL and Redis: answers fetched by
-threads, reconciled together, every lock released, one user's trouble never the others'."""
+"""A run's batch (core.entitlements.batches.sync_run_batch) on PostgreSQL and Redis: answers
+fetched by threads, reconciled together, every lock released, one user's trouble never the
+others', the tally counted in the run."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -7,12 +8,12 @@ from typing import Any
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from core.entitlements import sync_run_batch
 from core.entitlements.backends.base import EntitlementsBackend, UpstreamAnswer
-from core.entitlements.revocation_budget import RunRevocationBudget
 from core.entitlements.runs import start_run
+from core.locks import user_lock
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, SyncRun, User
-from worker.batches import sync_batch
-from worker.locks import user_lock
+from tests.factories import SyncRunFactory
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 VANISHING = "vanishing@example.org"
@@ -31,6 +32,11 @@ class UserDeletingBackend(EntitlementsBackend):
         return UpstreamAnswer.authoritative([ALPHA])
 
 
+def _run_id() -> int:
+    """A running run with room to revoke: the batches below are not about its budget."""
+    return SyncRunFactory(status=SyncRun.Status.RUNNING, revoke_budget=1000).pk
+
+
 def _rights(user) -> set[str]:
     return set(
         MailDomainAccess.objects.filter(user=user).values_list("maildomain__name", flat=True)
@@ -46,7 +52,10 @@ def test_a_batch_reconciles_its_users_and_releases_every_lock(
     users = [make_user() for _ in range(7)]
     scripted_upstream(admins_by_email={user.email: [ALPHA, BETA] for user in users[:5]})
 
-    outcome = sync_batch(user_ids=[str(user.pk) for user in users], trigger="periodic", task_id="b")
+    run_id = _run_id()
+    outcome = sync_run_batch(
+        run_id=run_id, user_ids=[str(user.pk) for user in users], trigger="periodic", task_id="b"
+    )
 
     assert outcome.as_dict() == {
         "done": 7,
@@ -60,6 +69,8 @@ def test_a_batch_reconciles_its_users_and_releases_every_lock(
     assert {(state.last_trigger, state.last_task_id) for state in states} == {("periodic", "b")}
     assert all(state.finished_at >= state.started_at for state in states)
     assert not any(user_lock(user.pk).locked() for user in users)
+    run = SyncRun.objects.get(pk=run_id)
+    assert (run.users_done, run.users_changed, run.users_failed) == (7, 5, 0)
 
 
 def test_a_user_whose_sync_runs_elsewhere_is_skipped_and_keeps_its_lock(
@@ -71,7 +82,9 @@ def test_a_user_whose_sync_runs_elsewhere_is_skipped_and_keeps_its_lock(
     held = user_lock(busy.pk)
     assert held.acquire()
     try:
-        outcome = sync_batch(user_ids=[str(busy.pk), str(free.pk)], trigger="admin", task_id="")
+        outcome = sync_run_batch(
+            run_id=_run_id(), user_ids=[str(busy.pk), str(free.pk)], trigger="admin", task_id=""
+        )
 
         assert (outcome.as_dict()["done"], outcome.as_dict()["skipped"]) == (1, 1)
         assert _rights(busy) == set()
@@ -91,8 +104,11 @@ def test_a_user_deleted_during_the_batch_is_skipped_and_the_others_synced(
     vanishing = make_user(email=VANISHING)
     others = [make_user() for _ in range(3)]
 
-    outcome = sync_batch(
-        user_ids=[str(user.pk) for user in [*others, vanishing]], trigger="periodic", task_id=""
+    outcome = sync_run_batch(
+        run_id=_run_id(),
+        user_ids=[str(user.pk) for user in [*others, vanishing]],
+        trigger="periodic",
+        task_id="",
     )
 
     assert (outcome.as_dict()["done"], outcome.as_dict()["skipped"]) == (3, 1)
@@ -117,11 +133,11 @@ def test_a_batch_within_its_run_budget_reserves_its_revocations_in_one_statement
     SyncRun.objects.filter(pk=run.pk).update(revoke_budget=100)
 
     with CaptureQueriesContext(connection) as queries:
-        sync_batch(
+        sync_run_batch(
+            run_id=run.pk,
             user_ids=[str(user.pk) for user in users],
             trigger="periodic",
             task_id="",
-            revocation_budget=RunRevocationBudget(run_id=run.pk),
         )
 
     reservations = [
@@ -143,8 +159,37 @@ def test_a_redelivered_batch_takes_back_the_locks_its_killed_run_left(
     # What a batch killed mid-way leaves: the user's lock, held under the batch's task id.
     assert user_lock(user.pk, owner="batch-1").acquire()
 
-    outcome = sync_batch(user_ids=[str(user.pk)], trigger="periodic", task_id="batch-1")
+    outcome = sync_run_batch(
+        run_id=_run_id(), user_ids=[str(user.pk)], trigger="periodic", task_id="batch-1"
+    )
 
     assert (outcome.as_dict()["done"], outcome.as_dict()["skipped"]) == (1, 0)
     assert _rights(user) == {ALPHA}
     assert not user_lock(user.pk).locked()
+
+
+def test_users_whose_upstream_is_down_are_left_to_retry_until_the_last_try(
+    transactional_db, make_user, scripted_upstream
+):
+    MailDomain.objects.create(name=ALPHA)
+    up, down = make_user(), make_user()
+    scripted_upstream(admins_by_email={up.email: [ALPHA]}, unavailable_emails=[down.email])
+    run_id = _run_id()
+
+    first = sync_run_batch(
+        run_id=run_id,
+        user_ids=[str(up.pk), str(down.pk)],
+        trigger="periodic",
+        task_id="b",
+        last_try=False,
+    )
+    last = sync_run_batch(
+        run_id=run_id, user_ids=first.retry_user_ids, trigger="periodic", task_id="b"
+    )
+
+    assert (first.retry_user_ids, first.as_dict()["done"]) == ([str(down.pk)], 1)
+    assert (last.retry_user_ids, last.as_dict()["failed"]) == ([], 1)
+    run = SyncRun.objects.get(pk=run_id)
+    assert (run.users_done, run.users_failed) == (1, 1)
+    assert EntitlementSyncState.objects.get(user=down).status == "unavailable"
+    assert not user_lock(down.pk).locked()
