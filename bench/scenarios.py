@@ -314,7 +314,8 @@ def _signals(mode, figures, stub, redis_server, workers, signals: Signals) -> No
         ),
     )
     during, granted_by_run = by_signal(samples)
-    figures.add_percentiles("signal_to_rights", "ms_fullrun", during)
+    if during:  # a smoke run's full run can end before a signal's sync is due
+        figures.add_percentiles("signal_to_rights", "ms_fullrun", during)
     figures.add("signal_to_rights_fullrun_samples", len(during))
     figures.add("signal_to_rights_fullrun_granted_by_the_run_first", granted_by_run)
     data.delete_users(kind="signal")

@@ -40,6 +40,11 @@ FIGURES = (
     "metrics_sync_ms_off",
     "metrics_overhead_percent",
     "metrics_calls_us_per_sync",
+    "signal_to_rights_p99_ms_idle",
+    "signal_organisation_all_asked_s",
+    "signal_storm_upstream_calls_per_user",
+    "signal_storm_login_to_rights_p99_ms_during",
+    "signal_endpoint_p99_ms_at_1000_per_s",
 )
 LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 

@@ -18,10 +18,18 @@ QUEUE_BY_TASK = {
 }
 
 
+# Trigger.CHANGE_SIGNAL's value (a test checks they agree; this module imports no model).
+CHANGE_SIGNAL = "change_signal"
+
+
 def route_task(name, args, kwargs, options, task=None, **kw):
     """Celery router (CELERY_TASK_ROUTES): the queue of an entitlements task, None for others.
 
-    A queue given explicitly when sending wins over this route.
+    A change signal's user sync goes to the bulk queue: nobody waits on it, and a bulk change
+    in DeployCenter sends them by the hundred, which logins must never queue behind. A queue
+    given explicitly when sending wins over this route.
     """
+    if name == TaskName.SYNC_USER and list(args or ())[1:2] == [CHANGE_SIGNAL]:
+        return {"queue": BULK_QUEUE}
     queue = QUEUE_BY_TASK.get(name)
     return {"queue": queue} if queue else None
