@@ -37,7 +37,7 @@ from bench.signals import (
 from bench.signals import storm as signal_storm
 from core.models import EntitlementSyncState, User
 from messages.celery_app import app
-from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE, SIGNALS_QUEUE
 
 # The upstream latencies: logins at 25 ms and 2 s, full runs at 20 ms.
 LOGIN_LATENCIES_MS = (25, 2000)
@@ -70,7 +70,10 @@ def wait_until_idle(redis_server: PrivateRedis, workers: list[WorkerProcess], *,
     destination = [worker.hostname for worker in workers]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        queued = sum(redis_server.client.llen(queue) for queue in (INTERACTIVE_QUEUE, BULK_QUEUE))
+        queued = sum(
+            redis_server.client.llen(queue)
+            for queue in (INTERACTIVE_QUEUE, BULK_QUEUE, SIGNALS_QUEUE)
+        )
         inspect = app.control.inspect(destination=destination, timeout=1.0)
         busy = [
             task

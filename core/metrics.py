@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = "messages_entitlements"
 # The worker's queues (worker/queues.py; core never imports the worker, a test checks they agree).
-QUEUES = ("interactive", "bulk")
+QUEUES = ("interactive", "bulk", "signals")
 # The classes of an upstream answer (AnswerKind's values; a test checks they agree). Spelled
 # here: the entitlements package imports this module, which must not import it back.
 ANSWERS = (

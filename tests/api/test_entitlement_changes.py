@@ -125,7 +125,7 @@ def test_an_account_signal_requests_a_settled_sync_of_that_user(
 
     assert response.status_code == 202
     assert response.json() == {"users": 1, "organisation_run": None}
-    [message] = broker_queues.messages("bulk")
+    [message] = broker_queues.messages("signals")
     assert (message["task"], message["args"]) == (
         "entitlements.sync_user",
         [str(user.pk), "change_signal"],
@@ -144,7 +144,7 @@ def test_the_broker_message_is_delayed_and_carries_no_personal_data(
 
     post({"event_type": "account.updated", "account_email": user.email})
 
-    [raw] = broker_queues.client.lrange("bulk", 0, -1)
+    [raw] = broker_queues.client.lrange("signals", 0, -1)
     message = json.loads(raw)
     assert message["headers"]["eta"] is not None
     assert b"secret.person" not in raw
@@ -161,7 +161,7 @@ def test_repeated_signals_for_a_user_collapse_while_the_sync_is_not_due(
     ]
 
     assert answers == [{"users": 1, "organisation_run": None}] * 5
-    assert broker_queues.length("bulk") == 1
+    assert broker_queues.length("signals") == 1
 
 
 def test_a_login_does_not_wait_for_a_signal_sync_not_due_yet(
@@ -173,7 +173,7 @@ def test_a_login_does_not_wait_for_a_signal_sync_not_due_yet(
     login = request_sync(user=user, trigger=Trigger.LOGIN)
 
     assert login.outcome == RequestOutcome.QUEUED
-    assert [m["args"][1] for m in broker_queues.messages("bulk")] == ["change_signal"]
+    assert [m["args"][1] for m in broker_queues.messages("signals")] == ["change_signal"]
     assert [m["args"][1] for m in broker_queues.messages("interactive")] == ["login"]
 
 
@@ -184,7 +184,7 @@ def test_an_unknown_account_requests_nothing(transactional_db, changes_token, br
 
     assert response.status_code == 202
     assert response.json() == {"users": 0, "organisation_run": None}
-    assert broker_queues.length("interactive") == broker_queues.length("bulk") == 0
+    assert broker_queues.length("interactive") == broker_queues.length("signals") == 0
     assert signals_count("account.updated", "no_user") == before + 1
 
 
@@ -202,7 +202,7 @@ def test_a_null_email_finds_the_account_by_its_external_id(
     )
 
     assert response.json()["users"] == 1
-    assert broker_queues.messages("bulk")[0]["args"][0] == str(user.pk)
+    assert broker_queues.messages("signals")[0]["args"][0] == str(user.pk)
 
 
 @pytest.mark.parametrize(

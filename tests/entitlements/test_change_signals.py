@@ -33,7 +33,7 @@ def test_an_unchanged_first_sync_asks_once_more_after_the_recheck_delay(
 
     after_signal_sync(user_id=str(user.pk), result=result(user), signalled_at=1.0, recheck=True)
 
-    [message] = broker_queues.messages("bulk")
+    [message] = broker_queues.messages("signals")
     assert message["args"] == [str(user.pk), "change_signal"]
     state = EntitlementSyncState.objects.get(user=user)
     assert 19 <= (state.enqueued_at - state.requested_at).total_seconds() <= 21
@@ -53,7 +53,7 @@ def test_the_recheck_itself_and_a_changing_sync_ask_no_more(
         recheck=True,
     )
 
-    assert broker_queues.length("bulk") == 0
+    assert broker_queues.length("signals") == 0
     assert metrics.CHANGE_TO_RIGHTS._sum.get() == before
 
 
@@ -103,7 +103,7 @@ def test_signals_inside_a_users_recheck_window_wait_for_its_end(
     user = make_user()
     signal = ChangeSignal(event=ChangeEvent.ACCOUNT_UPDATED, account_email=user.email)
     receive_change_signal(signal=signal)
-    [first] = broker_queues.messages("bulk")
+    [first] = broker_queues.messages("signals")
     assert first["kwargs"]["recheck"] is True
     # The settled sync ran and changed the rights.
     EntitlementSyncState.objects.filter(user=user).update(started_at=F("enqueued_at"))
@@ -117,7 +117,7 @@ def test_signals_inside_a_users_recheck_window_wait_for_its_end(
     receipts = [receive_change_signal(signal=signal).result for _ in range(5)]
 
     assert receipts == ["requested"] + ["collapsed"] * 4
-    [_, at_window_end] = broker_queues.messages("bulk")
+    [_, at_window_end] = broker_queues.messages("signals")
     assert at_window_end["kwargs"]["recheck"] is False
     state = EntitlementSyncState.objects.get(user=user)
     # The window: settle + recheck from the first signal.
@@ -137,4 +137,4 @@ def test_inside_the_window_a_pending_recheck_serves_the_signals(
     receipts = [receive_change_signal(signal=signal).result for _ in range(3)]
 
     assert receipts == ["collapsed"] * 3
-    assert broker_queues.length("bulk") == 2, "the settled sync and its recheck only"
+    assert broker_queues.length("signals") == 2, "the settled sync and its recheck only"

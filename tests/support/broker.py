@@ -9,9 +9,9 @@ import redis
 from celery import Celery
 from celery.contrib.testing.app import setup_default_app
 
-from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE, SIGNALS_QUEUE
 
-QUEUES = (INTERACTIVE_QUEUE, BULK_QUEUE)
+QUEUES = (INTERACTIVE_QUEUE, BULK_QUEUE, SIGNALS_QUEUE)
 
 
 class BrokerQueues:

@@ -27,7 +27,7 @@ from worker.queues import route_task
         (
             "entitlements.sync_user",
             ["00000000-0000-0000-0000-000000000003", "change_signal"],
-            "bulk",
+            "signals",
         ),
         ("entitlements.sync_organisation_admins", ["00000000-0000-0000-0000-000000000004"], "bulk"),
     ],
