@@ -225,7 +225,17 @@ def test_a_storm_of_signals_costs_at_most_two_upstream_calls_per_user(world, set
         message="the last syncs",
     )
     per_user = Counter(calls_for(world, email) for email in emails)
-    assert set(per_user) <= {1, 2}, per_user
+    # On failure, when the calls of a few users came (seconds after the storm began).
+    called_at = {
+        email: [
+            round(request["at"] - started, 2)
+            for request in world.requests
+            if request["query"].get("account_email") == [email]
+        ]
+        for email in emails
+    }
+    too_many = [times for times in called_at.values() if len(times) > 2]
+    assert set(per_user) <= {1, 2}, (per_user, f"storm {sent_in:.1f} s", too_many[:5])
     assert all(calls_for(world, email) == 2 for email in emails[50:]), "each unchanged: rechecked"
     assert not any(admin_domains(user) for user in users[50:])
     # Within the rate limit: no second saw more calls than its rate plus the burst.

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from core import metrics
 from core.entitlements import fan_out
+from core.entitlements.errors import EntitlementsError
 from core.entitlements.receipts import RequestOutcome
 from core.entitlements.results import SyncResult
 from core.entitlements.runs import batch_expiry_seconds
@@ -55,7 +56,7 @@ _TEXT_KEYS = ("account_email", "account_external_id", "organization_siret")
 MAX_BODY_BYTES = 64 * 1024
 
 
-class InvalidChangeSignal(ValueError):
+class InvalidChangeSignal(EntitlementsError):
     """A body that is not a change signal; the message says why, and quotes no value."""
 
 
