@@ -13,6 +13,7 @@ from bench.layout import WorkerSpec, shipped_workers
 from bench.modes import MODES, PARTS
 from bench.report import Figures
 from bench.services import (
+    CHANGES_TOKEN,
     REPO,
     BenchSetupError,
     PrivateRedis,
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 # The changed run revokes one access of every user on purpose: the
                 # revocation budget (default 10% per run) would hold nine in ten of them.
                 "ENTITLEMENTS_MAX_REVOKE_SHARE": "1",
+                # Figure 9 sends change signals to the web it starts.
+                "ENTITLEMENTS_CHANGES_TOKEN": CHANGES_TOKEN,
             }
             if args.batch_size:
                 tuning["ENTITLEMENTS_SYNC_BATCH_SIZE"] = str(args.batch_size)

@@ -35,6 +35,7 @@ def create_users(
     indexes: range,
     domains_each: int = 1,
     status: str = EntitlementSyncState.Status.PENDING,
+    claims: dict | None = None,
 ) -> list[User]:
     """Users who logged in once (their forwarded siret is stored); returns them.
 
@@ -56,7 +57,7 @@ def create_users(
         User.objects.bulk_create(users)
         EntitlementSyncState.objects.bulk_create(
             [
-                EntitlementSyncState(user=user, forwarded_claims=CLAIMS, status=status)
+                EntitlementSyncState(user=user, forwarded_claims=claims or CLAIMS, status=status)
                 for user in users
             ]
         )

@@ -128,6 +128,11 @@ class GrantListener:
                     break
         return None
 
+    def grants(self, *, timeout: float):
+        """(user id, perf_counter()) of each access committed during the next `timeout` s."""
+        for notification in self._connection.notifies(timeout=timeout):
+            yield notification.payload, time.perf_counter()
+
     def __exit__(self, *exc_info) -> None:
         self._connection.close()
         with connection.cursor() as cursor:

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 # What a run may be limited to (--only): figure 3; figures 1, 2 idle and 7; figures 2 during a
 # run, 4, 5 and 6; the run with one shared worker; figure 8 (the metrics' cost); figure 9 (large
-# malformed answers).
-PARTS = frozenset({"queries", "logins", "resync", "shared", "metrics", "bad_input"})
+# malformed answers); figure 10 (change signals).
+PARTS = frozenset({"queries", "logins", "resync", "shared", "metrics", "bad_input", "signals"})
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class Mode:
     metrics_syncs: int = 2000
     # Asks timed per large malformed answer (figure 9).
     bad_input_repeat: int = 5
+    # Figure 10: account signals timed (idle, and as many during a full run at most), the
+    # admins of the signalled organisation, signals sent at 1,000/s to time the endpoint.
+    signal_probes: int = 100
+    signal_organisation_admins: int = 1000
+    signal_endpoint_signals: int = 2000
     writes_docs: bool = True
     # Seconds to let PostgreSQL's statistics settle before counting access rows written:
     # backends report when idle, within 10 s. CI's smoke run only checks the figure exists.
@@ -47,6 +52,9 @@ MODES = {
         noop_tasks=100,
         metrics_syncs=100,
         bad_input_repeat=1,
+        signal_probes=10,
+        signal_organisation_admins=50,
+        signal_endpoint_signals=200,
         writes_docs=False,
         stats_settle_seconds=1,
     ),

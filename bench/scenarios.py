@@ -20,14 +20,25 @@ from bench.services import (
     BenchSetupError,
     PrivateRedis,
     StubProcess,
+    WebProcess,
     WorkerProcess,
     WorkerSpec,
     start_worker,
     wait_for_workers,
 )
-from core.models import EntitlementSyncState
+from bench.signals import (
+    Signals,
+    by_signal,
+    change_to_rights,
+    logins_during,
+    organisation_fan_out,
+    settle_and_recheck_seconds,
+    synced_probes,
+)
+from bench.signals import storm as signal_storm
+from core.models import EntitlementSyncState, User
 from messages.celery_app import app
-from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE, SIGNALS_QUEUE
 
 # The issue's upstream latencies: logins at 25 ms and 2 s, full runs at 20 ms.
 LOGIN_LATENCIES_MS = (25, 2000)
@@ -60,7 +71,10 @@ def wait_until_idle(redis_server: PrivateRedis, workers: list[WorkerProcess], *,
     destination = [worker.hostname for worker in workers]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        queued = sum(redis_server.client.llen(queue) for queue in (INTERACTIVE_QUEUE, BULK_QUEUE))
+        queued = sum(
+            redis_server.client.llen(queue)
+            for queue in (INTERACTIVE_QUEUE, BULK_QUEUE, SIGNALS_QUEUE)
+        )
         inspect = app.control.inspect(destination=destination, timeout=1.0)
         busy = [
             task
@@ -139,6 +153,13 @@ def run_all(
         if "resync" in parts:
             stub.control(latency=RESYNC_LATENCY_MS / 1000)
             _full_runs(mode, figures, stub, redis_server, workers)
+        if "signals" in parts:
+            stub.control(latency=RESYNC_LATENCY_MS / 1000, generation=0)
+            web = WebProcess(env=worker_env, log=log_dir / "web.log")
+            try:
+                _signals(mode, figures, stub, redis_server, workers, Signals(web.url))
+            finally:
+                web.stop()
 
     if "shared" not in parts:
         return
@@ -276,3 +297,81 @@ def _full_runs(mode, figures, stub, redis_server, workers) -> None:
     figures.add("peak_rss_ratio_fanout", fanout_peak / small.fanout_peak_rss)
     figures.add_run("changed", changed, bulk=bulk.spec.name)
     figures.add_run("unchanged", unchanged, bulk=bulk.spec.name)
+
+
+def _signals(mode, figures, stub, redis_server, workers, signals: Signals) -> None:
+    """Figure 9: change signals, among `mode.users` users, through the web as shipped."""
+    present = User.objects.filter(sub__startswith="user-").count()
+    data.create_users(kind="user", indexes=range(present, mode.users))
+    probes = synced_probes(kind="signal", count=2 * mode.signal_probes)
+    data.analyze()
+    figures.add("signal_users", User.objects.count())
+    idle, _ = by_signal(change_to_rights(probes[: mode.signal_probes], signals=signals, stub=stub))
+    figures.add_percentiles("signal_to_rights", "ms_idle", idle)
+
+    samples = []
+    _run(
+        workers,
+        stub,
+        redis_server,
+        during=lambda running: samples.extend(
+            change_to_rights(
+                probes[mode.signal_probes :], signals=signals, stub=stub, keep_going=running
+            )
+        ),
+    )
+    during, granted_by_run = by_signal(samples)
+    if during:  # a smoke run's full run can end before a signal's sync is due
+        figures.add_percentiles("signal_to_rights", "ms_fullrun", during)
+    figures.add("signal_to_rights_fullrun_samples", len(during))
+    figures.add("signal_to_rights_fullrun_granted_by_the_run_first", granted_by_run)
+    data.delete_users(kind="signal")
+
+    figures.add("signal_organisation_admins", mode.signal_organisation_admins)
+    figures.add(
+        "signal_organisation_all_asked_s",
+        organisation_fan_out(signals=signals, admins=mode.signal_organisation_admins),
+    )
+    wait_until_idle(redis_server, workers)
+
+    # The storm: half its users' answers change (their settled sync grants), half do not
+    # (each is asked once more by the recheck). Logins are timed before and during it.
+    half = mode.storm_users // 2
+    storm_users = data.create_users(kind="sigstorm", indexes=range(half)) + data.create_users(
+        kind="sigstorm", indexes=range(half, mode.storm_users), domains_each=0
+    )
+    logins = data.create_users(
+        kind="sigstormlogin", indexes=range(2 * mode.rights_probes), status=OK
+    )
+    figures.add_percentiles(
+        "signal_storm_login_to_rights",
+        "ms_before",
+        login_to_rights(logins[: mode.rights_probes // 4], pause=0.05),
+    )
+    calls_before = stub.control()["calls"]
+    settle = settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS
+    thread, during_storm = logins_during(logins[mode.rights_probes // 4 :], seconds=settle + 5)
+    timings, seconds = signal_storm(signals=signals, users=storm_users, count=mode.storm_logins)
+    thread.join()
+    time.sleep(settle_and_recheck_seconds())
+    calls = stub.control()["calls"] - calls_before - len(during_storm)
+    figures.add("signal_storm_signals", len(timings))
+    figures.add("signal_storm_users", len(storm_users))
+    figures.add("signal_storm_seconds", seconds)
+    figures.add("signal_storm_upstream_calls_per_user", calls / len(storm_users))
+    figures.add_percentiles("signal_storm_endpoint", "ms", timings)
+    figures.add_percentiles("signal_storm_login_to_rights", "ms_during", during_storm)
+    wait_until_idle(redis_server, workers)
+
+    timings, seconds = signal_storm(
+        signals=signals,
+        users=storm_users,
+        count=mode.signal_endpoint_signals,
+        seconds=mode.signal_endpoint_signals / 1000,
+        threads=32,
+    )
+    figures.add("signal_endpoint_paced_per_s", 1000)
+    figures.add("signal_endpoint_achieved_per_s", len(timings) / seconds)
+    figures.add_percentiles("signal_endpoint", "ms_at_1000_per_s", timings)
+    for kind in ("sigstorm", "sigstormlogin", "org"):
+        data.delete_users(kind=kind)

@@ -103,6 +103,52 @@ class StubProcess:
         self._log.close()
 
 
+# The token of the web the benchmark starts (not a secret: the web and workers are its own).
+CHANGES_TOKEN = "benchmark-changes-token-0123456789"
+
+
+class WebProcess:
+    """The web as the Procfile runs it (gunicorn, messages.wsgi) on a free port."""
+
+    def __init__(self, *, env: dict[str, str], log: Path, workers: int = 2):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = log.open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "messages.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+            ],
+            cwd=REPO,
+            env={**env, "DJANGO_SECURE_SSL_REDIRECT": "false"},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while not self._answers():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise BenchSetupError(f"the web did not start (see {log})")
+            time.sleep(0.2)
+
+    def _answers(self) -> bool:
+        try:
+            with urlopen(f"{self.url}/healthz/", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self._log.close()
+
+
 def ensure_database(url: str) -> None:
     """Create the benchmark's database unless it exists; only a name with "bench" is accepted.
 

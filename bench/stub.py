@@ -5,7 +5,8 @@ subclass only changes two things a benchmark needs. The admin list of an account
 email, `<kind>-<index>-<count>@bench.example`: `count` domains from `d<(index + generation)
 mod domains>`, so 100,000 users need no table and bumping the generation changes every answer.
 And the calls are counted instead of recorded one by one, so the stub's memory stays flat.
-`GET /_bench/?latency=0.02&generation=1` flips the switches from the benchmark process.
+`GET /_bench/?latency=0.02&generation=1` flips the switches from the benchmark process;
+`?bump=<email>` changes one account's answer (a change signal's change).
 
     python -m bench.stub [--port 0] [--latency 0.025]   # prints the endpoint URL, then serves
 """
@@ -23,16 +24,22 @@ DOMAIN_COUNT = 1000
 EMAIL_DOMAIN = "bench.example"
 _ACCOUNT = re.compile(r"^[a-z]+-(\d+)-(\d+)@" + re.escape(EMAIL_DOMAIN) + "$")
 
+# The organisation of the change-signal benchmark's 1,000 admins (its own siret claim).
+ORGANISATION_SIRET = "11111111100011"
 ACCOUNTS = {
     "operator": {"name": "Bench Operator", "url": "https://operator.example.fr"},
     "organizations": [
         {
-            "siret": ALPHA_SIRET,
-            "name": "Commune de Bench",
+            "siret": siret,
+            "name": name,
             "type": "commune",
             "subscribed": True,
             "admins": {},
         }
+        for siret, name in (
+            (ALPHA_SIRET, "Commune de Bench"),
+            (ORGANISATION_SIRET, "Commune des Mille"),
+        )
     ],
 }
 
@@ -48,7 +55,7 @@ def account_email(kind: str, index: int, count: int = 1) -> str:
 
 
 def entitled_domains(email: str, *, generation: int) -> list[str]:
-    """The admin list the stub answers for `email` at `generation`."""
+    """The admin list the stub answers for `email` at `generation` (its own, once bumped)."""
     match = _ACCOUNT.match(email)
     if not match:
         return []
@@ -71,6 +78,9 @@ class BenchStub(DeployCenterStub):
         super().__init__(accounts=ACCOUNTS, **kwargs)
         self._server.RequestHandlerClass = _NoDelayHandler
         self.generation = 0
+        # Per account: how many times its own answer changed (`?bump=<email>`): a change
+        # signal's change, made visible the moment the bench asks.
+        self.bumps: dict[str, int] = {}
 
     def _record(self, method: str, path: str, query: dict[str, list[str]], headers) -> None:
         with self._lock:
@@ -86,14 +96,18 @@ class BenchStub(DeployCenterStub):
             self.latency = float(query["latency"][0])
         if "generation" in query:
             self.generation = int(query["generation"][0])
+        for email in query.get("bump", []):
+            with self._lock:
+                self.bumps[email] = self.bumps.get(email, 0) + 1
         state = {"latency": self.latency, "generation": self.generation, "calls": self.calls}
         return 200, {"Content-Type": "application/json"}, json.dumps(state).encode()
 
     def _entitlements(self, params: dict[str, str]) -> dict[str, Any]:
         body = super()._entitlements(params)
         if "can_admin_maildomains" in body["entitlements"]:
+            email = params.get("account_email", "")
             body["entitlements"]["can_admin_maildomains"] = entitled_domains(
-                params.get("account_email", ""), generation=self.generation
+                email, generation=self.generation + self.bumps.get(email, 0)
             )
         return body
 

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = "messages_entitlements"
 # The worker's queues (worker/queues.py; core never imports the worker, a test checks they agree).
-QUEUES = ("interactive", "bulk")
+QUEUES = ("interactive", "bulk", "signals")
 # The classes of an upstream answer (AnswerKind's values; a test checks they agree). Spelled
 # here: the entitlements package imports this module, which must not import it back.
 ANSWERS = (
@@ -61,6 +61,12 @@ _ANSWERS = frozenset(ANSWERS)
 _TRANSITIONS = frozenset({"opened", "reopened", "closed"})
 _REFUSALS = frozenset({"circuit_open", "rate_limited"})
 _PRIORITIES = frozenset(QUEUES)
+# DeployCenter's webhook events and what became of a signal (core/entitlements/change_signals.py;
+# a test checks they agree, this module cannot import it).
+_SIGNAL_EVENTS = frozenset(
+    {"account.updated", "subscription.created", "subscription.updated", "subscription.deleted"}
+)
+_SIGNAL_RESULTS = frozenset({"requested", "collapsed", "no_user", "not_sent", "invalid", "refused"})
 
 # Before any metric exists: each writes its file there as soon as it is defined.
 if settings.PROMETHEUS_MULTIPROC_DIR:
@@ -145,6 +151,20 @@ RATE_LIMIT_WAIT = Histogram(
     namespace=NAMESPACE,
     registry=_REGISTRY,
     buckets=(0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30),
+)
+CHANGE_SIGNALS = Counter(
+    "change_signals",
+    "DeployCenter change signals received, by event type and result (refused: bad token).",
+    ["event_type", "result"],
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+)
+CHANGE_TO_RIGHTS = Histogram(
+    "change_to_rights_seconds",
+    "From an account's change signal to the sync that changed the account's rights.",
+    namespace=NAMESPACE,
+    registry=_REGISTRY,
+    buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
 )
 RUNS = Counter(
     "runs",
@@ -251,6 +271,18 @@ def run_users_counted(*, counts: Mapping[str, int]) -> None:
 def run_failed(*, reason: str) -> None:
     """A resync run ended failed, for `reason` (its error code)."""
     RUN_FAILURES.labels(_bounded(reason, _RUN_FAILURE_REASONS)).inc()
+
+
+def change_signal_received(*, event_type: object, result: str) -> None:
+    """A change signal was answered: `result` says what it requested, or why it was refused."""
+    CHANGE_SIGNALS.labels(
+        _bounded(event_type, _SIGNAL_EVENTS), _bounded(result, _SIGNAL_RESULTS)
+    ).inc()
+
+
+def change_applied(*, seconds: float) -> None:
+    """A change signal's sync changed the rights this long after the signal arrived."""
+    CHANGE_TO_RIGHTS.observe(seconds)
 
 
 def run_ended(*, scope: str, status: str, seconds: float, users: int) -> None:

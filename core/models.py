@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Lower
 
 from core.querysets import SyncStateQuerySet
@@ -38,6 +39,8 @@ class Trigger(models.TextChoices):
     # A task sent by hand outside the app's own doors (Flower's apply, `celery call`). Its
     # stored value stays "manual"; not to be confused with MailDomainAccess.Source.MANUAL.
     HAND_SENT_TASK = "manual", "By hand (Flower, celery call)"
+    # DeployCenter's webhook said something changed for the user or their organisation.
+    CHANGE_SIGNAL = "change_signal", "Change signalled by DeployCenter"
 
 
 class UserManager(BaseUserManager["User"]):
@@ -193,6 +196,10 @@ class EntitlementSyncState(models.Model):
         indexes = [
             models.Index(fields=["status"]),
             models.Index(fields=["requested_at"]),
+            # An organisation's change signal finds its users by their stored siret claim.
+            models.Index(
+                KeyTextTransform("siret", "forwarded_claims"), name="sync_state_siret_claim"
+            ),
         ]
 
     def __str__(self):
@@ -267,6 +274,7 @@ class SyncRun(models.Model):
     class Scope(models.TextChoices):
         ALL = "all", "All admins"
         DOMAIN = "domain", "One domain"
+        ORGANISATION = "organisation", "One organisation"
 
     class Status(models.TextChoices):
         RUNNING = "running", "Running"
@@ -274,8 +282,11 @@ class SyncRun(models.Model):
         FAILED = "failed", "Failed"
         SKIPPED = "skipped", "Skipped (another run in progress)"
 
-    scope = models.CharField(max_length=10, choices=Scope.choices, default=Scope.ALL)
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.ALL)
     maildomain_name = models.CharField(max_length=253, blank=True)
+    # The organisation of an "organisation" run: its users are those whose stored siret
+    # claim is this one.
+    organization_siret = models.CharField(max_length=64, blank=True)
     trigger = models.CharField(max_length=32, choices=Trigger.choices)
     task_id = models.CharField(max_length=255, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)

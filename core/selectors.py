@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from django.db import connections, router
 from django.db.models import Exists, OuterRef, Q, QuerySet, TextField
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 from django_celery_beat.models import PeriodicTask
 
@@ -162,6 +163,29 @@ def users_of_domain(*, maildomain: MailDomain) -> QuerySet:
         .order_by()
         .values_list("pk", flat=True)
     )
+
+
+def users_of_organisation(*, siret: str) -> QuerySet:
+    """Ids of the users whose stored siret claim is `siret` (an organisation's resync)."""
+    return (
+        EntitlementSyncState.objects.alias(
+            siret_claim=KeyTextTransform("siret", "forwarded_claims")
+        )
+        .filter(siret_claim=siret)
+        .order_by()
+        .values_list("user_id", flat=True)
+    )
+
+
+def organisation_siret_of(*, user_id) -> str:
+    """The user's stored siret claim ("" when none): the organisation a signal's run covers."""
+    claims = (
+        EntitlementSyncState.objects.filter(user_id=user_id)
+        .values_list("forwarded_claims", flat=True)
+        .first()
+    )
+    siret = (claims or {}).get("siret") if isinstance(claims, dict) else None
+    return siret if isinstance(siret, str) else ""
 
 
 def running_sync_serves_request(*, user_id) -> bool:

@@ -13,5 +13,6 @@ class TaskName(enum.StrEnum):
     SYNC_USER = "entitlements.sync_user"
     SYNC_ALL_ADMINS = "entitlements.sync_all_admins"
     SYNC_DOMAIN_ADMINS = "entitlements.sync_domain_admins"
+    SYNC_ORGANISATION_ADMINS = "entitlements.sync_organisation_admins"
     SYNC_USERS_BATCH = "entitlements.sync_users_batch"
     SWEEP_PENDING_SYNCS = "entitlements.sweep_pending_syncs"

@@ -308,6 +308,34 @@ ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS = env_int(
     "ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS", 24 * 3600, minimum=0
 )
 
+# Change signals (DeployCenter's webhooks, docs/entitlements.md). The endpoint is off (404)
+# until at least one token is set; several, comma-separated, let a token be rotated.
+ENTITLEMENTS_CHANGES_TOKEN = tuple(env_list("ENTITLEMENTS_CHANGES_TOKEN", []))
+for _token in ENTITLEMENTS_CHANGES_TOKEN:
+    # Sent in a header by DeployCenter: printable ASCII without spaces, and long enough that
+    # guessing it is hopeless.
+    if len(_token) < 16 or not all("!" <= character <= "~" for character in _token):
+        raise ImproperlyConfigured(
+            "ENTITLEMENTS_CHANGES_TOKEN: each comma-separated token must be at least 16 "
+            "printable ASCII characters without spaces (e.g. `openssl rand -hex 32`)"
+        )
+# DeployCenter sends its webhook before it commits the change: a signal's sync asks after this
+# settle delay, and once more this much later when that answer changed nothing.
+ENTITLEMENTS_CHANGE_SETTLE_SECONDS = env_float(
+    "ENTITLEMENTS_CHANGE_SETTLE_SECONDS", 2.0, minimum=0.0
+)
+ENTITLEMENTS_CHANGE_RECHECK_SECONDS = env_float(
+    "ENTITLEMENTS_CHANGE_RECHECK_SECONDS", 20.0, minimum=1.0
+)
+if ENTITLEMENTS_CHANGE_SETTLE_SECONDS + ENTITLEMENTS_CHANGE_RECHECK_SECONDS >= (
+    ENTITLEMENTS_RESYNC_INTERVAL_SECONDS
+):
+    raise ImproperlyConfigured(
+        "ENTITLEMENTS_CHANGE_SETTLE_SECONDS plus ENTITLEMENTS_CHANGE_RECHECK_SECONDS must stay "
+        f"under ENTITLEMENTS_RESYNC_INTERVAL_SECONDS ({ENTITLEMENTS_RESYNC_INTERVAL_SECONDS}), got "
+        f"{ENTITLEMENTS_CHANGE_SETTLE_SECONDS:g} + {ENTITLEMENTS_CHANGE_RECHECK_SECONDS:g}"
+    )
+
 # Upstream protection (core/entitlements/upstream_guard.py, docs/reliability.md). The rate limit
 # is one budget shared through Redis by every worker on every machine; 0 turns it off.
 # 50 calls/s lets an hourly full run cover ~180,000 users while staying a light load for one

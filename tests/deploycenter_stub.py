@@ -10,6 +10,14 @@ benchmarks:
         [--service-id 3] [--api-key KEY] [--latency 0.02 | --latency realistic]
 
 The accounts file has the shape of DEFAULT_ACCOUNTS below.
+
+Like the live service, it sends webhooks from a `webhooks` config (a list of {url, method,
+event_types, headers, body, timeout}, rendered with `$val` / `$tpl`) when an account's admin
+domains or an organisation's subscription change: synchronously, before the change is visible
+(`commit_delay` seconds later), never retried. On its own, it sends one such webhook:
+
+    python -m tests.deploycenter_stub send --webhooks webhooks.json account.updated EMAIL
+    python -m tests.deploycenter_stub send --webhooks webhooks.json subscription.updated SIRET
 """
 
 import argparse
@@ -22,9 +30,12 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import requests
 
 ENDPOINT_PATH = "/api/v1.0/entitlements/"
 DEFAULT_SERVICE_ID = 3
@@ -78,6 +89,105 @@ _MEDIAN_SECONDS = {"answer": 0.024, "refusal": 0.012}
 _LOG_SPREAD = math.log(0.037 / 0.024) / 1.2816
 
 
+# The webhook's default headers and timeout (DeployCenter's core/webhooks.py).
+_WEBHOOK_HEADERS = {"Content-Type": "application/json", "User-Agent": "DeployCenter-Webhook/1.0"}
+_WEBHOOK_TIMEOUT = 10
+_TEMPLATE_VARIABLE = re.compile(r"\{\{(\w+)\}\}")
+
+
+def render_template(template: Any, context: dict[str, Any]) -> Any:
+    """A webhook body or headers template rendered as DeployCenter does: `{"$val": key}` is the
+    context's value (None when absent), `{"$tpl": "... {{key}} ..."}` a string; the rest as is."""
+    if isinstance(template, dict):
+        if len(template) == 1 and "$val" in template:
+            return context.get(template["$val"])
+        if len(template) == 1 and "$tpl" in template:
+            return _TEMPLATE_VARIABLE.sub(
+                lambda match: str(context.get(match.group(1), "")), template["$tpl"]
+            )
+        return {key: render_template(value, context) for key, value in template.items()}
+    if isinstance(template, list):
+        return [render_template(item, context) for item in template]
+    return template
+
+
+def send_webhooks(webhooks: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, Any]]:
+    """Send the event of `context` to every webhook configured for its type, one after the
+    other and waiting for each answer; a failure is only recorded (no retry), like DeployCenter."""
+    results = []
+    for webhook in webhooks:
+        event_types = webhook.get("event_types") or []
+        if event_types and context["event_type"] not in event_types:
+            continue
+        method = webhook.get("method", "POST").upper()
+        headers = {
+            **_WEBHOOK_HEADERS,
+            **{
+                name: str(value)
+                for name, value in render_template(webhook.get("headers") or {}, context).items()
+            },
+        }
+        body = render_template(webhook.get("body") or {}, context) or {
+            "event_type": context["event_type"],
+            "timestamp": context["timestamp"],
+        }
+        try:
+            response = requests.request(
+                method,
+                webhook["url"],
+                headers=headers,
+                json=body if method in ("POST", "PUT", "PATCH") else None,
+                timeout=webhook.get("timeout", _WEBHOOK_TIMEOUT),
+            )
+            response.raise_for_status()
+            results.append({"url": webhook["url"], "status": response.status_code, "ok": True})
+        except requests.RequestException as error:
+            status = error.response.status_code if error.response is not None else None
+            results.append({"url": webhook["url"], "status": status, "ok": False})
+    return results
+
+
+def webhook_context(
+    event_type: str,
+    organization: dict[str, Any],
+    *,
+    service_id: int = DEFAULT_SERVICE_ID,
+    account_email: str | None = None,
+    subscribed: bool | None = None,
+) -> dict[str, Any]:
+    """The webhook context DeployCenter builds for an event (the keys we read, and some)."""
+    siret = organization["siret"]
+    domains = sorted({d for each in organization.get("admins", {}).values() for d in each})
+    context = {
+        "event_type": event_type,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "subscription_id": _stable_id(f"subscription:{siret}"),
+        "subscription_is_active": (
+            organization.get("subscribed", False) if subscribed is None else subscribed
+        ),
+        "subscription_metadata": {"domains": domains},
+        "subscription_domains": ",".join(domains),
+        "organization_id": _stable_id(f"organization:{siret}"),
+        "organization_name": organization["name"],
+        "organization_siret": siret,
+        "organization_siren": siret[:9],
+        "service_id": service_id,
+        "service_name": "Messages",
+        "user_email": "operator@deploycenter.example.org",
+    }
+    if account_email is not None:
+        context.update(
+            {
+                "account_id": _stable_id(f"account:{account_email}"),
+                "account_email": account_email,
+                "account_external_id": None,
+                "account_type": "user",
+                "account_roles": [],
+            }
+        )
+    return context
+
+
 def _stable_id(name: str) -> str:
     """Ids that stay the same across runs (the live service's are random UUIDs)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"deploycenter-stub:{name}"))
@@ -96,12 +206,19 @@ class DeployCenterStub:
         port: int = 0,
         verbose: bool = False,
         latency: float | str = REALISTIC,
+        webhooks: list[dict[str, Any]] | None = None,
+        commit_delay: float = 0.0,
     ):
         """`latency`: REALISTIC (the default, like the live service), or fixed seconds added
-        to every answer (0 for none); `reset` comes back to it."""
+        to every answer (0 for none); `webhooks`: the service's webhooks config; a change
+        becomes visible `commit_delay` seconds after its webhooks were answered. `reset`
+        comes back to these."""
         self.service_id = service_id
         self.api_key = api_key
         self.default_latency = latency
+        self._default_webhooks = copy.deepcopy(webhooks or [])
+        self._default_commit_delay = commit_delay
+        self._commits: list[threading.Timer] = []
         self._random = random.Random(0)
         self._default_accounts = copy.deepcopy(accounts or DEFAULT_ACCOUNTS)
         self._lock = threading.Lock()
@@ -162,10 +279,18 @@ class DeployCenterStub:
     # --- switches ----------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Default accounts and latency, no forced answer, no hang; counters at zero."""
+        """Default accounts, latency and webhooks, no forced answer, no hang, no change
+        waiting to become visible; counters at zero."""
         with self._lock:
             self._release.set()  # wake requests hung by a previous test
             self._release = threading.Event()
+            for commit in self._commits:
+                commit.cancel()
+            self._commits = []
+            self.webhooks = copy.deepcopy(self._default_webhooks)
+            self.commit_delay = self._default_commit_delay
+            # What each webhook sent got: {"url", "status", "ok", "event_type", "sent_at"}.
+            self.webhook_results: list[dict[str, Any]] = []
             self.accounts = copy.deepcopy(self._default_accounts)
             self.latency = self.default_latency
             self.hang_seconds = 0.0
@@ -173,6 +298,22 @@ class DeployCenterStub:
             self.forced: tuple[int, dict[str, str], bytes] | None = None
             self.calls = 0
             self.requests: list[dict[str, Any]] = []
+
+    def reset_counters(self) -> None:
+        """Forget the requests and webhooks seen so far (a test's set-up is not its subject)."""
+        with self._lock:
+            self.calls = 0
+            self.requests = []
+            self.webhook_results = []
+
+    @contextmanager
+    def quietly(self):
+        """Make changes inside without sending webhooks (a test's set-up)."""
+        webhooks, self.webhooks = self.webhooks, []
+        try:
+            yield
+        finally:
+            self.webhooks = webhooks
 
     def fail_with(self, status: int, body: bytes = b"", content_type: str = "text/html") -> None:
         """Answer every request with this status and body (503, 429, 500...)."""
@@ -209,24 +350,69 @@ class DeployCenterStub:
         self.hang_seconds = seconds
 
     def set_admin_domains(self, email: str, domains: list[str], *, siret: str = ALPHA_SIRET):
-        """Make `email` admin of `domains` in the organisation `siret` ([] removes the link)."""
-        with self._lock:
-            organization = self._organization(siret)
-            if organization is None:
-                raise KeyError(f"no organisation with siret {siret}")
+        """Make `email` admin of `domains` in the organisation `siret` ([] removes the link).
+
+        While the organisation is subscribed, an `account.updated` webhook goes first.
+        """
+        organization = self._existing_organization(siret)
+
+        def apply() -> None:
             if domains:
                 organization.setdefault("admins", {})[email] = list(domains)
             else:
                 organization.get("admins", {}).pop(email, None)
 
+        # DeployCenter sends account events for the active subscriptions of the account's
+        # organisation only.
+        event = webhook_context(
+            "account.updated", organization, service_id=self.service_id, account_email=email
+        )
+        self._change(apply, event if organization.get("subscribed") else None)
+
     def set_subscribed(self, siret: str, subscribed: bool) -> None:
         """Subscribe or unsubscribe an organisation to the service: its admins' domains are
-        named only while its subscription is active."""
+        named only while its subscription is active. A `subscription.updated` webhook goes
+        first."""
+        organization = self._existing_organization(siret)
+
+        def apply() -> None:
+            organization["subscribed"] = subscribed
+
+        event = webhook_context(
+            "subscription.updated", organization, service_id=self.service_id, subscribed=subscribed
+        )
+        self._change(apply, event)
+
+    # --- webhooks ----------------------------------------------------------------------------
+
+    def _existing_organization(self, siret: str) -> dict[str, Any]:
         with self._lock:
             organization = self._organization(siret)
-            if organization is None:
-                raise KeyError(f"no organisation with siret {siret}")
-            organization["subscribed"] = subscribed
+        if organization is None:
+            raise KeyError(f"no organisation with siret {siret}")
+        return organization
+
+    def _change(self, apply, event: dict[str, Any] | None) -> None:
+        """Make a change as DeployCenter does: its webhooks are sent and answered inside the
+        transaction, and the change becomes visible `commit_delay` seconds after."""
+        if event is not None and self.webhooks:
+            for result in send_webhooks(self.webhooks, event):
+                self.webhook_results.append(
+                    {**result, "event_type": event["event_type"], "sent_at": time.monotonic()}
+                )
+
+        def commit() -> None:
+            with self._lock:
+                apply()
+
+        if not self.commit_delay:
+            commit()
+            return
+        timer = threading.Timer(self.commit_delay, commit)
+        timer.daemon = True
+        with self._lock:
+            self._commits.append(timer)
+        timer.start()
 
     # --- answering ---------------------------------------------------------------------------
 
@@ -473,8 +659,41 @@ def _latency(value: str) -> float | str:
     return value if value == REALISTIC else float(value)
 
 
+def send_main(argv: list[str]) -> int:
+    """`send`: one webhook of an account's or an organisation's change, as DeployCenter sends
+    it from the webhooks config; prints what each endpoint answered."""
+    parser = argparse.ArgumentParser(prog="python -m tests.deploycenter_stub send")
+    parser.add_argument("--webhooks", required=True, help="JSON file: the webhooks config")
+    parser.add_argument(
+        "event_type",
+        choices=[
+            "account.updated",
+            "subscription.created",
+            "subscription.updated",
+            "subscription.deleted",
+        ],
+    )
+    parser.add_argument("who", help="the account's e-mail, or the organisation's siret")
+    args = parser.parse_args(argv)
+    with open(args.webhooks) as webhooks_file:
+        webhooks = json.load(webhooks_file)
+    organization = {"siret": "", "name": "", "subscribed": True}
+    if args.event_type == "account.updated":
+        context = webhook_context(args.event_type, organization, account_email=args.who)
+    else:
+        organization["siret"] = args.who
+        deleted = args.event_type == "subscription.deleted"
+        context = webhook_context(args.event_type, organization, subscribed=not deleted)
+    results = send_webhooks(webhooks, context)
+    for result in results:
+        print(f"{result['url']}: {result['status'] or 'no answer'}")
+    return 0 if results and all(result["ok"] for result in results) else 1
+
+
 def main() -> None:
-    """Run the stub in the foreground until interrupted."""
+    """Run the stub in the foreground until interrupted (or `send` one webhook)."""
+    if sys.argv[1:2] == ["send"]:
+        sys.exit(send_main(sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8900)
@@ -487,11 +706,22 @@ def main() -> None:
         default=REALISTIC,
         help="seconds added per answer, or 'realistic' (the default: like the live service)",
     )
+    parser.add_argument("--webhooks", help="JSON file: the webhooks config sent on changes")
+    parser.add_argument(
+        "--commit-delay",
+        type=float,
+        default=0.0,
+        help="seconds between a change's webhooks and the change becoming visible",
+    )
     args = parser.parse_args()
     accounts = None
     if args.accounts:
         with open(args.accounts) as accounts_file:
             accounts = json.load(accounts_file)
+    webhooks = None
+    if args.webhooks:
+        with open(args.webhooks) as webhooks_file:
+            webhooks = json.load(webhooks_file)
     stub = DeployCenterStub(
         accounts=accounts,
         service_id=args.service_id,
@@ -500,6 +730,8 @@ def main() -> None:
         port=args.port,
         verbose=True,
         latency=args.latency,
+        webhooks=webhooks,
+        commit_delay=args.commit_delay,
     )
     print(f"DeployCenter stub on {stub.url} (service_id={stub.service_id})", flush=True)
     stub.serve_forever()

@@ -44,6 +44,11 @@ FIGURES = (
     "metrics_calls_us_per_sync",
     "bad_input_largest_list_under_cap_ms",
     "bad_input_10mb_declared_ms",
+    "signal_to_rights_p99_ms_idle",
+    "signal_organisation_all_asked_s",
+    "signal_storm_upstream_calls_per_user",
+    "signal_storm_login_to_rights_p99_ms_during",
+    "signal_endpoint_p99_ms_at_1000_per_s",
 )
 LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 

@@ -16,10 +16,10 @@ from packaging.utils import canonicalize_name
 from bench.cli import parse_args, worker_layouts
 from bench.layout import RESPAWN, expand, procfile_processes, shipped_workers, worker_spec
 from tests.test_settings_validation import start_django
-from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE, SIGNALS_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKERS = ("worker-interactive", "worker-bulk")
+WORKERS = ("worker-interactive", "worker-bulk", "worker-signals")
 APP_SERVICES = ("web", *WORKERS, "beat", "flower", "migrate")
 # Read by something other than messages/settings.py: the postgres and rabbitmq images, compose
 # itself (ports, profiles) and the Procfile's commands.
@@ -35,6 +35,7 @@ EXTERNAL_VARIABLES = {
     "FLOWER_PORT",
     "WEB_CONCURRENCY",
     "INTERACTIVE_WORKER_CONCURRENCY",
+    "SIGNALS_WORKER_CONCURRENCY",
     "BULK_WORKER_CONCURRENCY",
 }
 # Compose refuses to start without these (`${NAME:?message}`): nothing secret has a default, and
@@ -119,8 +120,8 @@ def test_a_dead_worker_is_started_again_by_make_run_and_by_compose(services):
 def test_the_procfile_splits_the_workers_by_queue():
     workers = {spec.queues: spec for spec in shipped_workers(environ={})}
 
-    assert set(workers) == {(INTERACTIVE_QUEUE,), (BULK_QUEUE,)}
-    assert workers[(INTERACTIVE_QUEUE,)].name != workers[(BULK_QUEUE,)].name
+    assert set(workers) == {(INTERACTIVE_QUEUE,), (BULK_QUEUE,), (SIGNALS_QUEUE,)}
+    assert len({spec.name for spec in workers.values()}) == 3
 
 
 def test_compose_runs_the_procfiles_workers_with_events(services):

@@ -64,6 +64,12 @@ _READERS_PAST_THE_DOOR = {
         "core.entitlements.receipts",
         "core.entitlements.revocation_budget",
     },
+    # DeployCenter's webhooks come in by a door of their own: the changes endpoint hands them
+    # to change_signals, the worker follows a signal's sync and runs its organisation there,
+    # and the demo writes the webhook config DeployCenter would hold.
+    "core.api.views": {"core.entitlements.change_signals"},
+    "worker.tasks": {"core.entitlements.change_signals"},
+    "core.management.commands.setup_demo": {"core.entitlements.change_signals"},
 }
 
 

@@ -18,7 +18,7 @@ from core.models import EntitlementSyncState
 from tests.factories import UserFactory
 from tests.support import rabbitmq
 from tests.support.broker import broker_keys
-from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE, SIGNALS_QUEUE
 
 NS = "messages_entitlements"
 
@@ -104,7 +104,7 @@ def test_a_label_value_outside_its_set_is_recorded_as_other():
 
 
 def test_the_queues_are_the_workers():
-    assert metrics.QUEUES == (INTERACTIVE_QUEUE, BULK_QUEUE)
+    assert metrics.QUEUES == (INTERACTIVE_QUEUE, BULK_QUEUE, SIGNALS_QUEUE)
 
 
 def test_the_answer_labels_are_the_answer_kinds():

@@ -308,3 +308,35 @@ def test_messages_lose_rows_queries_keys_and_emails(text, kept, gone):
     scrubbed = scrub_text(text)
     assert kept in scrubbed
     assert gone not in scrubbed
+
+
+def test_a_failing_change_signal_reports_no_token_nor_email(settings, refuse_rows, sentry_web):
+    server, ingest = sentry_web
+    token = f"changes-{secrets.token_hex(16)}"
+    settings.ENTITLEMENTS_CHANGES_TOKEN = (token,)
+    suffix = secrets.token_hex(4)
+    email = f"agathe.{suffix}@mairie-{suffix}.example.org"
+    User.objects.create_user(email=email, sub=f"sub-{suffix}")
+    # The user's first sync request makes their sync state row: refused, so the request fails
+    # after the token was accepted.
+    refuse_rows(EntitlementSyncState)
+    url = f"{server.url}/api/v1.0/entitlements/changes/"
+    body = {"event_type": "account.updated", "account_email": email}
+
+    failed = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    refused = requests.post(
+        url, json=body, headers={"Authorization": f"Bearer {token}-wrong"}, timeout=10
+    )
+
+    assert (failed.status_code, refused.status_code) == (500, 403)
+    sentry_sdk.flush(timeout=10)
+    assert ingest.events(), "the failure reached Sentry"
+    found = leaks(
+        ingest.raw(),
+        {
+            "token": [token],
+            "e-mail": encodings(email),
+            "e-mail's local part": [email.split("@")[0]],
+        },
+    )
+    assert not found, found

@@ -59,6 +59,12 @@ def test_valid_environment_starts(tmp_path):
         ("ENTITLEMENTS_MAX_REVOKE_MIN", "-1"),
         ("ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS", "a day"),
         ("ENTITLEMENTS_ACCESS_ENDED_CONFIRMATION_SECONDS", "-1"),
+        ("ENTITLEMENTS_CHANGES_TOKEN", "short"),
+        ("ENTITLEMENTS_CHANGES_TOKEN", "a-long-enough-token-0001,has a space in it too"),
+        ("ENTITLEMENTS_CHANGE_SETTLE_SECONDS", "soon"),
+        ("ENTITLEMENTS_CHANGE_SETTLE_SECONDS", "-1"),
+        ("ENTITLEMENTS_CHANGE_RECHECK_SECONDS", "0.5"),
+        ("ENTITLEMENTS_CHANGE_RECHECK_SECONDS", "3600"),
     ],
 )
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value):
@@ -86,6 +92,18 @@ def test_redis_only_transport_options_go_to_redis_brokers_only(tmp_path, broker,
     options = result.stdout
     assert ("visibility_timeout" in options) is redis_only
     assert ("unacked_restore_interval" in options) is redis_only
+
+
+def test_several_changes_tokens_are_read_for_rotation(tmp_path):
+    result = start_django(
+        tmp_path,
+        "from django.conf import settings; print(len(settings.ENTITLEMENTS_CHANGES_TOKEN))",
+        ENTITLEMENTS_CHANGES_TOKEN=" new-token-0123456789abcdef , old-token-0123456789abcdef ",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+    assert "new-token" not in result.stderr
 
 
 class TestRenamedVariables:

@@ -10,6 +10,7 @@ shows it failed; it is an expected outcome (`throws`): no traceback, no Sentry e
 import logging
 
 from celery import shared_task
+from django.conf import settings
 
 from core.entitlements import (
     run_resync,
@@ -17,8 +18,14 @@ from core.entitlements import (
     sync_run_batch,
     sync_user_entitlements,
 )
+from core.entitlements.change_signals import (
+    RecheckDecision,
+    after_signal_sync,
+    organisation_recheck,
+    run_organisation_resync,
+)
 from core.locks import SYNC_USER_TIME_LIMIT
-from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState, Trigger, User
+from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState, SyncRun, Trigger, User
 from core.task_names import TaskName
 from worker.retry import may_retry, retry_countdown
 
@@ -41,12 +48,19 @@ class SyncNotApplied(Exception):
     # Expected: Celery logs it without a traceback and Sentry's integration ignores it.
     throws=(SyncNotApplied,),
 )
-def sync_user(self, user_id: str, trigger: Trigger) -> dict:
+def sync_user(
+    self,
+    user_id: str,
+    trigger: Trigger,
+    signalled_at: float | None = None,
+    recheck: bool = False,
+) -> dict:
     """Sync one user's admin accesses; retry while the upstream is down or another sync runs.
 
-    Raises SyncNotApplied, after recording, when no authoritative answer was applied. A sync
-    skipped because another held the user's lock ends `skipped` (`locked`) once the retries
-    are spent: its request stays recorded for the sweep.
+    A change signal's sync passes when the signal arrived, and `recheck` for its first sync
+    (after_signal_sync). Raises SyncNotApplied, after recording, when no authoritative answer
+    was applied. A sync skipped because another held the user's lock ends `skipped`
+    (`locked`) once the retries are spent: its request stays recorded for the sweep.
     """
     retries = self.request.retries
     try:
@@ -62,6 +76,10 @@ def sync_user(self, user_id: str, trigger: Trigger) -> dict:
     # A sync that applied no authoritative answer: the task ends failed (SyncNotApplied).
     if result.status in FAILED_SYNC_STATUSES:
         raise _not_applied(user_id, trigger, result.status, result.error_code)
+    if trigger == Trigger.CHANGE_SIGNAL:
+        after_signal_sync(
+            user_id=user_id, result=result, signalled_at=signalled_at, recheck=recheck
+        )
     return result.as_dict()
 
 
@@ -87,6 +105,38 @@ def sync_domain_admins(self, maildomain_id: str, trigger: Trigger = Trigger.ADMI
         task_id=self.request.id or "",
         on_progress=_progress_reporter(self),
     )
+
+
+@shared_task(bind=True, name=TaskName.SYNC_ORGANISATION_ADMINS, max_retries=None)
+def sync_organisation_admins(
+    self, user_id: str, trigger: Trigger = Trigger.CHANGE_SIGNAL, recheck_of_run: int | None = None
+) -> dict:
+    """Resync the users sharing the stored siret claim of `user_id` (an organisation's signal).
+
+    The first run then sends its recheck: unless the run changed someone's rights, a second
+    run ENTITLEMENTS_CHANGE_RECHECK_SECONDS later (`recheck_of_run`, waiting for the first
+    to end).
+    """
+    recheck_after = settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS
+    if recheck_of_run is not None:
+        decision = organisation_recheck(run_id=recheck_of_run)
+        if decision is RecheckDecision.WAIT:
+            raise self.retry(countdown=recheck_after)
+        if decision is RecheckDecision.NOT_NEEDED:
+            return {"run_status": SyncRun.Status.SKIPPED, "reason": "first_run_changed_rights"}
+    result = run_organisation_resync(
+        user_id=user_id,
+        trigger=trigger,
+        task_id=self.request.id or "",
+        on_progress=_progress_reporter(self),
+    )
+    if recheck_of_run is None and "run_id" in result:
+        self.apply_async(
+            args=[user_id, trigger],
+            kwargs={"recheck_of_run": result["run_id"]},
+            countdown=recheck_after,
+        )
+    return result
 
 
 @shared_task(bind=True, name=TaskName.SYNC_USERS_BATCH, max_retries=None)

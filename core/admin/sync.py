@@ -100,13 +100,14 @@ class SyncRunAdmin(
         "finished_at",
     )
     list_filter = ("status", "scope", "trigger", ErrorCodeFilter, "budget_reached")
-    search_fields = ("maildomain_name", "task_id")
+    search_fields = ("maildomain_name", "organization_siret", "task_id")
     date_hierarchy = "started_at"
     # Every field, in reading order: started_at is not editable, so the admin leaves it out of
     # the page unless it is named here.
     fields = (
         "scope",
         "maildomain_name",
+        "organization_siret",
         "trigger",
         "task_id",
         "status",

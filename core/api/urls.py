@@ -23,6 +23,11 @@ urlpatterns = [
         name="maildomain-access-detail",
     ),
     path(
+        "entitlements/changes/",
+        views.EntitlementChangesView.as_view(),
+        name="entitlements-changes",
+    ),
+    path(
         "provisioning/maildomains/",
         views.ProvisioningView.as_view(),
         name="provisioning-maildomains",

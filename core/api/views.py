@@ -1,11 +1,18 @@
 """Thin API views: each calls a service or selector of the domain."""
 
+import io
 from functools import cached_property
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import NotAuthenticated, NotFound
+from rest_framework.exceptions import (
+    AuthenticationFailed,
+    NotAuthenticated,
+    NotFound,
+    ParseError,
+    PermissionDenied,
+)
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,12 +20,27 @@ from rest_framework.views import APIView
 
 from core import selectors, services
 from core.api import serializers as api_serializers
-from core.api.authentication import IsProvisioningClient, ProvisioningKeyAuthentication
+from core.api.authentication import (
+    ChangesTokenAuthentication,
+    IsKeyClient,
+    ProvisioningKeyAuthentication,
+)
+from core.api.parsers import JSONParser
 from core.api.permissions import (
     IsMailDomainAdmin,
     IsStaffForWrites,
     MailDomainCreateEnabled,
     ManageAccessesEnabled,
+)
+from core.entitlements.change_signals import (
+    MAX_BODY_BYTES,
+    ChangeEvent,
+    InvalidChangeSignal,
+    SignalResult,
+    parse_change_signal,
+    receive_change_signal,
+    record_invalid_signal,
+    record_refused_signal,
 )
 from core.models import MailDomain, User
 
@@ -132,7 +154,7 @@ class ProvisioningView(APIView):
     """DeployCenter creates mail domains and updates their custom attributes."""
 
     authentication_classes = [ProvisioningKeyAuthentication]
-    permission_classes = [IsProvisioningClient]
+    permission_classes = [IsKeyClient]
 
     @extend_schema(
         request=api_serializers.ProvisioningRequestSerializer,
@@ -157,3 +179,73 @@ def _authenticated_user(request: Request) -> User:
     if not isinstance(request.user, User):
         raise NotAuthenticated()
     return request.user
+
+
+class EntitlementChangesView(APIView):
+    """DeployCenter's webhooks: a change signal requests the syncs of the users it names.
+
+    Off (404) until ENTITLEMENTS_CHANGES_TOKEN is set. The body is read here, not by a
+    parser, so that its size is checked first and every refusal is a 400 that says why.
+    """
+
+    authentication_classes = [ChangesTokenAuthentication]
+    permission_classes = [IsKeyClient]
+    parser_classes: list = []
+
+    def initial(self, request, *args, **kwargs):
+        if not settings.ENTITLEMENTS_CHANGES_TOKEN:
+            raise NotFound()
+        super().initial(request, *args, **kwargs)
+
+    @extend_schema(
+        request=inline_serializer(
+            "ChangeSignal",
+            {
+                "event_type": serializers.ChoiceField(choices=list(ChangeEvent)),
+                "account_email": serializers.CharField(required=False, allow_null=True),
+                "account_external_id": serializers.CharField(required=False, allow_null=True),
+                "organization_siret": serializers.CharField(required=False, allow_null=True),
+            },
+        ),
+        responses={
+            202: inline_serializer(
+                "ChangeSignalReceipt",
+                {
+                    "users": serializers.IntegerField(),
+                    "organisation_run": serializers.CharField(allow_null=True),
+                },
+            ),
+            400: OpenApiResponse(description="Not a change signal; the body says why."),
+            403: OpenApiResponse(description="Missing or wrong token."),
+            404: OpenApiResponse(description="Change signals are off (no token set)."),
+            503: OpenApiResponse(description="An organisation's run could not be queued."),
+        },
+    )
+    def post(self, request):
+        try:
+            signal = parse_change_signal(_read_json(request))
+        except (ParseError, InvalidChangeSignal) as error:
+            record_invalid_signal()
+            detail = error.detail if isinstance(error, ParseError) else str(error)
+            return Response({"detail": detail}, status=status.HTTP_400_BAD_REQUEST)
+        receipt = receive_change_signal(signal=signal)
+        if receipt.result == SignalResult.NOT_SENT:
+            return Response(
+                {"detail": "The task broker cannot be reached; try again later."},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return Response(receipt.as_dict(), status=status.HTTP_202_ACCEPTED)
+
+    def handle_exception(self, exc):
+        if isinstance(exc, AuthenticationFailed | NotAuthenticated | PermissionDenied):
+            record_refused_signal()
+        return super().handle_exception(exc)
+
+
+def _read_json(request):
+    """The request's body decoded as strict JSON; ParseError for one too large or not JSON."""
+    limit = MAX_BODY_BYTES
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    if (declared.isdigit() and int(declared) > limit) or len(request.body) > limit:
+        raise ParseError(f"Request body is larger than {limit // 1024} KB.")
+    return JSONParser().parse(io.BytesIO(request.body))

@@ -10,7 +10,7 @@ from core.chunks import chunked
 from core.entitlements import runs
 from core.locks import run_lock
 from core.models import MailDomain, SyncRun, Trigger
-from core.selectors import users_due_for_full_resync, users_of_domain
+from core.selectors import users_due_for_full_resync, users_of_domain, users_of_organisation
 from core.task_names import TaskName
 
 # Progress is written to the result backend every this many batches, not at every one.
@@ -52,15 +52,36 @@ def run_resync(
     )
 
 
+def run_organisation_resync(
+    *,
+    siret: str,
+    scope_key: str,
+    trigger: Trigger,
+    task_id: str,
+    on_progress: Callable[[dict], None] = lambda meta: None,
+) -> dict:
+    """Start a run over the users whose stored siret claim is `siret`, as run_resync does."""
+    return _run(
+        scope=SyncRun.Scope.ORGANISATION,
+        scope_key=scope_key,
+        organization_siret=siret,
+        user_ids=users_of_organisation(siret=siret),
+        trigger=trigger,
+        task_id=task_id,
+        on_progress=on_progress,
+    )
+
+
 def _run(
     *,
     scope: SyncRun.Scope,
     scope_key: str,
-    maildomain_name: str,
     user_ids: QuerySet,
     trigger: Trigger,
     task_id: str,
     on_progress: Callable[[dict], None],
+    maildomain_name: str = "",
+    organization_siret: str = "",
 ) -> dict:
     """Start the run under its scope's lock and, unless skipped, send its batches."""
     with run_lock(scope_key=scope_key) as acquired:
@@ -69,6 +90,7 @@ def _run(
             trigger=trigger,
             task_id=task_id,
             maildomain_name=maildomain_name,
+            organization_siret=organization_siret,
             another_is_starting=not acquired,
         )
         if run.status == SyncRun.Status.RUNNING:

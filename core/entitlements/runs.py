@@ -70,6 +70,7 @@ def start_run(
     trigger: Trigger,
     task_id: str,
     maildomain_name: str = "",
+    organization_siret: str = "",
     another_is_starting: bool = False,
 ) -> SyncRun:
     """Create the run's row: running, or skipped when a run of the same scope is in progress.
@@ -80,7 +81,10 @@ def start_run(
     """
     now = timezone.now()
     same_scope = SyncRun.objects.filter(
-        scope=scope, maildomain_name=maildomain_name, status=SyncRun.Status.RUNNING
+        scope=scope,
+        maildomain_name=maildomain_name,
+        organization_siret=organization_siret,
+        status=SyncRun.Status.RUNNING,
     )
     if not another_is_starting:
         close_lost_runs()
@@ -90,6 +94,7 @@ def start_run(
     return SyncRun.objects.create(
         scope=scope,
         maildomain_name=maildomain_name,
+        organization_siret=organization_siret,
         trigger=trigger,
         task_id=task_id,
         status=SyncRun.Status.SKIPPED if skipped else SyncRun.Status.RUNNING,

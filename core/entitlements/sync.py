@@ -41,6 +41,12 @@ _LOG_LEVELS = {AnswerKind.INVALID: logging.WARNING, AnswerKind.CONFIGURATION_ERR
 # on it and it comes back every interval. Every other sync was asked for by a person (a login,
 # the admin, the command line, or the sweep sending such a request that never ran).
 _MAY_USE_FRESH_WINDOW = frozenset({Trigger.PERIODIC})
+# A change signal's sync asks when it runs, after the settle delay: an answer asked earlier,
+# even after the signal arrived, may predate the change DeployCenter had not committed yet.
+_ASKS_WHEN_IT_RUNS = frozenset({Trigger.CHANGE_SIGNAL})
+# Nobody waits on a change signal's sync: it takes the rate limit's bulk share, so that a storm
+# of signals leaves the reserve to logins.
+_NOBODY_WAITS = frozenset({Trigger.CHANGE_SIGNAL})
 
 
 def answer_needed_since(*, trigger: Trigger, requested_at: datetime | None) -> datetime | None:
@@ -50,10 +56,13 @@ def answer_needed_since(*, trigger: Trigger, requested_at: datetime | None) -> d
     A person's request needs an answer asked after it was made (`requested_at`; now when the
     sync serves no recorded request): in practice it asks the upstream, unless another sync of
     the same user asked since the request (a login storm collapses into few calls). Either
-    way, an upstream that is down is covered by the stale window.
+    way, an upstream that is down is covered by the stale window. A change signal's sync
+    needs an answer asked now.
     """
     if trigger in _MAY_USE_FRESH_WINDOW:
         return None
+    if trigger in _ASKS_WHEN_IT_RUNS:
+        return timezone.now()
     return requested_at or timezone.now()
 
 
@@ -67,7 +76,8 @@ def sync_user_entitlements(
 
     The answer is as fresh as `answer_needed_since` says for the trigger and the user's latest
     recorded request. A person waits on this sync (a login, the admin, the command line, the
-    sweep sending their request): it asks at interactive priority, for the upstream rate limit.
+    sweep sending their request): it asks at interactive priority, for the upstream rate
+    limit; a change signal's, which nobody waits on, at bulk priority.
 
     Runs under the user's lock, owned by `task_id` (a redelivered task takes back the lock its
     killed run left). While another sync of the user holds it, the result is `skipped`:
@@ -81,7 +91,9 @@ def sync_user_entitlements(
     """
     lock = user_lock(user_id, owner=task_id)
     if not lock.acquire():
-        served = running_sync_serves_request(user_id=user_id)
+        # The running sync may have asked before a signalled change settled (DeployCenter
+        # signals before it commits): a change signal's sync waits its turn instead.
+        served = trigger != Trigger.CHANGE_SIGNAL and running_sync_serves_request(user_id=user_id)
         return SyncResult(
             user_id=str(user_id),
             trigger=trigger,
@@ -100,7 +112,12 @@ def _sync_user(*, user_id: uuid.UUID | str, trigger: Trigger, task_id: str) -> S
     requested_at = _requested_at(user)
     _mark_started([user])
     try:
-        answer = fetch_user_answer(user=user, trigger=trigger, requested_at=requested_at)
+        answer = fetch_user_answer(
+            user=user,
+            trigger=trigger,
+            requested_at=requested_at,
+            priority=Priority.BULK if trigger in _NOBODY_WAITS else Priority.INTERACTIVE,
+        )
     except EntitlementsUnavailableError as error:
         record_sync_unavailable(user=user, trigger=trigger, task_id=task_id, error=error)
         return _unavailable_result(user, trigger=trigger, error=error)

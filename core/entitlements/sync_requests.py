@@ -38,6 +38,8 @@ def request_sync(
     trigger: Trigger,
     queue: str | None = None,
     login_claims: dict | None = None,
+    delay_seconds: float = 0.0,
+    task_kwargs: dict | None = None,
 ) -> SyncReceipt:
     """Record that the user's entitlements need a sync and enqueue its task after commit.
 
@@ -48,19 +50,37 @@ def request_sync(
     never tokens. Never raises for a broker that cannot be reached: the request stays
     recorded, the outcome says NOT_SENT (in autocommit at once, else once the transaction
     commits), and `enqueue_outstanding_requests` (the sweep) sends it later.
+
+    A change signal passes `delay_seconds`: its task starts no sooner (its row records when
+    it is due); it collapses only into a waiting task of the same trigger, and a request with
+    no delay never waits for another trigger's task not due yet. `task_kwargs` are the sync
+    task's extra keyword arguments (numbers and flags only: the broker and Flower show them).
     """
     now = timezone.now()
     fields = {"requested_at": now, "last_trigger": trigger}
     if login_claims is not None:
         fields["forwarded_claims"] = forwarded_claims(login_claims)
     not_enqueued_since = now - timedelta(seconds=settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS)
+    due_at = now + timedelta(seconds=delay_seconds)
     if not _record_and_claim(
-        user_id=user.pk, fields=fields, now=now, not_enqueued_since=not_enqueued_since
+        user_id=user.pk,
+        fields=fields,
+        now=now,
+        due_at=due_at,
+        not_enqueued_since=not_enqueued_since,
     ):
         return SyncReceipt(user_id=user.pk, outcome=RequestOutcome.COLLAPSED)
     request = SyncReceipt(user_id=user.pk, outcome=RequestOutcome.QUEUED, task_id=str(uuid.uuid4()))
     transaction.on_commit(
-        partial(_send, request=request, trigger=trigger, queue=queue, claimed_at=now)
+        partial(
+            _send,
+            request=request,
+            trigger=trigger,
+            queue=queue,
+            claimed_at=due_at,
+            countdown=delay_seconds or None,
+            kwargs=task_kwargs,
+        )
     )
     return request
 
@@ -72,21 +92,47 @@ def request_resync(*, trigger: Trigger, maildomain: MailDomain | None = None) ->
     the transaction: NOT_SENT when the broker cannot be reached, and nothing is recorded
     for the sweep (the person tries again).
     """
-    args: list[str]
     if maildomain is None:
-        task_name, args, name = TaskName.SYNC_ALL_ADMINS, [trigger], ""
-    else:
-        task_name, args = TaskName.SYNC_DOMAIN_ADMINS, [str(maildomain.pk), trigger]
-        name = maildomain.name
+        return _send_run(TaskName.SYNC_ALL_ADMINS, args=[trigger])
+    return _send_run(
+        TaskName.SYNC_DOMAIN_ADMINS,
+        args=[str(maildomain.pk), trigger],
+        maildomain_name=maildomain.name,
+    )
+
+
+def request_organisation_resync(
+    *, user_id: uuid.UUID, trigger: Trigger, delay_seconds: float
+) -> SyncReceipt:
+    """Start, after `delay_seconds`, a resync run of the users who share the stored siret
+    claim of `user_id` (entitlements.sync_organisation_admins): a change signal's.
+
+    Sent now, whatever the transaction: NOT_SENT when the broker cannot be reached.
+    """
+    return _send_run(
+        TaskName.SYNC_ORGANISATION_ADMINS, args=[str(user_id), trigger], countdown=delay_seconds
+    )
+
+
+def _send_run(
+    task_name: str, *, args: list, maildomain_name: str = "", countdown: float | None = None
+) -> SyncReceipt:
+    """Send a resync run's task; its receipt says NOT_SENT when the broker is unreachable."""
     try:
         task_id = current_app.send_task(
-            task_name, args=args, retry=True, retry_policy=_PUBLISH_RETRY_POLICY
+            task_name,
+            args=args,
+            countdown=countdown,
+            retry=True,
+            retry_policy=_PUBLISH_RETRY_POLICY,
         ).id
     except Exception as error:
         logger.warning("%s not enqueued (%s)", task_name, type(error).__name__)
         sentry_sdk.capture_exception(error)
-        return SyncReceipt(outcome=RequestOutcome.NOT_SENT, maildomain_name=name)
-    return SyncReceipt(outcome=RequestOutcome.QUEUED, task_id=task_id, maildomain_name=name)
+        return SyncReceipt(outcome=RequestOutcome.NOT_SENT, maildomain_name=maildomain_name)
+    return SyncReceipt(
+        outcome=RequestOutcome.QUEUED, task_id=task_id, maildomain_name=maildomain_name
+    )
 
 
 def enqueue_outstanding_requests() -> int:
@@ -131,19 +177,27 @@ _PENDING_IF_NEVER = Case(
 
 
 def _record_and_claim(
-    *, user_id, fields: dict, now: datetime, not_enqueued_since: datetime
+    *, user_id, fields: dict, now: datetime, due_at: datetime, not_enqueued_since: datetime
 ) -> bool:
     """Write the request on the user's bookkeeping row; True when this call must enqueue.
 
     The usual case is one UPDATE: it records the request and claims the enqueue at once,
     unless a task enqueued after `not_enqueued_since` has not started yet (no sync started
     since it was enqueued): only such a task is sure to read the upstream after this request.
+    `enqueued_at` holds when the task is due (`due_at`: now, unless the request is delayed).
     The database serialises concurrent requests on the row, so exactly one of them claims, in
     any process.
     """
     states = EntitlementSyncState.objects.filter(user_id=user_id)
-    no_task_waiting = states.without_task_waiting(queued_since=not_enqueued_since)
-    if no_task_waiting.update(enqueued_at=now, status=_PENDING_IF_NEVER, **fields):
+    # A delayed request does not collapse into another trigger's task (it would run without
+    # the delay); a request due now does not wait for another trigger's task not due yet.
+    other_triggers_task = states.exclude(last_trigger=fields["last_trigger"])
+    if due_at <= now:
+        other_triggers_task = other_triggers_task.filter(enqueued_at__gt=now)
+    no_task_waiting = (
+        states.without_task_waiting(queued_since=not_enqueued_since) | other_triggers_task
+    )
+    if no_task_waiting.update(enqueued_at=due_at, status=_PENDING_IF_NEVER, **fields):
         return True
     if states.update(status=_PENDING_IF_NEVER, **fields):
         return False
@@ -153,7 +207,11 @@ def _record_and_claim(
         [EntitlementSyncState(user_id=user_id)], ignore_conflicts=True
     )
     return _record_and_claim(
-        user_id=user_id, fields=fields, now=now, not_enqueued_since=not_enqueued_since
+        user_id=user_id,
+        fields=fields,
+        now=now,
+        due_at=due_at,
+        not_enqueued_since=not_enqueued_since,
     )
 
 
@@ -173,6 +231,8 @@ def _send(
     queue: str | None,
     claimed_at: datetime,
     expires: float | None = None,
+    countdown: float | None = None,
+    kwargs: dict | None = None,
 ) -> None:
     """Put the sync task on the broker; on failure, log and leave the request to the sweep."""
     assert request.user_id is not None, "a user's sync request names its user"
@@ -181,8 +241,10 @@ def _send(
         current_app.send_task(
             TaskName.SYNC_USER,
             args=[str(request.user_id), trigger],
+            kwargs=kwargs,
             task_id=request.task_id,
             expires=expires,
+            countdown=countdown,
             retry=True,
             retry_policy=_PUBLISH_RETRY_POLICY,
             **options,

@@ -111,3 +111,22 @@ class TestResyncAll:
         assert shown(response) == [
             "The task broker cannot be reached: the full resync was not started. Try again later."
         ]
+
+
+def test_an_organisation_run_of_a_change_signal_shows_and_is_found_by_siret(admin_client):
+    run = SyncRun.objects.create(
+        scope=SyncRun.Scope.ORGANISATION,
+        organization_siret="12345678900017",
+        trigger="change_signal",
+        status=SyncRun.Status.DONE,
+    )
+    other = SyncRun.objects.create(scope=SyncRun.Scope.ALL, trigger="periodic")
+
+    changelist = admin_client.get(RUNS, {"q": "12345678900017"}).content.decode()
+    detail = admin_client.get(reverse("admin:core_syncrun_change", args=[run.pk])).content.decode()
+
+    assert "One organisation" in changelist
+    assert "Change signalled by DeployCenter" in changelist
+    assert reverse("admin:core_syncrun_change", args=[run.pk]) in changelist
+    assert reverse("admin:core_syncrun_change", args=[other.pk]) not in changelist
+    assert "12345678900017" in detail

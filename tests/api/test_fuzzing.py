@@ -31,7 +31,8 @@ from tests.factories import MailDomainAccessFactory, MailDomainFactory, UserFact
 
 SCHEMA_PATH = "/api/v1.0/schema/?format=json"
 PROVISIONING_KEY = "fuzzing-provisioning-key"
-# Examples per operation, generation mode and client: 9 operations x 2 modes x 3 clients.
+CHANGES_TOKEN = "fuzzing-changes-token-0123456789"
+# Examples per operation, generation mode and client: 10 operations x 2 modes x 4 clients.
 EXAMPLES = 25
 FUZZ_SETTINGS = hypothesis.settings(
     max_examples=EXAMPLES,
@@ -72,7 +73,7 @@ _provisioning_statuses: Counter = Counter()
 def _measured() -> list[str]:
     lines = []
     for name, statuses in (
-        ("schemathesis, 9 operations x 2 modes x 3 clients", _schema_statuses),
+        ("schemathesis, 10 operations x 2 modes x 4 clients", _schema_statuses),
         ("provisioning property test", _provisioning_statuses),
     ):
         if not statuses:
@@ -109,6 +110,7 @@ def api_schema(wsgi_requests_keep_the_test_transaction):
 def world(db, settings):
     """A staff admin of one domain, another user's access on it, both features on."""
     settings.PROVISIONING_API_KEY = PROVISIONING_KEY
+    settings.ENTITLEMENTS_CHANGES_TOKEN = (CHANGES_TOKEN,)
     settings.FEATURE_MAILDOMAIN_CREATE = True
     settings.FEATURE_MAILDOMAIN_MANAGE_ACCESSES = True
     admin = UserFactory(is_staff=True)
@@ -138,6 +140,8 @@ def _credentials(client: str, world) -> dict[str, dict[str, str]]:
         }
     if client == "provisioning":
         return {"headers": {"Authorization": f"Bearer {PROVISIONING_KEY}"}, "cookies": {}}
+    if client == "changes":
+        return {"headers": {"Authorization": f"Bearer {CHANGES_TOKEN}"}, "cookies": {}}
     return {"headers": {}, "cookies": {}}
 
 
@@ -205,7 +209,7 @@ def _fuzz(operation, mode, *, credentials: dict, path_parameters: dict[str, str]
 
 
 @pytest.mark.parametrize("mode", list(schemathesis.GenerationMode), ids=str)
-@pytest.mark.parametrize("client", ["anonymous", "staff-admin", "provisioning"])
+@pytest.mark.parametrize("client", ["anonymous", "staff-admin", "provisioning", "changes"])
 def test_no_generated_request_makes_a_server_error(api_schema, world, client, mode):
     credentials = _credentials(client, world)
     path_parameters = (
@@ -214,7 +218,7 @@ def test_no_generated_request_makes_a_server_error(api_schema, world, client, mo
         else {}
     )
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 9
+    assert len(operations) == 10
 
     for operation in operations:
         _fuzz(operation, mode, credentials=credentials, path_parameters=path_parameters)

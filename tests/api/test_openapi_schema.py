@@ -18,7 +18,10 @@ def test_schema_validates_without_any_warning(tmp_path):
         "/api/v1.0/maildomains/{maildomain_id}/accesses/",
         "/api/v1.0/maildomains/{maildomain_id}/accesses/{id}/",
         "/api/v1.0/provisioning/maildomains/",
+        "/api/v1.0/entitlements/changes/",
     }
+    changes = schema["paths"]["/api/v1.0/entitlements/changes/"]["post"]
+    assert changes["security"] == [{"changesToken": []}]
     provisioning = schema["paths"]["/api/v1.0/provisioning/maildomains/"]["post"]
     assert provisioning["security"] == [{"provisioningKey": []}]
     assert schema["components"]["securitySchemes"]["provisioningKey"] == {

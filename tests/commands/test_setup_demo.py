@@ -49,6 +49,25 @@ class TestSetupDemo:
         password = (tmp_path / "demo_password").read_text().strip()
         assert env["FLOWER_BASIC_AUTH"] == f"operator@example.org:{password}"
 
+    def test_the_demo_signals_changes_with_its_own_token(
+        self, transactional_db, settings, tmp_path
+    ):
+        settings.DATA_DIR = tmp_path
+        first, _ = run("setup_demo")
+        token = (tmp_path / "demo_changes_token").read_text().strip()
+        run("setup_demo")
+
+        env = parse_env_file((tmp_path / "demo.env").read_text())
+        [webhook] = json.loads((tmp_path / "demo_webhooks.json").read_text())
+        assert env["ENTITLEMENTS_CHANGES_TOKEN"] == token, "kept across runs"
+        assert len(token) >= 16
+        assert webhook["headers"] == {"Authorization": f"Bearer {token}"}
+        assert webhook["url"].endswith("/api/v1.0/entitlements/changes/")
+        assert "account.updated" in webhook["event_types"]
+        assert f"send --webhooks {tmp_path / 'demo_webhooks.json'} account.updated" in first
+        for secret in ("demo_changes_token", "demo_webhooks.json"):
+            assert stat.S_IMODE(os.stat(tmp_path / secret).st_mode) == 0o600
+
 
 class TestDemoStory:
     """The README's steps happen when the reader takes them: no periodic run grants first."""

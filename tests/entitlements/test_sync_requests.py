@@ -39,6 +39,7 @@ def test_first_request_records_and_enqueues_after_commit(
         "task": "entitlements.sync_user",
         "id": task_id,
         "args": [str(user.pk), "login"],
+        "kwargs": {},
         "expires": None,
     }
 

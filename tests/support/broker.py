@@ -11,9 +11,9 @@ from celery import Celery
 from celery.contrib.testing.app import setup_default_app
 from django.conf import settings
 
-from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
+from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE, SIGNALS_QUEUE
 
-QUEUES = (INTERACTIVE_QUEUE, BULK_QUEUE)
+QUEUES = (INTERACTIVE_QUEUE, BULK_QUEUE, SIGNALS_QUEUE)
 
 
 def broker_key(name: str) -> str:
@@ -44,7 +44,7 @@ class BrokerQueues:
         return self.client.llen(broker_key(queue))
 
     def messages(self, queue: str) -> list[dict]:
-        """Each queued task as {"task", "id", "args", "expires"}, oldest first."""
+        """Each queued task as {"task", "id", "args", "kwargs", "expires"}, oldest first."""
         found = []
         # kombu LPUSHes and BRPOPs: the list tail is the oldest message.
         for raw in reversed(self.client.lrange(broker_key(queue), 0, -1)):
@@ -56,6 +56,7 @@ class BrokerQueues:
                     "task": headers["task"],
                     "id": headers["id"],
                     "args": body[0],
+                    "kwargs": body[1],
                     "expires": headers.get("expires"),
                 }
             )

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from core.entitlements.change_signals import deploycenter_webhook
 from core.models import EntitlementSyncState, MailDomain, User
 
 DEMO_DOMAINS = ("alpha.example.org", "beta.example.org", "gamma.example.org")
@@ -44,7 +45,23 @@ class Command(BaseCommand):
         if not mapping_file.exists():
             # Written once: the demo's story is to edit it.
             mapping_file.write_text(json.dumps(DEMO_MAPPING, indent=2) + "\n")
-        password = _demo_password(data_dir / "demo_password")
+        password = _demo_secret(data_dir / "demo_password")
+        changes_token = _demo_secret(data_dir / "demo_changes_token", size=32)
+        web = os.environ.get("WEB_BIND", "127.0.0.1:8000")
+        webhooks_file = data_dir / "demo_webhooks.json"
+        # What DeployCenter's service config would hold; the stub sends webhooks from it.
+        _write_private(
+            webhooks_file,
+            json.dumps(
+                [
+                    deploycenter_webhook(
+                        url=f"http://{web}/api/v1.0/entitlements/changes/", token=changes_token
+                    )
+                ],
+                indent=2,
+            )
+            + "\n",
+        )
         with transaction.atomic():
             for name in DEMO_DOMAINS:
                 MailDomain.objects.get_or_create(name=name)
@@ -76,6 +93,8 @@ class Command(BaseCommand):
             # shows at the very next sync.
             "ENTITLEMENTS_CACHE_TIMEOUT_SECONDS": "0",
             "FLOWER_BASIC_AUTH": f"{SUPERUSER_EMAIL}:{password}",
+            # DeployCenter's webhooks (here: the stub's `send`) resync the users they name.
+            "ENTITLEMENTS_CHANGES_TOKEN": changes_token,
             # The demo is served on plain http: a browser would not send back secure cookies.
             "DJANGO_SECURE_COOKIES": "false",
             # Web, worker and beat add up their metrics here (`make run` empties it first).
@@ -89,11 +108,15 @@ class Command(BaseCommand):
             "\n".join(
                 [
                     "Demo ready.",
-                    f"  Django admin  http://{os.environ.get('WEB_BIND', '127.0.0.1:8000')}/admin/",
+                    f"  Django admin  http://{web}/admin/",
                     f"  Flower        http://{os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}:"
                     f"{os.environ.get('FLOWER_PORT', '5555')}/",
                     f"  Log in as     {SUPERUSER_EMAIL} / {password} (both)",
                     f"  Entitlements  {mapping_file} (edit it to grant or revoke)",
+                    "  Signal it     .venv/bin/python -m tests.deploycenter_stub send --webhooks "
+                    f"{webhooks_file} account.updated admin@alpha.example.org",
+                    "                (DeployCenter's webhook after an edit: rights follow in "
+                    "about 2 s, not at the next periodic run)",
                     f"  Environment   {env_file} (used by `make run` and by manage.py "
                     "when DATABASE_URL is unset)",
                     "  Try           .venv/bin/python manage.py simulate_login "
@@ -104,13 +127,14 @@ class Command(BaseCommand):
         )
 
 
-def _demo_password(path: Path) -> str:
-    """The superuser's password: generated on the first run, kept in DATA_DIR afterwards."""
+def _demo_secret(path: Path, *, size: int = 12) -> str:
+    """A secret (the superuser's password, the changes token): generated on the first run,
+    kept in DATA_DIR afterwards."""
     if path.exists():
         return path.read_text().strip()
-    password = secrets.token_urlsafe(12)
-    _write_private(path, password + "\n")
-    return password
+    secret = secrets.token_urlsafe(size)
+    _write_private(path, secret + "\n")
+    return secret
 
 
 def _write_private(path: Path, text: str) -> None:
