@@ -104,7 +104,7 @@ def test_a_wrong_key_stops_the_full_run_with_one_error_and_one_event(
     operator.force_login(User.objects.create_superuser(email="ops@example.org", password="x"))
     page = operator.get(reverse("admin:core_syncrun_changelist")).content.decode()
     row = re.search(rf'<tr>.*?href="[^"]*/{run.pk}/change/".*?</tr>', page, re.S).group()
-    assert "Failed (configuration)" in row
+    assert ">Failed (configuration)<" in row
     report_figure(
         f"faults/wrong api_key, full run of {USERS} users: {wrong_key.calls} upstream calls, "
         f"run failed/configuration, 1 ERROR line, {len(events)} Sentry event"
