@@ -64,6 +64,8 @@ def test_queues_rabbitmq_does_not_know_yet_read_zero(monkeypatch, settings):
     monkeypatch.setattr(
         current_app.conf, "broker_url", rabbitmq.fresh_vhost(f"{database}_metrics_test")
     )
+    # The settings' transport is Redis's own (messages/redis_broker.py): AMQP takes its URL's.
+    monkeypatch.setattr(current_app.conf, "broker_transport", None)
 
     values = rendered()
 
