@@ -243,7 +243,8 @@ def process_exited(*, pid: int) -> None:
 class SharedStateCollector(Collector):
     """What lives in shared stores, read at each scrape with cheap queries: queue depths
     (Redis LLEN), requests waiting for the sweep and pending held revocations (two counts),
-    the end of the last full run, the circuit's state (read by `read_circuit_state`)."""
+    the end of the last full run, how fresh the admins' rights are (one aggregate), whether
+    full runs fit in their interval, the circuit's state (read by `read_circuit_state`)."""
 
     def __init__(self, read_circuit_state: Callable[[], str]):
         self._read_circuit_state = read_circuit_state
@@ -254,6 +255,8 @@ class SharedStateCollector(Collector):
             self._sweep_backlog,
             self._held_pending,
             self._last_full_run,
+            self._admin_freshness,
+            self._resync_capacity,
             self._circuit,
         )
         for read in readings:
@@ -306,6 +309,48 @@ class SharedStateCollector(Collector):
                 f"{NAMESPACE}_last_full_run_finished_timestamp_seconds",
                 "When the last full resync run that completed ended (Unix time).",
                 value=finished.timestamp(),
+            )
+
+    def _admin_freshness(self) -> Iterable[GaugeMetricFamily]:
+        from core.selectors import admin_freshness
+
+        interval = timedelta(seconds=settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS)
+        fresh = admin_freshness(now=timezone.now(), interval=interval)
+        ages = GaugeMetricFamily(
+            f"{NAMESPACE}_admin_rights_age_seconds",
+            "Time since an authoritative answer last confirmed a sync-managed admin's rights, "
+            "at the quantile (1: the oldest; admins never confirmed aside).",
+            labels=["quantile"],
+        )
+        for quantile, age in (
+            ("0.5", fresh.p50_age),
+            ("0.99", fresh.p99_age),
+            ("1", fresh.max_age),
+        ):
+            if age is not None:
+                ages.add_metric([quantile], age)
+        stale = GaugeMetricFamily(
+            f"{NAMESPACE}_admins_unconfirmed",
+            "Sync-managed admins unconfirmed for over this many resync intervals, or ever.",
+            labels=["intervals"],
+        )
+        stale.add_metric(["1"], fresh.older_than_one_interval)
+        stale.add_metric(["2"], fresh.older_than_two_intervals)
+        stale.add_metric(["never"], fresh.never_confirmed)
+        admins = GaugeMetricFamily(
+            f"{NAMESPACE}_admins", "Users holding an ADMIN access the sync manages.", fresh.admins
+        )
+        yield from (ages, stale, admins)
+
+    def _resync_capacity(self) -> Iterable[GaugeMetricFamily]:
+        from core.capacity import last_run_capacity
+
+        if capacity := last_run_capacity():
+            yield GaugeMetricFamily(
+                f"{NAMESPACE}_resync_capacity_ratio",
+                "The last full run's users / rate limit (or duration if longer) over the resync "
+                "interval: above 1, runs cannot keep up and the next ones are skipped.",
+                value=capacity.ratio,
             )
 
     def _circuit(self) -> Iterable[GaugeMetricFamily]:

@@ -81,6 +81,14 @@ class User(AbstractBaseUser, PermissionsMixin, BaseModel):
 
     class Meta:
         ordering = ["email"]
+        # The admin's list filters: the rare value of each flag is indexed, not the common one.
+        indexes = [
+            models.Index(fields=["is_staff"], condition=Q(is_staff=True), name="user_staff"),
+            models.Index(
+                fields=["is_superuser"], condition=Q(is_superuser=True), name="user_superuser"
+            ),
+            models.Index(fields=["is_active"], condition=Q(is_active=False), name="user_inactive"),
+        ]
 
     def __str__(self):
         return self.email
@@ -214,13 +222,23 @@ class EntitlementSyncState(models.Model):
     access_ended_since = models.DateTimeField(null=True, blank=True)
     last_trigger = models.CharField(max_length=32, choices=Trigger.choices, blank=True)
     last_task_id = models.CharField(max_length=255, blank=True)
+    # When an authoritative answer last confirmed the user's rights (applied, or unchanged):
+    # how fresh their admin rights are (core/selectors.py, admin_freshness).
+    rights_confirmed_at = models.DateTimeField(null=True, blank=True)
 
     objects = SyncStateQuerySet.as_manager()
 
     class Meta:
+        # One per filter of the admin's list, so a filtered page reads an index at a million.
         indexes = [
             models.Index(fields=["status"]),
             models.Index(fields=["requested_at"]),
+            models.Index(fields=["rights_confirmed_at"]),
+            models.Index(fields=["last_trigger"]),
+            # Most rows have no error code: only those with one are indexed.
+            models.Index(
+                fields=["error_code"], condition=~Q(error_code=""), name="syncstate_error_code"
+            ),
         ]
 
     def __str__(self):

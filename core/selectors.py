@@ -5,8 +5,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connections, router
-from django.db.models import Exists, OuterRef, Q, QuerySet, TextField
+from django.db.models import (
+    Aggregate,
+    Count,
+    Exists,
+    FloatField,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    TextField,
+)
 from django.db.models.functions import Cast
 from django_celery_beat.models import PeriodicTask
 
@@ -224,6 +235,11 @@ def latest_run() -> SyncRun | None:
     return SyncRun.objects.order_by("-started_at").first()
 
 
+def runs_skipped_since(*, since: datetime) -> QuerySet[SyncRun]:
+    """Runs recorded skipped (one of their scope was still running) that started after `since`."""
+    return SyncRun.objects.filter(status=SyncRun.Status.SKIPPED, started_at__gte=since)
+
+
 def full_resync_schedule() -> PeriodicTask | None:
     """The periodic task of the full resync (beat's schedule), if it is enabled."""
     return (
@@ -243,3 +259,119 @@ def failed_syncs_since(*, since: datetime) -> QuerySet[EntitlementSyncState]:
     return EntitlementSyncState.objects.filter(
         status__in=FAILED_SYNC_STATUSES, finished_at__gte=since
     )
+
+
+# Below this many rows an exact count is cheap, and the planner's estimate may be stale.
+_ESTIMATED_FROM_ROWS = 100_000
+
+
+def estimated_row_count(model) -> int | None:
+    """The planner's estimate of the model's table rows (PostgreSQL's pg_class.reltuples),
+    None when an exact count is cheap (small or never analysed tables) or not PostgreSQL."""
+    connection = connections[router.db_for_read(model)]
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [model._meta.db_table]
+        )
+        row = cursor.fetchone()
+    if row is None or row[0] < _ESTIMATED_FROM_ROWS:
+        return None
+    return int(row[0])
+
+
+# --- How fresh the admins' rights are --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How long ago the admins' rights were last confirmed by an authoritative answer.
+
+    Ages in seconds, None when no admin was ever confirmed; admins never confirmed count as
+    older than any interval.
+    """
+
+    admins: int
+    never_confirmed: int
+    p50_age: float | None
+    p99_age: float | None
+    max_age: float | None
+    older_than_one_interval: int
+    older_than_two_intervals: int
+
+
+class _ConfirmedAtPercentile(Aggregate):
+    """PostgreSQL's percentile_cont of the confirmation times, as Unix seconds."""
+
+    template = (
+        "percentile_cont(%(fraction)s) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM %(expressions)s))"
+    )
+    output_field = FloatField()
+
+    def __init__(self, expression, *, fraction: float):
+        super().__init__(expression, fraction=float(fraction))
+
+
+def sync_managed_admins() -> QuerySet[User]:
+    """Users holding an ADMIN access the sync owns (made by it, or any in strict mode)."""
+    accesses = MailDomainAccess.objects.filter(
+        user=OuterRef("pk"), role=MailDomainAccess.Role.ADMIN
+    )
+    if not settings.ENTITLEMENTS_STRICT_MODE:
+        accesses = accesses.filter(source=MailDomainAccess.Source.ENTITLEMENTS)
+    return User.objects.filter(Exists(accesses))
+
+
+def admins_unconfirmed_since(*, since: datetime) -> QuerySet[User]:
+    """Sync-managed admins whose rights no authoritative answer confirmed since `since`."""
+    return sync_managed_admins().filter(
+        Q(sync_state__rights_confirmed_at__isnull=True)
+        | Q(sync_state__rights_confirmed_at__lt=since)
+    )
+
+
+def admin_freshness(*, now: datetime, interval: timedelta) -> Freshness:
+    """The admins' confirmation ages: one aggregate query (two more without PostgreSQL)."""
+    admins = sync_managed_admins()
+    confirmed_at = "sync_state__rights_confirmed_at"
+    never = Q(**{f"{confirmed_at}__isnull": True})
+    figures = {
+        "admins": Count("pk"),
+        "never": Count("pk", filter=never),
+        "oldest": Min(confirmed_at),
+        "over_one": Count("pk", filter=never | Q(**{f"{confirmed_at}__lt": now - interval})),
+        "over_two": Count("pk", filter=never | Q(**{f"{confirmed_at}__lt": now - 2 * interval})),
+    }
+    postgresql = connections[router.db_for_read(User)].vendor == "postgresql"
+    if postgresql:
+        # The p99 age is the confirmation time at the 1st percentile: older is earlier.
+        figures["p50"] = _ConfirmedAtPercentile(confirmed_at, fraction=0.5)
+        figures["p99"] = _ConfirmedAtPercentile(confirmed_at, fraction=0.01)
+    row = admins.aggregate(**figures)
+    if postgresql:
+        percentiles = [row["p50"], row["p99"]]
+    else:
+        percentiles = _nearest_ranks(admins, field=confirmed_at, fractions=(0.5, 0.01))
+    stamp = now.timestamp()
+    p50, p99 = (None if value is None else stamp - value for value in percentiles)
+    return Freshness(
+        admins=row["admins"],
+        never_confirmed=row["never"],
+        p50_age=p50,
+        p99_age=p99,
+        max_age=(now - row["oldest"]).total_seconds() if row["oldest"] else None,
+        older_than_one_interval=row["over_one"],
+        older_than_two_intervals=row["over_two"],
+    )
+
+
+def _nearest_ranks(users: QuerySet, *, field: str, fractions: Iterable[float]) -> list:
+    """The confirmation times (Unix seconds) at these fractions, by nearest rank: the portable
+    fallback for databases without percentile_cont (SQLite in development)."""
+    confirmed = users.filter(**{f"{field}__isnull": False}).order_by(field)
+    total = confirmed.count()
+    if not total:
+        return [None for _ in fractions]
+    times = confirmed.values_list(field, flat=True)
+    return [times[round(fraction * (total - 1))].timestamp() for fraction in fractions]

@@ -93,7 +93,7 @@ def render_chart(
         xl=HEIGHT - 8,
         r=WIDTH - _RIGHT,
         mid=_LEFT + _PLOT_W // 2,
-        elapsed=_duration(span),
+        elapsed=duration_text(span),
         shown=shown,
         bar=_mix_bar(mix),
     )
@@ -150,7 +150,7 @@ def _mix_bar(mix: dict[str, int]) -> SafeString:
     )
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     """A short duration: 42 s, 3 min 5 s, 1 h 12 min."""
     whole = timedelta(seconds=round(seconds))
     minutes, secs = divmod(int(whole.total_seconds()), 60)

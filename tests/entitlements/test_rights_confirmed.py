@@ -1,0 +1,121 @@
+"""When each admin's rights were last confirmed: written by the reconcile's own UPDATE on an
+authoritative answer (applied or unchanged), kept on a failure, measured per admin."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from core import selectors
+from core.entitlements import sync_user_entitlements
+from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
+from core.selectors import admin_freshness
+
+ADMIN = "admin@alpha.example.org"
+ALPHA = "alpha.example.org"
+SIRET = "12345678900017"
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture
+def admin(settings, db, deploycenter_backend):
+    """An admin the stub names on alpha; every sync asks the stub (no fresh or stale window)."""
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 0
+    MailDomain.objects.create(name=ALPHA)
+    user = User.objects.create_user(email=ADMIN)
+    EntitlementSyncState.objects.create(user=user, forwarded_claims={"siret": SIRET})
+    deploycenter_backend.set_admin_domains(ADMIN, [ALPHA])
+    return user
+
+
+def _confirmed_at(user):
+    return EntitlementSyncState.objects.get(user=user).rights_confirmed_at
+
+
+def test_an_applied_answer_confirms_the_rights_in_the_state_update_the_reconcile_writes(admin):
+    before = timezone.now()
+    with CaptureQueriesContext(connection) as queries:
+        sync_user_entitlements(user_id=admin.pk, trigger="login")
+
+    assert MailDomainAccess.objects.filter(user=admin, maildomain__name=ALPHA).exists()
+    assert _confirmed_at(admin) >= before
+    state_updates = [
+        query["sql"]
+        for query in queries.captured_queries
+        if query["sql"].startswith('UPDATE "core_entitlementsyncstate"')
+        and '"rights_confirmed_at"' in query["sql"]
+    ]
+    # The one UPDATE that records the status carries the confirmation: no query of its own.
+    assert len(state_updates) == 1
+    assert '"status" = ' in state_updates[0]
+
+
+def test_an_unchanged_answer_confirms_again_and_a_failure_keeps_the_last_confirmation(
+    admin, deploycenter_backend
+):
+    sync_user_entitlements(user_id=admin.pk, trigger="login")
+    first = _confirmed_at(admin)
+
+    sync_user_entitlements(user_id=admin.pk, trigger="periodic")
+    unchanged = _confirmed_at(admin)
+    assert unchanged > first
+
+    deploycenter_backend.fail_with(503)
+    sync_user_entitlements(user_id=admin.pk, trigger="periodic")
+    state = EntitlementSyncState.objects.get(user=admin)
+    assert state.status == EntitlementSyncState.Status.UNAVAILABLE
+    assert state.rights_confirmed_at == unchanged
+
+
+@pytest.fixture
+def aged_admins(make_synced_admins):
+    """100 sync-managed admins confirmed 1..100 hours ago, 2 never confirmed, and a manual admin
+    and a plain user the measure leaves out."""
+    now = timezone.now()
+    users = make_synced_admins(102)
+    for age, user in enumerate(users[:100], start=1):
+        EntitlementSyncState.objects.filter(user=user).update(rights_confirmed_at=now - age * HOUR)
+    EntitlementSyncState.objects.filter(user__in=users[100:]).update(rights_confirmed_at=None)
+    make_synced_admins(1, source=MailDomainAccess.Source.MANUAL)
+    User.objects.create_user(email="nobody@example.org")
+    return now
+
+
+def test_the_freshness_counts_percentiles_and_stale_admins(aged_admins):
+    freshness = admin_freshness(now=aged_admins, interval=30 * HOUR)
+
+    assert freshness.admins == 102
+    assert freshness.never_confirmed == 2
+    # percentile_cont interpolates: ages 1..100 h have their median at 50.5 h, and the 99th
+    # percentile of ages sits at the 1st of confirmation times: 100 - 0.99 h.
+    assert freshness.p50_age == pytest.approx(50.5 * 3600, abs=1)
+    assert freshness.p99_age == pytest.approx((100 - 0.99) * 3600, abs=1)
+    assert freshness.max_age == pytest.approx(100 * 3600, abs=1)
+    # Over 30 h: ages 31..100 and the two never confirmed; over 60 h: 61..100 and those two.
+    assert freshness.older_than_one_interval == 72
+    assert freshness.older_than_two_intervals == 42
+
+
+def test_the_portable_fallback_takes_the_nearest_ranks(aged_admins):
+    admins = selectors.sync_managed_admins()
+    p50, p99 = selectors._nearest_ranks(
+        admins, field="sync_state__rights_confirmed_at", fractions=(0.5, 0.01)
+    )
+
+    assert aged_admins.timestamp() - p50 == pytest.approx(50 * 3600, abs=1)  # rank 49 of 0..99
+    assert aged_admins.timestamp() - p99 == pytest.approx(99 * 3600, abs=1)  # rank 1
+
+
+def test_strict_mode_measures_every_admin(aged_admins, settings):
+    settings.ENTITLEMENTS_STRICT_MODE = True
+
+    assert admin_freshness(now=aged_admins, interval=30 * HOUR).admins == 103
+
+
+def test_no_admin_no_ages(db):
+    freshness = admin_freshness(now=timezone.now(), interval=HOUR)
+
+    assert (freshness.admins, freshness.p50_age, freshness.max_age) == (0, None, None)
