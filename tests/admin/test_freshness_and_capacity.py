@@ -37,8 +37,8 @@ def admins(settings, make_synced_admins):
     settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS = 3600
     fresh, stale, never = make_synced_admins(3)
     now = timezone.now()
-    for user, confirmed in ((fresh, now - timedelta(minutes=10)), (stale, now - timedelta(hours=3))):
-        EntitlementSyncState.objects.filter(user=user).update(rights_confirmed_at=confirmed)
+    for user, age in ((fresh, timedelta(minutes=10)), (stale, timedelta(hours=3))):
+        EntitlementSyncState.objects.filter(user=user).update(rights_confirmed_at=now - age)
     return {"fresh": fresh, "stale": stale, "never": never}
 
 
