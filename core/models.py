@@ -234,7 +234,8 @@ class EntitlementSyncState(models.Model):
             models.Index(fields=["status"]),
             models.Index(fields=["requested_at"]),
             models.Index(fields=["rights_confirmed_at"]),
-            models.Index(fields=["last_trigger"]),
+            # The trigger filter, and a run page's curve (a trigger's syncs ended in a window).
+            models.Index(fields=["last_trigger", "finished_at"], name="syncstate_trigger_finished"),
             # Most rows have no error code: only those with one are indexed.
             models.Index(
                 fields=["error_code"], condition=~Q(error_code=""), name="syncstate_error_code"
