@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import connections, router
 from django.db.models import (
     Aggregate,
@@ -301,58 +301,56 @@ class Freshness:
     older_than_two_intervals: int
 
 
-class _ConfirmedAtPercentile(Aggregate):
-    """PostgreSQL's percentile_cont of the confirmation times, as Unix seconds."""
+class _ConfirmedAtPercentiles(Aggregate):
+    """PostgreSQL's percentile_cont of the confirmation times, as Unix seconds: one sort for
+    all the fractions."""
 
     template = (
-        "percentile_cont(%(fraction)s) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM %(expressions)s))"
+        "percentile_cont(ARRAY%(fractions)s) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM "
+        "%(expressions)s))"
     )
-    output_field = FloatField()
 
-    def __init__(self, expression, *, fraction: float):
-        super().__init__(expression, fraction=float(fraction))
-
-
-def sync_managed_admins() -> QuerySet[User]:
-    """Users holding an ADMIN access the sync owns (made by it, or any in strict mode)."""
-    accesses = MailDomainAccess.objects.filter(
-        user=OuterRef("pk"), role=MailDomainAccess.Role.ADMIN
-    )
-    if not settings.ENTITLEMENTS_STRICT_MODE:
-        accesses = accesses.filter(source=MailDomainAccess.Source.ENTITLEMENTS)
-    return User.objects.filter(Exists(accesses))
+    def __init__(self, expression, *, fractions: tuple[float, ...]):
+        # Floats formatted here, never user input: the template takes them as SQL.
+        listed = "[" + ", ".join(repr(float(fraction)) for fraction in fractions) + "]"
+        super().__init__(expression, fractions=listed, output_field=ArrayField(FloatField()))
 
 
-def admins_unconfirmed_since(*, since: datetime) -> QuerySet[User]:
-    """Sync-managed admins whose rights no authoritative answer confirmed since `since`."""
-    return sync_managed_admins().filter(
-        Q(sync_state__rights_confirmed_at__isnull=True)
-        | Q(sync_state__rights_confirmed_at__lt=since)
+def admin_states() -> QuerySet[EntitlementSyncState]:
+    """Sync states of the admins the sync answers for: their last authoritative answer named
+    a domain (kept while later answers fail, so a failing admin stays and ages)."""
+    return EntitlementSyncState.objects.exclude(entitled_domains=[])
+
+
+def admins_unconfirmed_since(*, since: datetime) -> QuerySet[EntitlementSyncState]:
+    """Admins' sync states whose rights no authoritative answer confirmed since `since`."""
+    return admin_states().filter(
+        Q(rights_confirmed_at__isnull=True) | Q(rights_confirmed_at__lt=since)
     )
 
 
 def admin_freshness(*, now: datetime, interval: timedelta) -> Freshness:
-    """The admins' confirmation ages: one aggregate query (two more without PostgreSQL)."""
-    admins = sync_managed_admins()
-    confirmed_at = "sync_state__rights_confirmed_at"
-    never = Q(**{f"{confirmed_at}__isnull": True})
+    """The admins' confirmation ages: one scan of the sync states, no join (two more queries
+    without PostgreSQL)."""
+    states = admin_states()
+    never = Q(rights_confirmed_at__isnull=True)
     figures = {
         "admins": Count("pk"),
         "never": Count("pk", filter=never),
-        "oldest": Min(confirmed_at),
-        "over_one": Count("pk", filter=never | Q(**{f"{confirmed_at}__lt": now - interval})),
-        "over_two": Count("pk", filter=never | Q(**{f"{confirmed_at}__lt": now - 2 * interval})),
+        "oldest": Min("rights_confirmed_at"),
+        "over_one": Count("pk", filter=never | Q(rights_confirmed_at__lt=now - interval)),
+        "over_two": Count("pk", filter=never | Q(rights_confirmed_at__lt=now - 2 * interval)),
     }
-    postgresql = connections[router.db_for_read(User)].vendor == "postgresql"
+    postgresql = connections[router.db_for_read(EntitlementSyncState)].vendor == "postgresql"
+    # The p99 age is the confirmation time at the 1st percentile: older is earlier.
+    fractions = (0.5, 0.01)
     if postgresql:
-        # The p99 age is the confirmation time at the 1st percentile: older is earlier.
-        figures["p50"] = _ConfirmedAtPercentile(confirmed_at, fraction=0.5)
-        figures["p99"] = _ConfirmedAtPercentile(confirmed_at, fraction=0.01)
-    row = admins.aggregate(**figures)
+        figures["percentiles"] = _ConfirmedAtPercentiles("rights_confirmed_at", fractions=fractions)
+    row = states.aggregate(**figures)
     if postgresql:
-        percentiles = [row["p50"], row["p99"]]
+        percentiles = row["percentiles"] or [None, None]
     else:
-        percentiles = _nearest_ranks(admins, field=confirmed_at, fractions=(0.5, 0.01))
+        percentiles = _nearest_ranks(states, field="rights_confirmed_at", fractions=fractions)
     stamp = now.timestamp()
     p50, p99 = (None if value is None else stamp - value for value in percentiles)
     return Freshness(
@@ -366,10 +364,10 @@ def admin_freshness(*, now: datetime, interval: timedelta) -> Freshness:
     )
 
 
-def _nearest_ranks(users: QuerySet, *, field: str, fractions: Iterable[float]) -> list:
+def _nearest_ranks(states: QuerySet, *, field: str, fractions: Iterable[float]) -> list:
     """The confirmation times (Unix seconds) at these fractions, by nearest rank: the portable
     fallback for databases without percentile_cont (SQLite in development)."""
-    confirmed = users.filter(**{f"{field}__isnull": False}).order_by(field)
+    confirmed = states.filter(**{f"{field}__isnull": False}).order_by(field)
     total = confirmed.count()
     if not total:
         return [None for _ in fractions]

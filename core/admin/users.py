@@ -41,8 +41,8 @@ class SyncStatusFilter(admin.ChoicesFieldListFilter):
 
 
 class RightsUnconfirmedFilter(admin.SimpleListFilter):
-    """Sync-managed admins whose rights no authoritative answer confirmed for this many resync
-    intervals (never confirmed included): the stale admins the index and the metrics count."""
+    """Admins whose rights no authoritative answer confirmed for this many resync intervals
+    (never confirmed included): the stale admins the index and the metrics count."""
 
     title = "admin rights unconfirmed for"
     parameter_name = "unconfirmed_intervals"
@@ -55,7 +55,7 @@ class RightsUnconfirmedFilter(admin.SimpleListFilter):
             return queryset
         interval = timedelta(seconds=settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS)
         since = timezone.now() - int(self.value()) * interval
-        return queryset.filter(pk__in=admins_unconfirmed_since(since=since).values("pk"))
+        return queryset.filter(pk__in=admins_unconfirmed_since(since=since).values("user_id"))
 
 
 # A bigger selection is a job for a full resync, not for a web request sending one task each.

@@ -72,14 +72,17 @@ def test_an_unchanged_answer_confirms_again_and_a_failure_keeps_the_last_confirm
 
 @pytest.fixture
 def aged_admins(make_synced_admins):
-    """100 sync-managed admins confirmed 1..100 hours ago, 2 never confirmed, and a manual admin
-    and a plain user the measure leaves out."""
+    """100 admins confirmed 1..100 hours ago, 2 never confirmed, and a user whose last answer
+    named no domain and a plain user, whom the measure leaves out."""
     now = timezone.now()
     users = make_synced_admins(102)
     for age, user in enumerate(users[:100], start=1):
         EntitlementSyncState.objects.filter(user=user).update(rights_confirmed_at=now - age * HOUR)
     EntitlementSyncState.objects.filter(user__in=users[100:]).update(rights_confirmed_at=None)
-    make_synced_admins(1, source=MailDomainAccess.Source.MANUAL)
+    [told_none] = make_synced_admins(1, source=MailDomainAccess.Source.MANUAL)
+    EntitlementSyncState.objects.filter(user=told_none).update(
+        entitled_domains=[], rights_confirmed_at=now - 1000 * HOUR
+    )
     User.objects.create_user(email="nobody@example.org")
     return now
 
@@ -100,19 +103,25 @@ def test_the_freshness_counts_percentiles_and_stale_admins(aged_admins):
 
 
 def test_the_portable_fallback_takes_the_nearest_ranks(aged_admins):
-    admins = selectors.sync_managed_admins()
     p50, p99 = selectors._nearest_ranks(
-        admins, field="sync_state__rights_confirmed_at", fractions=(0.5, 0.01)
+        selectors.admin_states(), field="rights_confirmed_at", fractions=(0.5, 0.01)
     )
 
     assert aged_admins.timestamp() - p50 == pytest.approx(50 * 3600, abs=1)  # rank 49 of 0..99
     assert aged_admins.timestamp() - p99 == pytest.approx(99 * 3600, abs=1)  # rank 1
 
 
-def test_strict_mode_measures_every_admin(aged_admins, settings):
-    settings.ENTITLEMENTS_STRICT_MODE = True
+def test_an_admin_whose_answers_now_fail_stays_measured_and_ages(admin, deploycenter_backend):
+    sync_user_entitlements(user_id=admin.pk, trigger="login")
+    confirmed = _confirmed_at(admin)
+    deploycenter_backend.fail_with(503)
+    sync_user_entitlements(user_id=admin.pk, trigger="periodic")
 
-    assert admin_freshness(now=aged_admins, interval=30 * HOUR).admins == 103
+    later = confirmed + 3 * HOUR
+    freshness = admin_freshness(now=later, interval=HOUR)
+    assert freshness.admins == 1
+    assert freshness.max_age == pytest.approx(3 * 3600)
+    assert freshness.older_than_two_intervals == 1
 
 
 def test_no_admin_no_ages(db):
