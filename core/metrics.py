@@ -318,7 +318,7 @@ class SharedStateCollector(Collector):
         fresh = admin_freshness(now=timezone.now(), interval=interval)
         ages = GaugeMetricFamily(
             f"{NAMESPACE}_admin_rights_age_seconds",
-            "Time since an authoritative answer last confirmed a sync-managed admin's rights, "
+            "Time since an authoritative answer last confirmed an admin's rights, "
             "at the quantile (1: the oldest; admins never confirmed aside).",
             labels=["quantile"],
         )
@@ -331,14 +331,16 @@ class SharedStateCollector(Collector):
                 ages.add_metric([quantile], age)
         stale = GaugeMetricFamily(
             f"{NAMESPACE}_admins_unconfirmed",
-            "Sync-managed admins unconfirmed for over this many resync intervals, or ever.",
+            "Admins unconfirmed for over this many resync intervals, or ever.",
             labels=["intervals"],
         )
         stale.add_metric(["1"], fresh.older_than_one_interval)
         stale.add_metric(["2"], fresh.older_than_two_intervals)
         stale.add_metric(["never"], fresh.never_confirmed)
         admins = GaugeMetricFamily(
-            f"{NAMESPACE}_admins", "Users holding an ADMIN access the sync manages.", fresh.admins
+            f"{NAMESPACE}_admins",
+            "Users whose last authoritative answer named a domain.",
+            fresh.admins,
         )
         yield from (ages, stale, admins)
 
