@@ -233,7 +233,12 @@ class EntitlementSyncState(models.Model):
         indexes = [
             models.Index(fields=["status"]),
             models.Index(fields=["requested_at"]),
-            models.Index(fields=["rights_confirmed_at"]),
+            # The admins' freshness (core/selectors.py admin_freshness): only admins' rows.
+            models.Index(
+                fields=["rights_confirmed_at"],
+                condition=~Q(entitled_domains=[]),
+                name="syncstate_admin_confirmed",
+            ),
             # The trigger filter, and a run page's curve (a trigger's syncs ended in a window).
             models.Index(fields=["last_trigger", "finished_at"], name="syncstate_trigger_finished"),
             # Most rows have no error code: only those with one are indexed.
