@@ -8,7 +8,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from core import metrics
+from core import metrics_scrape
 from core.entitlements import upstream_status
 
 
@@ -31,7 +31,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    body = metrics.render(read_circuit_state=lambda: upstream_status()["circuit"]["state"])
+    body = metrics_scrape.render(read_circuit_state=lambda: upstream_status()["circuit"]["state"])
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 

@@ -4,14 +4,15 @@ import uuid
 from datetime import datetime
 from typing import ClassVar
 
-from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
+from django.db.models import Q
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Lower
 
 from core.querysets import SyncStateQuerySet
+from core.run_endings import why_run_ended
 from core.validators import normalize_domain_name, normalize_email, validate_domain_name
 
 
@@ -86,6 +87,14 @@ class User(AbstractBaseUser, PermissionsMixin, BaseModel):
 
     class Meta:
         ordering = ["email"]
+        # The admin's list filters: the rare value of each flag is indexed, not the common one.
+        indexes = [
+            models.Index(fields=["is_staff"], condition=Q(is_staff=True), name="user_staff"),
+            models.Index(
+                fields=["is_superuser"], condition=Q(is_superuser=True), name="user_superuser"
+            ),
+            models.Index(fields=["is_active"], condition=Q(is_active=False), name="user_inactive"),
+        ]
 
     def __str__(self):
         return self.email
@@ -189,16 +198,32 @@ class EntitlementSyncState(models.Model):
     access_ended_since = models.DateTimeField(null=True, blank=True)
     last_trigger = models.CharField(max_length=32, choices=Trigger.choices, blank=True)
     last_task_id = models.CharField(max_length=255, blank=True)
+    # When an authoritative answer last confirmed the user's rights (applied, or unchanged):
+    # how fresh their admin rights are (core/selectors.py, admin_freshness).
+    rights_confirmed_at = models.DateTimeField(null=True, blank=True)
 
     objects = SyncStateQuerySet.as_manager()
 
     class Meta:
+        # One per filter of the admin's list, so a filtered page reads an index at a million.
         indexes = [
             models.Index(fields=["status"]),
             models.Index(fields=["requested_at"]),
             # An organisation's change signal finds its users by their stored siret claim.
             models.Index(
                 KeyTextTransform("siret", "forwarded_claims"), name="sync_state_siret_claim"
+            ),
+            # The admins' freshness (core/selectors.py admin_freshness): only admins' rows.
+            models.Index(
+                fields=["rights_confirmed_at"],
+                condition=~Q(entitled_domains=[]),
+                name="syncstate_admin_confirmed",
+            ),
+            # The trigger filter, and a run page's curve (a trigger's syncs ended in a window).
+            models.Index(fields=["last_trigger", "finished_at"], name="syncstate_trigger_finished"),
+            # Most rows have no error code: only those with one are indexed.
+            models.Index(
+                fields=["error_code"], condition=~Q(error_code=""), name="syncstate_error_code"
             ),
         ]
 
@@ -243,29 +268,6 @@ class AccessAuditEntry(models.Model):
 
     def __str__(self):
         return f"{self.action} {self.role} of {self.maildomain_name} ({self.trigger})"
-
-
-# Why a run ended the way it did, by its error code, in the words the admin and the command use.
-_RUN_ENDINGS = {
-    "incomplete": (
-        "No batch of this run reported for {stall} s: its tasks were lost (e.g. the broker "
-        "restarted without its data) or expired unrun. It was closed as failed so that the "
-        "next run could go ahead; that run covers its users."
-    ),
-    "configuration": (
-        "The upstream refused our configuration (API key or service id): the run stopped at "
-        "the first refusal and asked nobody else. Fix ENTITLEMENTS_BACKEND_PARAMETERS, restart "
-        "the workers and start a run."
-    ),
-    "fanout_failed": (
-        "Not every batch could be sent (the broker could not be reached): the users counted "
-        "were sent, the others were not asked. The next run covers them."
-    ),
-    "revocations_held": (
-        "The run reached its revocation budget: its further revocations are held for an "
-        "operator (see its held revocations)."
-    ),
-}
 
 
 class SyncRun(models.Model):
@@ -321,8 +323,7 @@ class SyncRun(models.Model):
     def why_it_ended(self) -> str:
         """Why the run ended as it did, in the words the admin and the command use; "" for a
         run without an error code."""
-        ending = _RUN_ENDINGS.get(self.error_code, "")
-        return ending.format(stall=settings.ENTITLEMENTS_RUN_STALL_SECONDS)
+        return why_run_ended(error_code=self.error_code)
 
 
 class HeldRevocation(models.Model):

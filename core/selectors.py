@@ -251,6 +251,11 @@ def latest_run() -> SyncRun | None:
     return SyncRun.objects.order_by("-started_at").first()
 
 
+def runs_skipped_since(*, since: datetime) -> QuerySet[SyncRun]:
+    """Runs recorded skipped (one of their scope was still running) that started after `since`."""
+    return SyncRun.objects.filter(status=SyncRun.Status.SKIPPED, started_at__gte=since)
+
+
 def full_resync_schedule() -> PeriodicTask | None:
     """The periodic task of the full resync (beat's schedule), if it is enabled."""
     return (
@@ -270,3 +275,92 @@ def failed_syncs_since(*, since: datetime) -> QuerySet[EntitlementSyncState]:
     return EntitlementSyncState.objects.filter(
         status__in=FAILED_SYNC_STATUSES, finished_at__gte=since
     )
+
+
+# Below this many rows an exact count is cheap, and the planner's estimate may be stale.
+_ESTIMATED_FROM_ROWS = 100_000
+
+
+def estimated_row_count(model) -> int | None:
+    """The planner's estimate of the model's table rows (PostgreSQL's pg_class.reltuples),
+    None when an exact count is cheap (small or never analysed tables) or not PostgreSQL."""
+    connection = connections[router.db_for_read(model)]
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [model._meta.db_table]
+        )
+        row = cursor.fetchone()
+    if row is None or row[0] < _ESTIMATED_FROM_ROWS:
+        return None
+    return int(row[0])
+
+
+# --- How fresh the admins' rights are --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How long ago the admins' rights were last confirmed by an authoritative answer.
+
+    Ages in seconds, None when no admin was ever confirmed; admins never confirmed count as
+    older than any interval.
+    """
+
+    admins: int
+    never_confirmed: int
+    p50_age: float | None
+    p99_age: float | None
+    max_age: float | None
+    older_than_one_interval: int
+    older_than_two_intervals: int
+
+
+def admin_states() -> QuerySet[EntitlementSyncState]:
+    """Sync states of the admins the sync answers for: their last authoritative answer named
+    a domain (kept while later answers fail, so a failing admin stays and ages)."""
+    return EntitlementSyncState.objects.exclude(entitled_domains=[])
+
+
+def admins_unconfirmed_since(*, since: datetime) -> QuerySet[EntitlementSyncState]:
+    """Admins' sync states whose rights no authoritative answer confirmed since `since`."""
+    return admin_states().filter(
+        Q(rights_confirmed_at__isnull=True) | Q(rights_confirmed_at__lt=since)
+    )
+
+
+def admin_freshness(*, now: datetime, interval: timedelta) -> Freshness:
+    """The admins' confirmation ages, read from their partial index on rights_confirmed_at:
+    counts of index ranges and nearest ranks by offset, no sort and no join (an aggregate with
+    percentile_cont scanned and sorted every admin: ~1 s at a million, docs/performance.md)."""
+    states = admin_states()
+    never = states.filter(rights_confirmed_at__isnull=True).count()
+
+    def older_than(intervals: int) -> int:
+        return never + states.filter(rights_confirmed_at__lt=now - intervals * interval).count()
+
+    # The p99 age is the confirmation time at the 1st percentile (older is earlier); the
+    # oldest is the first.
+    ranks = _nearest_ranks(states, field="rights_confirmed_at", fractions=(0.5, 0.01, 0.0))
+    p50, p99, oldest = (None if value is None else now.timestamp() - value for value in ranks)
+    return Freshness(
+        admins=states.count(),
+        never_confirmed=never,
+        p50_age=p50,
+        p99_age=p99,
+        max_age=oldest,
+        older_than_one_interval=older_than(1),
+        older_than_two_intervals=older_than(2),
+    )
+
+
+def _nearest_ranks(states: QuerySet, *, field: str, fractions: Iterable[float]) -> list:
+    """The confirmation times (Unix seconds) at these fractions, by nearest rank: one count and
+    one offset read on the index per fraction."""
+    confirmed = states.filter(**{f"{field}__isnull": False}).order_by(field)
+    total = confirmed.count()
+    if not total:
+        return [None for _ in fractions]
+    times = confirmed.values_list(field, flat=True)
+    return [times[round(fraction * (total - 1))].timestamp() for fraction in fractions]

@@ -1,9 +1,19 @@
 """Django app configuration for the Celery plumbing."""
 
-from celery.signals import task_postrun, task_prerun, worker_process_shutdown
+import logging
+
+from celery.signals import (
+    beat_init,
+    task_postrun,
+    task_prerun,
+    worker_process_shutdown,
+    worker_ready,
+)
 from django.apps import AppConfig, apps
 from django.db import connections
 from django.db.models.signals import post_migrate
+
+logger = logging.getLogger(__name__)
 
 
 class WorkerConfig(AppConfig):
@@ -23,6 +33,8 @@ class WorkerConfig(AppConfig):
         task_prerun.connect(recycle_database_connections, dispatch_uid="worker.recycle_db")
         task_postrun.connect(recycle_database_connections, dispatch_uid="worker.recycle_db_after")
         worker_process_shutdown.connect(forget_exited_process, dispatch_uid="worker.metrics")
+        worker_ready.connect(warn_if_over_capacity, dispatch_uid="worker.capacity")
+        beat_init.connect(warn_if_over_capacity, dispatch_uid="beat.capacity")
 
 
 def recycle_database_connections(task=None, **kwargs) -> None:
@@ -45,3 +57,14 @@ def forget_exited_process(pid=None, **kwargs) -> None:
     from core import metrics
 
     metrics.process_exited(pid=pid)
+
+
+def warn_if_over_capacity(**kwargs) -> None:
+    """At a worker's or beat's start: log a WARNING when full runs cannot fit their interval."""
+    from core.capacity import warn_if_over_capacity as warn
+
+    try:
+        warn()
+    except Exception as error:
+        # A database not reachable yet must not stop the worker: the admin and metrics say it.
+        logger.warning("resync capacity unreadable at start: %s", type(error).__name__)

@@ -1,13 +1,15 @@
 """What the admin's pages share: read-only and permission mixins, filters, message helpers."""
 
 from django.contrib import admin
+from django.core.paginator import Paginator
+from django.utils.functional import cached_property
 from django.utils.translation import ngettext
 
 # The configured backend's claim names, shown beside the stored claims: configuration, read
 # where it is built (tests/test_layers.py lists this exception to the door).
 from core.entitlements.factory import forwarded_claim_names
 from core.models import EntitlementSyncState, MailDomainAccess
-from core.selectors import error_codes_in_use
+from core.selectors import error_codes_in_use, estimated_row_count
 
 
 class ReadOnlyAdminMixin:
@@ -87,3 +89,18 @@ def claims_display(state: EntitlementSyncState | None, *, with_values: bool) -> 
         stored = ", ".join(sorted(claims))
     forwarded = ", ".join(forwarded_claim_names()) or "none"
     return f"{stored or 'none'} (the backend forwards: {forwarded})"
+
+
+class EstimatedCountPaginator(Paginator):
+    """Counts an unfiltered list from the planner's estimate of its table (PostgreSQL), so a
+    page of a million rows does not scan them all; a filtered list, or a small table, is
+    counted exactly."""
+
+    @cached_property
+    def count(self) -> int:
+        query = getattr(self.object_list, "query", None)
+        if query is not None and not query.where:
+            estimate = estimated_row_count(query.model)
+            if estimate is not None:
+                return estimate
+        return super().count

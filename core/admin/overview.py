@@ -4,20 +4,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.urls import reverse
 
+from core.admin.run_chart import duration_text
+from core.capacity import resync_capacity
 from core.entitlements import upstream_status
 from core.models import FAILED_SYNC_STATUSES, SyncRun
 from core.selectors import (
+    admin_freshness,
     failed_syncs_since,
     full_resync_schedule,
     latest_run,
     pending_held_revocations,
+    runs_skipped_since,
     waiting_sync_requests,
 )
 
 # Failed syncs are counted over this window.
 FAILED_WINDOW = timedelta(hours=1)
+# Runs skipped because one was still running are counted over this window.
+SKIPPED_WINDOW = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,11 @@ class NextRun:
 def service_overview(*, now: datetime) -> dict:
     """The figures of the index's "Service at a glance" panel, with the links to their lists."""
     failed_since = now - FAILED_WINDOW
+    skipped_since = now - SKIPPED_WINDOW
     run = latest_run()
+    interval = timedelta(seconds=settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS)
+    users_url = reverse("admin:core_user_changelist")
+    freshness = admin_freshness(now=now, interval=interval)
     return {
         "last_run": run,
         "last_run_url": reverse("admin:core_syncrun_change", args=[run.pk]) if run else "",
@@ -54,6 +65,20 @@ def service_overview(*, now: datetime) -> dict:
             {
                 "status__in": ",".join(FAILED_SYNC_STATUSES),
                 "finished_at__gte": failed_since.isoformat(timespec="seconds"),
+            }
+        ),
+        "freshness": freshness,
+        "oldest_age": duration_text(freshness.max_age) if freshness.max_age is not None else "",
+        "interval": duration_text(interval.total_seconds()),
+        "stale_url": users_url + "?" + urlencode({"unconfirmed_intervals": "2"}),
+        "capacity": resync_capacity(now=now),
+        "skipped_runs": runs_skipped_since(since=skipped_since).count(),
+        "skipped_runs_url": reverse("admin:core_syncrun_changelist")
+        + "?"
+        + urlencode(
+            {
+                "status__exact": SyncRun.Status.SKIPPED,
+                "started_at__gte": skipped_since.isoformat(timespec="seconds"),
             }
         ),
     }

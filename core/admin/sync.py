@@ -13,6 +13,7 @@ from django.views.decorators.http import require_http_methods
 
 from core.admin.common import (
     ErrorCodeFilter,
+    EstimatedCountPaginator,
     ReadOnlyAdminMixin,
     ResyncPermissionMixin,
     claims_display,
@@ -37,9 +38,13 @@ class EntitlementSyncStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "finished_at",
         "last_trigger",
         "access_ended_since",
+        "rights_confirmed_at",
     )
     list_filter = ("status", ErrorCodeFilter, "last_trigger")
     list_select_related = ("user",)
+    # At a million users: no second COUNT(*) per page, and an estimated total when unfiltered.
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
     search_fields = ("user__email", "user__sub", "last_task_id")
     date_hierarchy = "requested_at"
     # Claim values (e.g. a siret) show to superusers only, as on the user's page.
@@ -100,6 +105,8 @@ class SyncRunAdmin(
         "finished_at",
     )
     list_filter = ("status", "scope", "trigger", ErrorCodeFilter, "budget_reached")
+    # One run an interval: a small table, but no second COUNT(*) of its pending held either.
+    show_full_result_count = False
     search_fields = ("maildomain_name", "organization_siret", "task_id")
     date_hierarchy = "started_at"
     # Every field, in reading order: started_at is not editable, so the admin leaves it out of

@@ -1,27 +1,36 @@
 """Users in the admin: their accesses, their sync state and audit trail, the resync action."""
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import forms as auth_forms
 from django.contrib.messages.constants import DEFAULT_LEVELS
 from django.db.models import QuerySet
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.timezone import localtime
 
 from core.admin.common import (
     AccessInline,
+    EstimatedCountPaginator,
     ResyncPermissionMixin,
     claims_display,
     counted,
 )
 from core.entitlements import describe, request_sync
 from core.models import EntitlementSyncState, Trigger, User
-from core.selectors import audit_entries_of, get_sync_state, pending_held_revocations
+from core.selectors import (
+    admins_unconfirmed_since,
+    audit_entries_of,
+    get_sync_state,
+    pending_held_revocations,
+)
 from core.validators import normalize_email
 
 
@@ -31,6 +40,25 @@ class SyncStatusFilter(admin.ChoicesFieldListFilter):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.title = "sync status"
+
+
+class RightsUnconfirmedFilter(admin.SimpleListFilter):
+    """Admins whose rights no authoritative answer confirmed for this many resync intervals
+    (never confirmed included): the stale admins the index and the metrics count."""
+
+    title = "admin rights unconfirmed for"
+    parameter_name = "unconfirmed_intervals"
+
+    def lookups(self, request, model_admin):
+        return [("1", "over one resync interval"), ("2", "over two resync intervals")]
+
+    def queryset(self, request, queryset):
+        intervals = {"1": 1, "2": 2}.get(self.value() or "")
+        if intervals is None:
+            return queryset
+        interval = timedelta(seconds=settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS)
+        since = timezone.now() - intervals * interval
+        return queryset.filter(pk__in=admins_unconfirmed_since(since=since).values("user_id"))
 
 
 # A bigger selection is a job for a full resync, not for a web request sending one task each.
@@ -83,8 +111,12 @@ class UserAdmin(ResyncPermissionMixin, auth_admin.UserAdmin):
         "is_superuser",
         "is_active",
         ("sync_state__status", SyncStatusFilter),
+        RightsUnconfirmedFilter,
     )
     list_select_related = ("sync_state",)
+    # At a million users: no second COUNT(*) per page, and an estimated total when unfiltered.
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
     search_fields = ("email", "sub", "full_name")
     ordering = ("email",)
     readonly_fields = (

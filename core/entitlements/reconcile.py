@@ -254,7 +254,7 @@ def _apply(
     revoke_accesses(revocations=revocations, trigger=trigger, task_id=task_id)
 
 
-# The bookkeeping a reconcile writes; the last four change only with an authoritative answer
+# The bookkeeping a reconcile writes; the last five change only with an authoritative answer
 # or an ended access.
 _RECORDED_FIELDS = [
     "status",
@@ -266,6 +266,7 @@ _RECORDED_FIELDS = [
     "answer_fingerprint",
     "upstream_identity",
     "access_ended_since",
+    "rights_confirmed_at",
 ]
 
 
@@ -292,8 +293,10 @@ def _record(
             state.answer_fingerprint = answer.fingerprint
             state.access_ended_since = None
             if not plan.identity_held:
-                # Held: the old identity stays, so the next sync holds again until resolved.
+                # Held: the old identity stays, so the next sync holds again until resolved;
+                # the rights are not confirmed either until an operator resolves it.
                 state.upstream_identity = upstream_identity(user.email)
+                state.rights_confirmed_at = now
         elif answer.kind is AnswerKind.ACCESS_ENDED:
             state.entitled_domains = []
             state.answer_fingerprint = ""
