@@ -1,5 +1,6 @@
 # One image for every process of docker-compose.yml: web, the interactive and bulk workers,
 # beat, flower (and migrate).
+# Python 3.11, the one CI runs the whole suite on (.ci/run); pyproject.toml accepts 3.11 to 3.13.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -36,4 +37,4 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /app app \
 USER app
 
 EXPOSE 8000 5555
-CMD ["gunicorn", "messages.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-"]
+CMD ["gunicorn", "messages.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-", "--logger-class", "messages.access_log.AccessLogger"]

@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
             worker_env = {**env, "LOG_LEVEL": "INFO"}
             # The benchmark process logs warnings only: its inline logins would flood the output.
+            # Its environment is exactly the workers' (the caller's CELERY_BROKER_KEY_PREFIX...
+            # dropped too), or it would not find their queues.
+            os.environ.clear()
             os.environ.update({**env, "LOG_LEVEL": "WARNING"})
             import django
 

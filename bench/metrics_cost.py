@@ -76,5 +76,5 @@ def _calls_seconds() -> float:
     for _ in range(_CALLS_REPEAT):
         metrics.rate_limit_waited(priority="interactive", seconds=0.0)
         metrics.upstream_answered(answer="authoritative", seconds=0.005)
-        metrics.sync_ended(trigger="login", outcome="ok")
+        metrics.sync_ended(trigger="login", status="ok")
     return (time.perf_counter() - started) / _CALLS_REPEAT

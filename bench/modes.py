@@ -3,8 +3,9 @@
 from dataclasses import dataclass
 
 # What a run may be limited to (--only): figure 3; figures 1, 2 idle and 7; figures 2 during a
-# run, 4, 5 and 6; the run with one shared worker; figure 8 (the metrics' cost).
-PARTS = frozenset({"queries", "logins", "resync", "shared", "metrics"})
+# run, 4, 5 and 6; the run with one shared worker; figure 8 (the metrics' cost); figure 9 (large
+# malformed answers).
+PARTS = frozenset({"queries", "logins", "resync", "shared", "metrics", "bad_input"})
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class Mode:
     storm_users: int = 100
     # Syncs timed with the metrics on, and as many off (figure 8).
     metrics_syncs: int = 2000
+    # Asks timed per large malformed answer (figure 9).
+    bad_input_repeat: int = 5
     writes_docs: bool = True
     # Seconds to let PostgreSQL's statistics settle before counting access rows written:
     # backends report when idle, within 10 s. CI's smoke run only checks the figure exists.
@@ -43,6 +46,7 @@ MODES = {
         rights_probes=10,
         noop_tasks=100,
         metrics_syncs=100,
+        bad_input_repeat=1,
         writes_docs=False,
         stats_settle_seconds=1,
     ),

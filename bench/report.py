@@ -275,6 +275,16 @@ class Figures:
             f"take {_n(v.get('metrics_calls_us_per_sync'))} µs per sync, "
             f"{_n(v.get('metrics_calls_percent_of_sync'))} % of it.",
             "",
+            "**9. Large malformed answers** (the DeployCenter client reading and classifying "
+            "each large body of tests/entitlements/malformed_answers.py from a stub in the "
+            "benchmark's process; the test asserts their classes and memory, never a time): "
+            + ", ".join(
+                f"{name.removeprefix('bad_input_').removesuffix('_ms')} {_n(value)} ms"
+                for name, value in v.items()
+                if name.startswith("bad_input_")
+            )
+            + ".",
+            "",
             "<details><summary>Every line the command printed</summary>",
             "",
             "```",

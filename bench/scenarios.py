@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from bench import data
+from bench.bad_input import bad_input_times
 from bench.logins import async_login, inline_login, login_to_rights, storm, timed_logins
 from bench.metrics_cost import metrics_cost
 from bench.modes import PARTS, Mode
@@ -119,6 +120,9 @@ def run_all(
         # Figure 8, in this process too.
         stub.control(latency=0, generation=0)
         figures.add_all(metrics_cost(syncs=mode.metrics_syncs))
+    if "bad_input" in parts:
+        # Figure 9, in this process, against a stub of its own.
+        figures.add_all(bad_input_times(repeat=mode.bad_input_repeat))
 
     with running_workers(layouts["split"], env=worker_env, log_dir=log_dir) as workers:
         figures.add("noop_tasks_per_s", noop_throughput(app, tasks=mode.noop_tasks))

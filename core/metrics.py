@@ -17,6 +17,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
+from kombu.exceptions import ChannelError
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -76,7 +77,7 @@ _REGISTRY = CollectorRegistry(auto_describe=True)
 
 SYNCS = Counter(
     "syncs",
-    "User syncs that ended, by trigger and outcome (the sync state's status).",
+    "User syncs that ended, by trigger and sync status (its label keeps the name outcome).",
     ["trigger", "outcome"],
     namespace=NAMESPACE,
     registry=_REGISTRY,
@@ -191,9 +192,9 @@ def _bounded(value: object, allowed: frozenset[str]) -> str:
     return text if text in allowed else OTHER
 
 
-def sync_ended(*, trigger: str, outcome: str) -> None:
-    """One user's sync ended with `outcome` (its sync state's status)."""
-    SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(outcome, _SYNC_STATUSES)).inc()
+def sync_ended(*, trigger: str, status: str) -> None:
+    """One user's sync ended with this sync status (the label keeps its old name, outcome)."""
+    SYNCS.labels(_bounded(trigger, _TRIGGERS), _bounded(status, _SYNC_STATUSES)).inc()
 
 
 def accesses_changed(*, granted: int = 0, revoked: int = 0, trigger: str) -> None:
@@ -298,9 +299,8 @@ class SharedStateCollector(Collector):
             f"{NAMESPACE}_queue_messages", "Tasks waiting in a Celery queue.", labels=["queue"]
         )
         with celery_app.connection_for_read() as connection:
-            channel = connection.default_channel
             for queue in QUEUES:
-                family.add_metric([queue], channel.queue_declare(queue, passive=True).message_count)
+                family.add_metric([queue], _queue_depth(connection, queue))
         yield family
 
     def _sweep_backlog(self) -> Iterable[GaugeMetricFamily]:
@@ -366,3 +366,17 @@ class _OwnMetrics(Collector):
 
     def collect(self):
         return _REGISTRY.collect()
+
+
+def _queue_depth(connection, queue: str) -> int:
+    """The messages waiting in `queue`: 0 for a queue the broker does not know yet."""
+    # On RabbitMQ a passive declare never creates a queue, and NOT_FOUND (a queue no worker
+    # declared yet) closes the channel it came on: hence a channel of its own. kombu's Redis
+    # transport takes an empty queue for a missing one and checks without the broker key
+    # prefix (CELERY_BROKER_KEY_PREFIX), so there a plain declare, which writes nothing, reads it.
+    passive = connection.transport.driver_type != "redis"
+    with connection.channel() as channel:
+        try:
+            return channel.queue_declare(queue, passive=passive).message_count
+        except ChannelError:
+            return 0

@@ -2,14 +2,15 @@
 
 import uuid
 from datetime import datetime
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
-from django.db.models import F, Q
 from django.db.models.functions import Lower
 
+from core.querysets import SyncStateQuerySet
 from core.validators import normalize_domain_name, normalize_email, validate_domain_name
 
 
@@ -39,7 +40,7 @@ class Trigger(models.TextChoices):
     HAND_SENT_TASK = "manual", "By hand (Flower, celery call)"
 
 
-class UserManager(BaseUserManager):
+class UserManager(BaseUserManager["User"]):
     """Creates users keyed by email; OIDC users also carry their `sub`."""
 
     use_in_migrations = True
@@ -78,7 +79,7 @@ class User(AbstractBaseUser, PermissionsMixin, BaseModel):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     class Meta:
         ordering = ["email"]
@@ -138,36 +139,6 @@ class MailDomainAccess(BaseModel):
 
     def __str__(self):
         return f"{self.user} {self.role} of {self.maildomain} ({self.source})"
-
-
-class SyncStateQuerySet(models.QuerySet):
-    """Sync states by where they stand in a sync's life (docs/entitlements.md, "A sync's life").
-
-    A request sets `requested_at`; sending its task sets `enqueued_at`; a sync sets
-    `started_at` when it starts and `finished_at` when it ends. `finished_at` is not cleared
-    at a start, so a sync runs while `finished_at` is missing or older than `started_at`, and
-    a request is served by a sync that started at or after it.
-    """
-
-    def running(self) -> "SyncStateQuerySet":
-        """States whose sync has started and not finished since."""
-        return self.filter(started_at__isnull=False).filter(
-            Q(finished_at__isnull=True) | Q(finished_at__lt=F("started_at"))
-        )
-
-    def unserved(self) -> "SyncStateQuerySet":
-        """States with a request that no sync started after."""
-        return self.filter(requested_at__isnull=False).filter(
-            Q(started_at__isnull=True) | Q(started_at__lt=F("requested_at"))
-        )
-
-    def without_task_waiting(self, *, queued_since: datetime) -> "SyncStateQuerySet":
-        """States with no task queued at or after `queued_since` that has not started yet."""
-        return self.filter(
-            Q(enqueued_at__isnull=True)
-            | Q(enqueued_at__lt=queued_since)
-            | Q(started_at__gte=F("enqueued_at"))
-        )
 
 
 class EntitlementSyncState(models.Model):
@@ -327,7 +298,7 @@ class SyncRun(models.Model):
     revocable_accesses = models.PositiveIntegerField(default=0)
     revoke_budget = models.PositiveIntegerField(default=0)
     accesses_revoked = models.PositiveIntegerField(default=0)
-    revocations_held = models.BooleanField(default=False)
+    budget_reached = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-started_at"]
@@ -396,3 +367,13 @@ class HeldRevocation(models.Model):
 
     def __str__(self):
         return f"held revocation of {self.maildomain_name} ({self.resolution})"
+
+
+# The sync statuses a run counts as failed (its category `failed`, SyncResult.run_category).
+FAILED_SYNC_STATUSES = frozenset(
+    {
+        EntitlementSyncState.Status.INVALID,
+        EntitlementSyncState.Status.ERROR,
+        EntitlementSyncState.Status.UNAVAILABLE,
+    }
+)

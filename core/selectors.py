@@ -8,8 +8,10 @@ from datetime import datetime, timedelta
 from django.db import connections, router
 from django.db.models import Exists, OuterRef, Q, QuerySet, TextField
 from django.db.models.functions import Cast
+from django_celery_beat.models import PeriodicTask
 
 from core.models import (
+    FAILED_SYNC_STATUSES,
     AccessAuditEntry,
     EntitlementSyncState,
     HeldRevocation,
@@ -18,6 +20,7 @@ from core.models import (
     SyncRun,
     User,
 )
+from core.task_names import TaskName
 from core.validators import normalize_email
 
 
@@ -216,4 +219,30 @@ def error_codes_in_use(*, model: type[EntitlementSyncState] | type[SyncRun]) -> 
         .order_by("error_code")
         .values_list("error_code", flat=True)
         .distinct()
+    )
+
+
+def latest_run() -> SyncRun | None:
+    """The run that started last, whatever its scope and status."""
+    return SyncRun.objects.order_by("-started_at").first()
+
+
+def full_resync_schedule() -> PeriodicTask | None:
+    """The periodic task of the full resync (beat's schedule), if it is enabled."""
+    return (
+        PeriodicTask.objects.filter(task=TaskName.SYNC_ALL_ADMINS, enabled=True)
+        .select_related("interval")
+        .first()
+    )
+
+
+def waiting_sync_requests() -> QuerySet[EntitlementSyncState]:
+    """Sync states whose latest request no sync has started serving yet."""
+    return EntitlementSyncState.objects.unserved()
+
+
+def failed_syncs_since(*, since: datetime) -> QuerySet[EntitlementSyncState]:
+    """Sync states whose last sync failed (invalid, error, unavailable) and ended after `since`."""
+    return EntitlementSyncState.objects.filter(
+        status__in=FAILED_SYNC_STATUSES, finished_at__gte=since
     )

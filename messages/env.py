@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -119,3 +120,22 @@ def env_url(name: str, default: str, *, schemes: set[str]) -> str:
             f"got scheme {parts.scheme or '(none)'!r}"
         )
     return value
+
+
+def fill_from_demo_env(*, base_dir: Path) -> Path | None:
+    """Give a command run beside `make run` the demo's settings: when DATABASE_URL is unset (the
+    demo's SQLite under DATA_DIR) and DATA_DIR holds the demo.env setup_demo wrote, its variables
+    fill in those the environment does not set. Returns the file when it filled any."""
+    if os.environ.get("DATABASE_URL"):
+        return None
+    path = Path(os.environ.get("DATA_DIR") or base_dir / "data") / "demo.env"
+    if not path.is_file():
+        return None
+    # The parser `make run` starts the processes with (honcho -e), so both read the same values.
+    from honcho.environ import parse
+
+    missing = {
+        name: value for name, value in parse(path.read_text()).items() if name not in os.environ
+    }
+    os.environ.update(missing)
+    return path if missing else None

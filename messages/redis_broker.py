@@ -21,7 +21,8 @@ class Channel(kombu_redis.Channel):
     def _connparams(self, asynchronous=False):
         if self.connection.client is None:
             raise redis.ConnectionError("the broker connection is closed")
-        return super()._connparams(asynchronous=asynchronous)
+        # kombu's private method, untyped in its stubs: the one place the transport is read.
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
 
 
 class Transport(kombu_redis.Transport):

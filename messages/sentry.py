@@ -4,10 +4,14 @@ import re
 from typing import Any
 
 import sentry_sdk
+from sentry_sdk.integrations.argv import ArgvIntegration
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
+from sentry_sdk.types import Breadcrumb, BreadcrumbHint, Event, Hint
 from sentry_sdk.utils import capture_internal_exceptions
+
+from core.validators import IDNA_DOTS
 
 FILTERED = "[Filtered]"
 # Values under these keys are replaced wherever the SDK's scrubber looks (request, extra,
@@ -40,20 +44,67 @@ DENYLIST = (
 # Request headers an operator may need; every other one (cookies, keys) is dropped.
 KEPT_HEADERS = frozenset({"accept", "content-length", "content-type", "host", "user-agent"})
 
+# Loggers whose events are never sent: Django's `django.security.*` log at ERROR each request
+# with a bad Host header or a tampered OIDC callback state (a 400): anyone could flood the
+# project's Sentry with them. They stay in the process's log.
+_UNSENT_LOGGERS = ("django.security.",)
+# Where an exception comes from the database: its message is the server's, with values.
+_DATABASE_MODULES = ("psycopg", "django.db")
+# A label separator in an e-mail's domain: a dot, IDNA's equivalents, or one of them
+# percent-encoded (UTF-8).
+_DOT = f"(?:[.{IDNA_DOTS}]|%2e|%e3%80%82|%ef%bc%8e|%ef%bd%a1)"
+
 # Text scrubbed from every string of an event or breadcrumb (exception messages, log
 # messages and their arguments): a message may quote a URL, a database row or a header.
 _SCRUBBED_TEXT = (
     # A query string, in an absolute or a relative URL (requests' errors quote the latter).
     (re.compile(r"\?[\w.%\[\]-]+=[^\s\"'<>#]*"), "?" + FILTERED),
-    # PostgreSQL's DETAIL line quotes the row: "Key (email)=(a@b.c) already exists".
+    # PostgreSQL's lines after the message quote the statement and the values: `LINE 1:` and
+    # `QUERY:` the SQL with its literals, `DETAIL:` the row, `CONTEXT:` the JSON or the
+    # function it failed in (over several lines): all of them go, to the end of the text.
+    (
+        re.compile(
+            r"\n(?:LINE \d+|DETAIL|HINT|QUERY|CONTEXT|STATEMENT|WHERE|INTERNAL QUERY):.*",
+            re.DOTALL,
+        ),
+        "\n" + FILTERED,
+    ),
+    # A DETAIL line quoted elsewhere: "Key (email)=(a@b.c) already exists".
     (re.compile(r"DETAIL:[^\n]*"), "DETAIL: " + FILTERED),
     (re.compile(r"\bKey \(([^)]*)\)=[^\n]*"), r"Key (\1)=" + FILTERED),
     (re.compile(r"Failing row contains \([^\n]*\)"), "Failing row contains " + FILTERED),
     (re.compile(r"\bBearer\s+\S+", re.IGNORECASE), "Bearer " + FILTERED),
     # JSON Web Tokens (OIDC id tokens).
     (re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]*"), FILTERED),
-    # E-mail addresses, as written and percent-encoded.
-    (re.compile(r"[\w.+%-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.IGNORECASE), FILTERED),
+    # E-mail addresses, as written and percent-encoded: every local part character RFC 5322's
+    # dot-atom allows, every label separator the e-mail normaliser reads as a dot.
+    (
+        re.compile(
+            rf"[\w.!#$%&'*+/=?^`{{|}}~-]+(?:@|%40)[\w-]+(?:{_DOT}[\w-]+)+{_DOT}?", re.IGNORECASE
+        ),
+        FILTERED,
+    ),
+)
+# The values a PostgreSQL message quotes: `'literal'`, and `"text"` unless an object's name
+# (`constraint "core_user_email_key"`) precedes it.
+_SQL_LITERAL = re.compile(r"E?'(?:[^']|'')*'")
+_SQL_QUOTED = re.compile(r'(\b\w+\s+)?"((?:[^"]|"")*)"')
+_SQL_OBJECTS = frozenset(
+    {
+        "column",
+        "constraint",
+        "database",
+        "function",
+        "index",
+        "relation",
+        "role",
+        "schema",
+        "sequence",
+        "table",
+        "trigger",
+        "type",
+        "view",
+    }
 )
 
 
@@ -67,6 +118,8 @@ def init_sentry(*, dsn: str, environment: str, traces_sample_rate: float = 0.0) 
             DjangoIntegration(transaction_style="url"),
             CeleryIntegration(monitor_beat_tasks=True),
         ],
+        # A failed command's arguments may hold a claim (`simulate_login --claim siret=...`).
+        disabled_integrations=[ArgvIntegration()],
         # send_default_pii stays unset, which means False: sentry-sdk 2.75 deprecates setting
         # it in favour of `data_collection`, and that option would switch the scrubber off.
         # Frame locals hold the OIDC client secret, tokens and claims, and DeployCenter's
@@ -81,8 +134,14 @@ def init_sentry(*, dsn: str, environment: str, traces_sample_rate: float = 0.0) 
     )
 
 
-def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
-    """Keep what an operator needs (exception type, module, task, user id), drop the rest."""
+def scrub_event(event: Event, hint: Hint) -> Event | None:
+    """Keep what an operator needs (exception type, module, task, user id), drop the rest;
+    None (not sent) for what anonymous requests can cause at will."""
+    if str(event.get("logger", "")).startswith(_UNSENT_LOGGERS):
+        return None
+    for value in (event.get("exception") or {}).get("values") or ():
+        if isinstance(value, dict) and str(value.get("module", "")).startswith(_DATABASE_MODULES):
+            value["value"] = database_message(str(value.get("value", "")))
     request = event.get("request")
     if isinstance(request, dict):
         for key in ("query_string", "cookies", "data", "env"):
@@ -95,15 +154,18 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
     user = event.get("user")
     if isinstance(user, dict):
         event["user"] = {"id": user["id"]} if "id" in user else {}
-    for span in event.get("spans") or ():
+    spans = event.get("spans")
+    for span in spans if isinstance(spans, list) else ():
         data = span.get("data") if isinstance(span, dict) else None
         if isinstance(data, dict):
             data.pop("http.query", None)
             data.pop("http.fragment", None)
+            # A template span's context: a form's values, a user's page, a domain's name.
+            data.pop("context", None)
     return _scrubbed(event)
 
 
-def scrub_breadcrumb(breadcrumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def scrub_breadcrumb(breadcrumb: Breadcrumb, hint: BreadcrumbHint) -> Breadcrumb:
     """Drop a request's query string and fragment, and scrub the message and data."""
     data = breadcrumb.get("data")
     if isinstance(data, dict):
@@ -117,6 +179,17 @@ def scrub_text(text: str) -> str:
     for pattern, replacement in _SCRUBBED_TEXT:
         text = pattern.sub(replacement, text)
     return text
+
+
+def database_message(text: str) -> str:
+    """A database error's first line, its quoted values filtered (object names kept)."""
+    message = _SQL_LITERAL.sub(FILTERED, text.split("\n", 1)[0])
+
+    def quoted(match: re.Match) -> str:
+        word = (match[1] or "").strip().lower()
+        return match[0] if word in _SQL_OBJECTS else f"{match[1] or ''}{FILTERED}"
+
+    return _SQL_QUOTED.sub(quoted, message)
 
 
 def _scrubbed(value: Any) -> Any:

@@ -80,6 +80,8 @@ MIDDLEWARE = [
     # First: a probe answers whatever Host it sends and never opens a session (core/health.py).
     "core.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Filter values are input: a NUL would reach PostgreSQL and fail there (core/query_guard.py).
+    "core.query_guard.refuse_nul_in_address",
     # Static files from STATIC_ROOT (filled by `collectstatic`) by every web process.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -198,9 +200,12 @@ OIDC_USE_NONCE = env_bool("OIDC_USE_NONCE", True)
 OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION = env_bool(
     "OIDC_FALLBACK_TO_EMAIL_FOR_IDENTIFICATION", False
 )
-# Tokens are never kept: the sync only needs the forwarded claims, stored at login.
+# The access token is never kept: the sync only needs the forwarded claims, stored at login.
+# The id token stays in the (server-side) session for one use: the hint of the provider's
+# end-session call when the user logs out (RP-initiated logout, OIDC_OP_LOGOUT_ENDPOINT).
 OIDC_STORE_ACCESS_TOKEN = False
-OIDC_STORE_ID_TOKEN = False
+OIDC_STORE_ID_TOKEN = True
+OIDC_OP_LOGOUT_URL_METHOD = "core.authentication.provider_logout_url"
 OIDC_USERINFO_FULLNAME_FIELDS = env_list(
     "OIDC_USERINFO_FULLNAME_FIELDS", ["given_name", "usual_name"]
 )
@@ -404,6 +409,11 @@ elif _broker_scheme in {"redis", "rediss"}:
         "socket_timeout": 5,
         "retry_on_timeout": True,
     }
+    # Prefix of every broker key (queues, unacked messages, bindings), so several deployments
+    # or test runs can share one Redis db without seeing each other's tasks.
+    _broker_key_prefix = env_str("CELERY_BROKER_KEY_PREFIX")
+    if _broker_key_prefix:
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = _broker_key_prefix
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 # A producer must not hang when the broker is down: login records the request and moves on.
@@ -475,6 +485,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Times to the second with their zone (messages/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["messages.formats"]
 STATIC_URL = "static/"
 # Filled by `manage.py collectstatic` (`make run`, the Docker image build), served by WhiteNoise.
 STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT") or DATA_DIR / "static").resolve()

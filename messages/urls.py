@@ -4,11 +4,14 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from mozilla_django_oidc.views import OIDCLogoutView
 
 from core.metrics_endpoint import metrics_view
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index"), name="root"),
+    # The admin's logout button ends the provider's session too (RP-initiated logout).
+    path("admin/logout/", OIDCLogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     re_path(r"^metrics/?$", metrics_view, name="metrics"),
     path("oidc/", include("mozilla_django_oidc.urls")),

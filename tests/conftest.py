@@ -6,6 +6,7 @@ adds the fault suite's own)."""
 import uuid
 
 import pytest
+import redis
 from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission
 from django.core.cache import cache
@@ -19,7 +20,7 @@ from tests import artifacts, figures
 from tests.deploycenter_stub import DeployCenterStub
 from tests.factories import UserFactory
 from tests.support import PrivateRedis
-from tests.support.broker import QUEUES, BrokerQueues
+from tests.support.broker import QUEUES, BrokerQueues, broker_key, broker_keys
 from tests.support.flower import CREDENTIALS, running_flower
 from tests.support.oidc_provider import FakeProvider
 from tests.support.revocations import reconcile
@@ -52,13 +53,39 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.broker)
 
 
+# Every cache key of this run starts with it: the run's keys are removed at its end.
+RUN_CACHE_PREFIX = f"test-{uuid.uuid4().hex[:12]}-"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_redis_left_clean():
+    """At the end of the run, remove what it left on the shared Redis: its cache keys, and the
+    broker's keys behind the run's CELERY_BROKER_KEY_PREFIX (or the suite's own queue keys
+    without one). Nothing else on the server is touched."""
+    yield
+    if not django_settings.REDIS_URL:
+        return
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{RUN_CACHE_PREFIX}*", count=1000))
+        prefix = broker_key("")
+        keys += client.scan_iter(match=f"{prefix}*") if prefix else broker_keys(client)
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(settings):
     """Give each test its own cache key prefix, so tests never see each other's keys and
     nothing on the shared Redis has to be flushed."""
     settings.CACHES = {
         **settings.CACHES,
-        "default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"},
+        "default": {
+            **settings.CACHES["default"],
+            "KEY_PREFIX": RUN_CACHE_PREFIX + uuid.uuid4().hex,
+        },
     }
     cache.close()
     yield

@@ -7,6 +7,7 @@ import time
 import pytest
 from celery.contrib.testing.worker import start_worker
 
+from core.authentication import email_from_login
 from core.entitlements.sync_requests import enqueue_outstanding_requests
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.support.broker import QUEUES, producer_app
@@ -51,8 +52,8 @@ def test_login_returns_before_the_sync_and_the_worker_grants_later(
     state = EntitlementSyncState.objects.get(user=user)
     # Exactly the claims the backend forwards: no phone number, no token.
     assert state.forwarded_claims == {"siret": SIRET}
+    # The id token stays in the session for logout's end-session call; the access token never.
     assert "oidc_access_token" not in browser.session
-    assert "oidc_id_token" not in browser.session
     assert "the-access-token" not in str(dict(browser.session.items()))
 
     deadline = time.monotonic() + 20
@@ -114,3 +115,20 @@ def test_login_while_the_broker_is_down_succeeds_and_syncs_once_it_is_back(
                 time.sleep(0.05)
 
     assert EntitlementSyncState.objects.get(user=user).status == "ok"
+
+
+@pytest.mark.parametrize(
+    ("stored", "claimed", "kept"),
+    [
+        # Only the case of the local part differs: the stored form, the one upstream knows.
+        ("admin@alpha.example.org", "Admin@alpha.example.org", "admin@alpha.example.org"),
+        ("Admin@alpha.example.org", "admin@ALPHA.example.org", "Admin@alpha.example.org"),
+        # A real change is taken (and guarded by the identity rule).
+        ("admin@alpha.example.org", "a.dmin@alpha.example.org", "a.dmin@alpha.example.org"),
+        ("admin@alpha.example.org", "admin@beta.example.org", "admin@beta.example.org"),
+        # The domain part is always stored lower-case.
+        ("old@alpha.example.org", "New@ALPHA.example.org", "New@alpha.example.org"),
+    ],
+)
+def test_a_login_keeps_the_stored_email_when_only_its_case_changed(stored, claimed, kept):
+    assert email_from_login(stored=stored, claimed=claimed) == kept

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
+from psycopg import sql
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,6 +42,8 @@ FIGURES = (
     "metrics_sync_ms_off",
     "metrics_overhead_percent",
     "metrics_calls_us_per_sync",
+    "bad_input_largest_list_under_cap_ms",
+    "bad_input_10mb_declared_ms",
 )
 LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 
@@ -51,12 +55,27 @@ def _bench_database_url() -> str:
     return urlunsplit(parts._replace(path=f"/{name}_bench_smoke"))
 
 
+@pytest.fixture
+def bench_database_url():
+    """The smoke run's database, dropped after the test: nothing stays on the shared server."""
+    url = _bench_database_url()
+    yield url
+    parts = urlsplit(url)
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(parts.path.lstrip("/"))
+            )
+        )
+
+
 @pytest.mark.broker
-def test_smoke_mode_prints_every_figure_with_a_number():
+def test_smoke_mode_prints_every_figure_with_a_number(bench_database_url):
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke"],
         cwd=REPO,
-        env={**os.environ, "BENCH_DATABASE_URL": _bench_database_url()},
+        env={**os.environ, "BENCH_DATABASE_URL": bench_database_url},
         capture_output=True,
         text=True,
         timeout=600,

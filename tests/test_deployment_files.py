@@ -2,6 +2,7 @@
 settings and pyproject.toml (no Docker here, so the files are parsed and their environment is run
 through the settings)."""
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from bench.cli import parse_args, worker_layouts
@@ -139,6 +141,18 @@ def test_the_benchmark_measures_the_procfiles_workers(monkeypatch):
     assert layouts["split"] == shipped_workers(environ={})
     bigger = worker_layouts(parse_args(["--smoke", "--bulk-concurrency", "5"]))["split"]
     assert [spec.concurrency for spec in bigger if spec.queues == (BULK_QUEUE,)] == [5]
+
+
+def test_every_web_command_logs_access_through_the_masking_logger(services):
+    """tests/test_access_log.py runs the Procfile's; compose and the image must match it."""
+    logger = "messages.access_log.AccessLogger"
+    dockerfile_cmd = next(
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")
+    )
+
+    assert f"--logger-class {logger}" in procfile_processes()["web"]
+    assert f"--logger-class={logger}" in command_of(services["web"])
+    assert f'"--logger-class", "{logger}"' in dockerfile_cmd
 
 
 def test_app_services_are_built_from_the_dockerfile(services):
@@ -278,7 +292,26 @@ def test_a_dot_env_made_from_the_example_passes_the_settings_validation(services
         "postgres://messages:placeholder-POSTGRES_PASSWORD@postgres:5432/messages"
     )
     assert environment["CELERY_BROKER_URL"] == "redis://redis:6379/0"
-    assert "DeployCenter" in environment["ENTITLEMENTS_BACKEND"]
+    # A first start calls no outside service: the local backend with the demo's map.
+    assert environment["ENTITLEMENTS_BACKEND"].endswith("LocalEntitlementsBackend")
+    assert json.loads(environment["ENTITLEMENTS_BACKEND_PARAMETERS"])["admins_by_email"]
+
+
+def test_env_example_shows_the_deploycenter_lines_to_switch_to(tmp_path):
+    """The commented DeployCenter lines, uncommented as env.example says, pass the settings
+    validation (only the values its operators give are to change)."""
+    lines = [
+        match
+        for line in (ROOT / "env.example").read_text().splitlines()
+        if (match := _EXAMPLE_LINE.match(line))
+        and match["commented"]
+        and match["name"].startswith("ENTITLEMENTS_BACKEND")
+    ]
+    deploycenter = {match["name"]: match["value"].strip("'") for match in lines}
+
+    assert deploycenter["ENTITLEMENTS_BACKEND"].endswith("DeployCenterEntitlementsBackend")
+    result = start_django(tmp_path, DJANGO_SECRET_KEY="placeholder-secret", **deploycenter)
+    assert result.returncode == 0, result.stderr
 
 
 # --- RabbitMQ profile -------------------------------------------------------------------------
@@ -321,6 +354,17 @@ def test_dockerfile_runs_as_a_non_root_user():
     assert instructions[0] == ["FROM", "python:3.11-slim"]
     users = [argument for keyword, argument in instructions if keyword == "USER"]
     assert users and users[-1] not in {"root", "0"}
+
+
+def test_the_image_pins_a_python_the_project_accepts_and_ci_runs_the_whole_suite_on():
+    version = dockerfile_instructions()[0][1].removeprefix("python:").removesuffix("-slim")
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+
+    assert version in SpecifierSet(requires)
+    # CI: the whole suite on the image's Python, the tests without broker on another.
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert f"make test PYTHON=python{version}\n" in ci
+    assert "PYTEST_ARGS=\"-m 'not broker and not slow'\"" in ci
 
 
 def test_dockerfile_installs_the_locked_dependencies_before_copying_the_source():

@@ -113,7 +113,7 @@ def _session(session_id: int) -> list[psutil.Process]:
 
 
 def _stop(honcho: subprocess.Popen) -> tuple[float, int, list[psutil.Process]]:
-    """SIGTERM to honcho alone, as Ctrl-C in `make run` does: it stops its processes."""
+    """SIGTERM to run_demo (honcho) alone: it stops its processes, as on Ctrl-C in `make run`."""
     processes = _session(honcho.pid)
     began = time.monotonic()
     if honcho.poll() is None:
@@ -136,7 +136,7 @@ def test_make_run_starts_30_times_in_a_row_with_inspect_and_flower_working(tmp_p
         with log_path.open("wb") as log:
             began = time.monotonic()
             honcho = subprocess.Popen(
-                [BIN / "honcho", "start", "-f", "Procfile", "-e", data_dir / "demo.env"],
+                [sys.executable, "manage.py", "run_demo"],
                 cwd=BASE_DIR,
                 env=environment,
                 stdout=log,

@@ -1,22 +1,8 @@
-"""GET /metrics: refused without its token, what it reads from shared stores at scrape time,
-bounded labels, and the reset of the multiprocess directory."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""core/metrics_endpoint.py: GET /metrics, refused without its token, served as Prometheus
+text with the shared circuit's state read at scrape time."""
 
 import pytest
-from celery import current_app
-from django.core.management import call_command
-from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
-
-from core import metrics
-from core.models import EntitlementSyncState
-from tests.factories import UserFactory
-from tests.faults.conftest import kombu_keys
-from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
 TOKEN = "a-metrics-token"
 NS = "messages_entitlements"
@@ -87,98 +73,10 @@ def test_only_get(client, token):
     assert response.status_code == 405
 
 
-@pytest.fixture
-def empty_queues():
-    """The suite's broker db with its task queues emptied before and after."""
-    with current_app.connection_for_write() as connection:
-        client = connection.default_channel.client
-        client.delete(*kombu_keys(client))
-        yield
-        client.delete(*kombu_keys(client))
-
-
 @pytest.mark.django_db
-def test_queue_depths_are_read_from_the_broker(client, token, empty_queues):
-    for _ in range(3):
-        current_app.send_task("metrics.test.nothing", queue=INTERACTIVE_QUEUE)
-    current_app.send_task("metrics.test.nothing", queue=BULK_QUEUE)
-
+def test_the_scrape_reads_the_shared_circuit(client, token):
+    # No failure recorded on this test's keys: the shared circuit is closed.
     values = scraped(client)
 
-    assert values[(f"{NS}_queue_messages", (("queue", "interactive"),))] == 3
-    assert values[(f"{NS}_queue_messages", (("queue", "bulk"),))] == 1
-
-
-@pytest.mark.django_db
-def test_requests_waiting_for_the_sweep_are_counted(client, token):
-    waiting, sent = UserFactory(), UserFactory()
-    now = timezone.now()
-    EntitlementSyncState.objects.create(user=waiting, requested_at=now)
-    EntitlementSyncState.objects.create(user=sent, requested_at=now, enqueued_at=now)
-
-    assert scraped(client)[(f"{NS}_sync_requests_waiting", ())] == 1
-
-
-@pytest.mark.django_db
-def test_a_store_down_leaves_the_other_metrics(client, token, monkeypatch):
-    # Nothing listens on port 1: the broker is down.
-    monkeypatch.setattr(current_app.conf, "broker_url", "redis://127.0.0.1:1/0")
-
-    values = scraped(client)
-
-    assert not any(name == f"{NS}_queue_messages" for name, _ in values)
-    assert (f"{NS}_sync_requests_waiting", ()) in values
-
-
-def test_a_label_value_outside_its_set_is_recorded_as_other():
-    other = metrics.SYNCS.labels("other", "ok")
-    before = other._value.get()
-
-    metrics.sync_ended(trigger="jane.doe@example.org", outcome="ok")
-
-    assert other._value.get() == before + 1
-    labels = {sample.labels["trigger"] for sample in metrics.SYNCS.collect()[0].samples}
-    assert not any("@" in label for label in labels)
-
-
-def test_the_queues_are_the_workers():
-    assert metrics.QUEUES == (INTERACTIVE_QUEUE, BULK_QUEUE)
-
-
-def test_the_answer_labels_are_the_answer_kinds():
-    from core.entitlements.backends.base import AnswerKind
-
-    assert set(metrics.ANSWERS) == set(AnswerKind)
-
-
-def test_reset_metrics_deletes_only_the_metric_files(tmp_path, settings):
-    settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
-    (tmp_path / "counter_123.db").write_bytes(b"x")
-    (tmp_path / "notes.txt").write_text("kept")
-
-    call_command("reset_metrics")
-
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
-
-
-def test_a_directory_that_cannot_be_made_names_its_variable(tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    completed = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup(); import core.metrics"],
-        cwd=Path(__file__).resolve().parents[1],
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "messages.settings",
-            "DJANGO_SECRET_KEY": "test-secret",
-            "DATA_DIR": str(tmp_path),
-            "PROMETHEUS_MULTIPROC_DIR": str(blocker / "metrics"),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert completed.returncode != 0
-    assert "ImproperlyConfigured: PROMETHEUS_MULTIPROC_DIR: cannot create" in completed.stderr
+    assert values[(f"{NS}_circuit_state", (("state", "closed"),))] == 1
+    assert values[(f"{NS}_circuit_state", (("state", "open"),))] == 0

@@ -2,20 +2,12 @@
 they were asked with, so the identity rule protects them from the first sync after the upgrade."""
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from core.entitlements.identity import upstream_identity
+from tests.support.migrations import migrate, migrate_to_latest
 
 BEFORE = [("core", "0003_sync_vocabulary")]
 AFTER = [("core", "0004_identity_and_ended_access")]
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.mark.django_db(transaction=True)
@@ -32,7 +24,7 @@ def test_current_emails_are_recorded_for_states_that_applied_an_answer():
         State = apps.get_model("core", "EntitlementSyncState")
         identities = dict(State.objects.values_list("user_id", "upstream_identity"))
     finally:
-        migrate(AFTER)
+        migrate_to_latest()
 
     # The digest a sync computes: the next sync with the same e-mail sees no change.
     assert identities == {synced.pk: upstream_identity("Admin@alpha.example.org"), never.pk: ""}

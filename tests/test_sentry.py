@@ -20,11 +20,11 @@ from django.db import connection
 from django.test import Client
 
 from core.models import EntitlementSyncState, MailDomainAccess, User
-from messages.sentry import init_sentry, scrub_text
+from messages.sentry import scrub_text
 from tests.support import WorkerProcess, wait_until, worker_environment
 from tests.support.broker import producer_app
 from tests.support.oidc_provider import IDP, FakeProvider
-from tests.support.sentry_ingest import SentryIngest
+from tests.support.sentry_ingest import SentryIngest, reporting_to
 from tests.support.web_server import WebServer
 
 SYNC_USER_TASK = "entitlements.sync_user"
@@ -40,19 +40,12 @@ def sentry_ingest():
 def sentry_web(sentry_ingest, settings, transactional_db):
     """The web on a local server, reporting to the local ingest as with SENTRY_DSN set
     (messages/settings.py's two steps); yields (server, ingest)."""
-    # Every request traced too: transactions and their spans are searched with the events.
-    init_sentry(dsn=sentry_ingest.dsn, environment="test", traces_sample_rate=1.0)
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "messages.sentry.user_id_middleware"]
     # The local server speaks plain HTTP: Secure cookies would never come back to it.
     settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
-    try:
-        with WebServer() as server:
-            yield server, sentry_ingest
-    finally:
-        client = sentry_sdk.get_client()
-        client.flush(timeout=5)
-        client.close()
-        sentry_sdk.get_global_scope().set_client(None)
+    # Every request traced too: transactions and their spans are searched with the events.
+    with reporting_to(sentry_ingest, traces_sample_rate=1.0), WebServer() as server:
+        yield server, sentry_ingest
 
 
 @pytest.fixture

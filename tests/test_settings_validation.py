@@ -3,9 +3,11 @@
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,3 +124,31 @@ class TestRenamedVariables:
 
         assert result.returncode != 0
         assert "ENTITLEMENTS_SYNC_RETRY_BASE_DELAY must be a number" in result.stderr
+
+
+def test_the_broker_key_prefix_puts_every_task_behind_it(tmp_path):
+    """CELERY_BROKER_KEY_PREFIX: another stack (or test run) on the same Redis db never sees
+    the tasks, and the queue's depth still reads through the prefix."""
+    prefix = f"prefix-test-{uuid.uuid4().hex[:8]}:"
+    redis_url = os.environ["REDIS_URL"]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        result = start_django(
+            tmp_path,
+            "from messages.celery_app import app; "
+            "app.send_task('prefix.test.nothing', queue='interactive'); "
+            "print(app.connection_for_read().default_channel"
+            ".queue_declare('interactive').message_count)",
+            REDIS_URL=redis_url,
+            CELERY_BROKER_URL=redis_url,
+            CELERY_BROKER_KEY_PREFIX=prefix,
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["1"]
+        assert client.llen(f"{prefix}interactive") == 1
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()

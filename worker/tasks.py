@@ -17,17 +17,14 @@ from core.entitlements import (
     sync_run_batch,
     sync_user_entitlements,
 )
-from core.locks import SYNC_USER_TIME_LIMIT, user_lock
-from core.models import EntitlementSyncState, Trigger, User
-from core.selectors import running_sync_serves_request
+from core.locks import SYNC_USER_TIME_LIMIT
+from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState, Trigger, User
 from core.task_names import TaskName
 from worker.retry import may_retry, retry_countdown
 
 logger = logging.getLogger(__name__)
 
 Status = EntitlementSyncState.Status
-# A sync that ended so applied no authoritative answer: the task ends failed (SyncNotApplied).
-_NOT_APPLIED = frozenset({Status.INVALID, Status.ERROR, Status.UNAVAILABLE})
 
 
 class SyncNotApplied(Exception):
@@ -47,29 +44,23 @@ class SyncNotApplied(Exception):
 def sync_user(self, user_id: str, trigger: Trigger) -> dict:
     """Sync one user's admin accesses; retry while the upstream is down or another sync runs.
 
-    Raises SyncNotApplied, after recording, when no authoritative answer was applied.
+    Raises SyncNotApplied, after recording, when no authoritative answer was applied. A sync
+    skipped because another held the user's lock ends `skipped` (`locked`) once the retries
+    are spent: its request stays recorded for the sweep.
     """
     retries = self.request.retries
     try:
-        result = _sync_under_lock(user_id=user_id, trigger=trigger, task_id=self.request.id or "")
+        result = sync_user_entitlements(
+            user_id=user_id, trigger=trigger, task_id=self.request.id or ""
+        )
     except User.DoesNotExist:
         return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="unknown_user")
-    if result is None:
-        # Another sync of this user holds the lock.
-        if running_sync_serves_request(user_id=user_id):
-            return _not_synced(
-                user_id, trigger, status=Status.SKIPPED, reason="served_by_running_sync"
-            )
-        if may_retry(retries=retries):
-            raise self.retry(countdown=retry_countdown(retries=retries))
-        # Still recorded as requested and unserved: the sweep sends it again later.
-        return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="locked")
-    if result.status == Status.UNAVAILABLE:
-        # The engine recorded the failure and left every access as it was.
+    if result.worth_retrying:
         if may_retry(retries=retries):
             raise self.retry(countdown=retry_countdown(retries=retries))
         logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
-    if result.status in _NOT_APPLIED:
+    # A sync that applied no authoritative answer: the task ends failed (SyncNotApplied).
+    if result.status in FAILED_SYNC_STATUSES:
         raise _not_applied(user_id, trigger, result.status, result.error_code)
     return result.as_dict()
 
@@ -126,20 +117,6 @@ def sweep_pending_syncs() -> int:
     if sent:
         logger.info("sweep: %d sync request(s) re-enqueued", sent)
     return sent
-
-
-def _sync_under_lock(*, user_id, trigger: Trigger, task_id: str):
-    """Run the user's sync while holding their lock: its result; None if another sync holds it.
-
-    Raises what the sync raises (User.DoesNotExist), lock released.
-    """
-    lock = user_lock(user_id, owner=task_id)
-    if not lock.acquire():
-        return None
-    try:
-        return sync_user_entitlements(user_id=user_id, trigger=trigger, task_id=task_id)
-    finally:
-        lock.release()
 
 
 def _not_synced(user_id: str, trigger: str, *, status: Status, reason: str) -> dict:

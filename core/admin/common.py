@@ -48,11 +48,11 @@ class AccessInline(admin.TabularInline):
     extra = 0
     readonly_fields = ("created_at",)
 
-    def __init__(self, parent_model, admin_site):
-        other = "maildomain" if self.fk_name == "user" else "user"
-        self.fields = (other, "role", "source", "created_at")
-        self.autocomplete_fields = (other,)
-        super().__init__(parent_model, admin_site)
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        other = "maildomain" if cls.fk_name == "user" else "user"
+        cls.fields = (other, "role", "source", "created_at")
+        cls.autocomplete_fields = (other,)
 
 
 class ErrorCodeFilter(admin.SimpleListFilter):

@@ -63,7 +63,7 @@ class MailDomainAdmin(ResyncPermissionMixin, admin.ModelAdmin):
 
     @admin.display(description="admins", ordering="admin_count")
     def admin_count(self, maildomain: MailDomain) -> int:
-        return maildomain.admin_count
+        return maildomain.admin_count  # type: ignore[attr-defined]  # get_queryset's annotation
 
 
 @admin.register(MailDomainAccess)

@@ -1,32 +1,26 @@
-"""A run as a picture on its admin page: users done over time and the outcome mix, inline SVG.
+"""A run as a picture on its admin page: users done over time and its run categories, inline SVG.
 
 Server-rendered, no script. The curve is read from the users' sync states: those whose last
 sync of the run's trigger ended inside the run's window. A later sync of a user replaces
 their time, so an old run's curve thins out; the chart says how many users it still shows.
-The outcome mix comes from the run's own counters and is always exact.
+The mix of run categories comes from the run's own counters and is always exact.
 """
 
 from datetime import datetime, timedelta
+from typing import cast
 
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from core.models import EntitlementSyncState, SyncRun
+from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState, SyncRun
 
 WIDTH, HEIGHT = 640, 170
 _LEFT, _RIGHT, _TOP, _BOTTOM = 48, 12, 12, 28
 _PLOT_W, _PLOT_H = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
 # Time steps of the curve: enough for a smooth line, few enough for a small page.
 _STEPS = 120
-_FAILED = frozenset(
-    {
-        EntitlementSyncState.Status.UNAVAILABLE,
-        EntitlementSyncState.Status.INVALID,
-        EntitlementSyncState.Status.ERROR,
-    }
-)
-# Outcome, its colour, and how a run's counters give it.
+# A run category (done split into unchanged and changed), its colour, and its counter.
 _MIX = (
     ("unchanged", "#4c9f70", lambda run: run.users_done - run.users_changed),
     ("changed", "#3b6fb6", lambda run: run.users_changed),
@@ -36,7 +30,7 @@ _MIX = (
 
 
 def run_chart(run: SyncRun) -> SafeString:
-    """The run's progress curve and outcome mix, as one inline SVG and a caption."""
+    """The run's progress curve and mix of run categories, as one inline SVG and a caption."""
     end = run.finished_at or timezone.now()
     finished = (
         EntitlementSyncState.objects.filter(
@@ -49,7 +43,11 @@ def run_chart(run: SyncRun) -> SafeString:
     return render_chart(
         started_at=run.started_at,
         ended_at=end,
-        finishes=[(at, status in _FAILED) for at, status in finished.iterator()],
+        # Rows filtered on finished_at: none is null.
+        finishes=[
+            (cast(datetime, at), status in FAILED_SYNC_STATUSES)
+            for at, status in finished.iterator()
+        ],
         total=max(run.users_enqueued, counted),
         mix={name: count(run) for name, _colour, count in _MIX},
     )
@@ -129,7 +127,7 @@ def _points(counts: list[int], top: int) -> str:
 
 
 def _mix_bar(mix: dict[str, int]) -> SafeString:
-    """The outcome mix as one horizontal bar, each outcome's share in its colour, and a legend."""
+    """The run categories as one horizontal bar, each one's share in its colour, and a legend."""
     total = sum(mix.values())
     x = 0.0
     segments = []
@@ -145,7 +143,8 @@ def _mix_bar(mix: dict[str, int]) -> SafeString:
     )
     return format_html(
         '<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{}" height="16" '
-        'class="run-mix"><title>Outcome mix</title>{}</svg><p class="run-mix-legend">{}</p>',
+        'class="run-mix"><title>Users by run category</title>{}</svg>'
+        '<p class="run-mix-legend">{}</p>',
         WIDTH,
         format_html_join(
             "",

@@ -1,5 +1,8 @@
 """Users in the admin: their accesses, their sync state and audit trail, the resync action."""
 
+from collections.abc import Sequence
+from typing import Any
+
 from django.contrib import admin, messages
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import forms as auth_forms
@@ -38,6 +41,8 @@ _AUDIT_ROWS_SHOWN = 10
 
 class NormalizedEmailMixin:
     """Normalise the email before the uniqueness check, as User.save() would after it."""
+
+    cleaned_data: dict[str, Any]
 
     def clean_email(self):
         return normalize_email(self.cleaned_data["email"])
@@ -239,6 +244,6 @@ def _when(moment) -> str:
     return date_format(localtime(moment), "DATETIME_FORMAT") if moment else "-"
 
 
-def _with_claim_values(fields: tuple) -> tuple:
+def _with_claim_values(fields: Sequence[Any]) -> tuple:
     """A superuser's fields: the claim names replaced by the names with their values."""
     return tuple("claim_values" if field == "claim_names" else field for field in fields)

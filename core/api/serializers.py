@@ -210,4 +210,5 @@ class ProvisioningResultSerializer(serializers.Serializer):
 
     created = serializers.ListField(child=serializers.CharField())
     existing = serializers.ListField(child=serializers.CharField())
-    errors = ProvisioningErrorSerializer(many=True)
+    # DRF's metaclass takes declared fields off the class: this does not hide Serializer.errors.
+    errors = ProvisioningErrorSerializer(many=True)  # type: ignore[assignment]

@@ -5,8 +5,9 @@ from functools import cached_property
 from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotAuthenticated, NotFound
 from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -19,7 +20,7 @@ from core.api.permissions import (
     MailDomainCreateEnabled,
     ManageAccessesEnabled,
 )
-from core.models import MailDomain
+from core.models import MailDomain, User
 
 
 class ConfigView(APIView):
@@ -62,7 +63,7 @@ class AdminMailDomainListCreateView(generics.ListCreateAPIView):
     serializer_class = api_serializers.MailDomainSerializer
 
     def get_queryset(self):
-        return selectors.maildomains_administered_by(user=self.request.user)
+        return selectors.maildomains_administered_by(user=_authenticated_user(self.request))
 
     @extend_schema(
         request=api_serializers.MailDomainCreateSerializer,
@@ -79,7 +80,7 @@ class AdminMailDomainListCreateView(generics.ListCreateAPIView):
         )
 
 
-class MailDomainAccessMixin:
+class MailDomainAccessMixin(generics.GenericAPIView):
     """The mail domain of the URL, resolved once, for its admins only."""
 
     permission_classes = [IsAuthenticated, IsMailDomainAdmin, ManageAccessesEnabled]
@@ -91,7 +92,7 @@ class MailDomainAccessMixin:
     @cached_property
     def _maildomain(self) -> MailDomain:
         maildomain = selectors.get_administered_maildomain(
-            user=self.request.user, maildomain_id=self.kwargs["maildomain_id"]
+            user=_authenticated_user(self.request), maildomain_id=self.kwargs["maildomain_id"]
         )
         if maildomain is None:
             raise NotFound("No mail domain with this id among those you administer.")
@@ -149,3 +150,10 @@ class ProvisioningView(APIView):
             custom_attributes=payload.validated_data.get("custom_attributes"),
         )
         return Response(result.as_dict())
+
+
+def _authenticated_user(request: Request) -> User:
+    """The request's user, which the view's IsAuthenticated has already required."""
+    if not isinstance(request.user, User):
+        raise NotAuthenticated()
+    return request.user

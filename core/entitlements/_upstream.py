@@ -1,12 +1,10 @@
-"""What the upstream guard's parts share: who is asking, the base error, and their Redis keys."""
+"""What the upstream guard's parts share: who is asking, and their Redis keys."""
 
 from enum import StrEnum
 
 from django.conf import settings
 from django.core.cache import caches
 from django_redis import get_redis_connection
-
-from core.entitlements.errors import EntitlementsError
 
 _REDIS_CACHE_BACKEND = "django_redis.cache.RedisCache"
 
@@ -16,12 +14,6 @@ class Priority(StrEnum):
 
     INTERACTIVE = "interactive"
     BULK = "bulk"
-
-
-class UpstreamGuardError(EntitlementsError):
-    """A call to the upstream was not made; `code` says why."""
-
-    code = "upstream_guard"
 
 
 def uses_redis() -> bool:

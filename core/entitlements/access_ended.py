@@ -37,6 +37,6 @@ def confirmed_ended(
         user.pk
         for user, answer in answers
         if answer.kind is AnswerKind.ACCESS_ENDED
-        and states[user.pk].access_ended_since is not None
-        and states[user.pk].access_ended_since <= confirmed_before
+        and (since := states[user.pk].access_ended_since) is not None
+        and since <= confirmed_before
     }

@@ -7,6 +7,7 @@ by one, and the users worth another try are listed. The Celery task only retries
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -18,9 +19,9 @@ from django.db import connections
 from core.entitlements import runs, sync
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.errors import EntitlementsUnavailableError
-from core.entitlements.reconcile import SyncResult
+from core.entitlements.results import RunCategory, SyncResult
 from core.entitlements.revocation_budget import RunRevocationBudget
-from core.entitlements.runs import BatchTally, Outcome
+from core.entitlements.runs import BatchTally
 from core.entitlements.upstream_guard import Priority
 
 # Per-user locks are taken here, not in the task: a user's lock is held from before their
@@ -38,14 +39,14 @@ _RECONCILE_WINDOW_SECONDS = 0.05
 @dataclass(slots=True)
 class FetchedUser:
     """One user of a batch after the fetch: their answer (held under their lock), the upstream
-    error to retry, or already an outcome (lock held elsewhere, failure, not asked because a
+    error to retry, or already its run category (lock held elsewhere, failure, not asked because a
     configuration error stopped the batch)."""
 
     user: User
     lock: TTLLock | None = None
     answer: UpstreamAnswer | None = None
     unavailable: EntitlementsUnavailableError | None = None
-    outcome: Outcome | None = None
+    category: RunCategory | None = None
     not_asked: bool = False
 
     def release(self) -> None:
@@ -69,7 +70,7 @@ class _ConfigurationStop:
 
     def see(self, answer: UpstreamAnswer) -> None:
         """Stop the batch if this answer is a configuration error."""
-        if answer.kind is AnswerKind.CONFIGURATION and not self._event.is_set():
+        if answer.kind is AnswerKind.CONFIGURATION_ERROR and not self._event.is_set():
             self.error_code = answer.error_code
             self._event.set()
 
@@ -103,13 +104,13 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
     if runs.stopped_by_configuration_error(run_id=run_id):
         # Another batch of the run found the configuration wrong: asking would be refused.
         # Nobody is asked, and everybody's state stays what it was.
-        tally.counts[Outcome.NOT_RUN] += len(user_ids)
+        tally.counts[RunCategory.NOT_RUN] += len(user_ids)
         return tally
     # The run's budget: beyond it, the batch holds revocations instead of applying them.
     budget = RunRevocationBudget(run_id=run_id)
     users = sync.load_users_starting_sync(user_ids=user_ids)
     # Deleted between the fan-out and now: nothing left to sync.
-    tally.counts[Outcome.SKIPPED] += len(user_ids) - len(users)
+    tally.counts[RunCategory.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
     stop = _ConfigurationStop()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
@@ -142,7 +143,7 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
 def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationStop) -> FetchedUser:
     """A pool thread's work for one user; nothing once a configuration error stopped the batch."""
     if stop:
-        return FetchedUser(user=user, outcome=Outcome.NOT_RUN, not_asked=True)
+        return FetchedUser(user=user, category=RunCategory.NOT_RUN, not_asked=True)
     try:
         fetched = _fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
         if fetched.answer is not None:
@@ -162,7 +163,7 @@ def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedU
     lock = user_lock(user.pk, owner=task_id)
     if not lock.acquire():
         # Another sync of this user is running now: it is at least as fresh as this run.
-        return FetchedUser(user=user, outcome=Outcome.SKIPPED)
+        return FetchedUser(user=user, category=RunCategory.SKIPPED)
     try:
         # Bulk priority: a full run leaves the rate limit's reserve to login syncs. The trigger
         # says how fresh: a run a person started asks now, the periodic run may use the cache.
@@ -173,7 +174,7 @@ def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedU
         lock.release()
         # Logged with its traceback (Sentry gets it), without the user's email or claims.
         logger.exception("sync of user %s failed while fetching", user.pk)
-        return FetchedUser(user=user, outcome=Outcome.FAILED)
+        return FetchedUser(user=user, category=RunCategory.FAILED)
     return FetchedUser(user=user, lock=lock, answer=answer)
 
 
@@ -219,11 +220,12 @@ def _finish(
                     user=item.user, trigger=trigger, task_id=task_id, error=item.unavailable
                 )
                 if stop:
-                    tally.count(Outcome.FAILED)
+                    tally.count(RunCategory.FAILED)
                 else:
                     tally.retry_user_ids.append(str(item.user.pk))
             else:
-                tally.count(item.outcome)
+                assert item.category is not None, "a user neither answered nor unavailable has one"
+                tally.count(item.category)
             counted.add(id(item))
     except SoftTimeLimitExceeded:
         # Whatever was not recorded yet is tried again by the batch's retry.
@@ -239,15 +241,16 @@ def _reconcile(
     trigger: Trigger,
     task_id: str,
     revocation_budget: RunRevocationBudget,
-) -> list[SyncResult | Outcome]:
-    """Each user's SyncResult, or the Outcome of a user whose reconcile failed.
+) -> Sequence[SyncResult | RunCategory]:
+    """Each user's SyncResult, or the RunCategory of a user whose reconcile failed.
 
     All together in one transaction; if that fails, one by one, so that one user's failure
     never costs the others their sync.
     """
     if not answered:
         return []
-    answers = [(item.user, item.answer) for item in answered]
+    # Every one has its answer: the test only narrows the type.
+    answers = [(item.user, item.answer) for item in answered if item.answer is not None]
     try:
         return sync.reconcile_fetched_answers(
             answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
@@ -258,7 +261,8 @@ def _reconcile(
         logger.warning(
             "bulk reconcile of %d users failed; retrying one by one", len(answers), exc_info=True
         )
-    results: list[SyncResult | Outcome] = []
+    results: list[SyncResult | RunCategory] = []
+    result: SyncResult | RunCategory
     for answer in answers:
         try:
             [result] = sync.reconcile_fetched_answers(
@@ -272,9 +276,9 @@ def _reconcile(
         except Exception:
             if not User.objects.filter(pk=answer[0].pk).exists():
                 # Deleted while their answer was fetched: nothing left to sync.
-                result = Outcome.SKIPPED
+                result = RunCategory.SKIPPED
             else:
                 logger.exception("sync of user %s (%s) failed", answer[0].pk, trigger)
-                result = Outcome.FAILED
+                result = RunCategory.FAILED
         results.append(result)
     return results

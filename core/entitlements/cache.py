@@ -10,11 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 
-from core import metrics
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
-from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.factory import get_backend
-from core.entitlements.upstream_guard import Priority, UpstreamGuardError, guarded_upstream_call
 from core.validators import normalize_email
 
 # Answers worth keeping: they describe the user. Request and configuration errors describe
@@ -29,97 +26,64 @@ def cache_key(user_id: Any) -> str:
     return f"entitlements:answer:{user_id}"
 
 
-def fetch_entitlements(
-    *,
-    user,
-    forwarded_claims: Mapping[str, Any],
-    force_refresh: bool = False,
-    fetched_since: datetime | None = None,
-    priority: Priority = Priority.INTERACTIVE,
-) -> UpstreamAnswer:
-    """The user's answer: cached if fresh (unless forced), else asked upstream.
+def read_fresh_answer(
+    *, user, forwarded_claims: Mapping[str, Any], asked_since: datetime | None
+) -> UpstreamAnswer | None:
+    """The cached answer to this request if younger than ENTITLEMENTS_CACHE_TIMEOUT_SECONDS.
 
-    `fetched_since` narrows "fresh" to an answer fetched at or after that moment (a person's
-    request is served by an answer asked after it was made); `force_refresh` asks in any case.
-    When the upstream is unavailable, the last cached answer is served as stale while it is
-    younger than ENTITLEMENTS_STALE_FALLBACK_SECONDS, forced or not; past that,
-    EntitlementsUnavailableError. An open circuit or an exhausted rate limit counts as
-    unavailable, without calling upstream.
+    `asked_since` narrows "fresh" to an answer asked upstream at or after that moment.
     """
-    backend = get_backend()
-    key = cache_key(user.pk)
-    request = _request_digest(backend, user, forwarded_claims)
-    entry = _usable_entry(cache.get(key), request)
-    age = time.time() - entry["fetched_at"] if entry else None
-
-    if (
-        entry
-        and not force_refresh
-        and age < settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS
-        and (fetched_since is None or entry["fetched_at"] >= fetched_since.timestamp())
-    ):
-        return UpstreamAnswer.from_dict(entry["answer"], cache="hit")
-
-    # The answer dates from when it was asked: one asked before a request cannot honour it,
-    # even if it arrives after.
-    asked_at = time.time()
-    answer = _ask_upstream(backend, user, forwarded_claims, priority)
-    if answer.kind is AnswerKind.UNAVAILABLE:
-        if entry and age < settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS:
-            return UpstreamAnswer.from_dict(entry["answer"], cache="stale")
-        raise EntitlementsUnavailableError(answer.error_code)
-    if answer.kind in _CACHEABLE:
-        _store(key, request, answer, asked_at=asked_at)
-    return answer
+    entry = _read(user, forwarded_claims)
+    if entry is None or _age(entry) >= settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS:
+        return None
+    if asked_since is not None and entry["fetched_at"] < asked_since.timestamp():
+        return None
+    return UpstreamAnswer.from_dict(entry["answer"], cache="hit")
 
 
-class _Unavailable(Exception):
-    """Carries an unavailable answer out of the guard, so the breaker counts it as a failure."""
-
-    def __init__(self, answer: UpstreamAnswer):
-        super().__init__(answer.error_code)
-        self.answer = answer
-
-
-def _ask_upstream(
-    backend, user, forwarded_claims: Mapping[str, Any], priority: Priority
-) -> UpstreamAnswer:
-    """One call to the backend, through the shared circuit breaker and rate limit."""
-    if not backend.guard_upstream_calls:
-        return backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
-    try:
-        with guarded_upstream_call(priority=priority, transient=(_Unavailable,)):
-            answer = backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
-            if answer.kind is AnswerKind.UNAVAILABLE:
-                raise _Unavailable(answer)
-    except _Unavailable as unavailable:
-        return unavailable.answer
-    except UpstreamGuardError as refused:
-        metrics.upstream_refused(reason=refused.code)
-        return UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, refused.code)
-    return answer
+def read_stale_answer(*, user, forwarded_claims: Mapping[str, Any]) -> UpstreamAnswer | None:
+    """The cached answer to this request if younger than ENTITLEMENTS_STALE_FALLBACK_SECONDS."""
+    entry = _read(user, forwarded_claims)
+    if entry is None or _age(entry) >= settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS:
+        return None
+    return UpstreamAnswer.from_dict(entry["answer"], cache="stale")
 
 
-def _request_digest(backend, user, forwarded_claims: Mapping[str, Any]) -> str:
-    """A digest of what the upstream is asked, so a changed email or claim is a cache miss."""
-    claims = {name: forwarded_claims.get(name) for name in backend.forwarded_claim_names}
-    asked = [type(backend).__qualname__, normalize_email(user.email), claims]
-    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()
+def store_answer(
+    *, user, forwarded_claims: Mapping[str, Any], answer: UpstreamAnswer, asked_at: float
+) -> None:
+    """Keep an answer that describes the user, dated from when it was asked (a Unix time).
+
+    It lives for as long as either window may still use it.
+    """
+    lifetime = max(
+        settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS, settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS
+    )
+    if answer.kind not in _CACHEABLE or lifetime <= 0:
+        return
+    entry = {
+        "request": _request_digest(user, forwarded_claims),
+        "fetched_at": asked_at,
+        "answer": answer.as_dict(),
+    }
+    cache.set(cache_key(user.pk), entry, timeout=lifetime)
 
 
-def _usable_entry(entry: Any, request: str) -> dict[str, Any] | None:
-    """The cached entry if it answers this same request."""
-    if isinstance(entry, dict) and entry.get("request") == request:
+def _read(user, forwarded_claims: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The user's cached entry if it answers this same request."""
+    entry = cache.get(cache_key(user.pk))
+    if isinstance(entry, dict) and entry.get("request") == _request_digest(user, forwarded_claims):
         return entry
     return None
 
 
-def _store(key: str, request: str, answer: UpstreamAnswer, *, asked_at: float) -> None:
-    """Keep the answer for as long as either window may still use it."""
-    lifetime = max(
-        settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS, settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS
-    )
-    if lifetime <= 0:
-        return
-    entry = {"request": request, "fetched_at": asked_at, "answer": answer.as_dict()}
-    cache.set(key, entry, timeout=lifetime)
+def _age(entry: Mapping[str, Any]) -> float:
+    return time.time() - entry["fetched_at"]
+
+
+def _request_digest(user, forwarded_claims: Mapping[str, Any]) -> str:
+    """A digest of what the upstream is asked, so a changed email or claim is a cache miss."""
+    backend = get_backend()
+    claims = {name: forwarded_claims.get(name) for name in backend.forwarded_claim_names}
+    asked = [type(backend).__qualname__, normalize_email(user.email), claims]
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()

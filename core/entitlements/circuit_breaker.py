@@ -16,12 +16,7 @@ from django.conf import settings
 from redis.commands.core import Script
 
 from core import metrics
-from core.entitlements._upstream import (
-    UpstreamGuardError,
-    redis_connection,
-    redis_key,
-    seconds_to_ms,
-)
+from core.entitlements._upstream import redis_connection, redis_key, seconds_to_ms
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +32,6 @@ class CircuitState(StrEnum):
     HALF_OPEN = "half_open"
 
 
-class CircuitOpenError(UpstreamGuardError):
-    """The circuit is open: the upstream failed repeatedly and is left alone for a cool-down."""
-
-    code = "circuit_open"
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"entitlements circuit open, retry in {retry_after:.1f} s")
-        self.retry_after = retry_after
-
-
 @dataclass(frozen=True)
 class Admission:
     """The breaker's answer to one caller; true when the call may go."""
@@ -60,6 +45,9 @@ class Admission:
         return self.allowed
 
 
+# This module's scripts are registered with no client (None, which redis-py's hints do not
+# allow): each call passes the client it runs on.
+
 # KEYS: state hash, failures sorted set, probe key. Time is the Redis clock in milliseconds.
 _REDIS_TIME_MS = """
 local t = redis.call('TIME')
@@ -68,7 +56,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # ARGV: probe token, probe ttl ms. Returns {verdict, ms until reopening or probe expiry}.
 _ALLOW = Script(
-    None,
+    None,  # type: ignore[arg-type]
     (
         _REDIS_TIME_MS
         + """
@@ -84,7 +72,7 @@ return {'open', redis.call('PTTL', KEYS[3])}
 # ARGV: threshold, window ms, cool-down ms, failure id, retention ms.
 # Returns {transition, failures in a row, reopens_at ms}.
 _RECORD_FAILURE = Script(
-    None,
+    None,  # type: ignore[arg-type]
     (
         _REDIS_TIME_MS
         + """
@@ -118,7 +106,7 @@ return {'opened', failures, reopens_at}
 
 # Returns the transition: 'closed' when a half-open circuit closes, else 'none'.
 _RECORD_SUCCESS = Script(
-    None,
+    None,  # type: ignore[arg-type]
     (
         _REDIS_TIME_MS
         + """
@@ -137,7 +125,7 @@ return 'closed'
 
 # ARGV: probe token. Gives the probe back only if this caller still holds it.
 _RELEASE_PROBE = Script(
-    None,
+    None,  # type: ignore[arg-type]
     b"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -146,7 +134,7 @@ return 0
 
 # Returns {reopens_at ms or -1, failures in a row, reopenings, now ms, probe held 0/1}.
 _CIRCUIT_STATE = Script(
-    None,
+    None,  # type: ignore[arg-type]
     (
         _REDIS_TIME_MS
         + """

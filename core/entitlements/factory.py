@@ -60,6 +60,11 @@ def forwarded_claim_names() -> list[str]:
     return get_backend().forwarded_claim_names
 
 
+def forwarded_claims(claims: Mapping[str, Any]) -> dict[str, str]:
+    """A login's forwarded claims that have the shape the configured backend expects."""
+    return get_backend().forwarded_claims(claims)
+
+
 @receiver(setting_changed)
 def _forget_backend(*, setting: str, **kwargs) -> None:
     """Tests that override the backend settings get a backend built from the new values."""

@@ -32,7 +32,7 @@ class ReleaseReport:
     gone: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        """The counts by outcome."""
+        """The counts by resolution."""
         return asdict(self)
 
 

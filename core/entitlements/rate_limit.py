@@ -12,24 +12,10 @@ from django.conf import settings
 from redis.commands.core import Script
 
 from core import metrics
-from core.entitlements._upstream import (
-    Priority,
-    UpstreamGuardError,
-    redis_connection,
-    redis_key,
-    seconds_to_ms,
-)
+from core.entitlements._upstream import Priority, redis_connection, redis_key, seconds_to_ms
 
-
-class RateLimitTimeoutError(UpstreamGuardError):
-    """No token of the shared rate limit became available within the caller's wait."""
-
-    code = "rate_limited"
-
-    def __init__(self, waited: float) -> None:
-        super().__init__(f"entitlements rate limit: no token after {waited:.1f} s")
-        self.waited = waited
-
+# This module's scripts are registered with no client (None, which redis-py's hints do not
+# allow): each call passes the client it runs on.
 
 # The bucket's tokens now, refilled at `rate` since its last use (Redis clock, in seconds).
 # KEYS: bucket hash. ARGV[1]: rate per second, ARGV[2]: burst.
@@ -48,7 +34,7 @@ tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 # (0 for interactive callers, the reserve for bulk ones), key ttl ms.
 # Returns {1 if granted else 0, seconds to wait before a token may be there, as a string}.
 _TAKE_TOKEN = Script(
-    None,
+    None,  # type: ignore[arg-type]
     (
         _REFILLED_TOKENS
         + """
@@ -71,7 +57,7 @@ return {granted, string.format('%.6f', wait)}
 )
 
 # Returns the tokens in the bucket now, as a string (the burst when the bucket is untouched).
-_PEEK_TOKENS = Script(None, (_REFILLED_TOKENS + "return string.format('%.6f', tokens)").encode())
+_PEEK_TOKENS = Script(None, (_REFILLED_TOKENS + "return string.format('%.6f', tokens)").encode())  # type: ignore[arg-type]
 
 
 class RedisRateLimiter:

@@ -1,9 +1,9 @@
 """The reconcile service: make a user's ADMIN accesses match a classified answer, atomically."""
 
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from collections.abc import Sequence, Set
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.db import connections, router, transaction
@@ -12,13 +12,14 @@ from django.utils import timezone
 from core.chunks import chunked
 from core.entitlements.access_ended import confirmed_ended
 from core.entitlements.accesses import Grant, Revocation, grant_accesses, revoke_accesses
-from core.entitlements.backends.base import AnswerKind, CacheStatus, UpstreamAnswer
+from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.identity import (
     IDENTITY_CHANGED,
     hold_identity_revocations,
     hold_revocations_after_identity_change,
     upstream_identity,
 )
+from core.entitlements.results import SYNC_STATUS_BY_ANSWER_KIND, SyncResult
 from core.models import (
     EntitlementSyncState,
     HeldRevocation,
@@ -32,41 +33,6 @@ Status = EntitlementSyncState.Status
 
 # Domain names looked up per query: far below SQLite's limit on bound parameters.
 _NAMES_PER_QUERY = 500
-
-STATUS_BY_KIND = {
-    AnswerKind.AUTHORITATIVE: Status.OK,
-    AnswerKind.NO_INFORMATION: Status.NO_INFORMATION,
-    AnswerKind.ACCESS_ENDED: Status.ACCESS_ENDED,
-    AnswerKind.INVALID: Status.INVALID,
-    AnswerKind.BAD_REQUEST: Status.ERROR,
-    AnswerKind.NOT_ASKED: Status.SKIPPED,
-    AnswerKind.CONFIGURATION: Status.ERROR,
-    AnswerKind.UNAVAILABLE: Status.UNAVAILABLE,
-}
-
-
-@dataclass(slots=True)
-class SyncResult:
-    """What one sync did, small and JSON-able (no email, no claim value)."""
-
-    user_id: str
-    trigger: str
-    status: str
-    error_code: str = ""
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    unchanged: int = 0
-    cache: CacheStatus = "miss"
-    held: list[str] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        """True when an access was granted or revoked."""
-        return bool(self.added or self.removed)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The result as a task returns it."""
-        return {**asdict(self), "changed": self.changed}
 
 
 @dataclass(slots=True)
@@ -91,6 +57,9 @@ class RevocationBudget(Protocol):
     A run's budget (revocation_budget.RunRevocationBudget) is the one implementation: it
     holds the revocations past the run's share, recording them for an operator.
     """
+
+    # The run whose budget it is: its syncs report what fails for all of them once per run.
+    run_id: int
 
     def admit_batch(self, *, count: int) -> bool:
         """Reserve `count` revocations at once; False changes nothing (then ask one by one)."""
@@ -223,7 +192,7 @@ def _read_states(users: Sequence) -> dict[Any, EntitlementSyncState]:
     return {user.pk: found.get(user.pk) or EntitlementSyncState(user_id=user.pk) for user in users}
 
 
-def _plans(answers: Sequence[UserAnswer], *, ended: set = frozenset()) -> list[_Plan]:
+def _plans(answers: Sequence[UserAnswer], *, ended: Set[Any] = frozenset()) -> list[_Plan]:
     """Diff each user's access rows against the entitled domains that exist here.
 
     Users in `ended` (their access ended upstream, confirmed) are entitled to nothing.
@@ -265,7 +234,7 @@ def _plans(answers: Sequence[UserAnswer], *, ended: set = frozenset()) -> list[_
 
 def _domain_ids(names: set[str]) -> dict[str, Any]:
     """Ids of the existing domains among `names`; one query per chunk of names."""
-    found = {}
+    found: dict[str, Any] = {}
     for chunk in chunked(sorted(names), _NAMES_PER_QUERY):
         found.update(MailDomain.objects.filter(name__in=chunk).values_list("name", "id"))
     return found
@@ -341,11 +310,14 @@ def _update_rows(states: Sequence[EntitlementSyncState], fields: list[str]) -> N
     """
     connection = connections[router.db_for_write(EntitlementSyncState)]
     meta = EntitlementSyncState._meta
-    columns = [meta.get_field(name) for name in fields]
+    concrete_fields = {field.name: field for field in meta.concrete_fields}
+    columns = [concrete_fields[name] for name in fields]
     quote = connection.ops.quote_name
-    assignments = ", ".join(f"{quote(column.column)} = %s" for column in columns)
+    # A field attached to its model has its column (the hints allow None before that).
+    assignments = ", ".join(f"{quote(cast(str, column.column))} = %s" for column in columns)
+    table, pk_column = quote(meta.db_table), quote(cast(str, meta.pk.column))
     # Names come from the model, quoted; every value is a bound parameter.
-    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608
+    sql = f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s"  # noqa: S608
     rows = [
         [column.get_db_prep_save(getattr(state, column.attname), connection) for column in columns]
         + [meta.pk.get_db_prep_value(state.pk, connection)]
@@ -382,7 +354,7 @@ def _status(answer: UpstreamAnswer, plan: _Plan) -> tuple[str, str]:
     if plan.held:
         # The run's budget held them: the user's row says so, not only the held list.
         return Status.REVOCATIONS_HELD, HeldRevocation.Reason.RUN_BUDGET.value
-    return STATUS_BY_KIND[answer.kind], _error_code(answer)
+    return SYNC_STATUS_BY_ANSWER_KIND[answer.kind], _error_code(answer)
 
 
 def _error_code(answer: UpstreamAnswer) -> str:

@@ -110,15 +110,15 @@ class RunRevocationBudget:
         return bool(
             SyncRun.objects.filter(
                 pk=self.run_id,
-                revocations_held=False,
+                budget_reached=False,
                 accesses_revoked__lte=F("revoke_budget") - count,
             ).update(accesses_revoked=F("accesses_revoked") + count)
         )
 
     def _mark_run_holding(self) -> None:
         """Flag the run as holding; the reconcile that flags it reports it once committed."""
-        flagged = SyncRun.objects.filter(pk=self.run_id, revocations_held=False).update(
-            revocations_held=True,
+        flagged = SyncRun.objects.filter(pk=self.run_id, budget_reached=False).update(
+            budget_reached=True,
             error_code=Case(
                 When(error_code="", then=Value(HELD_ERROR_CODE)), default=F("error_code")
             ),

@@ -3,7 +3,6 @@
 The rules of a SyncRun row, which the fan-out (`fan_out`) and the batches (`batches`) follow.
 """
 
-import enum
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -15,19 +14,11 @@ from django.utils import timezone
 
 from core import metrics
 from core.entitlements.configuration_errors import report_run_stopped
-from core.entitlements.reconcile import SyncResult
+from core.entitlements.results import RunCategory, SyncResult
 from core.entitlements.revocation_budget import new_run_budget
-from core.models import EntitlementSyncState, SyncRun, Trigger
+from core.models import SyncRun, Trigger
 
 logger = logging.getLogger(__name__)
-
-_FAILED_STATUSES = frozenset(
-    {
-        EntitlementSyncState.Status.INVALID,
-        EntitlementSyncState.Status.ERROR,
-        EntitlementSyncState.Status.UNAVAILABLE,
-    }
-)
 
 
 # A run's error code once a configuration error stopped it: its batches ask no one else.
@@ -36,51 +27,30 @@ CONFIGURATION_ERROR = "configuration"
 INCOMPLETE = "incomplete"
 
 
-class Outcome(enum.StrEnum):
-    """How one user's sync inside a run's batch ended, as the run's counters count it."""
-
-    DONE = "done"
-    CHANGED = "changed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    # Not asked: the run stopped (configuration error) before this user's turn. Their state
-    # stays as it was.
-    NOT_RUN = "not_run"
-
-
-def outcome_of(result: SyncResult) -> Outcome:
-    """How a finished sync counts in its run: a user who could not be asked is skipped."""
-    if result.status in _FAILED_STATUSES:
-        return Outcome.FAILED
-    if result.status == EntitlementSyncState.Status.SKIPPED:
-        return Outcome.SKIPPED
-    return Outcome.CHANGED if result.changed else Outcome.DONE
-
-
 @dataclass(slots=True)
 class BatchTally:
-    """What one batch did: counts per outcome, and the users worth trying again later."""
+    """What one batch did: users per run category, and the users worth trying again later."""
 
     counts: Counter = field(default_factory=Counter)
     retry_user_ids: list[str] = field(default_factory=list)
 
-    def count(self, result: SyncResult | Outcome) -> None:
-        """Count one user: a finished sync by what it did, or an outcome given outright."""
-        self.counts[outcome_of(result) if isinstance(result, SyncResult) else result] += 1
+    def count(self, result: SyncResult | RunCategory) -> None:
+        """Count one user: a finished sync by its run category, or a category given outright."""
+        self.counts[result.run_category if isinstance(result, SyncResult) else result] += 1
 
     def give_up_retries(self) -> None:
         """Count the users left for a retry as failed: the batch will not try them again."""
-        self.counts[Outcome.FAILED] += len(self.retry_user_ids)
+        self.counts[RunCategory.FAILED] += len(self.retry_user_ids)
         self.retry_user_ids = []
 
     def as_dict(self) -> dict[str, int]:
         """The batch's totals as its task returns them and its run counts them."""
         return {
-            "done": self.counts[Outcome.DONE] + self.counts[Outcome.CHANGED],
-            "changed": self.counts[Outcome.CHANGED],
-            "failed": self.counts[Outcome.FAILED],
-            "skipped": self.counts[Outcome.SKIPPED],
-            "not_run": self.counts[Outcome.NOT_RUN],
+            "done": self.counts[RunCategory.DONE] + self.counts[RunCategory.CHANGED],
+            "changed": self.counts[RunCategory.CHANGED],
+            "failed": self.counts[RunCategory.FAILED],
+            "skipped": self.counts[RunCategory.SKIPPED],
+            "not_run": self.counts[RunCategory.NOT_RUN],
             "retrying": len(self.retry_user_ids),
         }
 
@@ -258,6 +228,7 @@ def _record_ended(run_id: int) -> None:
     run = SyncRun.objects.get(pk=run_id)
     if run.status == SyncRun.Status.FAILED:
         metrics.run_failed(reason=run.error_code)
+    assert run.finished_at is not None, "every caller ends the run first"
     metrics.run_ended(
         scope=run.scope,
         status=run.status,

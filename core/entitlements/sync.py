@@ -1,33 +1,41 @@
 """The sync itself: of one user, or of a batch: bookkeeping, fetch through the cache, reconcile."""
 
 import logging
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from django.utils import timezone
 
 from core import metrics
+from core.entitlements import cache
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
-from core.entitlements.cache import fetch_entitlements
-from core.entitlements.configuration_errors import report_configuration_error
+from core.entitlements.configuration_errors import (
+    report_configuration_error,
+    report_invalid_answer,
+)
 from core.entitlements.errors import EntitlementsUnavailableError
+from core.entitlements.factory import get_backend
 from core.entitlements.reconcile import (
     RevocationBudget,
-    SyncResult,
     UserAnswer,
     plan_admin_accesses,
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
-from core.entitlements.upstream_guard import Priority
+from core.entitlements.results import LOCKED, SyncResult
+from core.entitlements.upstream_guard import Priority, admit_upstream_call
+from core.locks import user_lock
 from core.models import EntitlementSyncState, Trigger, User
+from core.selectors import running_sync_serves_request
 
 logger = logging.getLogger(__name__)
 
-# Log level of a sync's line by answer: errors reach Sentry. A configuration error is the
-# same for every user: each sync warns, and one ERROR per run or episode says what to check.
-_LOG_LEVELS = {AnswerKind.INVALID: logging.ERROR, AnswerKind.CONFIGURATION: logging.WARNING}
+# Log level of a sync's line by answer. A configuration error or an invalid answer is the
+# same for every user: each sync warns, and one ERROR (Sentry) per run or episode says so.
+_LOG_LEVELS = {AnswerKind.INVALID: logging.WARNING, AnswerKind.CONFIGURATION_ERROR: logging.WARNING}
 
 # The only trigger that may take an answer from the cache's fresh window: nobody is waiting
 # on it and it comes back every interval. Every other sync was asked for by a person (a login,
@@ -61,11 +69,33 @@ def sync_user_entitlements(
     recorded request. A person waits on this sync (a login, the admin, the command line, the
     sweep sending their request): it asks at interactive priority, for the upstream rate limit.
 
+    Runs under the user's lock, owned by `task_id` (a redelivered task takes back the lock its
+    killed run left). While another sync of the user holds it, the result is `skipped`:
+    `served_by_running_sync` when that sync started after the user's latest request, else
+    `locked` (worth another try; the request stays recorded for the sweep).
+
     Raises User.DoesNotExist for an unknown id. Every upstream failure is recorded and
     returned, and changes no access: an `unavailable` result (the upstream is down and no
-    stale answer is usable) is worth another try later. A user's own sync is never held by
-    a revocation budget: their fresh answer is theirs.
+    stale answer is usable) is worth another try later (`SyncResult.worth_retrying`). A
+    user's own sync is never held by a revocation budget: their fresh answer is theirs.
     """
+    lock = user_lock(user_id, owner=task_id)
+    if not lock.acquire():
+        served = running_sync_serves_request(user_id=user_id)
+        return SyncResult(
+            user_id=str(user_id),
+            trigger=trigger,
+            status=str(EntitlementSyncState.Status.SKIPPED),
+            error_code="served_by_running_sync" if served else LOCKED,
+        )
+    try:
+        return _sync_user(user_id=user_id, trigger=trigger, task_id=task_id)
+    finally:
+        lock.release()
+
+
+def _sync_user(*, user_id: uuid.UUID | str, trigger: Trigger, task_id: str) -> SyncResult:
+    """The user's sync, their lock held."""
     user = User.objects.select_related("sync_state").get(pk=user_id)
     requested_at = _requested_at(user)
     _mark_started([user])
@@ -75,10 +105,12 @@ def sync_user_entitlements(
         record_sync_unavailable(user=user, trigger=trigger, task_id=task_id, error=error)
         return _unavailable_result(user, trigger=trigger, error=error)
     result = reconcile_admin_accesses(user=user, answer=answer, trigger=trigger, task_id=task_id)
-    metrics.sync_ended(trigger=result.trigger, outcome=result.status)
+    metrics.sync_ended(trigger=result.trigger, status=result.status)
     _log_result(result, answer=answer)
-    if answer.kind is AnswerKind.CONFIGURATION:
+    if answer.kind is AnswerKind.CONFIGURATION_ERROR:
         report_configuration_error(error_code=answer.error_code)
+    elif answer.kind is AnswerKind.INVALID:
+        report_invalid_answer(user_id=user.pk, error_code=answer.error_code, run_id=None)
     return result
 
 
@@ -121,23 +153,54 @@ def fetch_user_answer(
     requested_at: datetime | None = None,
     priority: Priority = Priority.INTERACTIVE,
 ) -> UpstreamAnswer:
-    """The user's classified answer, through the shared cache and the upstream guard.
+    """The user's classified answer: cached if fresh enough, else asked upstream, else stale.
 
     As fresh as `answer_needed_since(trigger=, requested_at=)` says: a run's batch passes no
     `requested_at`, so a run a person started asks now and the periodic run may use the cache.
-    Reads the forwarded claims of a user loaded with their sync state (select_related), so it
-    makes no database query. Raises EntitlementsUnavailableError.
+    When the upstream is unavailable (an open circuit or an exhausted rate limit counts), the
+    cached answer is served as stale while younger than ENTITLEMENTS_STALE_FALLBACK_SECONDS;
+    past that, EntitlementsUnavailableError. Reads the forwarded claims of a user loaded with
+    their sync state (select_related), so it makes no database query.
     """
     try:
         forwarded_claims = user.sync_state.forwarded_claims
     except EntitlementSyncState.DoesNotExist:
         forwarded_claims = {}
-    return fetch_entitlements(
+    fresh = cache.read_fresh_answer(
         user=user,
         forwarded_claims=forwarded_claims,
-        fetched_since=answer_needed_since(trigger=trigger, requested_at=requested_at),
-        priority=priority,
+        asked_since=answer_needed_since(trigger=trigger, requested_at=requested_at),
     )
+    if fresh is not None:
+        return fresh
+    # The answer dates from when it was asked: one asked before a request cannot honour it,
+    # even if it arrives after.
+    asked_at = time.time()
+    answer = _ask_upstream(user=user, forwarded_claims=forwarded_claims, priority=priority)
+    if answer.kind is not AnswerKind.UNAVAILABLE:
+        cache.store_answer(
+            user=user, forwarded_claims=forwarded_claims, answer=answer, asked_at=asked_at
+        )
+        return answer
+    stale = cache.read_stale_answer(user=user, forwarded_claims=forwarded_claims)
+    if stale is not None:
+        return stale
+    raise EntitlementsUnavailableError(answer.error_code)
+
+
+def _ask_upstream(
+    *, user: User, forwarded_claims: Mapping[str, Any], priority: Priority
+) -> UpstreamAnswer:
+    """One call to the backend; a remote one only if the guard admits it, told how it went."""
+    backend = get_backend()
+    if not backend.guard_upstream_calls:
+        return backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
+    with admit_upstream_call(priority=priority) as call:
+        if call.refused:
+            return UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, call.refused)
+        answer = backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
+        call.record(available=answer.kind is not AnswerKind.UNAVAILABLE)
+    return answer
 
 
 def reconcile_fetched_answers(
@@ -155,9 +218,12 @@ def reconcile_fetched_answers(
     results = reconcile_many_admin_accesses(
         answers=answers, trigger=trigger, task_id=task_id, revocation_budget=revocation_budget
     )
-    for (_user, answer), result in zip(answers, results, strict=True):
-        metrics.sync_ended(trigger=result.trigger, outcome=result.status)
+    run_id = revocation_budget.run_id if revocation_budget is not None else None
+    for (user, answer), result in zip(answers, results, strict=True):
+        metrics.sync_ended(trigger=result.trigger, status=result.status)
         _log_result(result, answer=answer)
+        if answer.kind is AnswerKind.INVALID:
+            report_invalid_answer(user_id=user.pk, error_code=answer.error_code, run_id=run_id)
     return results
 
 
@@ -166,7 +232,7 @@ def record_sync_unavailable(
 ) -> None:
     """Record that the upstream was unavailable for the user's sync; accesses stay as they were."""
     _log_unavailable(user, trigger=trigger, error=error)
-    metrics.sync_ended(trigger=trigger, outcome=EntitlementSyncState.Status.UNAVAILABLE)
+    metrics.sync_ended(trigger=trigger, status=EntitlementSyncState.Status.UNAVAILABLE)
     EntitlementSyncState.objects.filter(user=user).update(
         status=EntitlementSyncState.Status.UNAVAILABLE,
         error_code=error.error_code,

@@ -9,6 +9,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import sentry_sdk
 from celery import current_app
@@ -17,7 +18,7 @@ from django.db import transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from core.entitlements.factory import forwarded_claim_names
+from core.entitlements.factory import forwarded_claims
 from core.entitlements.receipts import RequestOutcome, SyncReceipt
 from core.models import EntitlementSyncState, MailDomain, Trigger, User
 from core.selectors import outstanding_requests
@@ -51,9 +52,7 @@ def request_sync(
     now = timezone.now()
     fields = {"requested_at": now, "last_trigger": trigger}
     if login_claims is not None:
-        fields["forwarded_claims"] = {
-            name: login_claims[name] for name in forwarded_claim_names() if name in login_claims
-        }
+        fields["forwarded_claims"] = forwarded_claims(login_claims)
     not_enqueued_since = now - timedelta(seconds=settings.ENTITLEMENTS_SYNC_DEDUP_SECONDS)
     if not _record_and_claim(
         user_id=user.pk, fields=fields, now=now, not_enqueued_since=not_enqueued_since
@@ -73,6 +72,7 @@ def request_resync(*, trigger: Trigger, maildomain: MailDomain | None = None) ->
     the transaction: NOT_SENT when the broker cannot be reached, and nothing is recorded
     for the sweep (the person tries again).
     """
+    args: list[str]
     if maildomain is None:
         task_name, args, name = TaskName.SYNC_ALL_ADMINS, [trigger], ""
     else:
@@ -175,7 +175,8 @@ def _send(
     expires: float | None = None,
 ) -> None:
     """Put the sync task on the broker; on failure, log and leave the request to the sweep."""
-    options = {"queue": queue} if queue else {}
+    assert request.user_id is not None, "a user's sync request names its user"
+    options: dict[str, Any] = {"queue": queue} if queue else {}
     try:
         current_app.send_task(
             TaskName.SYNC_USER,

@@ -1,8 +1,9 @@
 """The guard around one call to the entitlements service: circuit breaker, then rate limit.
 
-The engine wraps each upstream request in `guarded_upstream_call`. The breaker
-(`circuit_breaker.py`) and the token bucket (`rate_limit.py`) are shared through Redis by every
-worker process on every machine, their keys namespaced with the cache's KEY_PREFIX.
+The engine asks the upstream inside `admit_upstream_call` and tells the call how the upstream
+did. The breaker (`circuit_breaker.py`) and the token bucket (`rate_limit.py`) are shared
+through Redis by every worker process on every machine, their keys namespaced with the cache's
+KEY_PREFIX.
 
 Without a Redis cache (the default cache is not django_redis) calls go through with neither
 breaker nor rate limit, and the guard says so once per process in the log (WARNING): there is
@@ -15,16 +16,18 @@ upstream is not worth refusing every sync while the shared store is down.
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from core.entitlements._upstream import Priority, UpstreamGuardError, uses_redis
-from core.entitlements.circuit_breaker import Admission, CircuitBreaker, CircuitOpenError
-from core.entitlements.rate_limit import RateLimitTimeoutError, get_rate_limiter
+from core import metrics
+from core.entitlements._upstream import Priority, uses_redis
+from core.entitlements.circuit_breaker import Admission, CircuitBreaker
+from core.entitlements.rate_limit import get_rate_limiter
 
-__all__ = ("Priority", "UpstreamGuardError", "guarded_upstream_call", "upstream_status")
+__all__ = ("Priority", "UpstreamCall", "admit_upstream_call", "upstream_status")
 
 logger = logging.getLogger(__name__)
 
@@ -34,53 +37,69 @@ logger = logging.getLogger(__name__)
 _MAX_WAIT_SECONDS = {Priority.INTERACTIVE: 10.0, Priority.BULK: 30.0}
 
 
-@contextmanager
-def guarded_upstream_call(
-    *,
-    priority: Priority,
-    transient: tuple[type[BaseException], ...],
-    max_wait: float | None = None,
-) -> Iterator[None]:
-    """Admit one upstream request through the breaker and the rate limit, record its outcome.
+@dataclass
+class UpstreamCall:
+    """One call the guard let go or refused; told how the upstream did, it tells the breaker."""
 
-    Raises CircuitOpenError at once while the circuit is open, RateLimitTimeoutError when no
-    token came within `max_wait` seconds (default: 10 s interactive, 30 s bulk). An exception
-    of a `transient` type counts as a failure; a normal exit or any other exception counts as
-    an answer (a 401 or a malformed body is not an outage).
+    # Why the guard did not let the call go ("circuit_open", "rate_limited"); empty if it may.
+    refused: str = ""
+    # None when there is no shared breaker to tell (no Redis cache, or Redis unreachable).
+    breaker: CircuitBreaker | None = None
+    admission: Admission | None = None
+    recorded: bool = False
+
+    def record(self, *, available: bool) -> None:
+        """Tell the breaker the upstream answered, or was unavailable (5xx, 429, timeout)."""
+        self.recorded = True
+        if self.breaker is None:
+            return
+        tell = self.breaker.record_success if available else self.breaker.record_failure
+        try:
+            tell()
+        except RedisError:
+            logger.warning(
+                "entitlements circuit breaker unreachable in Redis; the call is not counted"
+            )
+
+
+@contextmanager
+def admit_upstream_call(
+    *, priority: Priority, max_wait: float | None = None
+) -> Iterator[UpstreamCall]:
+    """Admit one upstream request through the breaker and the rate limit, or refuse it.
+
+    A refused call (`refused` set) must not be made: the circuit is open, or no token came
+    within `max_wait` seconds (default: 10 s interactive, 30 s bulk). An admitted call is
+    made and then told with `record` how the upstream did; one left untold (the worker shut down
+    mid-call) gives its half-open probe back, so that someone else may probe at once.
     """
     if not uses_redis():
         _warn_unguarded()
-        yield
+        yield UpstreamCall()
         return
-    wait = _MAX_WAIT_SECONDS[priority] if max_wait is None else max_wait
+    call = _admit(priority, _MAX_WAIT_SECONDS[priority] if max_wait is None else max_wait)
+    if call.refused:
+        metrics.upstream_refused(reason=call.refused)
+    try:
+        yield call
+    finally:
+        if call.breaker is not None and call.admission is not None and not call.recorded:
+            _give_back(call.breaker, call.admission)
+
+
+def _admit(priority: Priority, wait: float) -> UpstreamCall:
     breaker = CircuitBreaker()
     try:
         admission = breaker.allow()
     except RedisError:
-        admission = None
-    if admission is None:
-        # Outside the except clause: the call's own errors must not chain to the Redis one.
         logger.warning("entitlements circuit breaker unreachable in Redis; calling anyway")
-        yield
-        return
+        return UpstreamCall()
     if not admission:
-        raise CircuitOpenError(admission.retry_after)
+        return UpstreamCall(refused="circuit_open")
     if not _acquire_token(priority, wait):
         _give_back(breaker, admission)
-        raise RateLimitTimeoutError(wait)
-    try:
-        yield
-    except transient:
-        _record(breaker.record_failure)
-        raise
-    except Exception:
-        _record(breaker.record_success)
-        raise
-    except BaseException:
-        # Interrupted (worker shutdown): no outcome, but let someone else probe.
-        _give_back(breaker, admission)
-        raise
-    _record(breaker.record_success)
+        return UpstreamCall(refused="rate_limited")
+    return UpstreamCall(breaker=breaker, admission=admission)
 
 
 # Cached: once per process is enough to tell the operator, every call would flood the log.
@@ -105,13 +124,6 @@ def _give_back(breaker: CircuitBreaker, admission: Admission) -> None:
         breaker.release(admission)
     except RedisError:
         logger.warning("entitlements circuit breaker unreachable in Redis; probe left to expire")
-
-
-def _record(outcome: Callable[[], None]) -> None:
-    try:
-        outcome()
-    except RedisError:
-        logger.warning("entitlements circuit breaker unreachable in Redis; outcome not recorded")
 
 
 def upstream_status() -> dict:

@@ -134,7 +134,8 @@ def browser(tmp_path):
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
-        "--window-size=1366,1000",
+        # The window: every list must fit it without a horizontal scroll.
+        "--window-size=1400,1000",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ):
         options.add_argument(flag)
@@ -223,6 +224,12 @@ def _visit(driver, base_url: str, path: str, *, name: str, expect: list[str]) ->
     text = driver.find_element(By.TAG_NAME, "body").text
     for expected in expect:
         assert expected in text, f"{name}: {expected!r} not on the page"
+    # A list fits the window: its table needs no horizontal scroll, nothing is cut off.
+    overflow = driver.execute_script(
+        "const r = document.querySelector('#changelist .results');"
+        "return r ? r.scrollWidth - r.clientWidth : 0"
+    )
+    assert overflow <= 0, f"{name}: the list is {overflow} px wider than the window"
 
 
 def test_operator_pages_are_styled_and_serve_every_static_file(web_server, browser, operator_world):
@@ -234,6 +241,26 @@ def test_operator_pages_are_styled_and_serve_every_static_file(web_server, brows
     browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
     assert browser.current_url == f"{web_server}/admin/", "the operator could not log in"
+    _responses(browser)  # the login's own: the index is opened again below
+    run = operator_world["run"]
+    _visit(
+        browser,
+        web_server,
+        "/admin/",
+        name="01b-index",
+        expect=[
+            "La Suite Messages: entitlements",
+            "Service at a glance",
+            f"Last run: #{run.pk} All admins, done",
+            "Next full resync:",
+            "Circuit breaker: closed",
+            "Held revocations waiting for an operator: 1",
+            "Failed syncs in the last hour: 0",
+        ],
+    )
+    # Times to the second, with their zone.
+    started = browser.find_element(By.ID, "service-overview").text
+    assert re.search(r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", started), started
 
     _visit(
         browser,

@@ -293,7 +293,7 @@ class TestPages:
             revocable_accesses=1000,
             revoke_budget=100,
             accesses_revoked=100,
-            revocations_held=True,
+            budget_reached=True,
         )
 
         response = superuser_client.get(RUNS)

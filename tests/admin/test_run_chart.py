@@ -1,5 +1,5 @@
-"""The run's page in the admin draws the run: users whose sync ended over time, and the
-outcome mix from the run's counters."""
+"""The run's page in the admin draws the run: users whose sync ended over time, and its users
+by run category from the run's counters."""
 
 import re
 from datetime import timedelta
@@ -33,7 +33,7 @@ def users_at(y: float, top: int) -> int:
     return round(top * (1 - (y - PLOT_TOP) / PLOT_HEIGHT))
 
 
-def test_the_run_page_draws_the_users_done_over_time_and_the_outcome_mix(admin_client, db):
+def test_the_run_page_draws_the_users_done_over_time_and_by_run_category(admin_client, db):
     end = timezone.now()
     start = end - timedelta(minutes=10)
     run = SyncRunFactory(
@@ -70,8 +70,8 @@ def test_the_run_page_draws_the_users_done_over_time_and_the_outcome_mix(admin_c
     assert users_at(done[0][1], 40) == 0
     assert [y for _, y in done] == sorted((y for _, y in done), reverse=True)
     text = " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
-    for outcome in ("unchanged 20", "changed 10", "failed 6", "skipped 4"):
-        assert outcome in text
+    for category in ("unchanged 20", "changed 10", "failed 6", "skipped 4"):
+        assert category in text
     assert "36 of 40 counted users on the curve" in html
     assert "10 min 0 s" in text
 

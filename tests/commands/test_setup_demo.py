@@ -6,7 +6,10 @@ import stat
 
 from honcho.environ import parse as parse_env_file
 
-from core.models import MailDomain, User
+from core.entitlements import sync_user_entitlements
+from core.management.commands.setup_demo import AWAITING_LOGIN, DEMO_USERS, LOCAL_BACKEND
+from core.models import MailDomain, Trigger, User
+from core.selectors import users_due_for_full_resync
 from tests.support.commands import run
 
 
@@ -45,3 +48,39 @@ class TestSetupDemo:
         }
         password = (tmp_path / "demo_password").read_text().strip()
         assert env["FLOWER_BASIC_AUTH"] == f"operator@example.org:{password}"
+
+
+class TestDemoStory:
+    """The README's steps happen when the reader takes them: no periodic run grants first."""
+
+    def test_periodic_run_waits_for_the_login_then_revokes_an_edit(
+        self, transactional_db, settings, tmp_path
+    ):
+        settings.DATA_DIR = tmp_path
+        run("setup_demo")
+        mapping_file = tmp_path / "demo_entitlements.json"
+        settings.ENTITLEMENTS_BACKEND = LOCAL_BACKEND
+        settings.ENTITLEMENTS_BACKEND_PARAMETERS = {"mapping_file": str(mapping_file)}
+        settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
+        admin = User.objects.get(email="admin@alpha.example.org")
+        demo_users = set(User.objects.filter(email__in=DEMO_USERS).values_list("pk", flat=True))
+
+        # Before any login, a periodic run covers none of the demo users.
+        assert demo_users.isdisjoint(users_due_for_full_resync())
+        assert admin.sync_state.error_code == AWAITING_LOGIN
+
+        # Step 1: the login grants.
+        login = sync_user_entitlements(user_id=admin.pk, trigger=Trigger.LOGIN, task_id="t1")
+        assert sorted(login.added) == ["alpha.example.org", "beta.example.org"]
+
+        # Step 2: the mapping edited, the next periodic run covers the user and revokes.
+        mapping_file.write_text(
+            json.dumps({"admins_by_email": {"admin@alpha.example.org": ["alpha.example.org"]}})
+        )
+        assert admin.pk in set(users_due_for_full_resync())
+        periodic = sync_user_entitlements(user_id=admin.pk, trigger=Trigger.PERIODIC, task_id="t2")
+        assert periodic.removed == ["beta.example.org"]
+
+        # A second setup_demo (every `make run`) does not reset a story under way.
+        run("setup_demo")
+        assert User.objects.get(pk=admin.pk).sync_state.status == "ok"

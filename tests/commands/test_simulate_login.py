@@ -40,7 +40,19 @@ class TestSimulateLogin:
         # The second login fell inside the dedup window.
         assert broker_queues.length("interactive") == 1
 
-    @pytest.mark.parametrize("value", ["not-an-email", "a@", "@example.org", "a b@example.org"])
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "not-an-email",
+            "a@",
+            "@example.org",
+            "a b@example.org",
+            "a@example.org\r\nBcc: b@example.org",
+            "a\x00@example.org",
+            "a@xn--zz.example.org",
+        ],
+        ids=repr,
+    )
     def test_a_value_that_is_not_an_email_is_refused(self, transactional_db, value):
         with pytest.raises(CommandError, match="not an e-mail address"):
             run("simulate_login", value)
@@ -49,3 +61,19 @@ class TestSimulateLogin:
     def test_malformed_claim_is_a_clear_error(self, transactional_db):
         with pytest.raises(CommandError, match="NAME=VALUE"):
             run("simulate_login", "a@example.org", "--claim", "siret")
+
+    @pytest.mark.parametrize("name", ["Ali\x00ce", "Alice\r\nX: y"], ids=repr)
+    def test_the_login_claim_policy_applies(self, transactional_db, name):
+        with pytest.raises(CommandError, match="would be refused: its given_name claim"):
+            run("simulate_login", "a@example.org", "--claim", f"given_name={name}")
+        assert not User.objects.exists()
+
+    def test_a_siret_of_the_wrong_shape_is_not_stored_and_said(
+        self, transactional_db, broker_queues, deploycenter_backend
+    ):
+        _, err = run("simulate_login", "a@example\uff0eorg", "--claim", "siret=1234")
+
+        user = User.objects.get()
+        assert user.email == "a@example.org"
+        assert EntitlementSyncState.objects.get(user=user).forwarded_claims == {}
+        assert "Claim siret not stored: not the shape the backend expects." in err

@@ -30,7 +30,7 @@ NO_INFORMATION = "no_information"
 ACCESS_ENDED = "access_ended"
 INVALID = "invalid"
 BAD_REQUEST = "bad_request"
-CONFIGURATION = "configuration"
+CONFIGURATION_ERROR = "configuration"
 UNAVAILABLE = "unavailable"
 # What the sync's bookkeeping records for each class (docs/entitlements.md).
 SYNC_STATUS = {
@@ -39,7 +39,7 @@ SYNC_STATUS = {
     ACCESS_ENDED: "access_ended",
     INVALID: "invalid",
     BAD_REQUEST: "error",
-    CONFIGURATION: "error",
+    CONFIGURATION_ERROR: "error",
     UNAVAILABLE: "unavailable",
 }
 
@@ -720,7 +720,7 @@ CORPUS: list[MalformedAnswer] = [
         "401-with-valid-body",
         "a valid body",
         VALID,
-        CONFIGURATION,
+        CONFIGURATION_ERROR,
         "http_401",
         status=401,
     ),
@@ -728,7 +728,7 @@ CORPUS: list[MalformedAnswer] = [
         "302-redirect",
         "a redirect to another host",
         b"",
-        CONFIGURATION,
+        CONFIGURATION_ERROR,
         "http_302",
         status=302,
         headers={"Location": "http://127.0.0.1:9/elsewhere/"},

@@ -148,7 +148,7 @@ def test_a_run_out_of_budget_holds_the_ended_accesses(admin, deploycenter_backen
     run, _outcome = run_batch([admin], budget=0)
 
     assert names_of(admin) == {ALPHA, BETA}
-    assert run.revocations_held
+    assert run.budget_reached
     assert sorted(
         HeldRevocation.objects.filter(run=run).values_list("maildomain_name", "reason")
     ) == [(ALPHA, "run_budget"), (BETA, "run_budget")]

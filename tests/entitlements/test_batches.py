@@ -53,11 +53,11 @@ def test_a_batch_reconciles_its_users_and_releases_every_lock(
     scripted_upstream(admins_by_email={user.email: [ALPHA, BETA] for user in users[:5]})
 
     run_id = _run_id()
-    outcome = sync_run_batch(
+    tally = sync_run_batch(
         run_id=run_id, user_ids=[str(user.pk) for user in users], trigger="periodic", task_id="b"
     )
 
-    assert outcome.as_dict() == {
+    assert tally.as_dict() == {
         "done": 7,
         "changed": 5,
         "failed": 0,

@@ -1,4 +1,5 @@
-"""The shared cache on real Redis: fresh hits, forced refresh, stale fallback and its limit."""
+"""The shared cache on real Redis, as a sync's fetch uses it: fresh hits, a person's request
+asking anew, stale fallback and its limit, what is kept and under which key."""
 
 import time
 
@@ -8,9 +9,10 @@ from django.core.cache import cache
 from django_redis import get_redis_connection
 
 from core.entitlements.backends.base import AnswerKind
-from core.entitlements.cache import cache_key, fetch_entitlements
+from core.entitlements.cache import cache_key
 from core.entitlements.errors import EntitlementsUnavailableError
-from core.models import User
+from core.entitlements.sync import fetch_user_answer
+from core.models import EntitlementSyncState, Trigger, User
 
 ADMIN_DOMAINS = ("alpha.example.org", "beta.example.org")
 CLAIMS = {"siret": "12345678900017"}
@@ -22,13 +24,21 @@ def _short_windows(settings):
     settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 3600
 
 
+def _user(email: str, claims=CLAIMS) -> User:
+    """A user whose login stored `claims`, loaded as a sync loads them (with the sync state)."""
+    user = User.objects.create_user(email=email)
+    EntitlementSyncState.objects.create(user=user, forwarded_claims=claims)
+    return User.objects.select_related("sync_state").get(pk=user.pk)
+
+
 @pytest.fixture
-def admin():
-    return User(email="admin@alpha.example.org")
+def admin(db):
+    return _user("admin@alpha.example.org")
 
 
-def _fetch(user, **kwargs):
-    return fetch_entitlements(user=user, forwarded_claims=CLAIMS, **kwargs)
+def _fetch(user, trigger=Trigger.PERIODIC):
+    """The periodic run's fetch: the one that may take the fresh window."""
+    return fetch_user_answer(user=user, trigger=trigger)
 
 
 def _age_entry(user, seconds):
@@ -52,11 +62,11 @@ def test_fresh_answer_is_served_without_calling_upstream(deploycenter_backend, a
     assert deploycenter_backend.calls == 1
 
 
-def test_forced_refresh_calls_upstream_inside_the_fresh_window(deploycenter_backend, admin):
+def test_a_persons_request_asks_upstream_inside_the_fresh_window(deploycenter_backend, admin):
     _fetch(admin)
     deploycenter_backend.set_admin_domains("admin@alpha.example.org", ["beta.example.org"])
 
-    refreshed = _fetch(admin, force_refresh=True)
+    refreshed = _fetch(admin, trigger=Trigger.ADMIN)
 
     assert refreshed.cache == "miss"
     assert refreshed.domains == ("beta.example.org",)
@@ -118,7 +128,7 @@ def test_invalid_answer_is_returned_not_replaced_by_the_stale_one(deploycenter_b
     _fetch(admin)
     deploycenter_backend.answer_raw(b"<html>maintenance</html>")
 
-    fetched = _fetch(admin, force_refresh=True)
+    fetched = _fetch(admin, trigger=Trigger.ADMIN)
 
     assert (fetched.cache, fetched.kind) == ("miss", AnswerKind.INVALID)
     # The last good answer is kept for a later outage.
@@ -127,18 +137,18 @@ def test_invalid_answer_is_returned_not_replaced_by_the_stale_one(deploycenter_b
 
 def test_configuration_errors_are_not_cached(deploycenter_backend, admin):
     deploycenter_backend.fail_with(401)
-    assert _fetch(admin).kind is AnswerKind.CONFIGURATION
+    assert _fetch(admin).kind is AnswerKind.CONFIGURATION_ERROR
     deploycenter_backend.recover()
 
     assert _fetch(admin).kind is AnswerKind.AUTHORITATIVE
     assert deploycenter_backend.calls == 2
 
 
-def test_no_information_answers_are_cached(deploycenter_backend):
-    member = User(email="admin@alpha.example.org")
-    fetch_entitlements(user=member, forwarded_claims={"siret": "98765432100019"})
+def test_no_information_answers_are_cached(deploycenter_backend, db):
+    member = _user("admin@alpha.example.org", claims={"siret": "98765432100019"})
+    _fetch(member)
 
-    again = fetch_entitlements(user=member, forwarded_claims={"siret": "98765432100019"})
+    again = _fetch(member)
 
     assert (again.cache, again.error_code) == ("hit", "not_activated")
 
@@ -146,7 +156,9 @@ def test_no_information_answers_are_cached(deploycenter_backend):
 def test_changed_claim_or_email_is_a_miss(deploycenter_backend, admin):
     _fetch(admin)
 
-    unknown_siret = fetch_entitlements(user=admin, forwarded_claims={"siret": "00000000099999"})
+    admin.sync_state.forwarded_claims = {"siret": "00000000099999"}
+    unknown_siret = _fetch(admin)
+    admin.sync_state.forwarded_claims = CLAIMS
     admin.email = "scoped@alpha.example.org"
     other_email = _fetch(admin)
 

@@ -10,7 +10,8 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from core.entitlements import plan_sync, sync_run_batch, sync_user_entitlements
-from core.entitlements.cache import cache_key, fetch_entitlements
+from core.entitlements.cache import cache_key
+from core.entitlements.sync import fetch_user_answer
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.factories import SyncRunFactory
 
@@ -86,8 +87,9 @@ def test_an_answer_asked_since_the_request_serves_it(deploycenter_backend, admin
 def test_an_answer_in_flight_when_the_request_came_does_not_serve_it(deploycenter_backend, admin):
     deploycenter_backend.latency = 0.5
     # The periodic run's fetch (no database in that thread: the test's transaction is its own).
+    loaded = User.objects.select_related("sync_state").get(pk=admin.pk)
     periodic = threading.Thread(
-        target=fetch_entitlements, kwargs={"user": admin, "forwarded_claims": {"siret": SIRET}}
+        target=fetch_user_answer, kwargs={"user": loaded, "trigger": "periodic"}
     )
     periodic.start()
     time.sleep(0.2)

@@ -13,6 +13,7 @@ from core.entitlements.reconcile import (
     reconcile_admin_accesses,
     reconcile_many_admin_accesses,
 )
+from core.entitlements.results import RunCategory
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from core.selectors import users_entitled_to
 
@@ -149,7 +150,7 @@ def test_unknown_domains_are_remembered_then_granted_when_provisioned(user, doma
         (AnswerKind.NO_INFORMATION, "no_organization", "no_information"),
         (AnswerKind.INVALID, "not_json", "invalid"),
         (AnswerKind.BAD_REQUEST, "missing_claim", "error"),
-        (AnswerKind.CONFIGURATION, "configuration", "error"),
+        (AnswerKind.CONFIGURATION_ERROR, "configuration", "error"),
     ],
 )
 def test_answers_that_are_not_authoritative_change_no_access(
@@ -165,6 +166,24 @@ def test_answers_that_are_not_authoritative_change_no_access(
     assert (state.status, state.error_code) == (status, error_code)
     assert state.entitled_domains == ["alpha.example.org"]
     assert state.answer_fingerprint == _answer("alpha.example.org").fingerprint
+
+
+@pytest.mark.parametrize(
+    ("answer", "category"),
+    [
+        (_answer("alpha.example.org", "beta.example.org"), RunCategory.CHANGED),
+        (_answer("alpha.example.org"), RunCategory.DONE),
+        (UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, "no_organization"), RunCategory.DONE),
+        (UpstreamAnswer.failure(AnswerKind.NOT_ASKED, "missing_claim"), RunCategory.SKIPPED),
+        (UpstreamAnswer.failure(AnswerKind.INVALID, "not_json"), RunCategory.FAILED),
+        (UpstreamAnswer.failure(AnswerKind.BAD_REQUEST, "http_400"), RunCategory.FAILED),
+        (UpstreamAnswer.failure(AnswerKind.CONFIGURATION_ERROR, "http_401"), RunCategory.FAILED),
+    ],
+)
+def test_a_syncs_result_says_how_it_counts_in_a_run(user, domains, answer, category):
+    _reconcile(user, _answer("alpha.example.org"))
+
+    assert _reconcile(user, answer).run_category is category
 
 
 def test_unchanged_answer_writes_no_access_or_audit_row(user, domains):

@@ -94,7 +94,7 @@ class TestRunGuard:
 
         assert [len(result.removed) for result in results] == [1, 1, 1, 0, 0]
         run.refresh_from_db()
-        assert (run.accesses_revoked, run.revocations_held, run.error_code) == (
+        assert (run.accesses_revoked, run.budget_reached, run.error_code) == (
             3,
             True,
             "revocations_held",
@@ -128,7 +128,7 @@ class TestRunGuard:
             raise RuntimeError("the transaction fails after the reservation")
 
         run.refresh_from_db()
-        assert (run.accesses_revoked, run.revocations_held) == (0, False)
+        assert (run.accesses_revoked, run.budget_reached) == (0, False)
         assert reconcile(user, guard=guard).removed == [ALPHA]
 
     def test_the_same_revocation_held_by_two_runs_is_one_pending_row(self, make_synced_admins):
@@ -139,7 +139,7 @@ class TestRunGuard:
         reconcile(user, guard=RunRevocationBudget(run_id=second.pk))
 
         assert list(pending_held_revocations().values_list("run_id", flat=True)) == [first.pk]
-        assert SyncRun.objects.get(pk=second.pk).revocations_held
+        assert SyncRun.objects.get(pk=second.pk).budget_reached
 
 
 @pytest.mark.django_db(transaction=True)

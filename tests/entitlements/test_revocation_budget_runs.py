@@ -66,7 +66,7 @@ def test_upstream_emptying_everyones_list_revokes_the_budget_and_holds_the_rest(
 
     assert (run.users_enqueued, run.users_done, run.users_failed) == (1000, 1000, 0)
     assert (run.revocable_accesses, run.revoke_budget, run.accesses_revoked) == (1000, 100, 100)
-    assert (run.revocations_held, run.error_code) == (True, "revocations_held")
+    assert (run.budget_reached, run.error_code) == (True, "revocations_held")
     assert synced_accesses() == 900, "every held access stays"
     held = HeldRevocation.objects.filter(run=run, resolution="pending")
     assert held.count() == 900
@@ -96,7 +96,7 @@ def test_a_normal_run_revoking_a_few_holds_nothing(worker, make_synced_admins, s
 
     run = full_run(worker)
 
-    assert (run.revoke_budget, run.accesses_revoked, run.revocations_held) == (10, 3, False)
+    assert (run.revoke_budget, run.accesses_revoked, run.budget_reached) == (10, 3, False)
     assert run.error_code == ""
     assert not HeldRevocation.objects.exists()
     assert synced_accesses() == 47
@@ -121,7 +121,7 @@ def test_the_next_run_holds_every_revocation_while_held_ones_are_pending(
     with caplog.at_level(logging.ERROR, logger=GUARD_LOGGER):
         second = full_run(worker)
 
-    assert (second.revoke_budget, second.accesses_revoked, second.revocations_held) == (0, 0, True)
+    assert (second.revoke_budget, second.accesses_revoked, second.budget_reached) == (0, 0, True)
     assert synced_accesses_of(leaver), "held too: the first run's held revocations wait"
     assert "held revocations of an earlier run are pending" in caplog.text
     # Once an operator has dealt with them, runs revoke again.

@@ -2,10 +2,13 @@
 
 import json
 import logging
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from core.entitlements import plan_sync, sync_user_entitlements
+from core.locks import user_lock
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 
 SIRET = "12345678900017"
@@ -194,3 +197,53 @@ def test_a_dry_run_of_an_unavailable_upstream_says_so_and_records_nothing(
 def test_unknown_user_is_does_not_exist(db):
     with pytest.raises(User.DoesNotExist):
         sync_user_entitlements(user_id="00000000-0000-0000-0000-000000000000", trigger="login")
+
+
+class TestUnderTheUsersLock:
+    """A user's sync holds their lock; another sync holding it makes this one a skip."""
+
+    def test_the_lock_is_taken_and_released(self, deploycenter_backend, domains):
+        user = _user()
+
+        result = sync_user_entitlements(user_id=user.pk, trigger="login", task_id="task-1")
+
+        assert result.status == "ok"
+        assert not user_lock(user.pk).locked()
+
+    @pytest.mark.parametrize(
+        ("started_after_request", "error_code", "worth_retrying"),
+        [(False, "locked", True), (True, "served_by_running_sync", False)],
+    )
+    def test_a_sync_held_elsewhere_is_skipped_and_said_why(
+        self, deploycenter_backend, domains, started_after_request, error_code, worth_retrying
+    ):
+        user = _user()
+        now = timezone.now()
+        EntitlementSyncState.objects.filter(user=user).update(
+            requested_at=now, started_at=now + timedelta(seconds=1 if started_after_request else -1)
+        )
+        other = user_lock(user.pk, owner="another-task")
+        assert other.acquire()
+        try:
+            result = sync_user_entitlements(user_id=user.pk, trigger="login", task_id="task-2")
+        finally:
+            other.release()
+
+        assert (result.status, result.error_code, result.worth_retrying) == (
+            "skipped",
+            error_code,
+            worth_retrying,
+        )
+        assert _accesses(user) == []
+        assert deploycenter_backend.calls == 0
+
+    def test_the_same_task_takes_back_the_lock_its_killed_run_left(
+        self, deploycenter_backend, domains
+    ):
+        user = _user()
+        assert user_lock(user.pk, owner="task-1").acquire()
+
+        result = sync_user_entitlements(user_id=user.pk, trigger="login", task_id="task-1")
+
+        assert result.status == "ok"
+        assert not user_lock(user.pk).locked()

@@ -1,5 +1,5 @@
-"""The guard the engine calls around each upstream request: breaker and rate limit together,
-outcome recording, behaviour without Redis, the operators' view and the settings."""
+"""The guard the engine asks each upstream request through: breaker and rate limit together,
+the outcome it is told, behaviour without Redis, the operators' view and the settings."""
 
 import json
 import logging
@@ -13,20 +13,12 @@ from django_redis import get_redis_connection
 
 import messages.settings
 from core.entitlements import upstream_guard
-from core.entitlements.circuit_breaker import CircuitBreaker, CircuitOpenError
-from core.entitlements.rate_limit import RateLimitTimeoutError, get_rate_limiter
-from core.entitlements.upstream_guard import Priority, guarded_upstream_call, upstream_status
+from core.entitlements.circuit_breaker import CircuitBreaker
+from core.entitlements.rate_limit import get_rate_limiter
+from core.entitlements.upstream_guard import Priority, admit_upstream_call, upstream_status
 
 THRESHOLD = 3
 COOLDOWN = 0.4
-
-
-class UpstreamDown(Exception):
-    """Stands for the engine's EntitlementsUnavailableError (5xx, 429, timeout)."""
-
-
-class UpstreamRefused(Exception):
-    """Stands for a non-transient answer such as a 401 or a malformed body."""
 
 
 @pytest.fixture
@@ -44,37 +36,35 @@ def guard(settings):
         connection.delete(key)
 
 
-def call(*, outcome: BaseException | None = None, calls: list | None = None, **options) -> None:
-    """One guarded upstream call whose body fails with `outcome`, if given."""
-    options = {"priority": Priority.BULK, "transient": (UpstreamDown,), **options}
-    with guarded_upstream_call(**options):
+def call(*, available: bool = True, calls: list | None = None, **options) -> str:
+    """One upstream call through the guard, told `available`; why it was refused, if it was."""
+    with admit_upstream_call(priority=Priority.BULK, **options) as upstream:
+        if upstream.refused:
+            return upstream.refused
         if calls is not None:
             calls.append(1)
-        if outcome is not None:
-            raise outcome
+        upstream.record(available=available)
+    return ""
 
 
 def open_then_wait_for_half_open() -> None:
     for _ in range(THRESHOLD):
-        with pytest.raises(UpstreamDown):
-            call(outcome=UpstreamDown())
+        assert call(available=False) == ""
     time.sleep(COOLDOWN + 0.05)
 
 
 def test_transient_failures_open_the_circuit_and_later_calls_fail_fast(guard):
     calls = []
     for _ in range(THRESHOLD):
-        with pytest.raises(UpstreamDown):
-            call(outcome=UpstreamDown(), calls=calls)
+        call(available=False, calls=calls)
 
     started = time.monotonic()
-    with pytest.raises(CircuitOpenError) as refused:
-        call(calls=calls)
+    refused = call(calls=calls)
 
     assert time.monotonic() - started < 0.05
     assert len(calls) == THRESHOLD  # the refused call never reached the upstream
-    assert refused.value.code == "circuit_open"
-    assert 0 < refused.value.retry_after <= COOLDOWN
+    assert refused == "circuit_open"
+    assert 0 < CircuitBreaker().state()["reopens_in"] <= COOLDOWN
 
 
 def test_calls_resume_by_themselves_when_the_upstream_is_back(guard):
@@ -88,13 +78,13 @@ def test_calls_resume_by_themselves_when_the_upstream_is_back(guard):
     assert CircuitBreaker().state()["state"] == "closed"
 
 
-def test_a_non_transient_answer_counts_as_the_upstream_being_up(guard):
+def test_a_failed_probe_reopens_the_circuit(guard):
     open_then_wait_for_half_open()
 
-    with pytest.raises(UpstreamRefused):
-        call(outcome=UpstreamRefused())
+    assert call(available=False) == ""
 
-    assert CircuitBreaker().state()["state"] == "closed"
+    assert CircuitBreaker().state()["state"] == "open"
+    assert call() == "circuit_open"
 
 
 def test_a_rate_limit_timeout_gives_the_probe_back(guard, settings):
@@ -104,18 +94,17 @@ def test_a_rate_limit_timeout_gives_the_probe_back(guard, settings):
     settings.ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE = 0.0
     assert get_rate_limiter().acquire(priority=Priority.INTERACTIVE, timeout=0)
 
-    with pytest.raises(RateLimitTimeoutError) as timed_out:
-        call(max_wait=0.1)
+    assert call(max_wait=0.1) == "rate_limited"
 
-    assert timed_out.value.code == "rate_limited"
     assert CircuitBreaker().allow().probe_token  # not held by the caller that gave up
 
 
 def test_an_interrupted_call_gives_the_probe_back(guard):
     open_then_wait_for_half_open()
 
-    with pytest.raises(KeyboardInterrupt):
-        call(outcome=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt), admit_upstream_call(priority=Priority.BULK) as probe:
+        assert probe.admission.probe_token
+        raise KeyboardInterrupt  # the worker shuts down before the upstream answered
 
     assert CircuitBreaker().state()["state"] == "half_open"
     assert CircuitBreaker().allow().probe_token
@@ -127,9 +116,9 @@ def test_calls_go_through_when_redis_is_unreachable(settings, caplog):
     }
     calls = []
 
-    with caplog.at_level(logging.WARNING), pytest.raises(UpstreamDown):
-        call(outcome=UpstreamDown(), calls=calls)
-    call(calls=calls)
+    with caplog.at_level(logging.WARNING):
+        assert call(available=False, calls=calls) == ""
+        assert call(calls=calls) == ""
 
     assert len(calls) == 2
     assert "unreachable in Redis; calling anyway" in caplog.text
@@ -155,9 +144,8 @@ def test_without_a_redis_cache_calls_go_through_unguarded_with_one_warning(
 
     with caplog.at_level(logging.WARNING):
         for _ in range(THRESHOLD + 2):
-            with pytest.raises(UpstreamDown):
-                call(outcome=UpstreamDown(), calls=calls, max_wait=0)
-        call(calls=calls, max_wait=0)
+            assert call(available=False, calls=calls, max_wait=0) == ""
+        assert call(calls=calls, max_wait=0) == ""
 
     assert len(calls) == THRESHOLD + 3  # neither the breaker nor the rate limit stopped one
     unguarded = [r for r in caplog.records if "calls are not guarded" in r.getMessage()]
@@ -173,8 +161,7 @@ def test_without_a_redis_cache_calls_go_through_unguarded_with_one_warning(
 def test_operators_see_the_circuit_and_the_bucket(guard, settings):
     settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 1.0  # the bucket barely refills meanwhile
     for _ in range(THRESHOLD):
-        with pytest.raises(UpstreamDown):
-            call(outcome=UpstreamDown())
+        call(available=False)
 
     state = json.loads(json.dumps(upstream_status()))
 

@@ -5,24 +5,28 @@ import time
 
 import pytest
 
-from core.entitlements.cache import fetch_entitlements
+from core.entitlements.backends.base import AnswerKind
 from core.entitlements.errors import EntitlementsUnavailableError
+from core.entitlements.sync import fetch_user_answer
 from core.entitlements.upstream_guard import Priority, upstream_status
-from core.models import User
+from core.models import EntitlementSyncState, Trigger, User
 
 CLAIMS = {"siret": "12345678900017"}
 
 
 @pytest.fixture(autouse=True)
-def _breaker(settings):
+def _breaker(settings, db):
     settings.ENTITLEMENTS_CIRCUIT_FAILURE_THRESHOLD = 3
     settings.ENTITLEMENTS_CIRCUIT_COOLDOWN_SECONDS = 0.5
     settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 0
 
 
 def _fetch(index: int):
-    user = User(email=f"user{index}@alpha.example.org")
-    return fetch_entitlements(user=user, forwarded_claims=CLAIMS, priority=Priority.BULK)
+    """A run's fetch for a new user: nothing cached, so it asks upstream."""
+    user = User.objects.create_user(email=f"user{index}@alpha.example.org")
+    EntitlementSyncState.objects.create(user=user, forwarded_claims=CLAIMS)
+    user = User.objects.select_related("sync_state").get(pk=user.pk)
+    return fetch_user_answer(user=user, trigger=Trigger.PERIODIC, priority=Priority.BULK)
 
 
 def test_an_outage_opens_the_circuit_and_stops_calling_upstream(deploycenter_backend):
@@ -52,6 +56,20 @@ def test_calls_resume_by_themselves_after_the_cool_down(deploycenter_backend):
 
     assert fetched.cache == "miss"
     assert deploycenter_backend.calls == 4
+    assert upstream_status()["circuit"]["state"] == "closed"
+
+
+def test_an_answer_that_is_no_outage_closes_the_circuit(deploycenter_backend):
+    deploycenter_backend.fail_with(503)
+    for index in range(3):
+        with pytest.raises(EntitlementsUnavailableError):
+            _fetch(index)
+    deploycenter_backend.fail_with(401)  # our credentials are wrong: the upstream is up
+
+    time.sleep(0.6)
+    fetched = _fetch(99)
+
+    assert fetched.kind is AnswerKind.CONFIGURATION_ERROR
     assert upstream_status()["circuit"]["state"] == "closed"
 
 

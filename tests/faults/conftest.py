@@ -18,7 +18,7 @@ from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests import figures
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.support import PrivateRedis, WorkerProcess, worker_environment
-from tests.support.broker import producer_app
+from tests.support.broker import broker_keys, producer_app
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
 ALPHA, BETA, GAMMA, DELTA = (
@@ -60,23 +60,14 @@ def report_figure():
     return _measured.append
 
 
-def kombu_keys(client: redis.Redis) -> list[bytes]:
-    """The broker's keys on a Redis db: the queues, the unacked messages, the bindings."""
-    keys = {INTERACTIVE_QUEUE, BULK_QUEUE, "unacked", "unacked_index", "unacked_mutex"}
-    found = [key.encode() for key in keys]
-    for pattern in ("_kombu.*", f"{INTERACTIVE_QUEUE}*", f"{BULK_QUEUE}*"):
-        found.extend(client.scan_iter(match=pattern))
-    return found
-
-
 @pytest.fixture
 def shared_broker():
     """The suite's Redis db as broker, its task queues and unacked messages emptied before and
     after the test (our own db number, our own keys: nothing else is touched)."""
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.delete(*kombu_keys(client))
+    client.delete(*broker_keys(client))
     yield settings.CELERY_BROKER_URL
-    client.delete(*kombu_keys(client))
+    client.delete(*broker_keys(client))
     client.close()
 
 

@@ -45,7 +45,7 @@ def test_an_ended_subscription_is_revoked_by_a_run_after_its_window(
     second = full_run()
 
     assert all(synced_domains(user) == set() for user in users)
-    assert (second.accesses_revoked, second.users_changed, second.revocations_held) == (
+    assert (second.accesses_revoked, second.users_changed, second.budget_reached) == (
         4,
         2,
         False,

@@ -24,6 +24,7 @@ from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, Sync
 from tests.deploycenter_stub import ALPHA_SIRET
 from tests.faults.conftest import DOMAINS, duplicate_access_rows, fault_seed, synced_domains
 from tests.support import wait_until
+from tests.support.broker import broker_key
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
 CONCURRENCY_SETTINGS = {
@@ -46,7 +47,11 @@ def random_domains(rng: random.Random) -> list[str]:
 
 def broker_idle(client: redis.Redis) -> bool:
     """No task queued, nor delivered and unacknowledged (running, or waiting for a retry)."""
-    return not (client.llen(INTERACTIVE_QUEUE) or client.llen(BULK_QUEUE) or client.hlen("unacked"))
+    return not (
+        client.llen(broker_key(INTERACTIVE_QUEUE))
+        or client.llen(broker_key(BULK_QUEUE))
+        or client.hlen(broker_key("unacked"))
+    )
 
 
 def wait_for_quiet(client: redis.Redis) -> None:

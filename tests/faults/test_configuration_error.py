@@ -5,7 +5,9 @@ Real `celery -A messages worker` subprocesses report to a local Sentry ingest
 401 as the real server does. A full run stops at the first refusal: the run is failed with its
 error code, the upstream sees a handful of calls instead of one per user, one ERROR line says
 what to check, and Sentry gets one event. Login syncs with the wrong key report one event for
-the episode, not one per user; an outage reports the opening of the circuit, once.
+the episode, not one per user; an outage reports the opening of the circuit, once; an upstream
+answering nonsense to every user of a run reports it once for the run, and once per episode
+for login syncs.
 """
 
 import re
@@ -168,3 +170,60 @@ def test_an_outage_reports_the_opening_of_the_circuit_once(
         f"faults/upstream 503 during a full run of {USERS} users: {upstream.calls} upstream "
         f"calls, {len(events)} Sentry event (the circuit's opening)"
     )
+
+
+def test_a_malformed_answer_for_every_user_of_a_run_reaches_sentry_once(
+    start_worker, make_admins, upstream, sentry_ingest, report_figure
+):
+    admins = make_admins(USERS, held=(ALPHA,))
+    upstream.answer_raw(b"<html>not an answer</html>", content_type="text/html")
+    worker = start_worker(concurrency=2, SENTRY_DSN=sentry_ingest.dsn, **RUN_SETTINGS)
+    started = timezone.now()
+
+    request_resync(trigger="periodic")
+    run = wait_until(
+        lambda: SyncRun.objects.filter(started_at__gte=started, status="done").first(),
+        timeout=120,
+        message="the run's end",
+    )
+    events = settled_events(sentry_ingest)
+
+    assert set(
+        EntitlementSyncState.objects.filter(user__in=admins).values_list("status", flat=True)
+    ) == {"invalid"}
+    assert all(synced_domains(user) == {ALPHA} for user in admins), "nothing is revoked"
+    [event] = events
+    assert event["level"] == "error"
+    message = event["logentry"]["message"] % tuple(event["logentry"]["params"])
+    assert message.startswith(f"resync run {run.pk}: the entitlements service answered")
+    assert "once per run" in message
+    assert len(error_lines(worker.log())) == 1
+    assert len(re.findall(r"\(invalid\)|: invalid \(", worker.log())) >= USERS, "a warning each"
+    assert "@example.org" not in worker.log() and b"@example.org" not in sentry_ingest.raw()
+    report_figure(
+        f"faults/malformed answer to all {USERS} users of a full run: {upstream.calls} upstream "
+        f"calls, {len(error_lines(worker.log()))} ERROR line, {len(events)} Sentry event"
+    )
+
+
+def test_malformed_answers_to_login_syncs_report_one_event(
+    start_worker, make_admins, upstream, sentry_ingest
+):
+    admins = make_admins(5)
+    upstream.answer_raw(b"{}", content_type="application/json")
+    worker = start_worker(SENTRY_DSN=sentry_ingest.dsn)
+
+    for user in admins:
+        request_sync(user=user, trigger="login")
+    wait_until(
+        lambda: (
+            EntitlementSyncState.objects.filter(user__in=admins, status="invalid").count()
+            == len(admins)
+        ),
+        message="every sync's invalid answer",
+    )
+    events = settled_events(sentry_ingest)
+
+    [event] = events
+    assert "once per 3600 s" in event["logentry"]["message"] % tuple(event["logentry"]["params"])
+    assert len(error_lines(worker.log())) == 1

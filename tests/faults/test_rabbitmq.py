@@ -29,7 +29,7 @@ from tests.faults.test_worker_kills import (
     kill_whole_worker_round,
 )
 from tests.support import rabbitmq, wait_until
-from tests.support.broker import producer_app
+from tests.support.broker import broker_key, producer_app
 from tests.support.oidc_provider import FakeProvider
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
@@ -42,10 +42,13 @@ pytestmark = [
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_vhost() -> str:
-    """The suite's own vhost, named after its database (e.g. messages_ci_test), created anew."""
+def rabbitmq_vhost():
+    """The suite's own vhost, named after its database (e.g. messages_ci_test), created anew,
+    deleted at the end of the run."""
     database = settings.DATABASES["default"]["NAME"].removeprefix("test_")
-    return rabbitmq.fresh_vhost(f"{database}_test")
+    name = f"{database}_test"
+    yield rabbitmq.fresh_vhost(name)
+    rabbitmq.delete_vhost(name)
 
 
 @pytest.fixture
@@ -68,8 +71,9 @@ def assert_nothing_went_through_redis() -> None:
     """The suite's Redis (the cache here) never held a task message."""
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     try:
-        assert client.llen(INTERACTIVE_QUEUE) == client.llen(BULK_QUEUE) == 0
-        assert not client.exists("unacked")
+        queued = [client.llen(broker_key(queue)) for queue in (INTERACTIVE_QUEUE, BULK_QUEUE)]
+        assert queued == [0, 0]
+        assert not client.exists(broker_key("unacked"))
     finally:
         client.close()
 

@@ -16,6 +16,21 @@ from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 QUEUES = (INTERACTIVE_QUEUE, BULK_QUEUE)
 
 
+def broker_key(name: str) -> str:
+    """The Redis key of a broker structure (a queue, "unacked"), behind the run's broker key
+    prefix (CELERY_BROKER_KEY_PREFIX: `make test` gives each checkout its own)."""
+    return settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "") + name
+
+
+def broker_keys(client: redis.Redis) -> list[bytes]:
+    """The broker's keys on a Redis db: the queues, the unacked messages, the bindings."""
+    keys = {*QUEUES, "unacked", "unacked_index", "unacked_mutex"}
+    found = [broker_key(key).encode() for key in keys]
+    for pattern in ("_kombu.*", *(f"{queue}*" for queue in QUEUES)):
+        found.extend(client.scan_iter(match=broker_key(pattern)))
+    return found
+
+
 class BrokerQueues:
     """Read access to the task messages waiting in the Redis broker's queues."""
 
@@ -23,16 +38,16 @@ class BrokerQueues:
         self.client = redis.Redis.from_url(url)
 
     def clear(self) -> None:
-        self.client.delete(*QUEUES)
+        self.client.delete(*map(broker_key, QUEUES))
 
     def length(self, queue: str) -> int:
-        return self.client.llen(queue)
+        return self.client.llen(broker_key(queue))
 
     def messages(self, queue: str) -> list[dict]:
         """Each queued task as {"task", "id", "args", "expires"}, oldest first."""
         found = []
         # kombu LPUSHes and BRPOPs: the list tail is the oldest message.
-        for raw in reversed(self.client.lrange(queue, 0, -1)):
+        for raw in reversed(self.client.lrange(broker_key(queue), 0, -1)):
             message = json.loads(raw)
             body = json.loads(b64decode(message["body"]))
             headers = message["headers"]

@@ -40,6 +40,11 @@ def fresh_vhost(name: str) -> str:
     return RABBITMQ_URL.rstrip("/") + f"/{name}"
 
 
+def delete_vhost(name: str) -> None:
+    """Delete the virtual host `name` and everything in it."""
+    _rabbitmqctl("delete_vhost", name)
+
+
 def purge(url: str, queues: tuple[str, ...]) -> None:
     """Empty the task queues (declared as Celery declares them) of the vhost at `url`."""
     with Connection(url, connect_timeout=5) as connection:

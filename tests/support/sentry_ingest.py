@@ -6,7 +6,10 @@ import json
 import re
 import threading
 import zlib
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import sentry_sdk
 
 try:  # sentry-sdk compresses with brotli when it is installed, gzip otherwise.
     import brotli
@@ -80,6 +83,22 @@ class SentryIngest:
             raw = b'{}\n{"type":"event"}\n' + raw
         with self._lock:
             self.envelopes.append(Envelope(raw))
+
+
+@contextmanager
+def reporting_to(ingest: SentryIngest, *, traces_sample_rate: float):
+    """This process's SDK started as messages/settings.py starts it, with the ingest as DSN;
+    flushed and closed after."""
+    from messages.sentry import init_sentry
+
+    init_sentry(dsn=ingest.dsn, environment="test", traces_sample_rate=traces_sample_rate)
+    try:
+        yield
+    finally:
+        client = sentry_sdk.get_client()
+        client.flush(timeout=5)
+        client.close()
+        sentry_sdk.get_global_scope().set_client(None)
 
 
 def _decoded(body: bytes, encoding: str) -> bytes:

@@ -9,7 +9,10 @@ from typing import Any, Literal
 
 from django.core.exceptions import ValidationError
 
-from core.validators import clean_domain_name
+from core.validators import clean_domain_name, has_control_characters
+
+# A forwarded claim longer than this is no identifier an upstream issued.
+MAX_CLAIM_LENGTH = 255
 
 
 class AnswerKind(enum.StrEnum):
@@ -24,7 +27,8 @@ class AnswerKind(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     # Not asked: the user lacks what the upstream requires (a claim, an e-mail). Not a failure.
     NOT_ASKED = "not_asked"
-    CONFIGURATION = "configuration"
+    # The upstream refused our request: our settings (key, service id, URL) are wrong.
+    CONFIGURATION_ERROR = "configuration"
     UNAVAILABLE = "unavailable"
 
 
@@ -114,6 +118,24 @@ class EntitlementsBackend(ABC):
     def forwarded_claim_names(self) -> list[str]:
         """OIDC claims this backend needs from login (stored on the user's sync state)."""
         return []
+
+    def forwarded_claims(self, claims: Mapping[str, Any]) -> dict[str, str]:
+        """The forwarded claims of a login that have the shape this backend expects; any other
+        is not stored (the upstream would find nobody with it)."""
+        kept = {}
+        for name in self.forwarded_claim_names:
+            value = self.clean_claim(name, claims.get(name))
+            if value is not None:
+                kept[name] = value
+        return kept
+
+    def clean_claim(self, name: str, value: Any) -> str | None:
+        """A forwarded claim as stored: a one-line string, trimmed, of 1 to 255 characters;
+        None for anything else (a number, a list, an object, a control character)."""
+        if not isinstance(value, str) or has_control_characters(value):
+            return None
+        value = value.strip()
+        return value if 0 < len(value) <= MAX_CLAIM_LENGTH else None
 
     @abstractmethod
     def get_entitlements(self, *, user, forwarded_claims: Mapping[str, Any]) -> UpstreamAnswer:

@@ -27,6 +27,8 @@ MAX_BODY_BYTES = 1_000_000
 POOL_MAXSIZE = 10
 # DeployCenter answers 400 without it: a sync without it is our request error, not a denial.
 REQUIRED_CLAIM = "siret"
+# A siret is 14 digits (INSEE): DeployCenter finds no organisation with anything else.
+_SIRET = re.compile(r"[0-9]{14}")
 _QUERY_PARAMS = frozenset({"service_id", "account_type", "account_email", "account_id"})
 # A `can_access_reason` is recorded as our error code only when it looks like a short token.
 # The organisation's subscription ended: the one reason that says something (no rights); every
@@ -44,7 +46,7 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
         base_url: str,
         service_id: int | str,
         api_key: str,
-        timeout: float | list[float] = DEFAULT_TIMEOUT,
+        timeout: float | Sequence[float] = DEFAULT_TIMEOUT,
         oidc_claims: Sequence[str] = (REQUIRED_CLAIM,),
     ):
         self.base_url = _checked_base_url(base_url)
@@ -67,6 +69,13 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
     def forwarded_claim_names(self) -> list[str]:
         """The OIDC claims sent as query parameters (siret at least)."""
         return list(self.oidc_claims)
+
+    def clean_claim(self, name: str, value: Any) -> str | None:
+        """A forwarded claim as stored; a siret only when it is 14 digits."""
+        value = super().clean_claim(name, value)
+        if name == REQUIRED_CLAIM and value is not None and not _SIRET.fullmatch(value):
+            return None
+        return value
 
     def get_entitlements(self, *, user, forwarded_claims: Mapping[str, Any]) -> UpstreamAnswer:
         """Query DeployCenter for this user and classify its answer; never raises for it."""
@@ -94,7 +103,7 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
             answer = UpstreamAnswer.failure(AnswerKind.INVALID, "not_decodable")
         except requests.RequestException:
             # Invalid URL or header: nothing the upstream did, our settings are wrong.
-            answer = UpstreamAnswer.failure(AnswerKind.CONFIGURATION, "configuration")
+            answer = UpstreamAnswer.failure(AnswerKind.CONFIGURATION_ERROR, "configuration")
         else:
             answer = classify_response(status=status, body=body)
         elapsed = time.monotonic() - started
@@ -138,7 +147,7 @@ def classify_response(*, status: int, body: bytes | None) -> UpstreamAnswer:
     if 300 <= status < 500:
         # 401/403: key or service_id wrong; 3xx/404/405: base_url points somewhere else. The
         # status is the error code: it tells the operator which setting to check.
-        return UpstreamAnswer.failure(AnswerKind.CONFIGURATION, f"http_{status}")
+        return UpstreamAnswer.failure(AnswerKind.CONFIGURATION_ERROR, f"http_{status}")
     return UpstreamAnswer.failure(AnswerKind.INVALID, f"http_{status}")
 
 

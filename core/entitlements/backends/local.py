@@ -55,7 +55,7 @@ class LocalEntitlementsBackend(EntitlementsBackend):
             )
         if self._mapping_file:
             try:
-                self._reload_mapping_file()
+                self._reload_mapping_file(self._mapping_file)
             except OSError as error:
                 raise ValueError(f"mapping_file cannot be read: {error.strerror}") from None
             except ValueError as error:
@@ -80,7 +80,7 @@ class LocalEntitlementsBackend(EntitlementsBackend):
             return UpstreamAnswer.failure(AnswerKind.NO_INFORMATION, NO_MAPPING)
         if self._mapping_file:
             try:
-                self._reload_mapping_file()
+                self._reload_mapping_file(self._mapping_file)
             except (OSError, ValueError) as error:
                 logger.warning("local entitlements mapping file unusable: %s", error)
                 return UpstreamAnswer.failure(AnswerKind.INVALID, "mapping_file_invalid")
@@ -89,16 +89,16 @@ class LocalEntitlementsBackend(EntitlementsBackend):
         domains = by_email.get(email, ()) + by_email_domain.get(email.rpartition("@")[2], ())
         return UpstreamAnswer.authoritative(domains)
 
-    def _reload_mapping_file(self) -> None:
+    def _reload_mapping_file(self, mapping_file: Path) -> None:
         """Read the mapping file again if it changed since the last read."""
         with self._lock:
-            stat = os.stat(self._mapping_file)
+            stat = os.stat(mapping_file)
             # Size too: two quick edits can share a coarse file-system timestamp.
             version = (stat.st_mtime_ns, stat.st_size)
             if version == self._mapping_version:
                 return
             try:
-                data = json.loads(self._mapping_file.read_text())
+                data = json.loads(mapping_file.read_text())
             except json.JSONDecodeError as error:
                 raise ValueError(
                     f"mapping_file is not valid JSON: {error.msg} "

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from core.models import MailDomain, User
+from core.models import EntitlementSyncState, MailDomain, User
 
 DEMO_DOMAINS = ("alpha.example.org", "beta.example.org", "gamma.example.org")
 DEMO_USERS = {
@@ -26,6 +26,8 @@ DEMO_MAPPING = {
     }
 }
 SUPERUSER_EMAIL = "operator@example.org"
+# The demo users' sync state until their first login (shown in the admin's users list).
+AWAITING_LOGIN = "demo_awaits_first_login"
 LOCAL_BACKEND = "core.entitlements.backends.local.LocalEntitlementsBackend"
 
 
@@ -47,9 +49,18 @@ class Command(BaseCommand):
             for name in DEMO_DOMAINS:
                 MailDomain.objects.get_or_create(name=name)
             for email, full_name in DEMO_USERS.items():
-                User.objects.get_or_create(
+                user, created = User.objects.get_or_create(
                     email=email, defaults={"sub": f"demo:{email}", "full_name": full_name}
                 )
+                if created:
+                    # The story starts at the reader's first login (README): until then the
+                    # periodic run leaves the demo users out, as it leaves out anybody whose
+                    # last sync found nothing to grant, and their login is what grants.
+                    EntitlementSyncState.objects.create(
+                        user=user,
+                        status=EntitlementSyncState.Status.SKIPPED,
+                        error_code=AWAITING_LOGIN,
+                    )
             operator, _ = User.objects.get_or_create(
                 email=SUPERUSER_EMAIL,
                 defaults={"is_staff": True, "is_superuser": True, "full_name": "Demo Operator"},
@@ -83,11 +94,11 @@ class Command(BaseCommand):
                     f"{os.environ.get('FLOWER_PORT', '5555')}/",
                     f"  Log in as     {SUPERUSER_EMAIL} / {password} (both)",
                     f"  Entitlements  {mapping_file} (edit it to grant or revoke)",
-                    f"  Environment   {env_file} (used by `make run`)",
+                    f"  Environment   {env_file} (used by `make run` and by manage.py "
+                    "when DATABASE_URL is unset)",
                     "  Try           .venv/bin/python manage.py simulate_login "
                     "admin@alpha.example.org",
-                    f"  In-process    .venv/bin/honcho run -e {env_file} .venv/bin/python "
-                    "manage.py sync_entitlements --all --dry-run",
+                    "  Dry run       .venv/bin/python manage.py sync_entitlements --all --dry-run",
                 ]
             )
         )

@@ -2,13 +2,13 @@
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.core.validators import validate_email
 from django.db import transaction
 
-from core.authentication import OIDCAuthenticationBackend
+from core.authentication import LoginRefused, OIDCAuthenticationBackend, clean_login_claims
 from core.entitlements import describe
+from core.entitlements.factory import forwarded_claim_names
 from core.models import EntitlementSyncState, User
-from core.validators import normalize_email
+from core.validators import clean_email
 
 
 class Command(BaseCommand):
@@ -28,12 +28,19 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        email = normalize_email(options["email"])
         try:
-            validate_email(email)
+            email = clean_email(options["email"])
         except ValidationError:
             raise CommandError(f"{options['email']!r} is not an e-mail address.") from None
-        claims = {"email": email, "sub": _subject_for(email), **_parse_claims(options["claim"])}
+        given = _parse_claims(options["claim"])
+        # The claim policy of the OIDC callback, so this path stores nothing a login would not.
+        try:
+            claims = clean_login_claims({**given, "email": email, "sub": _subject_for(email)})
+        except LoginRefused as refusal:
+            raise CommandError(f"An OIDC login would be refused: {refusal}.") from None
+        for name in forwarded_claim_names():
+            if name in given and name not in claims:
+                self.stderr.write(f"Claim {name} not stored: not the shape the backend expects.")
         backend = OIDCAuthenticationBackend()
         if not backend.verify_claims(claims):
             raise CommandError("These claims would fail verification (an email is required).")
@@ -42,9 +49,15 @@ class Command(BaseCommand):
         with transaction.atomic():
             found = backend.filter_users_by_claims(claims).first()
             user = backend.update_user(found, claims) if found else backend.create_user(claims)
+        if user is None:
+            # The backend refuses a login whose e-mail another user took meanwhile (a race).
+            raise CommandError(
+                "The login was refused: its e-mail belongs to another user (the log says so)."
+            )
         state = EntitlementSyncState.objects.get(user=user)
         self.stdout.write(f"Logged in {user.email} (sub {user.sub}).")
         self.stdout.write(f"Stored forwarded claims: {state.forwarded_claims or 'none'}")
+        assert backend.sync_request is not None, "a login that makes its user requests a sync"
         for notice in describe(backend.sync_request):
             self.stdout.write(notice.text)
 

@@ -7,10 +7,11 @@ operator must release or discard, 5 the run failed (it says why, and who was not
 
 import argparse
 import time
+from typing import TextIO, cast
 
 from celery import current_app
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from tqdm import tqdm
 
 from core.entitlements import (
@@ -33,6 +34,12 @@ EXIT_RUN_FAILED = 5
 # Without --wait: how long to look for the run's row, to say whether it started or was skipped.
 _RUN_START_SECONDS = 10
 _POLL_SECONDS = 0.5
+
+
+def _raw(stream: OutputWrapper) -> TextIO:
+    """The stream under a command's output wrapper, which would end each of tqdm's redraws."""
+    # Private to Django, and its hints type every unknown attribute of the wrapper a callable.
+    return cast(TextIO, stream._out)
 
 
 def _positive_seconds(value: str) -> float:
@@ -111,6 +118,7 @@ class Command(BaseCommand):
             return self._sync_user(target_user, wait=wait, timeout=timeout)
         receipt = request_resync(maildomain=maildomain, trigger=Trigger.COMMAND)
         self._tell(receipt)
+        assert receipt.task_id is not None, "_tell stops at a request that was not sent"
         if wait:
             self._wait_for_run(receipt.task_id, timeout=timeout)
         else:
@@ -203,7 +211,7 @@ class Command(BaseCommand):
                 f"Run #{run.pk} failed: {run.why_it_ended()}", returncode=EXIT_RUN_FAILED
             )
         held = run.held_revocations.filter(resolution="pending").count()
-        if run.revocations_held:
+        if run.budget_reached:
             raise CommandError(
                 f"Run #{run.pk} reached its revocation budget and held "
                 f"{_count(held, 'revocation')} for an operator: review them in the admin "
@@ -214,7 +222,7 @@ class Command(BaseCommand):
 
     def _follow(self, run_id: int, *, deadline: float, timeout: float) -> SyncRun:
         """Show a run's progress until it ends; its final row."""
-        with tqdm(file=self.stderr._out, unit=" users", dynamic_ncols=True) as bar:
+        with tqdm(file=_raw(self.stderr), unit=" users", dynamic_ncols=True) as bar:
 
             def show(run: SyncRun) -> bool:
                 bar.total = run.users_enqueued or None
@@ -238,11 +246,19 @@ class Command(BaseCommand):
         plans them, and revocations past the budget are held, as the run would hold them."""
         user_ids = list(user_ids)
         forecast = _Forecast(run_budget=run_budget)
-        for user_id in tqdm(user_ids, file=self.stderr._out, unit=" users", leave=False):
+        # A bar for many users on a terminal only: none for one user, nor in a log or a pipe.
+        bar = tqdm(
+            user_ids,
+            file=_raw(self.stderr),
+            unit=" users",
+            leave=False,
+            disable=True if len(user_ids) < 2 else None,
+        )
+        for user_id in bar:
             email = User.objects.values_list("email", flat=True).get(pk=user_id)
             line = forecast.line(email, plan_sync(user_id=user_id, in_run=run_budget is not None))
             if line:
-                tqdm.write(line, file=self.stdout._out)
+                tqdm.write(line, file=_raw(self.stdout))
         self.stdout.write(forecast.summary(len(user_ids)))
 
 

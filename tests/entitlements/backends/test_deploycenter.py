@@ -25,7 +25,7 @@ NO_INFORMATION = AnswerKind.NO_INFORMATION
 ACCESS_ENDED = AnswerKind.ACCESS_ENDED
 INVALID = AnswerKind.INVALID
 BAD_REQUEST = AnswerKind.BAD_REQUEST
-CONFIGURATION = AnswerKind.CONFIGURATION
+CONFIGURATION_ERROR = AnswerKind.CONFIGURATION_ERROR
 UNAVAILABLE = AnswerKind.UNAVAILABLE
 
 
@@ -121,7 +121,7 @@ SAMPLE_MEANINGS = {
     "missing siret": (BAD_REQUEST, "bad_request", ()),
     "unknown siret (no such organization)": (NO_INFORMATION, "no_organization", ()),
     "known organization without Messages subscription": (ACCESS_ENDED, "not_activated", ()),
-    "wrong API key": (CONFIGURATION, "http_401", ()),
+    "wrong API key": (CONFIGURATION_ERROR, "http_401", ()),
     "missing account_type": (BAD_REQUEST, "bad_request", ()),
     "neither account_email nor account_id": (BAD_REQUEST, "bad_request", ()),
     "invalid email syntax": (BAD_REQUEST, "bad_request", ()),
@@ -284,13 +284,13 @@ def test_raw_bodies_are_classified(body, error_code):
 @pytest.mark.parametrize(
     ("status", "kind", "error_code"),
     [
-        (301, CONFIGURATION, "http_301"),
-        (302, CONFIGURATION, "http_302"),
+        (301, CONFIGURATION_ERROR, "http_301"),
+        (302, CONFIGURATION_ERROR, "http_302"),
         (400, BAD_REQUEST, "bad_request"),
-        (401, CONFIGURATION, "http_401"),
-        (403, CONFIGURATION, "http_403"),
-        (404, CONFIGURATION, "http_404"),
-        (405, CONFIGURATION, "http_405"),
+        (401, CONFIGURATION_ERROR, "http_401"),
+        (403, CONFIGURATION_ERROR, "http_403"),
+        (404, CONFIGURATION_ERROR, "http_404"),
+        (405, CONFIGURATION_ERROR, "http_405"),
         (408, UNAVAILABLE, "http_408"),
         (429, UNAVAILABLE, "http_429"),
         (500, UNAVAILABLE, "http_500"),

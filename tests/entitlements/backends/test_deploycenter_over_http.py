@@ -74,13 +74,13 @@ def test_wrong_key_is_a_configuration_error(deploycenter_stub):
         **deploycenter_stub.backend_parameters(api_key="wrong")
     )
 
-    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION, "http_401")
+    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION_ERROR, "http_401")
 
 
 def test_foreign_service_id_is_a_configuration_error(deploycenter_stub):
     backend = DeployCenterEntitlementsBackend(**deploycenter_stub.backend_parameters(service_id=4))
 
-    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION, "http_401")
+    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION_ERROR, "http_401")
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429])

@@ -1,4 +1,5 @@
-"""manage.py run_flower: Flower, behind basic auth, or not at all outside debug."""
+"""manage.py run_flower: Flower, behind basic auth (its /metrics too), or not at all outside
+debug; never writing into the app's metrics directory."""
 
 import os
 import sys
@@ -35,6 +36,10 @@ class Command(BaseCommand):
         # command line (and out of `ps`). Its unauthenticated API would let anyone apply
         # tasks over HTTP: never on, whatever the environment says.
         env.pop("FLOWER_UNAUTHENTICATED_API", None)
+        # Flower's own metrics stay in its process (its /metrics): in the app's multiprocess
+        # directory they would join the app's /metrics, one series set per worker host name.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.pop("prometheus_multiproc_dir", None)
         if auth:
             env["FLOWER_BASIC_AUTH"] = auth
         else:
@@ -43,7 +48,8 @@ class Command(BaseCommand):
         argv = [
             sys.executable,
             "-m",
-            "celery",
+            # The celery command line, Flower's /metrics behind its basic auth.
+            "worker.flower_server",
             "-A",
             "messages",
             "flower",
