@@ -106,7 +106,10 @@ class TestSyncEntitlements:
 
         run_row = SyncRun.objects.get()
         assert (run_row.trigger, run_row.status) == ("command", "done")
-        assert f"Run #{run_row.pk} done: 5 users, 5 done (1 changed), 0 failed, 0 skipped." in out
+        assert (
+            f"Run #{run_row.pk} done: 5 users, 5 asked: 5 done (1 changed), 0 failed; "
+            "0 skipped, 0 not run." in out
+        )
         # tqdm's bar, on stderr: the run's counters reach the total.
         assert "5/5" in err and "100%" in err
 
@@ -117,7 +120,7 @@ class TestSyncEntitlements:
 
         out, _ = run("sync_entitlements", "--domain", ALPHA, "--wait", "--timeout", "20")
 
-        assert "done: 1 user, 1 done (1 changed)" in out
+        assert "done: 1 user, 1 asked: 1 done (1 changed)" in out
         assert SyncRun.objects.get().maildomain_name == ALPHA
 
     @pytest.mark.parametrize("timeout", ["0", "-5", "soon"])

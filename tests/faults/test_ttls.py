@@ -20,7 +20,6 @@ import textwrap
 import time
 
 import pytest
-from celery import current_app
 from django.core.cache import cache
 from django.utils import timezone
 from django_celery_results.models import TaskResult
@@ -28,7 +27,7 @@ from django_celery_results.models import TaskResult
 from core.entitlements.sync_requests import request_resync, request_sync
 from core.locks import USER_LOCK_TTL, run_lock, user_lock
 from core.models import EntitlementSyncState, MailDomainAccess, SyncRun
-from tests.faults.conftest import ALPHA, BETA, synced_domains
+from tests.faults.conftest import ALPHA, BETA, synced_domains, until_sweeping
 from tests.support import wait_until
 from tests.support.workers import BASE_DIR
 
@@ -57,16 +56,7 @@ def let_expire(lock, *, real_ttl: float, wait_for_real: bool) -> float:
 
 def sweep_until(predicate, *, timeout: float, message: str) -> None:
     """What beat does: send the sweep every few seconds until `predicate` holds."""
-    last = 0.0
-
-    def check():
-        nonlocal last
-        if time.monotonic() - last > 5:
-            current_app.send_task("entitlements.sweep_pending_syncs")
-            last = time.monotonic()
-        return predicate()
-
-    wait_until(check, timeout=timeout, every=0.25, message=message)
+    wait_until(until_sweeping(predicate), timeout=timeout, every=0.25, message=message)
 
 
 def run_task_over_its_time_limit(
