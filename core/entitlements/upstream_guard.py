@@ -63,13 +63,11 @@ class UpstreamCall:
 
 
 @contextmanager
-def admit_upstream_call(
-    *, priority: Priority, max_wait: float | None = None
-) -> Iterator[UpstreamCall]:
+def admit_upstream_call(*, priority: Priority) -> Iterator[UpstreamCall]:
     """Admit one upstream request through the breaker and the rate limit, or refuse it.
 
     A refused call (`refused` set) must not be made: the circuit is open, or no token came
-    within `max_wait` seconds (default: 10 s interactive, 30 s bulk). An admitted call is
+    within the priority's wait (10 s interactive, 30 s bulk). An admitted call is
     made and then told with `record` how the upstream did; one left untold (the worker shut down
     mid-call) gives its half-open probe back, so that someone else may probe at once.
     """
@@ -77,7 +75,7 @@ def admit_upstream_call(
         _warn_unguarded()
         yield UpstreamCall()
         return
-    call = _admit(priority, _MAX_WAIT_SECONDS[priority] if max_wait is None else max_wait)
+    call = _admit(priority, _MAX_WAIT_SECONDS[priority])
     if call.refused:
         metrics.upstream_refused(reason=call.refused)
     try:

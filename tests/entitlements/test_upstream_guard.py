@@ -36,9 +36,9 @@ def guard(settings):
         connection.delete(key)
 
 
-def call(*, available: bool = True, calls: list | None = None, **options) -> str:
+def call(*, available: bool = True, calls: list | None = None) -> str:
     """One upstream call through the guard, told `available`; why it was refused, if it was."""
-    with admit_upstream_call(priority=Priority.BULK, **options) as upstream:
+    with admit_upstream_call(priority=Priority.BULK) as upstream:
         if upstream.refused:
             return upstream.refused
         if calls is not None:
@@ -87,14 +87,16 @@ def test_a_failed_probe_reopens_the_circuit(guard):
     assert call() == "circuit_open"
 
 
-def test_a_rate_limit_timeout_gives_the_probe_back(guard, settings):
+def test_a_rate_limit_timeout_gives_the_probe_back(guard, settings, monkeypatch):
     open_then_wait_for_half_open()
     settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 0.5
     settings.ENTITLEMENTS_RATE_LIMIT_BURST = 1
     settings.ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE = 0.0
     assert get_rate_limiter().acquire(priority=Priority.INTERACTIVE, timeout=0)
+    # A bulk caller waits 30 s for a token in production: 0.1 s here.
+    monkeypatch.setitem(upstream_guard._MAX_WAIT_SECONDS, Priority.BULK, 0.1)
 
-    assert call(max_wait=0.1) == "rate_limited"
+    assert call() == "rate_limited"
 
     assert CircuitBreaker().allow().probe_token  # not held by the caller that gave up
 
@@ -144,8 +146,8 @@ def test_without_a_redis_cache_calls_go_through_unguarded_with_one_warning(
 
     with caplog.at_level(logging.WARNING):
         for _ in range(THRESHOLD + 2):
-            assert call(available=False, calls=calls, max_wait=0) == ""
-        assert call(calls=calls, max_wait=0) == ""
+            assert call(available=False, calls=calls) == ""
+        assert call(calls=calls) == ""
 
     assert len(calls) == THRESHOLD + 3  # neither the breaker nor the rate limit stopped one
     unguarded = [r for r in caplog.records if "calls are not guarded" in r.getMessage()]
