@@ -38,6 +38,11 @@ class SyncNotApplied(Exception):
     """A user's sync ended without applying an authoritative answer; the message says why."""
 
 
+class RunFailed(Exception):
+    """A batch of a run that failed: its one argument is the batch's totals with the run's
+    status and error code, so Flower and the result backend show the failure and its counts."""
+
+
 # max_retries=None: the bound is ENTITLEMENTS_SYNC_MAX_RETRIES, applied by worker.retry.
 @shared_task(
     bind=True,
@@ -139,9 +144,13 @@ def sync_organisation_admins(
     return result
 
 
-@shared_task(bind=True, name=TaskName.SYNC_USERS_BATCH, max_retries=None)
+@shared_task(bind=True, name=TaskName.SYNC_USERS_BATCH, max_retries=None, throws=(RunFailed,))
 def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -> dict:
-    """Sync a batch of a run's users concurrently; retry those whose upstream was down."""
+    """Sync a batch of a run's users concurrently; retry those whose upstream was down.
+
+    Returns the batch's totals with its run's status once they are counted; a batch of a run
+    that failed (e.g. stopped by a configuration error) ends by raising RunFailed with them.
+    """
     retries = self.request.retries
     tally = sync_run_batch(
         run_id=run_id,
@@ -154,7 +163,16 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -
         raise self.retry(
             args=[tally.retry_user_ids, run_id, trigger], countdown=retry_countdown(retries=retries)
         )
-    return {"run_id": run_id, **tally.as_dict()}
+    run = SyncRun.objects.only("status", "error_code").get(pk=run_id)
+    totals = {
+        "run_id": run_id,
+        "run_status": run.status,
+        "run_error_code": run.error_code,
+        **tally.as_dict(),
+    }
+    if run.status == SyncRun.Status.FAILED:
+        raise RunFailed(totals)
+    return totals
 
 
 # Runs every minute and usually sends nothing: its results would flood the result backend

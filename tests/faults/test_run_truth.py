@@ -82,13 +82,15 @@ def test_a_failed_run_reads_the_same_everywhere(
     page = operator.get(reverse("admin:core_syncrun_changelist")).content.decode()
     row = re.search(rf'<tr>.*?href="[^"]*/{run.pk}/change/".*?</tr>', page, re.S).group()
     assert f"{asked}/{USERS} asked, {not_run} not run" in row
-    # The batches' results, as Flower shows them.
-    batches = [
-        result
-        for result in TaskResult.objects.filter(task_name="entitlements.sync_users_batch")
-        if result.status == "SUCCESS"
-    ]
-    totals = [json.loads(result.result) for result in batches]
+    # The batches' results, as Flower shows them: each failed with the run's reason and counts.
+    batches = TaskResult.objects.filter(task_name="entitlements.sync_users_batch")
+    assert {result.status for result in batches} == {"FAILURE"}
+    failures = [json.loads(result.result) for result in batches]
+    assert {failure["exc_type"] for failure in failures} == {"RunFailed"}
+    totals = [failure["exc_message"][0] for failure in failures]
+    assert {(total["run_status"], total["run_error_code"]) for total in totals} == {
+        ("failed", "configuration")
+    }
     assert sum(total["failed"] for total in totals) == asked
     assert sum(total["not_run"] for total in totals) == not_run
     assert WRONG_KEY not in command.stdout + command.stderr
