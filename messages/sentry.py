@@ -87,6 +87,8 @@ _SCRUBBED_TEXT = (
 )
 # The values a PostgreSQL message quotes: `'literal'`, and `"text"` unless an object's name
 # (`constraint "core_user_email_key"`) precedes it.
+# A line break, or one escaped in a repr: where a database error's first line ends.
+_ESCAPED_NEWLINE = re.compile(r"\n|\\n")
 _SQL_LITERAL = re.compile(r"E?'(?:[^']|'')*'")
 _SQL_QUOTED = re.compile(r'(\b\w+\s+)?"((?:[^"]|"")*)"')
 _SQL_OBJECTS = frozenset(
@@ -139,9 +141,15 @@ def scrub_event(event: Event, hint: Hint) -> Event | None:
     None (not sent) for what anonymous requests can cause at will."""
     if str(event.get("logger", "")).startswith(_UNSENT_LOGGERS):
         return None
+    database_error = False
     for value in (event.get("exception") or {}).get("values") or ():
         if isinstance(value, dict) and str(value.get("module", "")).startswith(_DATABASE_MODULES):
             value["value"] = database_message(str(value.get("value", "")))
+            database_error = True
+    logentry = event.get("logentry")
+    if database_error and isinstance(logentry, dict):
+        # The log line that reported the database error may quote its text.
+        _quote_database_text(logentry)
     request = event.get("request")
     if isinstance(request, dict):
         for key in ("query_string", "cookies", "data", "env"):
@@ -190,6 +198,22 @@ def database_message(text: str) -> str:
         return match[0] if word in _SQL_OBJECTS else f"{match[1] or ''}{FILTERED}"
 
     return _SQL_QUOTED.sub(quoted, message)
+
+
+def _quote_database_text(logentry: dict) -> None:
+    """A log entry's message and arguments with a database error's values filtered; an
+    argument may be the error's repr, whose line breaks are escaped."""
+    for key in ("message", "formatted"):
+        if isinstance(logentry.get(key), str):
+            logentry[key] = database_message(_ESCAPED_NEWLINE.split(logentry[key], 1)[0])
+    params = logentry.get("params")
+    if isinstance(params, list | tuple):
+        logentry["params"] = [
+            database_message(_ESCAPED_NEWLINE.split(param, 1)[0])
+            if isinstance(param, str)
+            else param
+            for param in params
+        ]
 
 
 def _scrubbed(value: Any) -> Any:

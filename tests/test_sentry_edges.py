@@ -5,12 +5,13 @@ OpenID provider over HTTP (tests/support/oidc_provider.py), a failed management 
 as a real subprocess.
 
 - A PostgreSQL error's text loses its statement and values (`LINE 1:`, `CONTEXT:`, `DETAIL:`,
-  quoted values in the message), keeping its first line.
+  quoted values in the message), keeping its first line; so does a log line that quotes it.
 - A failed command sends no `sys.argv` (a `--claim siret=...`).
 - Template spans send no context (a login form's username, a user's page).
 - Requests anyone can send at will (a bad Host header, a tampered callback state) send no event.
 """
 
+import logging
 import os
 import secrets
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 import sentry_sdk
-from django.db import connection
+from django.db import DataError, connection, transaction
 
 from core.models import EntitlementSyncState, MailDomain, User
 from messages.sentry import scrub_text
@@ -123,6 +124,24 @@ def test_a_database_error_reaches_sentry_without_its_statement_or_values(
     assert all(value.startswith("invalid input syntax for type json") for value in values)
     assert not any("LINE 1" in value or "CONTEXT" in value for value in values), values
     assert leaked(ingest, personal(claims)) == []
+
+
+@pytest.mark.parametrize("traces", [1.0, 0.0], ids=["traces on", "traces off"])
+def test_a_log_line_quoting_a_database_error_loses_its_values(sentry_ingest, db, traces):
+    secret = f"siret-{secrets.token_hex(6)}"
+    with reporting_to(sentry_ingest, traces_sample_rate=traces):
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                # PostgreSQL quotes the bad value in the error's first line.
+                cursor.execute("SELECT %s::uuid", [secret])
+        except DataError as error:
+            logging.getLogger("core.test").error("sync failed: %s", error, exc_info=True)
+    sentry_sdk.flush(timeout=10)
+
+    [event] = sentry_ingest.events()
+    assert event["logentry"]["message"] == "sync failed: %s"
+    assert "invalid input syntax for type uuid" in event["logentry"]["params"][0]
+    assert secret.encode() not in sentry_ingest.raw()
 
 
 def test_template_spans_carry_no_context(sentry_web, fast_password_hasher):
