@@ -157,6 +157,7 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -
         user_ids=user_ids,
         trigger=trigger,
         task_id=self.request.id or "",
+        attempt=retries,
         last_try=not may_retry(retries=retries),
     )
     if tally.retry_user_ids:

@@ -76,7 +76,13 @@ class _ConfigurationStop:
 
 
 def sync_run_batch(
-    *, run_id: int, user_ids: list[str], trigger: Trigger, task_id: str, last_try: bool = True
+    *,
+    run_id: int,
+    user_ids: list[str],
+    trigger: Trigger,
+    task_id: str,
+    attempt: int = 0,
+    last_try: bool = True,
 ) -> BatchTally:
     """Sync a batch of a run's users and count it in the run; the tally lists who to retry.
 
@@ -87,12 +93,13 @@ def sync_run_batch(
     are left in `retry_user_ids`, unless it is the `last_try`: then they count as failed.
     A configuration error (the upstream refuses our key) stops the batch and the run: the
     users not asked count as not run (their state stays as it was), and nobody is retried.
-    `task_id` owns the users' locks, so a redelivered batch takes back what its killed run left.
+    `task_id` owns the users' locks, so a redelivered batch takes back what its killed run left;
+    with the `attempt` (the task's retries so far), it counts the batch in its run once.
     """
     tally = _sync_batch(run_id=run_id, user_ids=user_ids, trigger=trigger, task_id=task_id)
     if last_try:
         tally.give_up_retries()
-    runs.record_batch(run_id=run_id, tally=tally)
+    runs.record_batch(run_id=run_id, tally=tally, delivery=f"{task_id}:{attempt}")
     return tally
 
 

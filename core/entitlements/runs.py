@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -169,8 +170,16 @@ def record_fan_out_failed(*, run_id: int, users_enqueued: int) -> None:
     _record_ended(run_id)
 
 
-def record_batch(*, run_id: int, tally: BatchTally) -> None:
-    """Add a batch's counts to its run (one UPDATE), then close the run if it was the last."""
+def record_batch(*, run_id: int, tally: BatchTally, delivery: str) -> None:
+    """Add a batch's counts to its run (one UPDATE), then close the run if it was the last.
+
+    Once per `delivery` (a batch task's id and try): a batch that ran to its end but whose
+    acknowledgement was lost with the broker's connection is delivered again and runs again
+    (its syncs change nothing the second time); its users must not count twice.
+    """
+    if not cache.add(f"entitlements:run:{run_id}:counted:{delivery}", 1, batch_expiry_seconds()):
+        logger.info("run %s: batch %s was counted already (delivered again)", run_id, delivery)
+        return
     totals = tally.as_dict()
     SyncRun.objects.filter(pk=run_id).update(
         users_done=F("users_done") + totals["done"],

@@ -187,8 +187,9 @@ def test_users_whose_upstream_is_down_are_left_to_retry_until_the_last_try(
         task_id="b",
         last_try=False,
     )
+    # The task's retry: the same task id, its next try.
     last = sync_run_batch(
-        run_id=run_id, user_ids=first.retry_user_ids, trigger="periodic", task_id="b"
+        run_id=run_id, user_ids=first.retry_user_ids, trigger="periodic", task_id="b", attempt=1
     )
 
     assert (first.retry_user_ids, first.as_dict()["done"]) == ([str(down.pk)], 1)

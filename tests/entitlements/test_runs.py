@@ -79,22 +79,36 @@ def test_batches_expire_after_one_resync_interval(settings):
 def test_a_tally_counts_each_outcome_and_gives_up_its_retries_as_failed():
     tally = _tally(done=2, changed=1, failed=1, skipped=3)
     tally.retry_user_ids += ["u1", "u2"]
-    assert tally.as_dict() == {"done": 3, "changed": 1, "failed": 1, "skipped": 3, "retrying": 2}
+    assert tally.as_dict() == {
+        "done": 3,
+        "changed": 1,
+        "failed": 1,
+        "skipped": 3,
+        "not_run": 0,
+        "retrying": 2,
+    }
 
     tally.give_up_retries()
 
-    assert tally.as_dict() == {"done": 3, "changed": 1, "failed": 3, "skipped": 3, "retrying": 0}
+    assert tally.as_dict() == {
+        "done": 3,
+        "changed": 1,
+        "failed": 3,
+        "skipped": 3,
+        "not_run": 0,
+        "retrying": 0,
+    }
 
 
 def test_the_run_ends_with_the_batch_that_counts_its_last_user(db):
     run = _start()
     runs.record_fan_out(run_id=run.pk, users_enqueued=5)
 
-    runs.record_batch(run_id=run.pk, tally=_tally(done=2, changed=1))
+    runs.record_batch(run_id=run.pk, tally=_tally(done=2, changed=1), delivery="batch-1:0")
     run.refresh_from_db()
     assert (run.status, run.users_done, run.users_changed) == ("running", 3, 1)
 
-    runs.record_batch(run_id=run.pk, tally=_tally(failed=1, skipped=1))
+    runs.record_batch(run_id=run.pk, tally=_tally(failed=1, skipped=1), delivery="batch-2:0")
     run.refresh_from_db()
     assert (run.status, run.users_failed, run.users_skipped) == ("done", 1, 1)
     assert run.finished_at is not None
@@ -102,7 +116,7 @@ def test_the_run_ends_with_the_batch_that_counts_its_last_user(db):
 
 def test_batches_that_finish_before_the_fan_out_is_written_end_the_run_at_the_fan_out(db):
     run = _start()
-    runs.record_batch(run_id=run.pk, tally=_tally(done=2))
+    runs.record_batch(run_id=run.pk, tally=_tally(done=2), delivery="batch-3:0")
     run.refresh_from_db()
     # No total yet: a batch never mistakes its own count for the run's.
     assert run.status == "running"
@@ -113,10 +127,26 @@ def test_batches_that_finish_before_the_fan_out_is_written_end_the_run_at_the_fa
     assert run.status == "done"
 
 
+def test_a_batch_delivered_again_counts_once_and_its_next_try_counts_too(db):
+    run = _start()
+    runs.record_fan_out(run_id=run.pk, users_enqueued=4)
+
+    runs.record_batch(run_id=run.pk, tally=_tally(done=2), delivery="lost-ack:0")
+    # Its acknowledgement was lost with the broker: the broker delivers it again, it runs again.
+    runs.record_batch(run_id=run.pk, tally=_tally(done=2), delivery="lost-ack:0")
+    run.refresh_from_db()
+    assert (run.status, run.users_done) == ("running", 2)
+
+    # The same task's retry is another try: its users count.
+    runs.record_batch(run_id=run.pk, tally=_tally(done=2), delivery="lost-ack:1")
+    run.refresh_from_db()
+    assert (run.status, run.users_done) == ("done", 4)
+
+
 def test_a_run_ends_exactly_once(db):
     run = _start()
     runs.record_fan_out(run_id=run.pk, users_enqueued=1)
-    runs.record_batch(run_id=run.pk, tally=_tally(done=1))
+    runs.record_batch(run_id=run.pk, tally=_tally(done=1), delivery="batch-4:0")
 
     assert runs.finish_if_complete(run_id=run.pk) is False
 
