@@ -1,12 +1,18 @@
 """The RabbitMQ server (127.0.0.1:5672 unless RABBITMQ_URL says otherwise) as the tests' broker:
-a virtual host of the suite's own, so its queues are never anybody else's."""
+a virtual host of the suite's own, so its queues are never anybody else's. Tests that restart
+the broker run a private node of their own (PrivateRabbitMQ)."""
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
+import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from kombu import Connection
 
 # guest/guest is RabbitMQ's default user, accepted from loopback only.
@@ -58,8 +64,86 @@ def _rabbitmqctl(*arguments: str, check: bool = True) -> None:
     subprocess.run(["rabbitmqctl", "-q", *arguments], check=check, capture_output=True, timeout=120)
 
 
-def close_connections(url: str) -> None:
-    """Close every connection of the vhost at `url` (none of another vhost's), as a restart of
-    the server would: clients see their connection lost."""
-    vhost = urlsplit(url).path.lstrip("/")
-    _rabbitmqctl("close_all_connections", "--vhost", vhost, "tests: broker restart")
+class PrivateRabbitMQ:
+    """A rabbitmq-server node of the test's own, on free ports, which a test may stop and start
+    again: its directory (queues, logs) outlives a stop, so a restart reloads its durable queues.
+    The shared server is never touched; epmd is shared, the node's name is unique."""
+
+    def __init__(self):
+        if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+            pytest.skip("rabbitmq-server is not installed: no private RabbitMQ node to restart")
+        self.port, self.dist_port = _free_port(), _free_port()
+        self.node = f"tests{os.getpid()}_{self.port}@localhost"
+        # Under /tmp rather than pytest's tmp_path: the server runs as the `rabbitmq` user,
+        # who cannot enter root's private pytest folder.
+        self.directory = Path(tempfile.mkdtemp(prefix=f"rabbitmq-{self.port}-"))
+        # The system's rabbitmq.conf listens on 5672, the shared server's port: our own config.
+        (self.directory / "node.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        )
+        (self.directory / "enabled_plugins").write_text("[].\n")
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.process = None
+
+    def start(self) -> None:
+        """Start the node (run as root, it switches to the `rabbitmq` user, hence the chown)
+        and wait until it accepts AMQP connections."""
+        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.directory)], check=True)
+        environment = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(self.directory / "node.conf"),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(self.directory / "feature_flags"),
+        }
+        # A child process, not `-detached`: a failed start must be seen, not silent.
+        self.process = subprocess.Popen(
+            ["rabbitmq-server"],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"private rabbitmq-server exited; see {self.directory}/log")
+            try:
+                with Connection(self.url, connect_timeout=2) as connection:
+                    connection.connect()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"private rabbitmq-server did not start; see {self.directory}/log")
+
+    def stop(self) -> None:
+        """Stop the node as an operator does (`rabbitmqctl stop`); its data stays on disk."""
+        if self.process and self.process.poll() is None:
+            subprocess.run(
+                ["rabbitmqctl", "-q", "-n", self.node, "stop"], capture_output=True, timeout=120
+            )
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Stop the node, leave it down a second, start it again on the same data."""
+        self.stop()
+        time.sleep(1)
+        self.start()
+
+    def remove(self) -> None:
+        """Stop the node and delete its directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
