@@ -20,6 +20,7 @@ def test_names_are_the_public_strings_operators_read():
         "entitlements.sync_user",
         "entitlements.sync_all_admins",
         "entitlements.sync_domain_admins",
+        "entitlements.sync_organisation_admins",
         "entitlements.sync_users_batch",
         "entitlements.sweep_pending_syncs",
     ]

@@ -17,6 +17,7 @@ from core.entitlements.change_signals import ChangeEvent
 from core.entitlements.receipts import RequestOutcome
 from core.models import EntitlementSyncState, Trigger
 from tests.deploycenter_stub import ALPHA_SIRET
+from tests.support.broker import broker_key
 
 URL = "/api/v1.0/entitlements/changes/"
 TOKEN = "changes-token-0123456789abcdef"
@@ -144,7 +145,7 @@ def test_the_broker_message_is_delayed_and_carries_no_personal_data(
 
     post({"event_type": "account.updated", "account_email": user.email})
 
-    [raw] = broker_queues.client.lrange("signals", 0, -1)
+    [raw] = broker_queues.client.lrange(broker_key("signals"), 0, -1)
     message = json.loads(raw)
     assert message["headers"]["eta"] is not None
     assert b"secret.person" not in raw
