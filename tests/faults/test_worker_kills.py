@@ -1,7 +1,8 @@
 """SIGKILL a worker in the middle of a sync: the pool child running it, 6 times at random
-points (100 with `make test-slow`), and the whole worker (main process and pool, like a lost machine). Every interrupted
-sync completes after the broker redelivers it: no access row duplicated, no grant lost, nobody
-left half-reconciled, and the audit trail records each change exactly once.
+points (100 with `make test-slow`), and the whole worker (main process and pool, like a lost
+machine). Every interrupted sync completes after the broker redelivers it: no access row
+duplicated, no grant lost, nobody left half-reconciled, and the audit trail records each
+change exactly once.
 
 Real `celery -A messages worker` subprocesses (late acks, reject on worker lost), PostgreSQL,
 Redis and the DeployCenter stub over HTTP. Kill points are drawn at random (the seed is printed)
