@@ -1,5 +1,6 @@
 """The local backend: everyone has access, admin domains come from settings or an edited file."""
 
+import re
 import json
 import os
 
@@ -123,7 +124,8 @@ def test_bad_parameters_are_refused(parameters, message):
     ("content", "message"),
     [
         ('{"admins": {}}', "keys among"),
-        ('{\n  "admins_by_email": {},\n}', "(line 3, column 1)"),
+        # Where the error is placed depends on the Python (3.13 points at the comma itself).
+        ('{\n  "admins_by_email": {},\n}', re.compile(r"\(line [23], column \d+\)")),
     ],
     ids=["unknown key", "trailing comma"],
 )
@@ -135,4 +137,4 @@ def test_a_mapping_file_broken_at_start_is_an_invalid_answer(tmp_path, caplog, c
     answer = backend.get_entitlements(user=User(email="a@x.org"), forwarded_claims={})
 
     assert (answer.kind, answer.error_code) == (AnswerKind.INVALID, "mapping_file_invalid")
-    assert message in caplog.text
+    assert message.search(caplog.text) if isinstance(message, re.Pattern) else message in caplog.text
