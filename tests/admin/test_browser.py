@@ -3,6 +3,7 @@ Procfile's gunicorn with WhiteNoise, DEBUG off) against the test database, in De
 chromium. Every page must be styled and load every static file; a screenshot of each is kept."""
 
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -16,9 +17,9 @@ import requests
 import yaml
 from django.conf import settings
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
-from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -243,10 +244,8 @@ def test_operator_pages_are_styled_and_serve_every_static_file(web_server, brows
     browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
     # The click returns once the form is sent, not once the next page is there.
-    try:
+    with contextlib.suppress(TimeoutException):
         WebDriverWait(browser, 30).until(lambda driver: driver.current_url.endswith("/admin/"))
-    except TimeoutException:
-        pass
     assert browser.current_url == f"{web_server}/admin/", "the operator could not log in"
     _responses(browser)  # the login's own: the index is opened again below
     run = operator_world["run"]

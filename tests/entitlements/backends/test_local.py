@@ -1,8 +1,8 @@
 """The local backend: everyone has access, admin domains come from settings or an edited file."""
 
-import re
 import json
 import os
+import re
 
 import pytest
 
@@ -137,4 +137,7 @@ def test_a_mapping_file_broken_at_start_is_an_invalid_answer(tmp_path, caplog, c
     answer = backend.get_entitlements(user=User(email="a@x.org"), forwarded_claims={})
 
     assert (answer.kind, answer.error_code) == (AnswerKind.INVALID, "mapping_file_invalid")
-    assert message.search(caplog.text) if isinstance(message, re.Pattern) else message in caplog.text
+    found = (
+        message.search(caplog.text) if isinstance(message, re.Pattern) else message in caplog.text
+    )
+    assert found
