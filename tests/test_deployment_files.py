@@ -4,6 +4,7 @@ through the settings)."""
 
 import json
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -422,3 +423,20 @@ def test_the_lock_matches_pyprojects_pins_and_build_requirements():
     for line in pyproject["build-system"]["requires"]:
         requirement = Requirement(line)
         assert requirement.specifier.contains(pins[canonicalize_name(requirement.name)][0])
+
+
+def test_no_tracked_file_holds_a_merges_conflict_markers():
+    # A conflict resolved in haste once left its markers in docs/performance.md: the file still
+    # rendered, so nothing else would have told.
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    marker = re.compile(rb"^(<{7} |={7}$|>{7} )", re.MULTILINE)
+    with_markers = [
+        name.decode()
+        for name in tracked
+        if name
+        and (ROOT / name.decode()).is_file()
+        and marker.search((ROOT / name.decode()).read_bytes())
+    ]
+    assert with_markers == []
