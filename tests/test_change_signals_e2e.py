@@ -169,9 +169,8 @@ def test_a_signal_alone_changes_nothing(world, settings):
 
 def test_a_storm_of_signals_costs_at_most_two_upstream_calls_per_user(world, settings):
     """1,000 signals for 100 users, sent by 8 concurrent senders, round-robin (each user's
-    signals spread over the whole storm). Whatever the storm's length up to settle + recheck
-    (22 s; it takes a few seconds here), each user is asked by a settled sync and once more at
-    most: by the recheck, or by one sync at the end of its recheck window."""
+    signals spread over the whole storm). Each user is asked by their round's settled sync and
+    once more at most, by its recheck (20 s after the user's last signal)."""
     settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 40.0
     settings.ENTITLEMENTS_RATE_LIMIT_BURST = 10
     emails = [f"storm-{number}@alpha.example.org" for number in range(100)]
@@ -207,15 +206,14 @@ def test_a_storm_of_signals_costs_at_most_two_upstream_calls_per_user(world, set
         sender.join()
     sent_in = time.monotonic() - started
     assert statuses == {202: 1000}
-    assert sent_in < 22, f"the storm took {sent_in:.1f} s: longer than settle + recheck"
 
     wait_until(
         lambda: all(admin_domains(user) == {ALPHA} for user in users[:50]),
         timeout=60,
         message="the new admins' rights",
     )
-    # Every settled sync, recheck and window-end sync is due by then.
-    time.sleep(22 + 3 - (time.monotonic() - started))
+    # Every settled sync and recheck is due by then.
+    time.sleep(max(0.0, sent_in + 20 + 3 - (time.monotonic() - started)))
     wait_until(
         lambda: (
             not EntitlementSyncState.objects.filter(
@@ -248,7 +246,7 @@ def test_a_storm_of_signals_costs_at_most_two_upstream_calls_per_user(world, set
 
 
 def test_a_slow_storm_still_costs_two_upstream_calls_per_user_and_loses_no_change(world, settings):
-    """Each user's signals spread over three times settle + recheck: their round's recheck
+    """Each user's signals spread over four times settle + recheck: their round's recheck
     waits for them to pause, so each user is asked twice however long the storm (up to the
     cap). A change made visible just after a user's last signal still lands (by the recheck)."""
     settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS = 0.5
@@ -261,9 +259,9 @@ def test_a_slow_storm_still_costs_two_upstream_calls_per_user_and_loses_no_chang
 
     started = time.monotonic()
     with requests.Session() as session:
-        # 10 signals a user, one every 0.6 s: 6 s, three times settle + recheck.
+        # 10 signals a user, one every 0.8 s: 8 s, four times settle + recheck.
         for number in range(200):
-            time.sleep(max(0.0, started + number * 0.03 - time.monotonic()))
+            time.sleep(max(0.0, started + number * 0.04 - time.monotonic()))
             answer = session.post(
                 url,
                 json={"event_type": "account.updated", "account_email": emails[number % 20]},
