@@ -21,11 +21,13 @@ _VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?:(?P<colon>:?)-(?P<default>[^}]*))?\
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """One `celery worker` process: its node name, queues and prefork concurrency."""
+    """One `celery worker` process: its node name, queues, prefork concurrency and the
+    niceness it runs at (`nice -n N` before `celery`)."""
 
     name: str
     queues: tuple[str, ...]
     concurrency: int
+    niceness: int = 0
 
 
 def expand(command: str, environ: Mapping[str, str]) -> str:
@@ -55,6 +57,9 @@ def worker_spec(process: str, command: str) -> WorkerSpec | None:
     argv = shlex.split(command)
     if argv[: len(RESPAWN)] == RESPAWN:
         argv = argv[len(RESPAWN) :]
+    niceness = 0
+    if argv[:2] == ["nice", "-n"]:
+        niceness, argv = int(argv[2]), argv[3:]
     if argv[: len(_WORKER_PROGRAM)] != _WORKER_PROGRAM:
         return None
     options = _options(argv[len(_WORKER_PROGRAM) :])
@@ -69,6 +74,7 @@ def worker_spec(process: str, command: str) -> WorkerSpec | None:
         name=hostname.split("@", 1)[0],
         queues=tuple(queues.split(",")),
         concurrency=int(concurrency),
+        niceness=niceness,
     )
 
 

@@ -30,10 +30,13 @@ class Mode:
     # Asks timed per large malformed answer (figure 9).
     bad_input_repeat: int = 5
     # Figure 10: account signals timed (idle, and as many during a full run at most), the
-    # admins of the signalled organisation, signals sent at 1,000/s to time the endpoint.
+    # admins of the signalled organisation; the endpoint's open-loop offered rates (signals a
+    # second, each for this many seconds) and the gunicorn (workers, threads) it is timed with.
     signal_probes: int = 100
     signal_organisation_admins: int = 1000
-    signal_endpoint_signals: int = 2000
+    signal_endpoint_rates: tuple[float, ...] = (250, 500, 1000)
+    signal_endpoint_seconds: float = 4
+    signal_endpoint_webs: tuple[tuple[int, int], ...] = ((2, 4), (2, 1), (4, 4))
     writes_docs: bool = True
     # Seconds to let PostgreSQL's statistics settle before counting access rows written:
     # backends report when idle, within 10 s. CI's smoke run only checks the figure exists.
@@ -54,7 +57,9 @@ MODES = {
         bad_input_repeat=1,
         signal_probes=10,
         signal_organisation_admins=50,
-        signal_endpoint_signals=200,
+        signal_endpoint_rates=(100,),
+        signal_endpoint_seconds=1,
+        signal_endpoint_webs=((2, 4),),
         writes_docs=False,
         stats_settle_seconds=1,
     ),

@@ -31,6 +31,7 @@ from bench.signals import (
     by_signal,
     change_to_rights,
     logins_during,
+    offered_load,
     organisation_fan_out,
     settle_and_recheck_seconds,
     synced_probes,
@@ -157,7 +158,16 @@ def run_all(
             stub.control(latency=RESYNC_LATENCY_MS / 1000, generation=0)
             web = WebProcess(env=worker_env, log=log_dir / "web.log")
             try:
-                _signals(mode, figures, stub, redis_server, workers, Signals(web.url))
+                _signals(
+                    mode,
+                    figures,
+                    stub,
+                    redis_server,
+                    workers,
+                    Signals(web.url),
+                    web_env=worker_env,
+                    log_dir=log_dir,
+                )
             finally:
                 web.stop()
 
@@ -299,7 +309,60 @@ def _full_runs(mode, figures, stub, redis_server, workers) -> None:
     figures.add_run("unchanged", unchanged, bulk=bulk.spec.name)
 
 
-def _signals(mode, figures, stub, redis_server, workers, signals: Signals) -> None:
+def _endpoint_load(
+    mode, figures, redis_server, workers, users: list[User], *, web_env: dict, log_dir: Path
+) -> None:
+    """The endpoint's latency at open-loop offered rates, and its CPU per signal by part, with
+    each gunicorn layout of `mode.signal_endpoint_webs` (the first is the Procfile's)."""
+    database = f" {settings.DATABASES['default']['NAME']} "
+    emails = [user.email for user in users]
+    for web_workers, threads in mode.signal_endpoint_webs:
+        web = WebProcess(
+            env=web_env,
+            log=log_dir / f"web-{web_workers}x{threads}.log",
+            workers=web_workers,
+            threads=threads,
+        )
+        watched = {
+            "web": web.tree,
+            "postgres": lambda: [
+                process
+                for process in psutil.process_iter(["name", "cmdline"])
+                if process.info["name"] == "postgres"
+                and database in " ".join(process.info["cmdline"] or ())
+            ],
+            "redis": lambda: [psutil.Process(redis_server.process.pid)],
+        }
+        try:
+            for rate in mode.signal_endpoint_rates:
+                load = offered_load(
+                    url=web.url,
+                    emails=emails,
+                    rate=rate,
+                    seconds=mode.signal_endpoint_seconds,
+                    cpu_watch=watched,
+                )
+                prefix = f"signal_endpoint_{web_workers}w{threads}t_{int(rate)}_per_s"
+                for name in (
+                    "answered_202_per_s",
+                    "ms_p50",
+                    "ms_p99",
+                    "ms_max",
+                    "sender_cpu_s",
+                    "cpu_ms_per_signal_web",
+                    "cpu_ms_per_signal_postgres",
+                    "cpu_ms_per_signal_redis",
+                ):
+                    figures.add(f"{prefix}_{name}", load[name])
+                figures.add(f"{prefix}_not_202", load["signals"] - load["statuses"].get("202", 0))
+                wait_until_idle(redis_server, workers)
+        finally:
+            web.stop()
+
+
+def _signals(
+    mode, figures, stub, redis_server, workers, signals: Signals, *, web_env: dict, log_dir: Path
+) -> None:
     """Figure 9: change signals, among `mode.users` users, through the web as shipped."""
     present = User.objects.filter(sub__startswith="user-").count()
     data.create_users(kind="user", indexes=range(present, mode.users))
@@ -363,15 +426,8 @@ def _signals(mode, figures, stub, redis_server, workers, signals: Signals) -> No
     figures.add_percentiles("signal_storm_login_to_rights", "ms_during", during_storm)
     wait_until_idle(redis_server, workers)
 
-    timings, seconds = signal_storm(
-        signals=signals,
-        users=storm_users,
-        count=mode.signal_endpoint_signals,
-        seconds=mode.signal_endpoint_signals / 1000,
-        threads=32,
+    _endpoint_load(
+        mode, figures, redis_server, workers, storm_users, web_env=web_env, log_dir=log_dir
     )
-    figures.add("signal_endpoint_paced_per_s", 1000)
-    figures.add("signal_endpoint_achieved_per_s", len(timings) / seconds)
-    figures.add_percentiles("signal_endpoint", "ms_at_1000_per_s", timings)
     for kind in ("sigstorm", "sigstormlogin", "org"):
         data.delete_users(kind=kind)

@@ -110,7 +110,7 @@ CHANGES_TOKEN = "benchmark-changes-token-0123456789"
 class WebProcess:
     """The web as the Procfile runs it (gunicorn, messages.wsgi) on a free port."""
 
-    def __init__(self, *, env: dict[str, str], log: Path, workers: int = 2):
+    def __init__(self, *, env: dict[str, str], log: Path, workers: int = 2, threads: int = 4):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._log = log.open("w")
@@ -124,6 +124,8 @@ class WebProcess:
                 f"127.0.0.1:{port}",
                 "--workers",
                 str(workers),
+                "--threads",
+                str(threads),
             ],
             cwd=REPO,
             env={**env, "DJANGO_SECURE_SSL_REDIRECT": "false"},
@@ -136,6 +138,11 @@ class WebProcess:
                 self.stop()
                 raise BenchSetupError(f"the web did not start (see {log})")
             time.sleep(0.2)
+
+    def tree(self) -> list[psutil.Process]:
+        """gunicorn's arbiter and its workers."""
+        main = psutil.Process(self.process.pid)
+        return [main, *main.children(recursive=True)]
 
     def _answers(self) -> bool:
         try:
@@ -213,8 +220,10 @@ def start_worker(*, spec: WorkerSpec, env: dict[str, str], log_dir: Path) -> Wor
     """Start a worker with the project's Celery app and settings plus the benchmark's probe."""
     log_path = log_dir / f"worker-{spec.name}.log"
     log = log_path.open("a")
+    nice = ["nice", "-n", str(spec.niceness)] if spec.niceness else []
     process = subprocess.Popen(
         [
+            *nice,
             sys.executable,
             "-m",
             "celery",

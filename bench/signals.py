@@ -5,6 +5,10 @@ admins all asked; a storm of 1,000 signals for 100 users with logins timed meanw
 endpoint's latency under a paced 1,000 signals/s.
 """
 
+import json
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +21,8 @@ from django.utils import timezone
 
 from bench import data
 from bench.logins import GrantListener, login_to_rights
-from bench.services import CHANGES_TOKEN
+from bench.resync import cpu_snapshot, cpu_used
+from bench.services import CHANGES_TOKEN, REPO
 from bench.stub import ORGANISATION_SIRET
 from core.entitlements import sync_user_entitlements
 from core.models import AccessAuditEntry, EntitlementSyncState, Trigger, User
@@ -180,3 +185,39 @@ def settle_and_recheck_seconds() -> float:
     return (
         settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS + settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS
     ) + 5
+
+
+def offered_load(
+    *, url: str, emails: list[str], rate: float, seconds: float, cpu_watch: dict
+) -> dict:
+    """Offer `rate` account signals a second for `seconds` from a sender process of its own
+    (bench.signal_load, open loop); its figures, plus the CPU milliseconds each part in
+    `cpu_watch` used per signal answered."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+        listing.write("\n".join(emails))
+        listing.flush()
+        before = {name: cpu_snapshot(processes()) for name, processes in cpu_watch.items()}
+        sender = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.signal_load",
+                f"--url={url + CHANGES_PATH}",
+                f"--token={CHANGES_TOKEN}",
+                f"--rate={rate}",
+                f"--seconds={seconds}",
+                f"--emails={listing.name}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 120,
+        )
+        after = {name: cpu_snapshot(processes()) for name, processes in cpu_watch.items()}
+    figures = json.loads(sender.stdout)
+    answered = figures["statuses"].get("202", 0)
+    for name in cpu_watch:
+        used = cpu_used(before[name], after[name])
+        figures[f"cpu_ms_per_signal_{name}"] = used * 1000 / answered if answered else 0.0
+    return figures

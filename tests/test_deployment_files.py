@@ -35,6 +35,7 @@ EXTERNAL_VARIABLES = {
     "FLOWER_ADDRESS",
     "FLOWER_PORT",
     "WEB_CONCURRENCY",
+    "WEB_THREADS",
     "INTERACTIVE_WORKER_CONCURRENCY",
     "SIGNALS_WORKER_CONCURRENCY",
     "BULK_WORKER_CONCURRENCY",
@@ -114,8 +115,18 @@ def test_every_procfile_process_has_a_service_running_the_same_program(services)
 def test_a_dead_worker_is_started_again_by_make_run_and_by_compose(services):
     procfile = procfile_processes()
     for name in WORKERS:
-        assert procfile[name].startswith(" ".join(RESPAWN) + " celery "), name
+        command = procfile[name].removeprefix(" ".join(RESPAWN) + " ")
+        # The bulk worker runs niced, so the signals' and logins' syncs get the CPU first.
+        assert command.removeprefix("nice -n 10 ").startswith("celery "), name
+        assert command != procfile[name], f"{name} runs under {RESPAWN}"
         assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_the_bulk_worker_runs_niced_in_the_procfile_compose_and_the_benchmark(services):
+    procfile = procfile_processes()
+    for name, niceness in (("worker-bulk", 10), ("worker-interactive", 0), ("worker-signals", 0)):
+        assert worker_spec(name, expand(procfile[name], {})).niceness == niceness
+        assert worker_spec(name, interpolate(command_of(services[name]))).niceness == niceness
 
 
 def test_the_procfile_splits_the_workers_by_queue():

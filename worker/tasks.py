@@ -8,6 +8,7 @@ shows it failed; it is an expected outcome (`throws`): no traceback, no Sentry e
 """
 
 import logging
+import time
 
 from celery import shared_task
 from django.conf import settings
@@ -22,7 +23,9 @@ from core.entitlements.change_signals import (
     RecheckDecision,
     after_signal_sync,
     organisation_recheck,
+    postpone_signal_sync,
     run_organisation_resync,
+    signal_sync_starting,
 )
 from core.locks import SYNC_USER_TIME_LIMIT
 from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState, SyncRun, Trigger, User
@@ -59,15 +62,28 @@ def sync_user(
     trigger: Trigger,
     signalled_at: float | None = None,
     recheck: bool = False,
+    signal_phase: str | None = None,
 ) -> dict:
     """Sync one user's admin accesses; retry while the upstream is down or another sync runs.
 
-    A change signal's sync passes when the signal arrived, and `recheck` for its first sync
-    (after_signal_sync). Raises SyncNotApplied, after recording, when no authoritative answer
-    was applied. A sync skipped because another held the user's lock ends `skipped`
-    (`locked`) once the retries are spent: its request stays recorded for the sweep.
+    A change signal's sync passes when the signal arrived and which ask of its round it is
+    (`signal_phase`, shown in Flower; `recheck` is how a task sent before rounds said it):
+    its round decides whether it asks now or waits for the user's signals to pause, and what
+    follows it (after_signal_sync). Raises SyncNotApplied, after recording, when no
+    authoritative answer was applied. A sync skipped because another held the user's lock ends
+    `skipped` (`locked`) once the retries are spent: its request stays recorded for the sweep.
     """
     retries = self.request.retries
+    if trigger == Trigger.CHANGE_SIGNAL:
+        phase, wait = signal_sync_starting(user_id=user_id)
+        if wait:
+            postpone_signal_sync(
+                user_id=user_id,
+                seconds=wait,
+                task_kwargs={"signalled_at": signalled_at, "signal_phase": phase},
+            )
+            return _not_synced(user_id, trigger, status=Status.PENDING, reason="postponed")
+        asked_at = time.time()
     try:
         result = sync_user_entitlements(
             user_id=user_id, trigger=trigger, task_id=self.request.id or ""
@@ -78,13 +94,17 @@ def sync_user(
         if may_retry(retries=retries):
             raise self.retry(countdown=retry_countdown(retries=retries))
         logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
+    if trigger == Trigger.CHANGE_SIGNAL:
+        after_signal_sync(
+            user_id=user_id,
+            result=result,
+            signalled_at=signalled_at,
+            phase=phase,
+            asked_at=asked_at,
+        )
     # A sync that applied no authoritative answer: the task ends failed (SyncNotApplied).
     if result.status in FAILED_SYNC_STATUSES:
         raise _not_applied(user_id, trigger, result.status, result.error_code)
-    if trigger == Trigger.CHANGE_SIGNAL:
-        after_signal_sync(
-            user_id=user_id, result=result, signalled_at=signalled_at, recheck=recheck
-        )
     return result.as_dict()
 
 

@@ -6,32 +6,39 @@ so the change may not be visible yet: a signal's sync asks after ENTITLEMENTS_CH
 and, when that answer changed nothing, once more ENTITLEMENTS_CHANGE_RECHECK_SECONDS later.
 An account's signal syncs the local user with that e-mail; a subscription's signal runs a resync
 of every local user whose stored siret claim is the organisation's (a run, with its revocation
-budget). Repeated signals for a user or an organisation collapse while their sync is waiting,
-and a user's signals inside the window of their settled sync (until its recheck is due) are
-served by one sync at its end: at most two upstream calls per user for a bulk change shorter
-than settle + recheck.
+budget). A user's signals join a round of two asks, a settled sync and a recheck that waits for
+the signals to pause (core/entitlements/signal_rounds.py): two upstream calls per user for a
+bulk change. An organisation's signals collapse while its run is waiting.
 """
 
 import enum
 import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+import sentry_sdk
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
 from core import metrics
-from core.entitlements import fan_out
+from core.entitlements import fan_out, signal_rounds
 from core.entitlements.errors import EntitlementsError
 from core.entitlements.receipts import RequestOutcome
 from core.entitlements.results import SyncResult
 from core.entitlements.runs import batch_expiry_seconds
 from core.entitlements.sync_requests import request_organisation_resync, request_sync
-from core.models import SyncRun, Trigger, User
-from core.selectors import find_user, organisation_siret_of, users_of_organisation
+from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState, SyncRun, Trigger, User
+from core.selectors import find_user_id, organisation_siret_of, users_of_organisation
+from core.task_names import TaskName
+
+logger = logging.getLogger(__name__)
+SyncState = EntitlementSyncState.Status
 
 
 class ChangeEvent(enum.StrEnum):
@@ -165,25 +172,77 @@ def record_refused_signal() -> None:
     metrics.change_signal_received(event_type=metrics.OTHER, result="refused")
 
 
-def after_signal_sync(
-    *, user_id: str, result: SyncResult, signalled_at: float | None, recheck: bool
-) -> None:
-    """Follow a change signal's sync of one user: time a change, or ask once more later.
+def signal_sync_starting(*, user_id: str) -> tuple[signal_rounds.Phase, float]:
+    """Which of its round's asks a change signal's sync is about to make, and the seconds it
+    must wait first (a recheck waits for the user's signals to pause; 0: ask now).
 
-    An answer that changed nothing may predate the change (DeployCenter had not committed it
-    yet): the first sync of a signal (`recheck`) then requests one more, which does not.
+    Read from the round, not from the task: a sync the sweep sent, or one a signal's request
+    collapsed into, serves whichever ask the round is waiting for.
     """
-    if result.changed:
-        if signalled_at is not None:
-            metrics.change_applied(seconds=max(0.0, time.time() - signalled_at))
-        return
-    if recheck:
-        request_sync(
-            user=User(pk=user_id),
-            trigger=Trigger.CHANGE_SIGNAL,
-            delay_seconds=settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS,
-            task_kwargs={"signalled_at": signalled_at},
+    now = time.time()
+    if signal_rounds.recheck_is_next(user_id=user_id):
+        return signal_rounds.Phase.RECHECK, signal_rounds.recheck_starting(user_id=user_id, now=now)
+    signal_rounds.settled_ask_starting(user_id=user_id, now=now)
+    return signal_rounds.Phase.SETTLE, 0.0
+
+
+def postpone_signal_sync(*, user_id: str, seconds: float, task_kwargs: dict) -> None:
+    """Send a recheck again, due in `seconds` (the user's signals have not paused yet).
+
+    Its row records the new due time, so the sweep leaves it alone until then; if the broker
+    cannot be reached, the request recorded on the row is the sweep's to send.
+    """
+    due = timezone.now() + timedelta(seconds=seconds)
+    EntitlementSyncState.objects.filter(user_id=user_id).update(enqueued_at=due)
+    try:
+        current_app.send_task(
+            TaskName.SYNC_USER,
+            args=[str(user_id), Trigger.CHANGE_SIGNAL],
+            kwargs=task_kwargs,
+            countdown=seconds,
         )
+    except Exception as error:
+        logger.warning("recheck of user %s not enqueued (%s)", user_id, type(error).__name__)
+        sentry_sdk.capture_exception(error)
+
+
+def after_signal_sync(
+    *,
+    user_id: str,
+    result: SyncResult,
+    signalled_at: float | None,
+    phase: signal_rounds.Phase,
+    asked_at: float,
+) -> None:
+    """Follow a change signal's sync of one user: time a change, request its round's next ask.
+
+    A sync that could not ask (the upstream down, the user's lock held through every retry)
+    ends its round and requests nothing: it did not ask, so no later sync can stand for its
+    recheck. The user's request stays recorded on their row for the sweep (a lock held) or the
+    periodic run (the upstream down), and the user's next signal opens a new round.
+    """
+    if result.changed and signalled_at is not None:
+        metrics.change_applied(seconds=max(0.0, time.time() - signalled_at))
+    now = time.time()
+    if result.status in FAILED_SYNC_STATUSES or result.status == SyncState.SKIPPED:
+        signal_rounds.end_without_ask(user_id=user_id)
+        return
+    if phase is signal_rounds.Phase.SETTLE:
+        plan = signal_rounds.settled_ask_ended(
+            user_id=user_id, asked_at=asked_at, changed=result.changed, now=now
+        )
+    else:
+        plan = signal_rounds.recheck_ended(user_id=user_id, asked_at=asked_at, now=now)
+    if plan is None:
+        return
+    request = request_sync(
+        user=User(pk=user_id),
+        trigger=Trigger.CHANGE_SIGNAL,
+        delay_seconds=plan.delay_seconds,
+        task_kwargs={"signalled_at": signalled_at, "signal_phase": plan.phase},
+    )
+    if request.outcome is RequestOutcome.NOT_SENT:
+        signal_rounds.abandon(user_id=user_id)
 
 
 class RecheckDecision(enum.StrEnum):
@@ -229,34 +288,32 @@ def organisation_scope_key(siret: str) -> str:
 
 
 def _signal_account(signal: ChangeSignal) -> SignalReceipt:
-    """Request a settled sync of the local user the account names, if there is one."""
+    """Join the user's round of signals, or open one and request its settled sync.
+
+    A signal that joins a round costs a lookup and two cache writes: no database write.
+    """
     if signal.account_email:
-        user = find_user(email=signal.account_email)
+        user_id = find_user_id(email=signal.account_email)
     elif signal.account_external_id:
-        user = User.objects.filter(sub=signal.account_external_id).first()
+        user_id = (
+            User.objects.filter(sub=signal.account_external_id).values_list("pk", flat=True).first()
+        )
     else:
-        user = None
-    if user is None:
+        user_id = None
+    if user_id is None:
         return SignalReceipt(result=SignalResult.NO_USER)
     now = time.time()
-    settle = settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS
-    # A settled sync opens the user's window, until its recheck is due. Inside it, one sync at
-    # the window's end (the recheck itself when one is waiting) serves every further signal:
-    # a bulk change in DeployCenter shorter than the window costs at most two calls per user,
-    # and a change signalled then still lands within settle + recheck.
-    window_end = cache.get(_window_key(user.pk))
-    in_window = window_end is not None and window_end > now
+    if not signal_rounds.join_or_open(user_id=user_id, now=now):
+        return SignalReceipt(result=SignalResult.COLLAPSED, users=1)
     request = request_sync(
-        user=user,
+        user=User(pk=user_id),
         trigger=Trigger.CHANGE_SIGNAL,
-        delay_seconds=max(settle, window_end - now) if in_window else settle,
-        task_kwargs={"signalled_at": now, "recheck": not in_window},
+        delay_seconds=settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS,
+        task_kwargs={"signalled_at": now, "signal_phase": signal_rounds.Phase.SETTLE},
     )
     if request.outcome is RequestOutcome.COLLAPSED:
+        # A change signal's sync not due yet (one the sweep sent) serves as the round's.
         return SignalReceipt(result=SignalResult.COLLAPSED, users=1)
-    if not in_window:
-        window = settle + settings.ENTITLEMENTS_CHANGE_RECHECK_SECONDS
-        cache.set(_window_key(user.pk), now + window, timeout=math.ceil(window))
     return SignalReceipt(result=SignalResult.REQUESTED, users=1)
 
 
@@ -284,11 +341,6 @@ def _signal_organisation(signal: ChangeSignal) -> SignalReceipt:
         cache.delete(pending_key)
         return SignalReceipt(result=SignalResult.NOT_SENT, organisation_run="not_sent")
     return SignalReceipt(result=SignalResult.REQUESTED, organisation_run="queued")
-
-
-def _window_key(user_id) -> str:
-    """The cache key of a user's recheck window: when it ends (epoch seconds)."""
-    return f"change-signal:window:{user_id}"
 
 
 def _digest(value: str) -> str:
