@@ -104,8 +104,9 @@ class SizedRun:
     run: Any = None
     # Cut short by --large-run-minutes: its figures are those of the part that ran.
     cut_short: bool = False
-    # (seconds since the run started, users counted)
+    # (seconds since the run started, users counted): printed, and every half second.
     progress: list[tuple[float, int]] = field(default_factory=list)
+    samples: list[tuple[float, int]] = field(default_factory=list)
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_average_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -302,6 +303,7 @@ def _follow(run, sized: SizedRun, *, every: float, cut_after: float | None):
         run.refresh_from_db()
         elapsed = (timezone.now() - run.started_at).total_seconds()
         counted = run.users_done + run.users_failed + run.users_skipped
+        sized.samples.append((elapsed, counted))
         if run.status != SyncRun.Status.RUNNING:
             sized.progress.append((elapsed, counted))
             return None
@@ -313,12 +315,24 @@ def _follow(run, sized: SizedRun, *, every: float, cut_after: float | None):
                 f"users counted ({counted / elapsed:.0f} users/s so far; {enqueued}), "
                 f"load average {_load(os.getloadavg())}"
             )
-            next_line += every
+            while next_line <= elapsed:
+                next_line += every
         if cut_after is not None and elapsed >= cut_after:
             sized.progress.append((elapsed, counted))
             _say(f"{sized.label} run cut short after {elapsed:.0f} s: {counted:,} users counted")
             return elapsed, copy.copy(run)
         time.sleep(0.5)
+
+
+def steady_rate(sized: SizedRun) -> float:
+    """Users/s between the samples at 10 % and 90 % of the users: the run without its start
+    (workers warming up, the fan-out's first batches) and its tail (the last batches)."""
+    samples = sized.samples
+    low = next((s for s in samples if s[1] >= 0.1 * sized.users), None)
+    high = next((s for s in reversed(samples) if s[1] <= 0.9 * sized.users), None)
+    if low is None or high is None or high[0] <= low[0]:
+        return 0.0
+    return (high[1] - low[1]) / (high[0] - low[0])
 
 
 def _wait_for(fetch, seconds: float):
@@ -361,6 +375,7 @@ def _summary(sizes: list[SizedRun], *, bulk: str, growing: int) -> str:
     row("users timed", [f"{sized.run.users:,}" for sized in sizes])
     row("run (s)", [f"{sized.run.seconds:.0f}" for sized in sizes])
     row("users/s", [f"{sized.run.users_per_s:.1f}" for sized in sizes])
+    row("users/s from 10 % to 90 %", [f"{steady_rate(sized):.1f}" for sized in sizes])
     row("bulk worker peak RSS (MB)", [f"{s.run.worker_peak_rss[bulk] / MB:.0f}" for s in sizes])
     row("fan-out peak RSS (MB)", [f"{s.run.fanout_peak_rss / MB:.0f}" for s in sizes])
     for part in ("workers", "postgres"):
@@ -374,11 +389,12 @@ def _summary(sizes: list[SizedRun], *, bulk: str, growing: int) -> str:
         lines.append("the large run was cut short: its figures are those of the part that ran")
     for small in (small_before, small_after):
         speed = large.run.users_per_s / small.run.users_per_s
+        steady = steady_rate(large) / (steady_rate(small) or 1)
         worker = large.run.worker_peak_rss[bulk] / small.run.worker_peak_rss[bulk]
         fanout = large.run.fanout_peak_rss / small.run.fanout_peak_rss
         lines.append(
-            f"large over {small.label}: users/s {speed:.3f}, bulk worker RSS {worker:.3f}, "
-            f"fan-out RSS {fanout:.3f}"
+            f"large over {small.label}: users/s {speed:.3f} (10 % to 90 %: {steady:.3f}), "
+            f"bulk worker RSS {worker:.3f}, fan-out RSS {fanout:.3f}"
         )
     lines.append(f"statements of a batch whose plan grows with the tables: {growing}")
     series = ", ".join(f"{elapsed / 60:.1f} min {counted:,}" for elapsed, counted in large.progress)
