@@ -36,7 +36,7 @@ class Mode:
     signal_organisation_admins: int = 1000
     signal_endpoint_rates: tuple[float, ...] = (250, 500, 1000)
     signal_endpoint_seconds: float = 4
-    signal_endpoint_webs: tuple[tuple[int, int], ...] = ((2, 4), (2, 1), (4, 4))
+    signal_endpoint_webs: tuple[tuple[int, int], ...] = ((2, 1), (4, 1), (4, 4))
     writes_docs: bool = True
     # Seconds to let PostgreSQL's statistics settle before counting access rows written:
     # backends report when idle, within 10 s. CI's smoke run only checks the figure exists.
@@ -59,7 +59,7 @@ MODES = {
         signal_organisation_admins=50,
         signal_endpoint_rates=(100,),
         signal_endpoint_seconds=1,
-        signal_endpoint_webs=((2, 4),),
+        signal_endpoint_webs=((2, 1),),
         writes_docs=False,
         stats_settle_seconds=1,
     ),

@@ -110,7 +110,7 @@ CHANGES_TOKEN = "benchmark-changes-token-0123456789"
 class WebProcess:
     """The web as the Procfile runs it (gunicorn, messages.wsgi) on a free port."""
 
-    def __init__(self, *, env: dict[str, str], log: Path, workers: int = 2, threads: int = 4):
+    def __init__(self, *, env: dict[str, str], log: Path, workers: int = 2, threads: int = 1):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._log = log.open("w")

@@ -2,6 +2,7 @@
 test Redis and PostgreSQL), with the engine and a scripted upstream."""
 
 import gc
+import time
 import uuid
 
 import psutil
@@ -10,6 +11,8 @@ from django.db import connection
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from core.entitlements import signal_rounds
+from core.entitlements.change_signals import ChangeEvent, ChangeSignal, receive_change_signal
 from core.entitlements.sync_requests import request_sync
 from core.locks import run_lock, user_lock
 from core.models import (
@@ -18,6 +21,7 @@ from core.models import (
     MailDomainAccess,
     SyncRun,
 )
+from core.task_names import TaskName
 from tests.support import wait_until
 from worker.tasks import SyncNotApplied
 
@@ -122,6 +126,32 @@ class TestSyncUser:
         assert (result["status"], result["error_code"]) == ("skipped", "locked")
         state = EntitlementSyncState.objects.get(user=user)
         assert state.started_at is None, "never synced, so still outstanding for the sweep"
+
+    def test_a_change_signals_sync_locked_out_requests_no_recheck_and_ends_its_round(
+        self, worker, scripted_upstream, make_user, fast_retries, settings
+    ):
+        """Its lock held through every retry, the signal's settled sync never asked: it sends
+        no recheck (which would count as the signal's last ask), the request stays
+        outstanding for the sweep, and the user's next signal opens a new round."""
+        settings.ENTITLEMENTS_SYNC_MAX_RETRIES = 2
+        settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS = 0.0
+        user = make_user()
+        signal = ChangeSignal(event=ChangeEvent.ACCOUNT_UPDATED, account_email=user.email)
+        with user_lock(user.pk) as held:
+            assert held
+            assert receive_change_signal(signal=signal).result == "requested"
+            syncs = TaskResult.objects.filter(task_name=TaskName.SYNC_USER)
+            wait_until(
+                lambda: syncs.filter(status="SUCCESS").exists(),
+                message="the signal's sync to give up",
+            )
+        [done] = syncs
+        assert '"locked"' in done.result
+
+        state = EntitlementSyncState.objects.get(user=user)
+        assert state.started_at is None, "never synced, so still outstanding for the sweep"
+        assert state.enqueued_at <= timezone.now(), "no recheck requested for later"
+        assert signal_rounds.join_or_open(user_id=user.pk, now=time.time()), "a new round"
 
     def test_stops_when_a_running_sync_started_after_the_request(
         self, worker, scripted_upstream, make_user
