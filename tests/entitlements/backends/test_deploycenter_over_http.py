@@ -58,6 +58,18 @@ def test_request_carries_service_auth_and_no_authorization(backend, deploycenter
     assert request["query"]["account_email"] == ["admin@alpha.example.org"]
 
 
+def test_requests_carry_the_headers_a_requests_session_sends(backend, deploycenter_stub):
+    _ask(backend)
+    _ask(backend)
+
+    for request in deploycenter_stub.requests:
+        headers = request["headers"]
+        assert headers["User-Agent"].startswith("python-requests/")
+        assert headers["Accept"] == "application/json"
+        assert "gzip" in headers["Accept-Encoding"]
+    assert len(deploycenter_stub.requests) == 2
+
+
 def test_even_at_debug_level_no_log_carries_the_email_or_the_claim(backend, caplog):
     # The request line (urllib3 logs it at DEBUG) carries both in its query string.
     caplog.set_level(logging.DEBUG)
