@@ -264,8 +264,16 @@ def _store_and_release(fetched: list[FetchedUser]) -> None:
     """
     try:
         cache.store_entries([item.to_cache for item in fetched if item.to_cache is not None])
+    except SoftTimeLimitExceeded:
+        # The batch stops (its users retry), with their locks freed all the same.
+        _release(fetched)
+        raise
     except Exception:
         logger.warning("answers of %d users not cached", len(fetched), exc_info=True)
+    _release(fetched)
+
+
+def _release(fetched: list[FetchedUser]) -> None:
     release_all(item.lock for item in fetched if item.lock is not None)
     for item in fetched:
         item.lock = None

@@ -8,6 +8,8 @@ from typing import Any
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django_redis.cache import RedisCache
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.entitlements import sync_run_batch
 from core.entitlements.backends.base import EntitlementsBackend, UpstreamAnswer
@@ -291,3 +293,26 @@ def test_answers_arriving_within_the_window_are_reconciled_in_one_transaction(
     # Each reconcile locks its users' state rows once.
     locks = [q for q in queries.captured_queries if q["sql"].rstrip().endswith("FOR UPDATE")]
     assert len(locks) == 1
+
+
+def test_a_cache_that_refuses_the_answers_costs_no_sync_and_no_lock(
+    transactional_db, make_user, scripted_upstream, settings, monkeypatch, caplog
+):
+    MailDomain.objects.create(name=ALPHA)
+    users = [make_user() for _ in range(3)]
+    scripted_upstream(admins_by_email={user.email: [ALPHA] for user in users})
+    # Answers worth keeping: the batch writes them (scripted_upstream's default keeps none).
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 3600
+
+    def refuse(*args, **kwargs):
+        raise RedisConnectionError("the cache is gone")
+
+    monkeypatch.setattr(RedisCache, "set_many", refuse)
+    tally = sync_run_batch(
+        run_id=_run_id(), user_ids=[str(user.pk) for user in users], trigger="periodic", task_id=""
+    )
+
+    assert tally.as_dict()["changed"] == 3
+    assert all(_rights(user) == {ALPHA} for user in users)
+    assert not any(user_lock(user.pk).locked() for user in users)
+    assert "answers of 3 users not cached" in caplog.text
