@@ -336,14 +336,32 @@ def _log_result(result: SyncResult, *, answer: UpstreamAnswer, note: str = "") -
 
 
 def _mark_started(users: Sequence[User]) -> None:
-    """Record the start at once (one upsert for all), so a sync in progress shows."""
+    """Record the start at once, so a sync in progress shows.
+
+    One UPDATE for the users loaded with their state row (nearly all), one upsert for the
+    others: the upsert of every row built a model and bound every column of each.
+    """
     if not users:
         return
     now = timezone.now()
-    EntitlementSyncState.objects.bulk_create(
-        # By id: a `user=` here would replace the user's loaded sync state (and its claims).
-        [EntitlementSyncState(user_id=user.pk, started_at=now) for user in users],
-        update_conflicts=True,
-        unique_fields=["user"],
-        update_fields=["started_at"],
-    )
+    with_state = [user.pk for user in users if _has_sync_state(user)]
+    updated = EntitlementSyncState.objects.filter(user_id__in=with_state).update(started_at=now)
+    # A row deleted since the users were loaded: upsert them all rather than find which.
+    upserted = users if updated < len(with_state) else [u for u in users if not _has_sync_state(u)]
+    if upserted:
+        EntitlementSyncState.objects.bulk_create(
+            # By id: a `user=` here would replace the user's loaded sync state (and its claims).
+            [EntitlementSyncState(user_id=user.pk, started_at=now) for user in upserted],
+            update_conflicts=True,
+            unique_fields=["user"],
+            update_fields=["started_at"],
+        )
+
+
+def _has_sync_state(user: User) -> bool:
+    """Whether the user (loaded with select_related) has a state row; no query."""
+    try:
+        user.sync_state  # noqa: B018 (the lookup is the test)
+    except EntitlementSyncState.DoesNotExist:
+        return False
+    return True
