@@ -2,6 +2,7 @@
 
 import logging
 import uuid
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.core.cache import cache
@@ -78,6 +79,15 @@ class TTLLock:
         if cache.get(self.key) == self._token:
             cache.delete(self.key)
 
+    def _release_in(self, pipeline) -> bool:
+        """Queue this Redis lock's release in `pipeline`; False if it is not held."""
+        if not self._held or self._redis_lock is None:
+            return False
+        self._held = False
+        token, self._redis_lock.local.token = self._redis_lock.local.token, None
+        self._redis_lock.lua_release(keys=[self._redis_lock.name], args=[token], client=pipeline)
+        return True
+
     def locked(self) -> bool:
         """Whether anybody holds the lock now."""
         if self._redis_lock is not None:
@@ -89,6 +99,28 @@ class TTLLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def release_all(locks: Iterable[TTLLock]) -> None:
+    """Release many locks as `release` would, those on Redis in one round trip.
+
+    A batch frees its users' locks together once their syncs are recorded.
+    """
+    queued: list[TTLLock] = []
+    pipeline = None
+    for lock in locks:
+        if lock._redis_lock is None:
+            lock.release()
+            continue
+        if pipeline is None:
+            pipeline = lock._redis_lock.redis.pipeline(transaction=False)
+        if lock._release_in(pipeline):
+            queued.append(lock)
+    if pipeline is None or not queued:
+        return
+    for lock, released in zip(queued, pipeline.execute(), strict=True):
+        if not released:
+            logger.warning("lock %s expired before its owner released it", lock.key)
 
 
 # Hard time limit of entitlements.sync_user: one upstream call with its own timeouts and

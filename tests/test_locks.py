@@ -11,7 +11,7 @@ import time
 import pytest
 from django.conf import settings as django_settings
 
-from core.locks import TTLLock
+from core.locks import TTLLock, release_all
 
 
 @pytest.fixture(params=["redis", "file"])
@@ -116,3 +116,36 @@ def test_lock_of_a_killed_process_expires_by_its_ttl(settings):
 
 def test_locks_live_on_the_shared_redis():
     assert django_settings.CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache"
+
+
+def test_release_all_frees_the_held_locks_only(cache_backend):
+    first, second = TTLLock("user:1", ttl=30), TTLLock("user:2", ttl=30)
+    assert first.acquire() and second.acquire()
+    others = TTLLock("user:3", ttl=30)
+    assert others.acquire()
+    loser = TTLLock("user:3", ttl=30)
+    assert not loser.acquire()
+    never_taken = TTLLock("user:4", ttl=30)
+
+    release_all([first, second, loser, never_taken])
+
+    assert not TTLLock("user:1", ttl=30).locked()
+    assert not TTLLock("user:2", ttl=30).locked()
+    assert TTLLock("user:3", ttl=30).locked(), "a lock it did not hold is not freed"
+    first.release()  # already free: nothing happens
+    others.release()
+
+
+def test_release_all_leaves_an_expired_lock_to_its_next_holder(cache_backend, caplog):
+    late = TTLLock("user:1", ttl=1)
+    assert late.acquire()
+    time.sleep(1.2)
+    current = TTLLock("user:1", ttl=30)
+    assert current.acquire()
+
+    release_all([late])
+
+    assert current.locked(), "a late owner must not free its successor's lock"
+    if cache_backend == "redis":
+        assert "expired before its owner released it" in caplog.text
+    current.release()

@@ -10,13 +10,14 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 # The task's soft time limit reaches this code as an exception: it stops the batch cleanly.
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connections
 
-from core.entitlements import runs, sync
+from core.entitlements import cache, runs, sync
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.errors import EntitlementsUnavailableError
 from core.entitlements.results import RunCategory, SyncResult
@@ -26,14 +27,16 @@ from core.entitlements.upstream_guard import Priority
 
 # Per-user locks are taken here, not in the task: a user's lock is held from before their
 # fetch in a pool thread until just after the batch's bulk reconcile commits their rights.
-from core.locks import TTLLock, user_lock
+from core.locks import TTLLock, release_all, user_lock
 from core.models import Trigger, User
 
 logger = logging.getLogger(__name__)
 
 # How long the first answer waits for others to be reconciled with it: long enough to gather
-# a few answers per transaction, short against the time a user's lock is held anyway.
-_RECONCILE_WINDOW_SECONDS = 0.05
+# a few waves of the pool's answers per transaction, short against the time a user's lock is
+# held anyway. Each reconcile costs ~6 ms of CPU whatever its size: at 0.05 s a batch of 100
+# took ~4 of them (~24 users each), at 0.15 s ~2 (~46 users each), 9% less CPU per user.
+_RECONCILE_WINDOW_SECONDS = 0.15
 
 
 @dataclass(slots=True)
@@ -45,15 +48,11 @@ class FetchedUser:
     user: User
     lock: TTLLock | None = None
     answer: UpstreamAnswer | None = None
+    # The new answer's cache entry, written with the others' before the locks are released.
+    to_cache: cache.Entry | None = None
     unavailable: EntitlementsUnavailableError | None = None
     category: RunCategory | None = None
     not_asked: bool = False
-
-    def release(self) -> None:
-        """Free the user's lock, once their sync is recorded."""
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
 
 
 class _ConfigurationStop:
@@ -116,13 +115,22 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
     # The run's budget: beyond it, the batch holds revocations instead of applying them.
     budget = RunRevocationBudget(run_id=run_id)
     users = sync.load_users_starting_sync(user_ids=user_ids)
+    # Every user's cache entry in one read, instead of one read per user in the threads.
+    cached = cache.read_entries(user_ids=[user.pk for user in users])
     # Deleted between the fan-out and now: nothing left to sync.
     tally.counts[RunCategory.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
     stop = _ConfigurationStop()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
         pending = {
-            pool.submit(_fetch, user=user, trigger=trigger, task_id=task_id, stop=stop): user
+            pool.submit(
+                _fetch,
+                user=user,
+                trigger=trigger,
+                task_id=task_id,
+                stop=stop,
+                cached=cached.get(user.pk),
+            ): user
             for user in users
         }
         while pending:
@@ -147,12 +155,17 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
     return tally
 
 
-def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationStop) -> FetchedUser:
-    """A pool thread's work for one user; nothing once a configuration error stopped the batch."""
+def _fetch(
+    *, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationStop, cached: Any
+) -> FetchedUser:
+    """A pool thread's work for one user; nothing once a configuration error stopped the batch.
+
+    `cached` is the user's cache entry read with the batch's (None: there was none).
+    """
     if stop:
         return FetchedUser(user=user, category=RunCategory.NOT_RUN, not_asked=True)
     try:
-        fetched = _fetch_under_lock(user=user, trigger=trigger, task_id=task_id)
+        fetched = _fetch_under_lock(user=user, trigger=trigger, task_id=task_id, cached=cached)
         if fetched.answer is not None:
             stop.see(fetched.answer)
         return fetched
@@ -161,7 +174,7 @@ def _fetch(*, user: User, trigger: Trigger, task_id: str, stop: _ConfigurationSt
         connections.close_all()
 
 
-def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedUser:
+def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str, cached: Any) -> FetchedUser:
     """Take the user's lock and fetch their answer for a batch; the lock stays held.
 
     The batch's task id owns the lock, so a redelivered batch takes back what its killed run
@@ -174,7 +187,9 @@ def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedU
     try:
         # Bulk priority: a full run leaves the rate limit's reserve to login syncs. The trigger
         # says how fresh: a run a person started asks now, the periodic run may use the cache.
-        answer = sync.fetch_user_answer(user=user, trigger=trigger, priority=Priority.BULK)
+        answer, to_cache = sync.fetch_answer_to_cache(
+            user=user, trigger=trigger, priority=Priority.BULK, cached=cached
+        )
     except EntitlementsUnavailableError as error:
         return FetchedUser(user=user, lock=lock, unavailable=error)
     except Exception:
@@ -182,7 +197,7 @@ def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str) -> FetchedU
         # Logged with its traceback (Sentry gets it), without the user's email or claims.
         logger.exception("sync of user %s failed while fetching", user.pk)
         return FetchedUser(user=user, category=RunCategory.FAILED)
-    return FetchedUser(user=user, lock=lock, answer=answer)
+    return FetchedUser(user=user, lock=lock, answer=answer, to_cache=to_cache)
 
 
 def _gather(pending: dict[Future, User]) -> set[Future]:
@@ -239,8 +254,29 @@ def _finish(
         tally.retry_user_ids += [str(item.user.pk) for item in fetched if id(item) not in counted]
         raise
     finally:
-        for item in fetched:
-            item.release()
+        _store_and_release(fetched)
+
+
+def _store_and_release(fetched: list[FetchedUser]) -> None:
+    """Cache the new answers, then free the users' locks: a round trip each for all of them.
+
+    A cache that fails to take them costs only a later cache miss: the locks are freed anyway.
+    """
+    try:
+        cache.store_entries([item.to_cache for item in fetched if item.to_cache is not None])
+    except SoftTimeLimitExceeded:
+        # The batch stops (its users retry), with their locks freed all the same.
+        _release(fetched)
+        raise
+    except Exception:
+        logger.warning("answers of %d users not cached", len(fetched), exc_info=True)
+    _release(fetched)
+
+
+def _release(fetched: list[FetchedUser]) -> None:
+    release_all(item.lock for item in fetched if item.lock is not None)
+    for item in fetched:
+        item.lock = None
 
 
 def _reconcile(

@@ -179,6 +179,28 @@ def fetch_user_answer(
     past that, EntitlementsUnavailableError. Reads the forwarded claims of a user loaded with
     their sync state (select_related), so it makes no database query.
     """
+    answer, to_cache = fetch_answer_to_cache(
+        user=user, trigger=trigger, requested_at=requested_at, priority=priority
+    )
+    if to_cache is not None:
+        cache.store_entries([to_cache])
+    return answer
+
+
+def fetch_answer_to_cache(
+    *,
+    user: User,
+    trigger: Trigger,
+    requested_at: datetime | None = None,
+    priority: Priority = Priority.INTERACTIVE,
+    cached: Any = cache.UNREAD,
+) -> tuple[UpstreamAnswer, cache.Entry | None]:
+    """fetch_user_answer, leaving the cache write of a new answer to the caller.
+
+    A batch writes its users' new answers together, and passes each user's entry as `cached`
+    when it read them all at once beforehand (`cache.read_entries`; None: the user had none).
+    Raises EntitlementsUnavailableError as fetch_user_answer does.
+    """
     try:
         forwarded_claims = user.sync_state.forwarded_claims
     except EntitlementSyncState.DoesNotExist:
@@ -187,21 +209,23 @@ def fetch_user_answer(
         user=user,
         forwarded_claims=forwarded_claims,
         asked_since=answer_needed_since(trigger=trigger, requested_at=requested_at),
+        entry=cached,
     )
     if fresh is not None:
-        return fresh
+        return fresh, None
     # The answer dates from when it was asked: one asked before a request cannot honour it,
     # even if it arrives after.
     asked_at = time.time()
     answer = _ask_upstream(user=user, forwarded_claims=forwarded_claims, priority=priority)
     if answer.kind is not AnswerKind.UNAVAILABLE:
-        cache.store_answer(
+        to_cache = cache.answer_entry(
             user=user, forwarded_claims=forwarded_claims, answer=answer, asked_at=asked_at
         )
-        return answer
+        return answer, to_cache
+    # Read now, not from `cached`: an answer another sync cached meanwhile may stand in.
     stale = cache.read_stale_answer(user=user, forwarded_claims=forwarded_claims)
     if stale is not None:
-        return stale
+        return stale, None
     raise EntitlementsUnavailableError(answer.error_code)
 
 
@@ -312,14 +336,32 @@ def _log_result(result: SyncResult, *, answer: UpstreamAnswer, note: str = "") -
 
 
 def _mark_started(users: Sequence[User]) -> None:
-    """Record the start at once (one upsert for all), so a sync in progress shows."""
+    """Record the start at once, so a sync in progress shows.
+
+    One UPDATE for the users loaded with their state row (nearly all), one upsert for the
+    others: the upsert of every row built a model and bound every column of each.
+    """
     if not users:
         return
     now = timezone.now()
-    EntitlementSyncState.objects.bulk_create(
-        # By id: a `user=` here would replace the user's loaded sync state (and its claims).
-        [EntitlementSyncState(user_id=user.pk, started_at=now) for user in users],
-        update_conflicts=True,
-        unique_fields=["user"],
-        update_fields=["started_at"],
-    )
+    with_state = [user.pk for user in users if _has_sync_state(user)]
+    updated = EntitlementSyncState.objects.filter(user_id__in=with_state).update(started_at=now)
+    # A row deleted since the users were loaded: upsert them all rather than find which.
+    upserted = users if updated < len(with_state) else [u for u in users if not _has_sync_state(u)]
+    if upserted:
+        EntitlementSyncState.objects.bulk_create(
+            # By id: a `user=` here would replace the user's loaded sync state (and its claims).
+            [EntitlementSyncState(user_id=user.pk, started_at=now) for user in upserted],
+            update_conflicts=True,
+            unique_fields=["user"],
+            update_fields=["started_at"],
+        )
+
+
+def _has_sync_state(user: User) -> bool:
+    """Whether the user (loaded with select_related) has a state row; no query."""
+    try:
+        user.sync_state  # noqa: B018 (the lookup is the test)
+    except EntitlementSyncState.DoesNotExist:
+        return False
+    return True

@@ -5,14 +5,26 @@ others', the tally counted in the run."""
 from collections.abc import Mapping
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django_redis.cache import RedisCache
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.entitlements import sync_run_batch
 from core.entitlements.backends.base import EntitlementsBackend, UpstreamAnswer
+from core.entitlements.cache import cache_key
 from core.entitlements.runs import start_run
+from core.entitlements.sync import fetch_user_answer
 from core.locks import user_lock
-from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, SyncRun, User
+from core.models import (
+    EntitlementSyncState,
+    MailDomain,
+    MailDomainAccess,
+    SyncRun,
+    Trigger,
+    User,
+)
 from tests.factories import SyncRunFactory
 
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
@@ -198,3 +210,109 @@ def test_users_whose_upstream_is_down_are_left_to_retry_until_the_last_try(
     assert (run.users_done, run.users_failed) == (1, 1)
     assert EntitlementSyncState.objects.get(user=down).status == "unavailable"
     assert not user_lock(down.pk).locked()
+
+
+def test_a_periodic_batch_serves_cached_answers_and_caches_the_new_ones(
+    transactional_db, deploycenter_backend, settings
+):
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 300
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 3600
+    MailDomain.objects.create(name=ALPHA)
+    MailDomain.objects.create(name=BETA)
+    cached, asked = (
+        _claimed_user("admin@alpha.example.org"),
+        _claimed_user("scoped@alpha.example.org"),
+    )
+    fetch_user_answer(user=cached, trigger=Trigger.PERIODIC)
+    assert deploycenter_backend.calls == 1
+    ids = [str(cached.pk), str(asked.pk)]
+
+    sync_run_batch(run_id=_run_id(), user_ids=ids, trigger="periodic", task_id="b")
+
+    # The cached user's fresh answer was read with the batch's: only the other was asked.
+    assert deploycenter_backend.calls == 2
+    assert (_rights(cached), _rights(asked)) == ({ALPHA, BETA}, {BETA})
+    entry = cache.get(cache_key(asked.pk))
+    assert entry["answer"]["domains"] == [BETA]
+    assert not any(user_lock(user.pk).locked() for user in (cached, asked))
+    # Both answers are now cached: the next periodic batch asks nobody...
+    sync_run_batch(run_id=_run_id(), user_ids=ids, trigger="periodic", task_id="c")
+    assert deploycenter_backend.calls == 2
+    # ...and a run a person started asks everyone anew.
+    sync_run_batch(run_id=_run_id(), user_ids=ids, trigger="admin", task_id="d")
+    assert deploycenter_backend.calls == 4
+
+
+def test_a_batch_serves_the_stale_answer_while_upstream_is_down(
+    transactional_db, deploycenter_backend, settings
+):
+    settings.ENTITLEMENTS_CACHE_TIMEOUT_SECONDS = 0
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 3600
+    MailDomain.objects.create(name=ALPHA)
+    MailDomain.objects.create(name=BETA)
+    user = _claimed_user("admin@alpha.example.org")
+    sync_run_batch(run_id=_run_id(), user_ids=[str(user.pk)], trigger="periodic", task_id="b")
+    deploycenter_backend.fail_with(503)
+
+    tally = sync_run_batch(
+        run_id=_run_id(), user_ids=[str(user.pk)], trigger="periodic", task_id="c"
+    )
+
+    assert tally.as_dict()["done"] == 1
+    assert _rights(user) == {ALPHA, BETA}
+    state = EntitlementSyncState.objects.get(user=user)
+    assert (state.status, state.error_code) == ("ok", "stale")
+    assert not user_lock(user.pk).locked()
+
+
+def _claimed_user(email: str) -> User:
+    """A user whose login stored the siret the stub knows."""
+    user = User.objects.create_user(email=email)
+    EntitlementSyncState.objects.create(user=user, forwarded_claims={"siret": "12345678900017"})
+    return user
+
+
+def test_answers_arriving_within_the_window_are_reconciled_in_one_transaction(
+    transactional_db, make_user, scripted_upstream, settings
+):
+    # 16 users, 8 threads, 80 ms per answer: two waves 80 ms apart, within one window.
+    settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = 8
+    MailDomain.objects.create(name=ALPHA)
+    users = [make_user() for _ in range(16)]
+    scripted_upstream(admins_by_email={user.email: [ALPHA] for user in users}, latency_seconds=0.08)
+
+    with CaptureQueriesContext(connection) as queries:
+        tally = sync_run_batch(
+            run_id=_run_id(),
+            user_ids=[str(user.pk) for user in users],
+            trigger="periodic",
+            task_id="",
+        )
+
+    assert tally.as_dict()["changed"] == 16
+    # Each reconcile locks its users' state rows once.
+    locks = [q for q in queries.captured_queries if q["sql"].rstrip().endswith("FOR UPDATE")]
+    assert len(locks) == 1
+
+
+def test_a_cache_that_refuses_the_answers_costs_no_sync_and_no_lock(
+    transactional_db, make_user, scripted_upstream, settings, monkeypatch, caplog
+):
+    MailDomain.objects.create(name=ALPHA)
+    users = [make_user() for _ in range(3)]
+    scripted_upstream(admins_by_email={user.email: [ALPHA] for user in users})
+    # Answers worth keeping: the batch writes them (scripted_upstream's default keeps none).
+    settings.ENTITLEMENTS_STALE_FALLBACK_SECONDS = 3600
+
+    def refuse(*args, **kwargs):
+        raise RedisConnectionError("the cache is gone")
+
+    monkeypatch.setattr(RedisCache, "set_many", refuse)
+    tally = sync_run_batch(
+        run_id=_run_id(), user_ids=[str(user.pk) for user in users], trigger="periodic", task_id=""
+    )
+
+    assert tally.as_dict()["changed"] == 3
+    assert all(_rights(user) == {ALPHA} for user in users)
+    assert not any(user_lock(user.pk).locked() for user in users)
+    assert "answers of 3 users not cached" in caplog.text

@@ -8,6 +8,8 @@ import pytest
 from django.utils import timezone
 
 from core.entitlements import plan_sync, sync_user_entitlements
+from core.entitlements.sync import _mark_started as mark_started
+from core.entitlements.sync import load_users_starting_sync
 from core.locks import user_lock
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 
@@ -247,3 +249,30 @@ class TestUnderTheUsersLock:
 
         assert result.status == "ok"
         assert not user_lock(user.pk).locked()
+
+
+def test_a_batch_start_is_recorded_for_users_with_and_without_a_state_row(db):
+    with_row = User.objects.create_user(email="with@example.org")
+    EntitlementSyncState.objects.create(user=with_row, forwarded_claims={"siret": "1"})
+    without_row = User.objects.create_user(email="without@example.org")
+    before = timezone.now()
+
+    loaded = load_users_starting_sync(user_ids=[with_row.pk, without_row.pk])
+
+    assert {user.pk for user in loaded} == {with_row.pk, without_row.pk}
+    states = {state.user_id: state for state in EntitlementSyncState.objects.all()}
+    assert set(states) == {with_row.pk, without_row.pk}
+    assert all(state.started_at >= before for state in states.values())
+    # Only the start is written: the row's claims stay.
+    assert states[with_row.pk].forwarded_claims == {"siret": "1"}
+
+
+def test_a_state_row_deleted_after_loading_is_made_again_at_the_start(db):
+    user = User.objects.create_user(email="gone@example.org")
+    EntitlementSyncState.objects.create(user=user)
+    loaded = list(User.objects.select_related("sync_state").filter(pk=user.pk))
+    EntitlementSyncState.objects.filter(user=user).delete()
+
+    mark_started(loaded)
+
+    assert EntitlementSyncState.objects.get(user=user).started_at is not None

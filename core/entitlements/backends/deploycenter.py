@@ -63,7 +63,15 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
             "X-Service-Auth": f"Bearer {api_key.strip()}",
             "Accept": "application/json",
         }
-        self._session = _pooled_session()
+        # The headers a requests Session would send (User-Agent, Accept-Encoding...) with ours.
+        self._request_headers = {**requests.utils.default_headers(), **self._headers}
+        # Connections to DeployCenter kept open between syncs. Requests go straight to it, not
+        # through a Session: its per-call machinery (cookies, hooks, redirects, settings
+        # merged from the environment) was a fifth of a call's CPU and none of it is used.
+        self._adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_MAXSIZE, max_retries=0)
+        # What requests would read from the environment at every call (HTTPS_PROXY, NO_PROXY,
+        # REQUESTS_CA_BUNDLE...), read once: ~7% of a bulk worker's CPU per user went to it.
+        self._environment = _environment_settings(self.base_url)
 
     @property
     def forwarded_claim_names(self) -> list[str]:
@@ -122,14 +130,14 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
     def _get(self, params: dict[str, str]) -> tuple[int, bytes | None]:
         """GET the endpoint; return the status and, for a 200, the body (None if too large)."""
         deadline = time.monotonic() + sum(self.timeout)
-        with self._session.get(
-            self.base_url,
-            params=params,
-            headers=self._headers,
-            timeout=self.timeout,
-            # A redirect means a wrong base_url (e.g. without its trailing slash): report it.
-            allow_redirects=False,
-            stream=True,
+        # No auth: nothing (not even ~/.netrc) adds an Authorization header.
+        request = requests.Request(
+            "GET", self.base_url, params=params, headers=self._request_headers
+        ).prepare()
+        # Sent once: a redirect is not followed (it means a wrong base_url, e.g. without its
+        # trailing slash), its status is reported.
+        with self._adapter.send(
+            request, stream=True, timeout=self.timeout, **self._environment
         ) as response:
             if response.status_code != 200:
                 return response.status_code, None
@@ -233,20 +241,15 @@ def _claim_value(value: Any) -> str:
     return str(value).strip()
 
 
-def _no_authorization(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """Session auth that sends no Authorization header, so ~/.netrc cannot add one."""
-    request.headers.pop("Authorization", None)
-    return request
+def _environment_settings(url: str) -> dict[str, Any]:
+    """The proxies and TLS settings (`proxies`, `verify`, `cert`) the environment gives for
+    `url`, as a requests Session reads them at each call.
 
-
-def _pooled_session() -> requests.Session:
-    """A session that keeps connections to DeployCenter open between syncs."""
-    session = requests.Session()
-    session.auth = _no_authorization
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_MAXSIZE, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+    Read when the backend is built (once per worker process): the environment of a running
+    worker does not change, and reading it at every call cost more than the call's parsing.
+    """
+    merged = requests.Session().merge_environment_settings(url, {}, None, None, None)
+    return {name: merged[name] for name in ("proxies", "verify", "cert")}
 
 
 def _checked_base_url(base_url: Any) -> str:

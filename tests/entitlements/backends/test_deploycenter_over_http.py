@@ -1,6 +1,7 @@
 """The DeployCenter backend against the local stub over real HTTP: every kind of answer."""
 
 import logging
+import socket
 import threading
 
 import pytest
@@ -55,6 +56,18 @@ def test_request_carries_service_auth_and_no_authorization(backend, deploycenter
     assert request["headers"]["X-Service-Auth"] == f"Bearer {deploycenter_stub.api_key}"
     assert "Authorization" not in request["headers"]
     assert request["query"]["account_email"] == ["admin@alpha.example.org"]
+
+
+def test_requests_carry_the_headers_a_requests_session_sends(backend, deploycenter_stub):
+    _ask(backend)
+    _ask(backend)
+
+    for request in deploycenter_stub.requests:
+        headers = request["headers"]
+        assert headers["User-Agent"].startswith("python-requests/")
+        assert headers["Accept"] == "application/json"
+        assert "gzip" in headers["Accept-Encoding"]
+    assert len(deploycenter_stub.requests) == 2
 
 
 def test_even_at_debug_level_no_log_carries_the_email_or_the_claim(backend, caplog):
@@ -140,4 +153,42 @@ def test_pooled_session_serves_concurrent_syncs(backend, deploycenter_stub):
 
     assert (
         results == [(AnswerKind.AUTHORITATIVE, "", ("alpha.example.org", "beta.example.org"))] * 20
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def no_proxy_environment(monkeypatch):
+    """No proxy variable of the test machine's leaks into these tests."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+def test_proxy_of_the_environment_is_read_when_the_backend_is_built(
+    deploycenter_stub, no_proxy_environment
+):
+    # A proxy that refuses connections: a call through it cannot reach the stub.
+    no_proxy_environment.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
+    backend = DeployCenterEntitlementsBackend(**deploycenter_stub.backend_parameters())
+    no_proxy_environment.delenv("HTTP_PROXY")
+
+    assert _ask(backend)[:2] == (AnswerKind.UNAVAILABLE, "connection_error")
+
+
+def test_environment_is_not_read_again_at_each_call(deploycenter_stub, no_proxy_environment):
+    backend = DeployCenterEntitlementsBackend(**deploycenter_stub.backend_parameters())
+    # Set after the backend was built (once per worker process): not read any more.
+    no_proxy_environment.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
+
+    assert _ask(backend) == (
+        AnswerKind.AUTHORITATIVE,
+        "",
+        ("alpha.example.org", "beta.example.org"),
     )
