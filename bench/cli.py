@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.layout import WorkerSpec, shipped_workers
-from bench.modes import MODES, PARTS
+from bench.modes import DEFAULT_PARTS, MODES, PARTS
 from bench.report import Figures
 from bench.services import (
     CHANGES_TOKEN,
@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=sorted(PARTS),
-        help="run only this part (repeatable); the docs are then not written",
+        help="run only this part (repeatable); the docs are then not written. "
+        "'pacing' (figure 13) runs only when asked, except in smoke mode",
     )
     parser.add_argument(
         "--docs",
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 log_dir=LOG_DIR,
                 layouts=worker_layouts(args),
                 tuning=tuning,
-                parts=frozenset(args.only or PARTS),
+                parts=frozenset(args.only or (PARTS if mode.paces_by_default else DEFAULT_PARTS)),
             )
     except BenchSetupError as error:
         print(f"bench: {error}", file=sys.stderr)

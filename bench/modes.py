@@ -4,8 +4,13 @@ from dataclasses import dataclass
 
 # What a run may be limited to (--only): figure 3; figures 1, 2 idle and 7; figures 2 during a
 # run, 4, 5 and 6; the run with one shared worker; figure 8 (the metrics' cost); figure 9 (large
-# malformed answers); figure 10 (change signals).
-PARTS = frozenset({"queries", "logins", "resync", "shared", "metrics", "bad_input", "signals"})
+# malformed answers); figure 10 (change signals); figure 13 (a full run at the default rate
+# limit, ~200 s at 10,000 users: run by hand with --only pacing, and by the smoke run).
+PARTS = frozenset(
+    {"queries", "logins", "resync", "shared", "metrics", "bad_input", "signals", "pacing"}
+)
+# What a run without --only measures: all but the pacing run, unless the mode says so.
+DEFAULT_PARTS = PARTS - {"pacing"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Mode:
     signal_endpoint_seconds: float = 4
     signal_endpoint_webs: tuple[tuple[int, int], ...] = ((2, 1), (4, 1), (4, 4))
     writes_docs: bool = True
+    # Whether a run without --only includes the pacing run (figure 13).
+    paces_by_default: bool = False
     # Seconds to let PostgreSQL's statistics settle before counting access rows written:
     # backends report when idle, within 10 s. CI's smoke run only checks the figure exists.
     stats_settle_seconds: float = 11
@@ -61,6 +68,7 @@ MODES = {
         signal_endpoint_seconds=1,
         signal_endpoint_webs=((2, 1),),
         writes_docs=False,
+        paces_by_default=True,
         stats_settle_seconds=1,
     ),
     "quick": Mode(

@@ -1,5 +1,6 @@
 """The benchmark's sequence: each figure measured against the real parts, in a fixed order."""
 
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from bench.bad_input import bad_input_times
 from bench.logins import async_login, inline_login, login_to_rights, storm, timed_logins
 from bench.metrics_cost import metrics_cost
 from bench.modes import PARTS, Mode
+from bench.pacing import LOGIN_PAUSE_SECONDS, PACED_RATE_PER_SECOND, curve, pacing_figures
 from bench.queries import queries_per_sync
 from bench.report import Figures, machine_description
 from bench.resync import MB, RunFigures, full_resync, noop_throughput
@@ -170,6 +172,13 @@ def run_all(
                 )
             finally:
                 web.stop()
+
+    if "pacing" in parts:
+        # Figure 13: the workers as shipped, at the shipped rate limit.
+        stub.control(latency=RESYNC_LATENCY_MS / 1000, generation=0)
+        paced_env = {**worker_env, "ENTITLEMENTS_RATE_LIMIT_PER_SECOND": str(PACED_RATE_PER_SECOND)}
+        with running_workers(layouts["split"], env=paced_env, log_dir=log_dir) as workers:
+            _pacing(mode, figures, stub, redis_server, workers)
 
     if "shared" not in parts:
         return
@@ -358,6 +367,40 @@ def _endpoint_load(
                 wait_until_idle(redis_server, workers)
         finally:
             web.stop()
+
+
+def _pacing(mode, figures, stub, redis_server, workers) -> None:
+    """Figure 13: a full run of `mode.users` at the default rate limit, calls per second as the
+    stub saw them, while people log in (their login syncs are upstream calls too)."""
+    present = User.objects.filter(sub__startswith="user-").count()
+    data.create_users(kind="user", indexes=range(present, mode.users))
+    # Enough for a login every LOGIN_PAUSE_SECONDS over the run (users / rate seconds).
+    logins = int(mode.users / PACED_RATE_PER_SECOND / LOGIN_PAUSE_SECONDS) + 10
+    probes = data.create_users(kind="pacing", indexes=range(logins), status=OK)
+    data.analyze()
+    # An idle spell first, as before any periodic run: a token bucket is full again.
+    time.sleep(3)
+    stub.control(ticks="reset")
+    latencies: list[float] = []
+    run = _run(
+        workers,
+        stub,
+        redis_server,
+        during=lambda running: latencies.extend(
+            login_to_rights(probes, keep_going=running, pause=LOGIN_PAUSE_SECONDS)
+        ),
+    )
+    ticks = {int(tick): calls for tick, calls in stub.control(ticks="read")["ticks"].items()}
+    figures.add("pacing_rate_limit_per_s", PACED_RATE_PER_SECOND)
+    figures.add("pacing_run_users", run.users)
+    figures.add("pacing_run_seconds", run.seconds)
+    figures.add("pacing_run_users_per_s", run.users_per_s)
+    figures.add_all(pacing_figures(ticks))
+    figures.add_percentiles("pacing_login_to_rights", "ms_during", latencies)
+    figures.add("pacing_login_to_rights_samples", len(latencies))
+    figures.add("pacing_loadavg_1m_end", os.getloadavg()[0])
+    print(f"pacing_curve: {curve(ticks)}", flush=True)
+    data.delete_users(kind="pacing")
 
 
 def _signals(

@@ -6,7 +6,8 @@ email, `<kind>-<index>-<count>@bench.example`: `count` domains from `d<(index + 
 mod domains>`, so 100,000 users need no table and bumping the generation changes every answer.
 And the calls are counted instead of recorded one by one, so the stub's memory stays flat.
 `GET /_bench/?latency=0.02&generation=1` flips the switches from the benchmark process;
-`?bump=<email>` changes one account's answer (a change signal's change).
+`?bump=<email>` changes one account's answer (a change signal's change); `?ticks=read` returns
+the calls counted per tenth of a second since `?ticks=reset` (the pacing figure's curve).
 
     python -m bench.stub [--port 0] [--latency 0.025]   # prints the endpoint URL, then serves
 """
@@ -14,6 +15,8 @@ And the calls are counted instead of recorded one by one, so the stub's memory s
 import argparse
 import json
 import re
+import time
+from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -81,10 +84,14 @@ class BenchStub(DeployCenterStub):
         # Per account: how many times its own answer changed (`?bump=<email>`): a change
         # signal's change, made visible the moment the bench asks.
         self.bumps: dict[str, int] = {}
+        # Calls per tenth of a second (wall clock, int(time * 10)): a few thousand keys a run.
+        self.ticks: Counter[int] = Counter()
 
     def _record(self, method: str, path: str, query: dict[str, list[str]], headers) -> None:
+        tick = int(time.time() * 10)
         with self._lock:
             self.calls += 1
+            self.ticks[tick] += 1
 
     def answer(self, method, path, raw_query, headers):
         if path == CONTROL_PATH:
@@ -99,7 +106,17 @@ class BenchStub(DeployCenterStub):
         for email in query.get("bump", []):
             with self._lock:
                 self.bumps[email] = self.bumps.get(email, 0) + 1
-        state = {"latency": self.latency, "generation": self.generation, "calls": self.calls}
+        state: dict[str, Any] = {
+            "latency": self.latency,
+            "generation": self.generation,
+            "calls": self.calls,
+        }
+        if query.get("ticks") == ["reset"]:
+            with self._lock:
+                self.ticks.clear()
+        elif query.get("ticks") == ["read"]:
+            with self._lock:
+                state["ticks"] = dict(self.ticks)
         return 200, {"Content-Type": "application/json"}, json.dumps(state).encode()
 
     def _entitlements(self, params: dict[str, str]) -> dict[str, Any]:

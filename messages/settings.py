@@ -337,15 +337,18 @@ if ENTITLEMENTS_CHANGE_SETTLE_SECONDS + ENTITLEMENTS_CHANGE_RECHECK_SECONDS >= (
     )
 
 # Upstream protection (core/entitlements/upstream_guard.py, docs/reliability.md). The rate limit
-# is one budget shared through Redis by every worker on every machine; 0 turns it off.
+# is one paced schedule shared through Redis by every worker on every machine: bulk calls go
+# out evenly spaced at this rate, never in a burst; 0 turns it off.
 # 50 calls/s lets an hourly full run cover ~180,000 users while staying a light load for one
 # Django service behind DeployCenter; raise it once the upstream's capacity is known.
 ENTITLEMENTS_RATE_LIMIT_PER_SECOND = env_float(
     "ENTITLEMENTS_RATE_LIMIT_PER_SECOND", 50.0, minimum=0.0
 )
-# Calls allowed at once after a quiet spell; one second of traffic by default.
+# How many intervals the schedule may run ahead of now: logins may go at once up to this many;
+# one second of traffic by default. Bulk calls never go ahead of the schedule.
 ENTITLEMENTS_RATE_LIMIT_BURST = env_int("ENTITLEMENTS_RATE_LIMIT_BURST", 50, minimum=1)
-# Share of the burst only login (interactive) syncs may use, so they go first during a full run.
+# Share of the burst a full run may not book ahead: left to login (interactive) syncs, so they
+# never wait behind a run's booked slots.
 ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE = env_float(
     "ENTITLEMENTS_RATE_LIMIT_INTERACTIVE_RESERVE", 0.2, minimum=0.0
 )

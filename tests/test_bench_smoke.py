@@ -49,6 +49,10 @@ FIGURES = (
     "signal_storm_upstream_calls_per_user",
     "signal_storm_login_to_rights_p99_ms_during",
     "signal_endpoint_p99_ms_at_1000_per_s",
+    "pacing_run_seconds",
+    "pacing_calls_per_s_steady_p50",
+    "pacing_busiest_1s_window_first_10s",
+    "pacing_login_to_rights_p99_ms_during",
 )
 LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 

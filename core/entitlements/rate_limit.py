@@ -1,8 +1,23 @@
-"""The rate limit toward the entitlements service: one token bucket in Redis for the fleet.
+"""The rate limit toward the entitlements service: one paced schedule in Redis for the fleet.
 
-Refilling and taking run in one Lua script timed by the Redis clock, so machines whose clocks
-disagree still share one budget. Login syncs go first: bulk callers leave a reserve of tokens
-that only interactive callers may take.
+The budget is a schedule (GCRA, "virtual scheduling"): `tat` is the moment up to which the
+fleet's calls have used the rate, each call moving it on by one interval (1 / rate). It runs
+in one Lua script per call, timed by the Redis clock, so machines whose clocks disagree still
+share one budget.
+
+- A bulk call (a full run) books the next free slot, `max(now, tat)`, and sleeps until it:
+  bulk calls go out evenly spaced at the rate, never earlier than the schedule, so a run does
+  not burst after an idle spell nor at each batch start, and its sleepers wake one at a time.
+  Bulk may book at most `burst - reserve - 1` intervals ahead; past that it waits to book.
+- An interactive call (a login) goes at once while the schedule is at most `burst - 1`
+  intervals ahead of now, i.e. it jumps ahead of the slots bulk callers booked, using the
+  `reserve` intervals bulk may not book. Logins never queue behind a run.
+
+Why a reserve of slots rather than a share of the rate (bulk at rate x (1 - reserve)): a run
+then takes the whole rate when nobody logs in (10,000 users in 200 s at 50/s, not 250 s), and
+each login still pushes the run's next slots back by one interval, so over any stretch of
+T seconds the fleet sends at most `rate x T + burst` calls, and bulk calls alone at most
+`rate x T + 1`.
 """
 
 import random
@@ -12,92 +27,124 @@ from django.conf import settings
 from redis.commands.core import Script
 
 from core import metrics
-from core.entitlements._upstream import Priority, redis_connection, redis_key, seconds_to_ms
+from core.entitlements._upstream import Priority, redis_connection, redis_key
 
 # This module's scripts are registered with no client (None, which redis-py's hints do not
 # allow): each call passes the client it runs on.
 
-# The bucket's tokens now, refilled at `rate` since its last use (Redis clock, in seconds).
-# KEYS: bucket hash. ARGV[1]: rate per second, ARGV[2]: burst.
-_REFILLED_TOKENS = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+# Times are microseconds since the epoch: whole numbers up to 2^53 stay exact in Lua's doubles,
+# seconds with six decimals would not. `ahead` is how far the schedule runs ahead of now.
+# KEYS: schedule hash. ARGV[1]: interval between calls (us).
+_SCHEDULE_NOW = """
+local interval = tonumber(ARGV[1])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(bucket[1]) or burst
-local at = tonumber(bucket[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat')) or now
+local ahead = math.max(0, tat - now)
 """
 
-# KEYS: bucket hash. ARGV: rate per second, burst, tokens that must remain after taking one
-# (0 for interactive callers, the reserve for bulk ones), key ttl ms.
-# Returns {1 if granted else 0, seconds to wait before a token may be there, as a string}.
-_TAKE_TOKEN = Script(
+# KEYS: schedule hash. ARGV: interval (us); how far ahead the schedule may be for this caller
+# to take a slot (us); 1 to book a future slot and sleep until it (bulk), 0 to go now or not
+# at all (interactive); the longest the caller may sleep for its slot (us); key ttl (ms).
+# Returns {1 if granted else 0, us to sleep: until the slot if granted, else before asking again}.
+_TAKE_SLOT = Script(
     None,  # type: ignore[arg-type]
     (
-        _REFILLED_TOKENS
+        _SCHEDULE_NOW
         + """
-local keep = tonumber(ARGV[3])
-local granted = 0
-local wait = 0
-if tokens - 1 >= keep then
-  tokens = tokens - 1
-  granted = 1
-else
-  wait = (keep + 1 - tokens) / rate
+local tolerance = tonumber(ARGV[2])
+local books_ahead = ARGV[3] == '1'
+local longest_sleep = tonumber(ARGV[4])
+if ahead > tolerance then
+  return {0, string.format('%.0f', ahead - tolerance)}
 end
--- Six decimals keep the stored time exact to the microsecond (tostring keeps 14 digits).
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
-  'at', string.format('%.6f', now))
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {granted, string.format('%.6f', wait)}
+local sleep = 0
+if books_ahead then
+  sleep = ahead
+  if sleep > longest_sleep then
+    return {0, string.format('%.0f', sleep)}
+  end
+end
+redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', now + ahead + interval))
+-- Once the schedule is back to now, an absent key means the same: it can go.
+redis.call('PEXPIRE', KEYS[1], math.floor((ahead + interval) / 1000) + tonumber(ARGV[5]))
+return {1, string.format('%.0f', sleep)}
 """
     ).encode(),
 )
 
-# Returns the tokens in the bucket now, as a string (the burst when the bucket is untouched).
-_PEEK_TOKENS = Script(None, (_REFILLED_TOKENS + "return string.format('%.6f', tokens)").encode())  # type: ignore[arg-type]
+# Returns how far the schedule runs ahead of now, in us, as a string.
+_PEEK_AHEAD = Script(None, (_SCHEDULE_NOW + "return string.format('%.0f', ahead)").encode())  # type: ignore[arg-type]
+
+_US = 1_000_000
 
 
 class RedisRateLimiter:
-    """A token bucket shared by every process through Redis, with a reserve for logins."""
+    """A paced schedule shared by every process through Redis, with a reserve for logins."""
 
     def __init__(self, *, per_second: float, burst: int, interactive_reserve: float) -> None:
         self.per_second = per_second
         self.burst = burst
         self.reserved_tokens = burst * interactive_reserve
+        self._interval_us = _US / per_second
+        # A login may go while the schedule is up to burst - 1 intervals ahead; bulk books its
+        # slots up to the reserve short of that, so the reserve is always there for logins.
+        self._tolerance_us = {
+            Priority.INTERACTIVE: (burst - 1) * self._interval_us,
+            Priority.BULK: max(0.0, burst - 1 - self.reserved_tokens) * self._interval_us,
+        }
         self._key = redis_key("rate")
-        # Past this, an untouched bucket is full anyway: the key can go.
-        self._ttl_ms = seconds_to_ms(burst / per_second) + 1000
+        self._ttl_ms = 1000
 
     def acquire(self, *, priority: Priority, timeout: float) -> bool:
-        """Take one token, sleeping until one is there for this priority; False on timeout."""
-        keep = 0 if priority == Priority.INTERACTIVE else self.reserved_tokens
+        """Take one slot, sleeping until it (bulk) or until one is there; False on timeout."""
+        books_ahead = priority == Priority.BULK
         started = time.monotonic()
         deadline = started + timeout
         while True:
-            granted, wait = _TAKE_TOKEN(
+            remaining = deadline - time.monotonic()
+            granted, sleep_us = _TAKE_SLOT(
                 [self._key],
-                [self.per_second, self.burst, keep, self._ttl_ms],
+                [
+                    f"{self._interval_us:.3f}",
+                    f"{self._tolerance_us[priority]:.3f}",
+                    int(books_ahead),
+                    max(0, int(remaining * _US)),
+                    self._ttl_ms,
+                ],
                 client=redis_connection(),
             )
-            remaining = deadline - time.monotonic()
-            if granted or remaining <= 0:
+            sleep = float(sleep_us) / _US
+            if granted:
+                # A booked slot is ours alone: sleep until it, to the microsecond, no jitter.
+                time.sleep(sleep)
                 metrics.rate_limit_waited(priority=priority, seconds=time.monotonic() - started)
-                return bool(granted)
-            # Jitter spreads the waiters that all computed the same refill moment.
-            time.sleep(min(remaining, float(wait) * (1 + random.random() / 4)))  # noqa: S311
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                metrics.rate_limit_waited(priority=priority, seconds=time.monotonic() - started)
+                return False
+            # Jitter spreads the waiters that all computed the same moment; whoever asks first
+            # then books the next slot, so waking order, not timing, is what it changes.
+            time.sleep(min(remaining, sleep * (1 + random.random() / 4)))  # noqa: S311
 
     def state(self) -> dict:
-        """The bucket as operators see it (JSON-able)."""
-        tokens = _PEEK_TOKENS([self._key], [self.per_second, self.burst], client=redis_connection())
+        """The schedule as operators see it (JSON-able).
+
+        `tokens` is the budget not yet spent or booked: the burst minus the intervals the
+        schedule runs ahead. During a full run it stays above the reserve: the run books its
+        slots (`booked_ahead_seconds`) and the rest is the logins'.
+        """
+        ahead_us = float(
+            _PEEK_AHEAD([self._key], [f"{self._interval_us:.3f}"], client=redis_connection())
+        )
         return {
             "enabled": True,
             "per_second": self.per_second,
             "burst": self.burst,
             "reserved_for_interactive": self.reserved_tokens,
-            "tokens": round(float(tokens), 2),
+            "tokens": round(max(0.0, self.burst - ahead_us / self._interval_us), 2),
+            "booked_ahead_seconds": round(ahead_us / _US, 3),
         }
 
 

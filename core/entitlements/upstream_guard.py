@@ -1,7 +1,7 @@
 """The guard around one call to the entitlements service: circuit breaker, then rate limit.
 
 The engine asks the upstream inside `admit_upstream_call` and tells the call how the upstream
-did. The breaker (`circuit_breaker.py`) and the token bucket (`rate_limit.py`) are shared
+did. The breaker (`circuit_breaker.py`) and the paced schedule (`rate_limit.py`) are shared
 through Redis by every worker process on every machine, their keys namespaced with the cache's
 KEY_PREFIX.
 
@@ -31,9 +31,10 @@ __all__ = ("Priority", "UpstreamCall", "admit_upstream_call", "upstream_status")
 
 logger = logging.getLogger(__name__)
 
-# How long a caller may sleep for a token before giving up. Bulk syncs wait longer: waiting in
-# the worker is what paces a full run. A login sync that found no token in 10 s (the fleet is
-# saturated by logins alone) is better retried than left holding an interactive worker.
+# How long a caller may sleep for its slot before giving up. Bulk syncs wait longer: sleeping
+# until its booked slot in the worker is what paces a full run. A login sync that found no slot
+# in 10 s (the fleet is saturated by logins alone) is better retried than left holding an
+# interactive worker.
 _MAX_WAIT_SECONDS = {Priority.INTERACTIVE: 10.0, Priority.BULK: 30.0}
 
 
@@ -66,8 +67,8 @@ class UpstreamCall:
 def admit_upstream_call(*, priority: Priority) -> Iterator[UpstreamCall]:
     """Admit one upstream request through the breaker and the rate limit, or refuse it.
 
-    A refused call (`refused` set) must not be made: the circuit is open, or no token came
-    within the priority's wait (10 s interactive, 30 s bulk). An admitted call is
+    A refused call (`refused` set) must not be made: the circuit is open, or no rate-limit slot
+    came within the priority's wait (10 s interactive, 30 s bulk). An admitted call is
     made and then told with `record` how the upstream did; one left untold (the worker shut down
     mid-call) gives its half-open probe back, so that someone else may probe at once.
     """

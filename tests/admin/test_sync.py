@@ -11,6 +11,8 @@ from django.urls import reverse
 from django_redis import get_redis_connection
 
 from core.entitlements.circuit_breaker import CircuitBreaker
+from core.entitlements.rate_limit import get_rate_limiter
+from core.entitlements.upstream_guard import Priority
 from core.models import SyncRun
 from tests.support.admin_pages import RESYNC_ALL, RUNS, shown
 from tests.support.broker import producer_app
@@ -54,6 +56,22 @@ def test_sync_runs_page_shows_the_circuit_open_after_failures(admin_client, guar
 
     shown = status_block(admin_client)
     assert re.search(r"<strong>open</strong>: calls refused, reopens in (59|60) s", shown)
+
+
+def test_sync_runs_page_shows_the_slots_a_run_booked(admin_client, guard_settings, settings):
+    settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 1.0  # slots 1 s apart: the page sees them
+    limiter = get_rate_limiter()
+    # A run's first slot goes now; its next thread books the slot 1 s later and sleeps to it.
+    assert limiter.acquire(priority=Priority.BULK, timeout=0)
+    assert limiter.acquire(priority=Priority.BULK, timeout=2)
+
+    shown = status_block(admin_client)
+
+    assert re.search(
+        r"<strong>1.0 per second</strong>, 4[89]\.\d+ of 50 tokens left \(10.0 reserved for "
+        r"logins\), [01]\.\d+ s of calls booked ahead by a run\.",
+        shown,
+    )
 
 
 def test_sync_runs_page_renders_with_redis_unreachable(admin_client, settings):

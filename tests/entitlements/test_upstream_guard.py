@@ -36,9 +36,11 @@ def guard(settings):
         connection.delete(key)
 
 
-def call(*, available: bool = True, calls: list | None = None) -> str:
+def call(
+    *, available: bool = True, calls: list | None = None, priority: Priority = Priority.BULK
+) -> str:
     """One upstream call through the guard, told `available`; why it was refused, if it was."""
-    with admit_upstream_call(priority=Priority.BULK) as upstream:
+    with admit_upstream_call(priority=priority) as upstream:
         if upstream.refused:
             return upstream.refused
         if calls is not None:
@@ -161,9 +163,10 @@ def test_without_a_redis_cache_calls_go_through_unguarded_with_one_warning(
 
 
 def test_operators_see_the_circuit_and_the_bucket(guard, settings):
-    settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 1.0  # the bucket barely refills meanwhile
+    settings.ENTITLEMENTS_RATE_LIMIT_PER_SECOND = 1.0  # the schedule barely moves meanwhile
     for _ in range(THRESHOLD):
-        call(available=False)
+        # Logins go at once, each moving the schedule one second ahead.
+        call(available=False, priority=Priority.INTERACTIVE)
 
     state = json.loads(json.dumps(upstream_status()))
 
@@ -174,6 +177,7 @@ def test_operators_see_the_circuit_and_the_bucket(guard, settings):
     assert state["rate_limit"]["enabled"] is True
     assert state["rate_limit"]["per_second"] == 1.0
     assert state["rate_limit"]["tokens"] == pytest.approx(100 - THRESHOLD, abs=1)
+    assert state["rate_limit"]["booked_ahead_seconds"] == pytest.approx(THRESHOLD, abs=1)
 
 
 @pytest.mark.parametrize(

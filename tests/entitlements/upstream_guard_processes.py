@@ -7,7 +7,8 @@ on several machines would; the cross-process tests start this module with `pytho
 `breaker` runs the listed breaker operations in order and prints their results as JSON.
 `hammer` prints "ready", reads "START STOP" (wall-clock seconds) from stdin, then THREADS
 threads take rate-limit tokens from START until STOP, each at most one per PACE seconds
-(0: as fast as the limiter allows), and print the grant times and waits as JSON.
+(0: as fast as the limiter allows), and print the grant times, the waits and the grants of
+each thread as JSON.
 """
 
 import json
@@ -73,9 +74,10 @@ def _hammer(priority: str, threads: int, pace: float) -> dict:
     start_at, stop_at = (float(value) for value in sys.stdin.readline().split())
     granted: list[float] = []
     waits: list[float] = []
+    per_thread = [0] * threads
     lock = threading.Lock()
 
-    def take_tokens() -> None:
+    def take_tokens(number: int) -> None:
         next_call = start_at
         while True:
             time.sleep(max(0.0, next_call - time.time()))
@@ -88,14 +90,15 @@ def _hammer(priority: str, threads: int, pace: float) -> dict:
                     with lock:
                         granted.append(now)
                         waits.append(now - asked)
+                        per_thread[number] += 1
             next_call = asked + pace
 
-    workers = [threading.Thread(target=take_tokens) for _ in range(threads)]
+    workers = [threading.Thread(target=take_tokens, args=(number,)) for number in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return {"granted": granted, "waits": waits}
+    return {"granted": granted, "waits": waits, "per_thread": per_thread}
 
 
 def main(argv: list[str]) -> None:
