@@ -1,10 +1,13 @@
 """What one login costs, part by part (figure 14): `python -m bench.login_parts`.
 
 Times `core.authentication.request_login_sync` in this process, against PostgreSQL and a
-private redis-server (no worker, nothing consumes the queue), and each of its parts by
+private redis-server (with `--under-load`, while the Procfile's workers run the syncs these
+logins start, as figure 1 does; else nothing consumes the queue), and each of its parts by
 wrapping the functions it goes through: the request's statements (the claims are stored in
-the same UPDATE), the broker publish of the task, the `task-sent` event (Flower's), the Redis
-clients kombu builds; and counts its SQL statements and Redis commands. Logins are paced (one
+the same UPDATE) with their commit, the publish run on commit (the task and its `task-sent`
+event, Flower's), split into the time spent talking to Redis and the rest (Celery and kombu
+building the messages); and counts its SQL statements, Redis round trips and the Redis
+clients kombu builds. Logins are paced (one
 every 20 ms, as figure 1's) or back to back (`--every 0`).
 
 Runs against any commit of this repository (it only wraps public names of Django, kombu and
@@ -41,28 +44,21 @@ def _timed(name: str, function):
 
 def _instrument() -> None:
     """Wrap the parts of a login; imports are late: Django is set up by then."""
-    from celery.events.dispatcher import EventDispatcher
+    import redis
     from django.db.backends.utils import CursorWrapper
-    from kombu import Producer
     from kombu.transport import redis as kombu_redis
 
     from core.entitlements import sync_requests
 
     sync_requests._record_and_claim = _timed("request_sql", sync_requests._record_and_claim)
     sync_requests._send = _timed("on_commit_send", sync_requests._send)
-    EventDispatcher.publish = _timed("task_sent_event", EventDispatcher.publish)
-    publish = Producer.publish
-
-    def producer_publish(self, body, *args, exchange="", **kwargs):
-        # The event dispatcher publishes through the same method: told apart by exchange.
-        name = "event_publish" if str(getattr(exchange, "name", exchange)) == "celeryev" else None
-        return _timed(name or "task_publish", publish)(
-            self, body, *args, exchange=exchange, **kwargs
-        )
-
-    Producer.publish = producer_publish
+    # Time spent talking to Redis: one command, or a pipeline of them (PublishBatch's).
+    redis.Redis.execute_command = _timed("redis_io", redis.Redis.execute_command)
+    redis.client.Pipeline.execute = _timed("redis_io", redis.client.Pipeline.execute)
+    connection = redis.connection.AbstractConnection
+    connection.send_packed_command = _timed("redis_round_trips", connection.send_packed_command)
     kombu_redis.Channel._create_client = _timed(
-        "redis_client_built", kombu_redis.Channel._create_client
+        "redis_clients_built", kombu_redis.Channel._create_client
     )
     CursorWrapper.execute = _timed("sql_statements", CursorWrapper.execute)
 
@@ -77,14 +73,11 @@ def measure(*, logins: int, every: float, warmup: int = 50) -> dict[str, str]:
     from bench import data
     from bench.logins import LOGIN_CLAIMS
     from core.authentication import request_login_sync
-    from core.models import EntitlementSyncState
 
     users = data.create_users(kind="parts", indexes=range(logins + warmup))
     for user in users[:warmup]:
         request_login_sync(user=user, claims=LOGIN_CLAIMS)
     _instrument()
-    redis_client = _broker_redis()
-    commands_before = _redis_commands(redis_client)
     totals: list[float] = []
     parts: dict[str, list[float]] = defaultdict(list)
     counts: dict[str, int] = defaultdict(int)
@@ -97,91 +90,88 @@ def measure(*, logins: int, every: float, warmup: int = 50) -> dict[str, str]:
         _counts.clear()
         begin = time.perf_counter()
         receipt = request_login_sync(user=user, claims=LOGIN_CLAIMS)
-        totals.append((time.perf_counter() - begin) * 1000)
+        total = (time.perf_counter() - begin) * 1000
         assert receipt.task_id, "every timed login is a user's first: it sends a task"
-        for name in (
-            "request_sql",
-            "on_commit_send",
-            "task_publish",
-            "event_publish",
-            "redis_client_built",
-        ):
+        totals.append(total)
+        for name in ("request_sql", "on_commit_send", "redis_io"):
             parts[name].append(_spent[name] * 1000)
+        parts["celery_kombu"].append((_spent["on_commit_send"] - _spent["redis_io"]) * 1000)
+        parts["rest"].append(total - (_spent["request_sql"] + _spent["on_commit_send"]) * 1000)
         for name, count in _counts.items():
             counts[name] += count
-    commands = _redis_commands(redis_client) - commands_before
-    figures = {}
-    figures["login_parts_logins"] = str(logins)
-    figures["login_parts_every_ms"] = str(round(every * 1000, 1))
-    p50, p99 = _percentiles(totals)
-    figures["login_parts_total_ms_p50"], figures["login_parts_total_ms_p99"] = str(p50), str(p99)
-    rest = [
-        total - parts["request_sql"][i] - parts["on_commit_send"][i]
-        for i, total in enumerate(totals)
-    ]
-    parts["rest"] = rest
-    for name, values in parts.items():
+    figures = {
+        "login_parts_logins": str(logins),
+        "login_parts_every_ms": str(round(every * 1000, 1)),
+    }
+    for name, values in {"total": totals, **parts}.items():
         p50, p99 = _percentiles(values)
         figures[f"login_parts_{name}_ms_p50"] = str(p50)
         figures[f"login_parts_{name}_ms_p99"] = str(p99)
-    for name in ("sql_statements", "redis_client_built", "task_publish", "event_publish"):
+    for name in ("sql_statements", "redis_round_trips", "redis_clients_built"):
         figures[f"login_parts_{name}_per_login"] = str(round(counts[name] / logins, 2))
-    # The INFO call itself is one command; the measuring client's CLIENT SETNAME etc. none.
-    figures["login_parts_redis_commands_per_login"] = str(round((commands - 1) / logins, 2))
-    EntitlementSyncState.objects.filter(user__in=users).update(enqueued_at=None)
-    data.delete_users(kind="parts")
+    # The users stay: syncs may still run for them (the tables are emptied at the next start).
     return figures
-
-
-def _broker_redis():
-    import redis
-    from django.conf import settings
-
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
-
-
-def _redis_commands(client) -> int:
-    """Commands the Redis server has run, all clients together (INFO commandstats)."""
-    return sum(stats["calls"] for stats in client.info("commandstats").values())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logins", type=int, default=1000)
     parser.add_argument("--every", type=float, default=0.02, help="seconds between logins")
+    parser.add_argument(
+        "--under-load",
+        action="store_true",
+        help="with the Procfile's workers running the syncs the logins start (stub at 25 ms), "
+        "as in figure 1",
+    )
     args = parser.parse_args()
     database_url = os.environ.get(
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/messages_bench"
     )
-    from bench.services import PrivateRedis, ensure_database
+    from bench.cli import LOG_DIR, RATE_LIMIT_PER_SECOND
+    from bench.services import PrivateRedis, StubProcess, django_environment, ensure_database
 
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-parts-")))
         redis_server = PrivateRedis(scratch)
         stack.callback(redis_server.stop)
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        stub = StubProcess(log=LOG_DIR / "stub.log")
+        stack.callback(stub.stop)
         ensure_database(database_url)
-        for key in list(os.environ):
-            if key.startswith(("ENTITLEMENTS_", "CELERY_", "DJANGO_", "DATABASE_", "REDIS_")):
-                del os.environ[key]
-        os.environ.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "messages.settings",
-                "DJANGO_SECRET_KEY": "benchmark-only-not-a-secret",
-                "DATA_DIR": str(scratch / "data"),
-                "DATABASE_URL": database_url,
-                "REDIS_URL": redis_server.url,
-                "LOG_LEVEL": "WARNING",
-            }
+        env = django_environment(
+            database_url=database_url,
+            redis_url=redis_server.url,
+            stub=stub,
+            data_dir=scratch / "data",
+            extra={
+                "ENTITLEMENTS_CACHE_TIMEOUT_SECONDS": "0",
+                "ENTITLEMENTS_RATE_LIMIT_PER_SECOND": str(RATE_LIMIT_PER_SECOND),
+            },
         )
+        os.environ.clear()
+        os.environ.update({**env, "LOG_LEVEL": "WARNING"})
         import django
 
         django.setup()
         from django.core.management import call_command
 
         from bench import data
+        from bench.layout import shipped_workers
+        from bench.scenarios import running_workers
 
         call_command("migrate", verbosity=0)
         data.empty_tables()
+        data.create_domains()
+        if args.under_load:
+            stub.control(latency=0.025, generation=0)
+            stack.enter_context(
+                running_workers(
+                    shipped_workers(environ=dict(os.environ)),
+                    env={**env, "LOG_LEVEL": "INFO"},
+                    log_dir=LOG_DIR,
+                )
+            )
+        print(f"login_parts_under_load={int(args.under_load)}", flush=True)
         for name, value in measure(logins=args.logins, every=args.every).items():
             print(f"{name}={value}", flush=True)
     return 0
