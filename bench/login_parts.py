@@ -68,8 +68,37 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return round(cuts[49], 3), round(cuts[98], 3)
 
 
-def measure(*, logins: int, every: float, warmup: int = 50) -> dict[str, str]:
-    """name=value figures of `logins` timed logins (after `warmup` untimed ones)."""
+def _switch(*, changes: bool) -> None:
+    """`changes=False` undoes, for the next logins, what figure 14 changed: the commit waits
+    for the disk again, kombu builds a Redis client per publish, and the task and its event
+    leave in two round trips (the ORM filter stays as it is). `--alternate` flips it login
+    by login, so that both sides share the machine's state of the moment."""
+    from contextlib import nullcontext
+
+    from kombu.transport import redis as kombu_redis
+
+    from core.entitlements import sync_requests
+    from messages import redis_broker
+
+    if not hasattr(_switch, "changed"):
+        _switch.changed = {  # type: ignore[attr-defined]
+            "wrapper": sync_requests._commits_not_waiting_for_the_disk,
+            "conn_or_acquire": redis_broker.Channel.__dict__["conn_or_acquire"],
+            "supports_batch_publish": redis_broker.Channel.__dict__["supports_batch_publish"],
+        }
+    changed = _switch.changed  # type: ignore[attr-defined]
+    sync_requests._commits_not_waiting_for_the_disk = changed["wrapper"] if changes else nullcontext
+    for name in ("conn_or_acquire", "supports_batch_publish"):
+        setattr(
+            redis_broker.Channel,
+            name,
+            changed[name] if changes else kombu_redis.Channel.__dict__[name],
+        )
+
+
+def measure(*, logins: int, every: float, alternate: bool, warmup: int = 50) -> dict[str, str]:
+    """name=value figures of `logins` timed logins (after `warmup` untimed ones); with
+    `alternate`, of each side (`before`, `after`: see `_switch`), logins taking turns."""
     from bench import data
     from bench.logins import LOGIN_CLAIMS
     from core.authentication import request_login_sync
@@ -78,11 +107,15 @@ def measure(*, logins: int, every: float, warmup: int = 50) -> dict[str, str]:
     for user in users[:warmup]:
         request_login_sync(user=user, claims=LOGIN_CLAIMS)
     _instrument()
-    totals: list[float] = []
-    parts: dict[str, list[float]] = defaultdict(list)
-    counts: dict[str, int] = defaultdict(int)
+    sides = ("before", "after") if alternate else ("",)
+    totals: dict[str, list[float]] = defaultdict(list)
+    parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     started = time.perf_counter()
     for number, user in enumerate(users[warmup:]):
+        side = sides[number % len(sides)]
+        if alternate:
+            _switch(changes=side == "after")
         delay = started + number * every - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
@@ -92,23 +125,28 @@ def measure(*, logins: int, every: float, warmup: int = 50) -> dict[str, str]:
         receipt = request_login_sync(user=user, claims=LOGIN_CLAIMS)
         total = (time.perf_counter() - begin) * 1000
         assert receipt.task_id, "every timed login is a user's first: it sends a task"
-        totals.append(total)
+        totals[side].append(total)
         for name in ("request_sql", "on_commit_send", "redis_io"):
-            parts[name].append(_spent[name] * 1000)
-        parts["celery_kombu"].append((_spent["on_commit_send"] - _spent["redis_io"]) * 1000)
-        parts["rest"].append(total - (_spent["request_sql"] + _spent["on_commit_send"]) * 1000)
+            parts[side][name].append(_spent[name] * 1000)
+        parts[side]["celery_kombu"].append((_spent["on_commit_send"] - _spent["redis_io"]) * 1000)
+        parts[side]["rest"].append(
+            total - (_spent["request_sql"] + _spent["on_commit_send"]) * 1000
+        )
         for name, count in _counts.items():
-            counts[name] += count
+            counts[side][name] += count
     figures = {
         "login_parts_logins": str(logins),
         "login_parts_every_ms": str(round(every * 1000, 1)),
     }
-    for name, values in {"total": totals, **parts}.items():
-        p50, p99 = _percentiles(values)
-        figures[f"login_parts_{name}_ms_p50"] = str(p50)
-        figures[f"login_parts_{name}_ms_p99"] = str(p99)
-    for name in ("sql_statements", "redis_round_trips", "redis_clients_built"):
-        figures[f"login_parts_{name}_per_login"] = str(round(counts[name] / logins, 2))
+    for side in sides:
+        prefix = f"login_parts_{side}_" if side else "login_parts_"
+        for name, values in {"total": totals[side], **parts[side]}.items():
+            p50, p99 = _percentiles(values)
+            figures[f"{prefix}{name}_ms_p50"] = str(p50)
+            figures[f"{prefix}{name}_ms_p99"] = str(p99)
+        for name in ("sql_statements", "redis_round_trips", "redis_clients_built"):
+            per_login = counts[side][name] / len(totals[side])
+            figures[f"{prefix}{name}_per_login"] = str(round(per_login, 2))
     # The users stay: syncs may still run for them (the tables are emptied at the next start).
     return figures
 
@@ -122,6 +160,11 @@ def main() -> int:
         action="store_true",
         help="with the Procfile's workers running the syncs the logins start (stub at 25 ms), "
         "as in figure 1",
+    )
+    parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help="logins take turns with and without the changes of figure 14 (this checkout only)",
     )
     args = parser.parse_args()
     database_url = os.environ.get(
@@ -172,7 +215,9 @@ def main() -> int:
                 )
             )
         print(f"login_parts_under_load={int(args.under_load)}", flush=True)
-        for name, value in measure(logins=args.logins, every=args.every).items():
+        for name, value in measure(
+            logins=args.logins, every=args.every, alternate=args.alternate
+        ).items():
             print(f"{name}={value}", flush=True)
     return 0
 
