@@ -46,10 +46,11 @@ class Channel(kombu_redis.Channel):
         """The client a publish (or a queue's size, a purge...) goes through: one per channel.
 
         kombu builds a new redis.Redis around the channel's pool at every call, twice per
-        task sent (the task, then its `task-sent` event): ~0.07 ms of CPU each, a tenth of a
-        login's publish. A client holds no connection of its own (it takes one from the pool
-        per command, thread-safely), so one serves them all; it is built again when the
-        channel's pool is (kombu drops the pool when the connection is lost).
+        task sent (the task, then its `task-sent` event): ~0.07 ms of CPU each, a seventh of
+        a login's publish (docs/performance.md, figure 14). A client holds no connection of
+        its own (it takes one from the pool per command, thread-safely), so one serves them
+        all; it is built again when the channel's pool is (kombu drops the pool when the
+        connection is lost).
         """
         if client:
             yield client

@@ -176,12 +176,13 @@ def _commits_not_waiting_for_the_disk() -> Iterator[None]:
     """In autocommit on PostgreSQL, the statements of the block commit without waiting for
     their WAL to reach the disk (`synchronous_commit` off for their own transactions only).
 
-    That wait was most of a login's request: ~1-3 ms of fsync at p50 here, tens of ms at p99
-    on a busy disk, for one row. The commit is as visible at once as before, and durable
-    within ~0.6 s (3 x wal_writer_delay); a PostgreSQL crash inside that window can lose the
-    request, no more: the task it sends lives in Redis, which keeps it no better (its
-    append-only file is flushed once a second), and a later login or run syncs the user
-    anyway. Inside a caller's transaction (atomic) nothing changes: its commit is the caller's.
+    That wait was most of a login's request: 0.7-3 ms of fsync at p50 here, tens of ms at
+    p99 on a busy disk, for one row (docs/performance.md, figure 14). The commit is as
+    visible at once as before, and durable within ~0.6 s (3 x wal_writer_delay); a
+    PostgreSQL crash inside that window can lose the request, no more: the task it sends
+    lives in Redis, which keeps it no better (its append-only file, when on, is flushed
+    once a second), and a later login or run syncs the user anyway. Inside a caller's transaction
+    (atomic) nothing changes: its commit is the caller's.
 
     The setting rides in the statement's own query string (`; SET LOCAL ...` after it, one
     implicit transaction, one round trip); the cursor's row count stays the statement's.
