@@ -29,8 +29,13 @@ class SyncStateQuerySet(models.QuerySet):
 
     def without_task_waiting(self, *, queued_since: datetime) -> "SyncStateQuerySet":
         """States with no task queued at or after `queued_since` that has not started yet."""
-        return self.filter(
-            Q(enqueued_at__isnull=True)
-            | Q(enqueued_at__lt=queued_since)
-            | Q(started_at__gte=F("enqueued_at"))
-        )
+        return self.filter(no_task_waiting(queued_since=queued_since))
+
+
+def no_task_waiting(*, queued_since: datetime) -> Q:
+    """The condition of `without_task_waiting`, to combine with others in one filter."""
+    return (
+        Q(enqueued_at__isnull=True)
+        | Q(enqueued_at__lt=queued_since)
+        | Q(started_at__gte=F("enqueued_at"))
+    )
