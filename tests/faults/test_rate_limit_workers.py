@@ -25,10 +25,13 @@ RATE_SETTINGS = {
     "ENTITLEMENTS_SYNC_BATCH_SIZE": 25,
     "ENTITLEMENTS_SYNC_BATCH_CONCURRENCY": 8,
 }
-# Arrival times are taken at the stub, after the network and the stub's own threads: on a
-# loaded 2-core machine requests admitted apart can arrive bunched (seen: 11 over). A broken
+# Arrival times are taken at the stub, after the network and the stub's own threads (in the
+# test process): on a loaded 2-core machine requests admitted apart can arrive bunched (seen:
+# 11 over at load ~12, 23 at load ~28 with a million-user bench beside the suite). A broken
 # limiter overshoots by hundreds over a 2,000-request run; the sustained rate stays strict.
-JITTER_REQUESTS = 15
+# The burst a token bucket had at the start is caught in tests/entitlements/test_rate_limit.py,
+# where the callers time their own calls.
+JITTER_REQUESTS = 25
 
 
 def login_to_rights(user) -> float:
