@@ -48,7 +48,8 @@ FIGURES = (
     "signal_organisation_all_asked_s",
     "signal_storm_upstream_calls_per_user",
     "signal_storm_login_to_rights_p99_ms_during",
-    "signal_endpoint_p99_ms_at_1000_per_s",
+    "signal_endpoint_2w1t_100_per_s_ms_p99",
+    "signal_endpoint_2w1t_100_per_s_cpu_ms_per_signal_web",
 )
 LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 
