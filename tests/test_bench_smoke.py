@@ -48,11 +48,12 @@ FIGURES = (
     "signal_organisation_all_asked_s",
     "signal_storm_upstream_calls_per_user",
     "signal_storm_login_to_rights_p99_ms_during",
-    "signal_endpoint_p99_ms_at_1000_per_s",
     "pacing_run_seconds",
     "pacing_calls_per_s_steady_p50",
     "pacing_busiest_1s_window_first_10s",
     "pacing_login_to_rights_p99_ms_during",
+    "signal_endpoint_2w1t_100_per_s_ms_p99",
+    "signal_endpoint_2w1t_100_per_s_cpu_ms_per_signal_web",
 )
 LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 
