@@ -13,6 +13,9 @@ from core.entitlements.rate_limit import get_rate_limiter
 from core.entitlements.upstream_guard import Priority
 from tests.entitlements import upstream_guard_processes
 
+# Saturates the CPU or measures a rate or a delay: `make test` runs it apart, alone (conftest.py).
+pytestmark = pytest.mark.heavy
+
 RATE = 100.0
 BURST = 20
 RESERVE = 0.25  # 5 of the 20 tokens are for interactive callers only
