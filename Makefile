@@ -23,6 +23,11 @@ TEST_BROKER_KEY_PREFIX ?= messages-$(CHECKOUT_ID):
 TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	CELERY_BROKER_KEY_PREFIX=$(TEST_BROKER_KEY_PREFIX)
 PYTEST_ARGS ?=
+# The suite runs in TEST_WORKERS pytest-xdist processes (conftest.py gives each its own names on
+# the shared servers): more than the two cores, as its tests mostly wait (timeouts, worker
+# subprocesses, private servers). Then the tests marked heavy (they saturate the CPU or measure
+# a rate or a delay) run alone, one at a time. PYTEST_ARGS="-n 0": the first part in one process.
+TEST_WORKERS ?= 4
 # Where the embedded default keeps its files (the settings' DATA_DIR).
 DATA_DIR ?= data
 # The demo's periodic resync runs every two minutes, so a revocation shows quickly (set at the
@@ -77,7 +82,8 @@ run: install
 test: install-dev
 	$(TEST_ENV) $(BIN)/ruff check .
 	$(BIN)/mypy
-	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --heavy=skip $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest --heavy=only $(PYTEST_ARGS)
 
 test-slow: install-dev
 	$(TEST_ENV) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

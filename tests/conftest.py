@@ -318,15 +318,38 @@ def flower():
         yield url
 
 
+# What the pytest-xdist workers measured and kept, gathered by the controller as each worker ends
+# (the controller runs no test: its own figures and artefacts are empty).
+_from_workers: dict[str, list[str]] = {"figures": [], "artefacts": []}
+
+
+def pytest_sessionfinish(session):
+    """In a pytest-xdist worker: hand this worker's figures and artefacts to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["figures"] = figures.lines()
+        workeroutput["artefacts"] = artifacts.lines()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """In the pytest-xdist controller: keep what the worker that ended handed over."""
+    output = getattr(node, "workeroutput", {})
+    _from_workers["figures"].extend(output.get("figures", ()))
+    # Two workers may keep files in the same place (the admin's screenshots): listed once.
+    kept = _from_workers["artefacts"]
+    kept.extend(line for line in output.get("artefacts", ()) if line not in kept)
+
+
 def pytest_terminal_summary(terminalreporter):
     """Show the figures measured by the tests that ran (docs/reliability.md quotes them) and
-    where the artefacts they kept are."""
-    measured = figures.lines()
+    where the artefacts they kept are (with pytest-xdist: those every worker handed over)."""
+    measured = figures.lines() + _from_workers["figures"]
     if measured:
         terminalreporter.section("figures")
         for line in measured:
             terminalreporter.write_line(line)
-    kept = artifacts.lines()
+    kept = artifacts.lines() + _from_workers["artefacts"]
     if kept:
         terminalreporter.section("artefacts")
         for line in kept:

@@ -14,6 +14,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.support.names import own_name
+
+# Saturates the CPU or measures a rate or a delay: `make test` runs it apart, alone (conftest.py).
+pytestmark = pytest.mark.heavy
+
 REPO = Path(__file__).resolve().parent.parent
 
 FIGURES = (
@@ -59,10 +64,10 @@ LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 
 
 def _bench_database_url() -> str:
-    """The smoke run's own database beside the suite's: its tables are emptied by the run."""
+    """The smoke run's own database beside the suite's test database, named after it (so after
+    the pytest-xdist worker too): its tables are emptied by the run."""
     parts = urlsplit(os.environ["DATABASE_URL"])
-    name = parts.path.lstrip("/") or "messages"
-    return urlunsplit(parts._replace(path=f"/{name}_bench_smoke"))
+    return urlunsplit(parts._replace(path=f"/{own_name('bench_smoke')}"))
 
 
 @pytest.fixture

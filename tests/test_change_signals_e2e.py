@@ -30,6 +30,9 @@ from tests.deploycenter_stub import ALPHA_SIRET
 from tests.support import wait_until
 from tests.support.web_server import WebServer
 
+# Saturates the CPU or measures a rate or a delay: `make test` runs it apart, alone (conftest.py).
+pytestmark = pytest.mark.heavy
+
 ALPHA, BETA = "alpha.example.org", "beta.example.org"
 ADMIN = "admin@alpha.example.org"
 TOKEN = "e2e-changes-token-0123456789"

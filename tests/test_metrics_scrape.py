@@ -13,6 +13,7 @@ from core.models import EntitlementSyncState
 from tests.factories import UserFactory
 from tests.support import rabbitmq
 from tests.support.broker import broker_keys
+from tests.support.names import own_name
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
 NS = "messages_entitlements"
@@ -54,15 +55,16 @@ def test_empty_queues_read_zero(empty_queues):
 def test_queues_rabbitmq_does_not_know_yet_read_zero(monkeypatch, settings):
     if reason := rabbitmq.unavailable_reason():
         pytest.skip(reason)
-    database = settings.DATABASES["default"]["NAME"].removeprefix("test_")
+    vhost = own_name("metrics_test")
     # A vhost without queues: RabbitMQ answers NOT_FOUND and closes the channel it came on.
-    monkeypatch.setattr(
-        current_app.conf, "broker_url", rabbitmq.fresh_vhost(f"{database}_metrics_test")
-    )
+    monkeypatch.setattr(current_app.conf, "broker_url", rabbitmq.fresh_vhost(vhost))
     # The settings' transport is Redis's own (messages/redis_broker.py): AMQP takes its URL's.
     monkeypatch.setitem(current_app.conf, "broker_transport", None)
 
-    values = rendered()
+    try:
+        values = rendered()
+    finally:
+        rabbitmq.delete_vhost(vhost)
 
     assert values[(f"{NS}_queue_messages", (("queue", "interactive"),))] == 0
     assert values[(f"{NS}_queue_messages", (("queue", "bulk"),))] == 0

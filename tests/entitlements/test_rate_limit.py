@@ -16,6 +16,9 @@ from core.entitlements.upstream_guard import Priority
 from tests.entitlements import upstream_guard_processes
 from tests.support import wait_until
 
+# Saturates the CPU or measures a rate or a delay: `make test` runs it apart, alone (conftest.py).
+pytestmark = pytest.mark.heavy
+
 RATE = 100.0
 BURST = 20
 RESERVE = 0.25  # 5 of the 20 slots ahead are for interactive callers only

@@ -27,6 +27,9 @@ from tests.support import wait_until
 from tests.support.broker import broker_key
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
+# Saturates the CPU or measures a rate or a delay: `make test` runs it apart, alone (conftest.py).
+pytestmark = pytest.mark.heavy
+
 CONCURRENCY_SETTINGS = {
     "ENTITLEMENTS_SYNC_BATCH_SIZE": 3,
     "ENTITLEMENTS_SYNC_BATCH_CONCURRENCY": 3,

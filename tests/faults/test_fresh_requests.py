@@ -19,6 +19,9 @@ from core.models import EntitlementSyncState, Trigger
 from tests.faults.conftest import ALPHA, BETA, fault_seed, synced_domains, upstream_calls_by_email
 from tests.support import wait_until
 
+# Saturates the CPU or measures a rate or a delay: `make test` runs it apart, alone (conftest.py).
+pytestmark = pytest.mark.heavy
+
 # Production's windows: a five-minute fresh answer would hide the change if anyone used it.
 WINDOWS = {"ENTITLEMENTS_CACHE_TIMEOUT_SECONDS": 300, "ENTITLEMENTS_STALE_FALLBACK_SECONDS": 3600}
 # How soon a person's resync must land, worker and upstream latency included.

@@ -30,6 +30,7 @@ from tests.faults.test_worker_kills import (
 )
 from tests.support import rabbitmq, wait_until
 from tests.support.broker import broker_key, producer_app
+from tests.support.names import own_name
 from tests.support.oidc_provider import FakeProvider
 from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE
 
@@ -43,10 +44,9 @@ pytestmark = [
 
 @pytest.fixture(scope="session")
 def rabbitmq_vhost():
-    """The suite's own vhost, named after its database (e.g. messages_ci_test), created anew,
-    deleted at the end of the run."""
-    database = settings.DATABASES["default"]["NAME"].removeprefix("test_")
-    name = f"{database}_test"
+    """The suite's own vhost, named after its database and xdist worker (e.g.
+    messages_ci_gw0_test), created anew, deleted at the end of the run."""
+    name = own_name("test")
     yield rabbitmq.fresh_vhost(name)
     rabbitmq.delete_vhost(name)
 

@@ -17,6 +17,9 @@ from core.models import SyncRun
 from tests.faults.conftest import ALPHA, synced_domains
 from tests.support import wait_until
 
+# Saturates the CPU or measures a rate or a delay: `make test` runs it apart, alone (conftest.py).
+pytestmark = pytest.mark.heavy
+
 RATE = 100
 BURST = 20
 RATE_SETTINGS = {
