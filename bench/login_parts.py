@@ -70,8 +70,8 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 
 def _switch(*, changes: bool) -> None:
     """`changes=False` undoes, for the next logins, what figure 14 changed: the commit waits
-    for the disk again and kombu builds a Redis client per publish (the ORM filter stays). `--alternate` flips it login
-    by login, so that both sides share the machine's state of the moment."""
+    for the disk again and kombu builds a Redis client per publish (the ORM filter stays).
+    `--alternate` flips it login by login, so both sides share the machine's state."""
     from contextlib import nullcontext
 
     from kombu.transport import redis as kombu_redis
