@@ -70,9 +70,8 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 
 def _switch(*, changes: bool) -> None:
     """`changes=False` undoes, for the next logins, what figure 14 changed: the commit waits
-    for the disk again, kombu builds a Redis client per publish, and the task and its event
-    leave in two round trips (the ORM filter stays as it is). `--alternate` flips it login
-    by login, so that both sides share the machine's state of the moment."""
+    for the disk again and kombu builds a Redis client per publish (the ORM filter stays).
+    `--alternate` flips it login by login, so both sides share the machine's state."""
     from contextlib import nullcontext
 
     from kombu.transport import redis as kombu_redis
@@ -84,11 +83,10 @@ def _switch(*, changes: bool) -> None:
         _switch.changed = {  # type: ignore[attr-defined]
             "wrapper": sync_requests._commits_not_waiting_for_the_disk,
             "conn_or_acquire": redis_broker.Channel.__dict__["conn_or_acquire"],
-            "supports_batch_publish": redis_broker.Channel.__dict__["supports_batch_publish"],
         }
     changed = _switch.changed  # type: ignore[attr-defined]
     sync_requests._commits_not_waiting_for_the_disk = changed["wrapper"] if changes else nullcontext
-    for name in ("conn_or_acquire", "supports_batch_publish"):
+    for name in ("conn_or_acquire",):
         setattr(
             redis_broker.Channel,
             name,

@@ -27,17 +27,6 @@ class Channel(kombu_redis.Channel):
         # kombu's private method, untyped in its stubs: the one place the transport is read.
         return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
 
-    @property
-    def supports_batch_publish(self) -> bool:
-        """Batches are allowed with the transport options' `retry_on_timeout` too.
-
-        kombu refuses them then, for fear that redis-py replays a pipeline whose first try
-        reached Redis: a message sent twice. A lone LPUSH is replayed the same way, and a sync
-        task is idempotent (a second copy syncs the user again), so a pipeline risks nothing
-        more; it saves a round trip per task sent (sync_requests._send).
-        """
-        return True
-
     # The client every publish of this channel goes through (see conn_or_acquire).
     _publish_client: redis.Redis | None = None
 

@@ -278,21 +278,17 @@ def _send(
     assert request.user_id is not None, "a user's sync request names its user"
     options: dict[str, Any] = {"queue": queue} if queue else {}
     try:
-        # The task and its `task-sent` event (Flower's queued tasks) leave in one batch: one
-        # round trip to a Redis broker (a pipeline) instead of two; other brokers publish at once.
-        with current_app.producer_or_acquire() as producer, producer.batch():
-            current_app.send_task(
-                TaskName.SYNC_USER,
-                args=[str(request.user_id), trigger],
-                kwargs=kwargs,
-                task_id=request.task_id,
-                expires=expires,
-                countdown=countdown,
-                producer=producer,
-                retry=True,
-                retry_policy=_PUBLISH_RETRY_POLICY,
-                **options,
-            )
+        current_app.send_task(
+            TaskName.SYNC_USER,
+            args=[str(request.user_id), trigger],
+            kwargs=kwargs,
+            task_id=request.task_id,
+            expires=expires,
+            countdown=countdown,
+            retry=True,
+            retry_policy=_PUBLISH_RETRY_POLICY,
+            **options,
+        )
     # Any failure to publish (broker down, timeout, bad broker URL) must leave the caller
     # unharmed: a login succeeds, the request is in the database for the sweep.
     except Exception as error:
