@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django_redis.cache import RedisCache
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from core.entitlements import sync_run_batch
+from core.entitlements import batches, sync_run_batch
 from core.entitlements.backends.base import EntitlementsBackend, UpstreamAnswer
 from core.entitlements.cache import cache_key
 from core.entitlements.runs import start_run
@@ -273,9 +273,13 @@ def _claimed_user(email: str) -> User:
 
 
 def test_answers_arriving_within_the_window_are_reconciled_in_one_transaction(
-    transactional_db, make_user, scripted_upstream, settings
+    transactional_db, make_user, scripted_upstream, settings, monkeypatch
 ):
-    # 16 users, 8 threads, 80 ms per answer: two waves 80 ms apart, within one window.
+    # 16 users, 8 threads, 80 ms per answer: two waves 80 ms apart, within one window. The
+    # window is widened here so that a loaded machine (the suite runs in parallel) cannot push
+    # the second wave out of it: what is proved is the gathering; the shipped window's worth
+    # (0.15 s) is measured by the benchmark (docs/performance.md, figure 12).
+    monkeypatch.setattr(batches, "_RECONCILE_WINDOW_SECONDS", 1.0)
     settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = 8
     MailDomain.objects.create(name=ALPHA)
     users = [make_user() for _ in range(16)]
