@@ -50,7 +50,7 @@ def insert_rows(
             return
         placeholders = ", ".join(["%s"] * len(fields))
         sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}){conflicts}"  # noqa: S608
-        cursor.executemany(sql, [_prepared(row, fields, connection) for row in filled])
+        _execute_each(cursor, sql, [_prepared(row, fields, connection) for row in filled])
 
 
 def update_rows(model: type[models.Model], rows: Iterable[Row]) -> None:
@@ -90,7 +90,17 @@ def _update(model, rows: list[Row], *, fields: list, connection) -> None:
             return
         assignments = ", ".join(f"{quote(_column(field))} = %s" for field in fields)
         sql = f"UPDATE {table} SET {assignments} WHERE {key} = %s"  # noqa: S608
-        cursor.executemany(sql, [_prepared(row, [*fields, key_field], connection) for row in rows])
+        _execute_each(
+            cursor, sql, [_prepared(row, [*fields, key_field], connection) for row in rows]
+        )
+
+
+def _execute_each(cursor, sql: str, parameters: list[list]) -> None:
+    """The statement once per row of parameters: executemany, or execute for one row."""
+    if len(parameters) == 1:
+        cursor.execute(sql, parameters[0])
+    else:
+        cursor.executemany(sql, parameters)
 
 
 def _with_defaults(rows: Sequence[Row], fields: list) -> list[Row]:
