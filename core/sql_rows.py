@@ -134,12 +134,16 @@ def _json(rows: Sequence[Row], fields: Sequence) -> str:
 
 
 def _json_value(value: Any) -> Any:
-    """What json.dumps cannot write by itself."""
-    if isinstance(value, datetime.datetime) and timezone.is_naive(value):
-        raise ValueError(f"naive datetime {value!r}: the columns are timestamps with time zone")
+    """What json.dumps cannot write by itself (called per value: the commonest types first)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime.datetime):
+        if value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the columns are timestamps with time zone")
+        return value.isoformat()
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
-    if isinstance(value, uuid.UUID | decimal.Decimal):
+    if isinstance(value, decimal.Decimal):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not a column value")
 
