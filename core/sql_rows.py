@@ -33,6 +33,9 @@ def insert_rows(
         return
     meta = model._meta
     fields = [field for field in meta.concrete_fields if not field.db_returning]
+    # A misspelt name would silently leave its column at the default.
+    if unknown := rows[0].keys() - {field.attname for field in fields}:
+        raise ValueError(f"{model.__name__} has no columns {sorted(unknown)}")
     filled = _with_defaults(rows, fields)
     connection = _connection(model)
     quote = connection.ops.quote_name

@@ -214,6 +214,11 @@ def test_postgresql_writes_all_rows_in_one_statement(db, django_assert_num_queri
     assert set(EntitlementSyncState.objects.values_list("finished_at", flat=True)) == {PARIS_NOON}
 
 
+def test_a_field_the_model_does_not_have_is_refused(db):
+    with pytest.raises(ValueError, match=r"no columns \['user'\]"):
+        sql_rows.insert_rows(EntitlementSyncState, [{"user": None}])
+
+
 def test_a_naive_datetime_is_refused(db):
     user = User.objects.create_user(email="u@example.org", sub="u")
 
