@@ -9,19 +9,21 @@ accesses through its revocation budget. A per-user sync never revokes for it.
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.utils import timezone
 
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
-from core.models import EntitlementSyncState
+
+if TYPE_CHECKING:
+    from core.entitlements.reconcile import RecordedState
 
 
 def confirmed_ended(
     *,
     answers: Sequence[tuple[Any, UpstreamAnswer]],
-    states: dict[Any, EntitlementSyncState],
+    states: dict[Any, "RecordedState"],
     in_run: bool,
 ) -> set:
     """Ids of the users whose access ended upstream for the whole confirmation window.

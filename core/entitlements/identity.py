@@ -10,10 +10,13 @@ remove every sync-made access of the user holds those revocations for an operato
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.models import EntitlementSyncState, HeldRevocation
+from core.models import HeldRevocation
 from core.validators import normalize_email
+
+if TYPE_CHECKING:
+    from core.entitlements.reconcile import RecordedState
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def hold_revocations_after_identity_change(
     *,
     answers: Sequence[tuple[Any, Any]],
     plans: Sequence[Any],
-    states: dict[Any, EntitlementSyncState],
+    states: dict[Any, "RecordedState"],
 ) -> None:
     """Move to `held` every revocation of a user who would lose them all after an e-mail change.
 

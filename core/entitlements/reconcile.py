@@ -3,15 +3,16 @@
 from collections import defaultdict
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
 
 from django.conf import settings
-from django.db import connections, router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from core.chunks import chunked
 from core.entitlements.access_ended import confirmed_ended
-from core.entitlements.accesses import Grant, Revocation, grant_accesses, revoke_accesses
+from core.entitlements.accesses import Grant, Revocation, change_accesses
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
 from core.entitlements.identity import (
     IDENTITY_CHANGED,
@@ -28,6 +29,7 @@ from core.models import (
     Trigger,
     User,
 )
+from core.sql_rows import insert_rows, update_rows
 
 Status = EntitlementSyncState.Status
 
@@ -49,6 +51,16 @@ class _Plan:
 
 # One user and their classified answer, ready to reconcile.
 UserAnswer = tuple[User, UpstreamAnswer]
+
+
+class RecordedState(NamedTuple):
+    """What a reconcile reads of a user's sync state row (the rules' inputs), nothing more."""
+
+    upstream_identity: str = ""
+    access_ended_since: datetime | None = None
+
+
+_RECORDED_STATE_FIELDS = ("user_id", *RecordedState._fields)
 
 
 class RevocationBudget(Protocol):
@@ -146,7 +158,7 @@ def _results(
 
 
 def _checked_plans(
-    answers: Sequence[UserAnswer], states: dict[Any, EntitlementSyncState], *, in_run: bool
+    answers: Sequence[UserAnswer], states: dict[Any, RecordedState], *, in_run: bool
 ) -> list["_Plan"]:
     """The plans, with the ended-access and identity rules applied."""
     plans = _plans(answers, ended=confirmed_ended(answers=answers, states=states, in_run=in_run))
@@ -170,26 +182,38 @@ def _hold_refused_revocations(
             plan.held, plan.to_remove = plan.to_remove, {}
 
 
-def _locked_states(users: Sequence) -> dict[Any, EntitlementSyncState]:
-    """The users' sync state rows by user id, created if missing, locked until commit."""
+def _locked_states(users: Sequence) -> dict[Any, RecordedState]:
+    """The users' sync states by user id, their rows created if missing, locked until commit."""
     user_ids = sorted(user.pk for user in users)
     locked = EntitlementSyncState.objects.select_for_update().order_by("user_id")
-    states = {state.user_id: state for state in locked.filter(user_id__in=user_ids)}
+    states = _recorded_states(locked.filter(user_id__in=user_ids))
     missing = [user_id for user_id in user_ids if user_id not in states]
     if missing:
         # ON CONFLICT DO NOTHING: a concurrent first sync of the same user waits on our row
         # instead of failing with an IntegrityError.
-        EntitlementSyncState.objects.bulk_create(
-            [EntitlementSyncState(user_id=user_id) for user_id in missing], ignore_conflicts=True
+        insert_rows(
+            EntitlementSyncState,
+            [{"user_id": user_id} for user_id in missing],
+            ignore_conflicts=True,
         )
-        states.update((state.user_id, state) for state in locked.filter(user_id__in=missing))
+        states.update(_recorded_states(locked.filter(user_id__in=missing)))
     return states
 
 
-def _read_states(users: Sequence) -> dict[Any, EntitlementSyncState]:
-    """The users' sync state rows by user id, unlocked, an unsaved blank one when missing."""
-    found = EntitlementSyncState.objects.in_bulk([user.pk for user in users], field_name="user_id")
-    return {user.pk: found.get(user.pk) or EntitlementSyncState(user_id=user.pk) for user in users}
+def _read_states(users: Sequence) -> dict[Any, RecordedState]:
+    """The users' sync states by user id, unlocked; a blank one for a user without a row."""
+    found = _recorded_states(
+        EntitlementSyncState.objects.filter(user_id__in=[user.pk for user in users])
+    )
+    return {user.pk: found.get(user.pk, RecordedState()) for user in users}
+
+
+def _recorded_states(rows) -> dict[Any, RecordedState]:
+    """The states of a query of sync state rows, by user id."""
+    return {
+        user_id: RecordedState(*state)
+        for user_id, *state in rows.values_list(*_RECORDED_STATE_FIELDS)
+    }
 
 
 def _plans(answers: Sequence[UserAnswer], *, ended: Set[Any] = frozenset()) -> list[_Plan]:
@@ -243,94 +267,62 @@ def _domain_ids(names: set[str]) -> dict[str, Any]:
 def _apply(
     *, plans: Sequence[_Plan], answers: Sequence[UserAnswer], trigger: Trigger, task_id: str
 ) -> None:
-    """Write the plans: one insert, one delete and their audit rows at most."""
+    """Write the plans: one insert, one delete and one insert of their audit rows at most."""
     grants, revocations = [], []
     for (user, _answer), plan in zip(answers, plans, strict=True):
         grants += [Grant(user.pk, id_, name) for name, id_ in sorted(plan.to_add.items())]
         revocations += [
             Revocation(user.pk, id_, name) for name, id_ in sorted(plan.to_remove.items())
         ]
-    grant_accesses(grants=grants, trigger=trigger, task_id=task_id)
-    revoke_accesses(revocations=revocations, trigger=trigger, task_id=task_id)
-
-
-# The bookkeeping a reconcile writes; the last five change only with an authoritative answer
-# or an ended access.
-_RECORDED_FIELDS = [
-    "status",
-    "error_code",
-    "finished_at",
-    "last_trigger",
-    "last_task_id",
-    "entitled_domains",
-    "answer_fingerprint",
-    "upstream_identity",
-    "access_ended_since",
-    "rights_confirmed_at",
-]
+    change_accesses(grants=grants, revocations=revocations, trigger=trigger, task_id=task_id)
 
 
 def _record(
     *,
-    states: dict[Any, EntitlementSyncState],
+    states: dict[Any, RecordedState],
     answers: Sequence[UserAnswer],
     plans: Sequence[_Plan],
     trigger: str,
     task_id: str,
 ) -> None:
     """Update the bookkeeping; the domain list changes on an authoritative answer only, or
-    empties at once when the access ended (so provisioning grants nothing from it)."""
+    empties at once when the access ended (so provisioning grants nothing from it).
+
+    One UPDATE for the users whose rows change the same fields: usually the whole batch.
+    """
     now = timezone.now()
-    recorded = []
+    rows = []
     for (user, answer), plan in zip(answers, plans, strict=True):
-        state = states[user.pk]
-        state.status, state.error_code = _status(answer, plan)
-        state.finished_at = now
-        state.last_trigger = trigger
-        state.last_task_id = task_id
+        status, error_code = _status(answer, plan)
+        row = {
+            "user_id": user.pk,
+            "status": status,
+            "error_code": error_code,
+            "finished_at": now,
+            "last_trigger": trigger,
+            "last_task_id": task_id,
+        }
         if answer.is_authoritative:
-            state.entitled_domains = list(answer.domains)
-            state.answer_fingerprint = answer.fingerprint
-            state.access_ended_since = None
+            row |= {
+                "entitled_domains": list(answer.domains),
+                "answer_fingerprint": answer.fingerprint,
+                "access_ended_since": None,
+            }
             if not plan.identity_held:
                 # Held: the old identity stays, so the next sync holds again until resolved;
                 # the rights are not confirmed either until an operator resolves it.
-                state.upstream_identity = upstream_identity(user.email)
-                state.rights_confirmed_at = now
+                row |= {
+                    "upstream_identity": upstream_identity(user.email),
+                    "rights_confirmed_at": now,
+                }
         elif answer.kind is AnswerKind.ACCESS_ENDED:
-            state.entitled_domains = []
-            state.answer_fingerprint = ""
-            state.access_ended_since = state.access_ended_since or now
-        recorded.append(state)
-    _update_rows(recorded, _RECORDED_FIELDS)
-
-
-def _update_rows(states: Sequence[EntitlementSyncState], fields: list[str]) -> None:
-    """Write `fields` of each state row: one UPDATE per row, all sent at once (executemany).
-
-    Not bulk_update: its CASE expression per row and field took more CPU to build than all
-    the rest of a batch's reconcile (docs/performance.md).
-    """
-    connection = connections[router.db_for_write(EntitlementSyncState)]
-    meta = EntitlementSyncState._meta
-    concrete_fields = {field.name: field for field in meta.concrete_fields}
-    columns = [concrete_fields[name] for name in fields]
-    quote = connection.ops.quote_name
-    # A field attached to its model has its column (the hints allow None before that).
-    assignments = ", ".join(f"{quote(cast(str, column.column))} = %s" for column in columns)
-    table, pk_column = quote(meta.db_table), quote(cast(str, meta.pk.column))
-    # Names come from the model, quoted; every value is a bound parameter.
-    sql = f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s"  # noqa: S608
-    rows = [
-        [column.get_db_prep_save(getattr(state, column.attname), connection) for column in columns]
-        + [meta.pk.get_db_prep_value(state.pk, connection)]
-        for state in states
-    ]
-    with connection.cursor() as cursor:
-        if len(rows) == 1:
-            cursor.execute(sql, rows[0])
-        else:
-            cursor.executemany(sql, rows)
+            row |= {
+                "entitled_domains": [],
+                "answer_fingerprint": "",
+                "access_ended_since": states[user.pk].access_ended_since or now,
+            }
+        rows.append(row)
+    update_rows(EntitlementSyncState, rows)
 
 
 def _result(*, answer: UserAnswer, trigger: str, plan: _Plan) -> SyncResult:

@@ -14,8 +14,10 @@ from core.entitlements.reconcile import (
     reconcile_many_admin_accesses,
 )
 from core.entitlements.results import RunCategory
+from core.entitlements.revocation_budget import RunRevocationBudget
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from core.selectors import users_entitled_to
+from tests.factories import SyncRunFactory
 
 ADMIN = MailDomainAccess.Role.ADMIN
 MANUAL = MailDomainAccess.Source.MANUAL
@@ -358,6 +360,48 @@ def test_query_count_does_not_grow_with_the_number_of_users(db):
     assert grant_thirty == grant_one
     assert swap_thirty == swap_one
     assert MailDomainAccess.objects.count() == 31
+
+
+def _statements(queries) -> int:
+    """The statements sent; an executemany ("50 times: UPDATE ...") counts one per row."""
+    return sum(
+        int(sql.split(" times: ")[0]) if " times: " in sql else 1
+        for sql in (query["sql"] for query in queries.captured_queries)
+    )
+
+
+@pytest.mark.parametrize(
+    ("answered", "statements"),
+    [("beta.example.org", 10), ("alpha.example.org", 5)],
+    ids=["changed", "unchanged"],
+)
+def test_a_run_reconciles_50_users_in_a_few_statements(make_synced_admins, answered, statements):
+    """Changed: the transaction's two ends, the states locked, the accesses and the new
+    domains read, the run's budget, the accesses inserted and deleted, their audit rows, the
+    states updated. Unchanged: the two ends, the two reads, the states updated."""
+    users = make_synced_admins(50)
+    budget = RunRevocationBudget(run_id=SyncRunFactory(revoke_budget=1000).pk)
+
+    with CaptureQueriesContext(connection) as queries:
+        _reconcile_many([(user, _answer(answered)) for user in users], revocation_budget=budget)
+
+    assert _statements(queries) == statements
+    assert (
+        list(
+            MailDomainAccess.objects.filter(user__in=users).values_list(
+                "maildomain__name", flat=True
+            )
+        )
+        == [answered] * 50
+    )
+    assert (
+        list(
+            EntitlementSyncState.objects.filter(user__in=users).values_list(
+                "entitled_domains", flat=True
+            )
+        )
+        == [[answered]] * 50
+    )
 
 
 def test_a_user_may_appear_only_once(user, domains):
