@@ -104,6 +104,11 @@ _US = 1_000_000
 SlotReply = tuple[bool, float]
 
 
+def slot_reply(granted: int, sleep_us: bytes | int) -> SlotReply:
+    """What take_slot's reply (TAKE_SLOT_LUA) stands for."""
+    return bool(granted), float(sleep_us) / _US
+
+
 def schedule_key() -> str:
     """The Redis key of the fleet's schedule (TAKE_SLOT_LUA's key)."""
     return redis_key("rate")
@@ -169,7 +174,7 @@ class RedisRateLimiter:
 
     def _take_slot(self, arguments: list) -> SlotReply:
         granted, sleep_us = _TAKE_SLOT([self._key], arguments, client=redis_connection())
-        return bool(granted), float(sleep_us) / _US
+        return slot_reply(granted, sleep_us)
 
     def state(self) -> dict:
         """The schedule as operators see it (JSON-able).
