@@ -173,7 +173,8 @@ class _CircuitOpen(Exception):
 
 
 def _admit_taking_lock(priority: Priority, wait: float, lock: TTLLock) -> UpstreamCall:
-    """_admit and the lock's take, in one round trip per ask of the schedule (usually one)."""
+    """_admit, the lock taken in the same script: one round trip per ask of the schedule (one,
+    unless the run has booked every slot it may), then the lock alone if the call is refused."""
     breaker = CircuitBreaker()
     lock_key, lock_arguments = lock.redis_take_arguments()
     keys = [lock_key, *breaker.keys, schedule_key()]
