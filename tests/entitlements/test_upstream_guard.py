@@ -304,12 +304,11 @@ def test_a_slot_not_there_yet_is_waited_for_with_the_lock_free(guard, settings, 
         sleep(seconds)
 
     monkeypatch.setattr(rate_limit.time, "sleep", watched_sleep)
-    started = time.monotonic()
 
     assert call_taking(user_lock("u1", owner="batch-1")) == ""
 
-    assert time.monotonic() - started >= 0.15  # the interactive call's slot: 0.2 s
     # Waiting for the slot, the lock was free; the last sleep (0 s, until the granted slot) not.
+    assert len(lock_free_while_sleeping) >= 2
     assert lock_free_while_sleeping[0] is True
     assert lock_free_while_sleeping[-1] is False
 
@@ -349,8 +348,12 @@ def test_bulk_calls_with_their_lock_are_paced_as_the_rate_limit_alone_paces(
     for _ in range(5):
         assert get_rate_limiter().acquire(priority=Priority.BULK, timeout=30)
 
-    assert with_lock == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4], abs=0.03)
-    assert slept == pytest.approx(with_lock, abs=0.03)
+    # The k-th call's slot is k intervals after the first's; it sleeps that, less the time the
+    # calls before it took (well under 0.1 s, however loaded the machine).
+    for sleeps in (with_lock, slept):
+        assert len(sleeps) == 5
+        for index, sleep in enumerate(sleeps):
+            assert index * 0.1 - 0.1 < sleep <= index * 0.1 + 0.001
 
 
 @pytest.mark.parametrize("with_lock", [False, True])
