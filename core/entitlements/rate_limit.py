@@ -48,7 +48,7 @@ local function schedule_ahead(key, now)
   local tat = tonumber(redis.call('HGET', key, 'tat')) or now
   return math.max(0, tat - now)
 end
--- Take one slot at `now` (us). Arguments, as RedisRateLimiter.slot_arguments gives them:
+-- Take one slot at `now` (us). Arguments, as RedisRateLimiter._slot_arguments makes them:
 -- interval between calls (us); how far ahead the schedule may be for this caller to take a
 -- slot (us); '1' to book a future slot and sleep until it (bulk), '0' to go now or not at all
 -- (interactive); the longest the caller may sleep for its slot (us); key ttl (ms).
