@@ -46,6 +46,8 @@ def main() -> None:
         stub = StubProcess(log=scratch / "stub.log")
         stack.callback(stub.stop)
         ensure_database(args.database_url)
+        # Not set_up_bench_process: this process is the worker here, logging at INFO as one
+        # does, and the file also runs against checkouts older than that door (the A side).
         env = django_environment(
             database_url=args.database_url,
             redis_url=redis_server.url,
