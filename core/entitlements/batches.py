@@ -16,6 +16,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connections
+from redis.exceptions import RedisError
 
 from core.entitlements import cache, runs, sync
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
@@ -27,7 +28,7 @@ from core.entitlements.upstream_guard import Priority
 
 # Per-user locks are taken here, not in the task: a user's lock is held from before their
 # fetch in a pool thread until just after the batch's bulk reconcile commits their rights.
-from core.locks import TTLLock, release_all, user_lock
+from core.locks import LockHeld, TTLLock, release_all, user_lock
 from core.models import Trigger, User
 
 logger = logging.getLogger(__name__)
@@ -181,15 +182,21 @@ def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str, cached: Any
     left. Never raises for one user: a batch goes on whatever happens to one of its users.
     """
     lock = user_lock(user.pk, owner=task_id)
-    if not lock.acquire():
-        # Another sync of this user is running now: it is at least as fresh as this run.
-        return FetchedUser(user=user, category=RunCategory.SKIPPED)
     try:
         # Bulk priority: a full run leaves the rate limit's reserve to login syncs. The trigger
         # says how fresh: a run a person started asks now, the periodic run may use the cache.
+        # The lock is taken in the upstream guard's round trip, with the call's admission.
         answer, to_cache = sync.fetch_answer_to_cache(
-            user=user, trigger=trigger, priority=Priority.BULK, cached=cached
+            user=user, trigger=trigger, priority=Priority.BULK, cached=cached, lock=lock
         )
+    except LockHeld:
+        # Another sync of this user is running now: it is at least as fresh as this run.
+        return FetchedUser(user=user, category=RunCategory.SKIPPED)
+    except RedisError:
+        # Redis is unreachable, so no user's lock can be taken: the batch task fails here
+        # rather than failing each of its users one by one.
+        lock.release()
+        raise
     except EntitlementsUnavailableError as error:
         return FetchedUser(user=user, lock=lock, unavailable=error)
     except Exception:
