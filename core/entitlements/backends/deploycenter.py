@@ -71,14 +71,16 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
         self._headers = {
             # What a requests Session sends (User-Agent, Accept-Encoding, keep-alive).
             **requests.utils.default_headers(),
-            # "Bearer" is case-sensitive upstream. Never an Authorization header: DeployCenter
-            # would validate it against its OIDC provider first and fail.
+            # "Bearer" is case-sensitive upstream. Never an Authorization header (nothing adds
+            # one, not even ~/.netrc): DeployCenter would validate it against its OIDC
+            # provider first and fail.
             "X-Service-Auth": f"Bearer {api_key.strip()}",
             "Accept": "application/json",
         }
         self._timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
         # The connection pool to DeployCenter and the request target, chosen once as requests
-        # would choose them at every call: a call is then one `urlopen`, half of requests' CPU.
+        # would choose them at every call: a call is then one `urlopen`, without requests'
+        # per-call preparation and response wrapping (figure 15h of docs/performance.md).
         self._pool, self._target = _connection(self.base_url)
 
     @property
