@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 VENV_VERSION := $(shell sed -n 's/^version *= *\([0-9]*\.[0-9]*\).*/\1/p' $(VENV)/pyvenv.cfg 2>/dev/null)
 # Names of this checkout's own on shared servers: two checkouts (or CI jobs) on one server never
 # meet. The database (pytest-django creates test_<name>, the benchmark smoke test
-# <name>_bench_smoke, the RabbitMQ tests the vhost <name>_test) and the prefix of every broker
+# <name>_bench_smoke and <name>_bench_million, the RabbitMQ tests the vhost <name>_test) and the prefix of every broker
 # key on the Redis db; each test's cache keys have a prefix of the run's. The suite removes
 # them all when it ends.
 CHECKOUT_ID := $(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)

@@ -18,8 +18,8 @@ from bench.services import (
     BenchSetupError,
     PrivateRedis,
     StubProcess,
-    django_environment,
     ensure_database,
+    set_up_bench_process,
 )
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/messages_bench"
@@ -129,24 +129,13 @@ def main(argv: list[str] | None = None) -> int:
                 tuning["ENTITLEMENTS_SYNC_BATCH_SIZE"] = str(args.batch_size)
             if args.batch_threads:
                 tuning["ENTITLEMENTS_SYNC_BATCH_CONCURRENCY"] = str(args.batch_threads)
-            env = django_environment(
+            worker_env = set_up_bench_process(
                 database_url=args.database_url,
                 redis_url=redis_server.url,
                 stub=stub,
-                data_dir=scratch / "data",
+                scratch=scratch,
                 extra=tuning,
             )
-            # Multiprocess mode, as in production: counts go to files (figure 8 weighs them).
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
-            worker_env = {**env, "LOG_LEVEL": "INFO"}
-            # The benchmark process logs warnings only: its inline logins would flood the output.
-            # Its environment is exactly the workers' (the caller's CELERY_BROKER_KEY_PREFIX...
-            # dropped too), or it would not find their queues.
-            os.environ.clear()
-            os.environ.update({**env, "LOG_LEVEL": "WARNING"})
-            import django
-
-            django.setup()
             from bench.scenarios import run_all
 
             run_all(

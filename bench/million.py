@@ -35,8 +35,8 @@ from bench.services import (
     BenchSetupError,
     PrivateRedis,
     StubProcess,
-    django_environment,
     ensure_database,
+    set_up_bench_process,
 )
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/messages_bench_million"
@@ -122,21 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             stub = StubProcess(log=LOG_DIR / "stub-million.log")
             stack.callback(stub.stop)
             ensure_database(args.database_url)
-            env = django_environment(
+            worker_env = set_up_bench_process(
                 database_url=args.database_url,
                 redis_url=redis_server.url,
                 stub=stub,
-                data_dir=scratch / "data",
+                scratch=scratch,
                 extra=TUNING,
             )
-            # As in production: counts in files, two log lines per user sync.
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
-            worker_env = {**env, "LOG_LEVEL": "INFO"}
-            os.environ.clear()
-            os.environ.update({**env, "LOG_LEVEL": "WARNING"})
-            import django
-
-            django.setup()
             run_sizes(
                 args=args,
                 stub=stub,
@@ -164,14 +156,15 @@ def run_sizes(*, args, stub, redis_server, worker_env: dict, metrics_dir: Path) 
         SizedRun("large", args.users),
         SizedRun("small after", args.baseline_users),
     ]
+    large_run = sizes[1]
     if args.explain_only:
-        sizes = [sizes[1]]
+        sizes = [large_run]
     specs = shipped_workers(environ=worker_env)
     bulk = next(spec.name for spec in specs if BULK_QUEUE in spec.queues)
     growing = 0
     _say(f"bench.million at {_commit()}, load average {_load(os.getloadavg())}")
     for sized in sizes:
-        large = sized is sizes[1] or args.explain_only
+        large = sized is large_run
         _say(f"loading {sized.users:,} users ({sized.label})")
         sized.load_seconds = million_data.load(sized.users)
         _say(f"loaded {sized.users:,} users in {sized.load_seconds:.0f} s")
@@ -218,9 +211,10 @@ def _explain_batch(stub, *, users: int, sample: int) -> int:
     for sql, found in growing.items():
         _say(f"  {', '.join(found)}: {sql[:300]}")
     fan_out = million_data.fan_out_query()
+    fan_out_findings = million_data.plan_findings(fan_out, rows=rows)
     _say(
         "the fan-out's query (one per run, streamed): "
-        + ", ".join(million_data.plan_findings(fan_out, rows=rows))
+        + (", ".join(fan_out_findings) or "no node of 10,000 rows or more")
     )
     return len(growing)
 

@@ -286,3 +286,30 @@ def django_environment(
         }
     )
     return env
+
+
+def set_up_bench_process(
+    *, database_url: str, redis_url: str, stub: StubProcess, scratch: Path, extra: dict
+) -> dict[str, str]:
+    """Make this process the benchmark's driver and return its workers' environment.
+
+    Both share `django_environment`'s settings, with the metrics counted in files under
+    `scratch` as in production (multiprocess mode). This process's environment becomes exactly
+    the workers' (the caller's CELERY_BROKER_KEY_PREFIX... dropped too, or it would not find
+    their queues), logging warnings only: its inline logins would flood the output; the workers
+    log INFO, two lines per user sync as in production.
+    """
+    env = django_environment(
+        database_url=database_url,
+        redis_url=redis_url,
+        stub=stub,
+        data_dir=scratch / "data",
+        extra=extra,
+    )
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+    os.environ.clear()
+    os.environ.update({**env, "LOG_LEVEL": "WARNING"})
+    import django
+
+    django.setup()
+    return {**env, "LOG_LEVEL": "INFO"}

@@ -4,11 +4,20 @@ state recording that answer and the e-mail's identity. So the benchmark's run at
 changes every user (one domain granted, one revoked) and holds none of it. 40 users here: the
 benchmark's own sizes are for `python -m bench.million`."""
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 from bench import million_data
 from bench.stub import entitled_domains
 from core.entitlements.identity import upstream_identity
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.deploycenter_stub import ALPHA_SIRET
+from tests.support.bench_database import bench_database
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_loaded_users_hold_what_the_stub_answered_at_generation_zero(transactional_db):
@@ -30,3 +39,32 @@ def test_the_loaded_users_hold_what_the_stub_answered_at_generation_zero(transac
         assert state.status == EntitlementSyncState.Status.OK
         assert state.forwarded_claims == {"siret": ALPHA_SIRET}
         assert state.upstream_identity == upstream_identity(email)
+
+
+def test_explain_only_prints_the_batch_plans_without_a_run():
+    """`python -m bench.million --explain-only`, as an operator runs it before the hour-long
+    run, on 200 users: it loads them, explains one batch's statements and the fan-out's query,
+    and stops there."""
+    with bench_database("bench_million") as url:
+        completed = subprocess.run(
+            [sys.executable, "-m", "bench.million", "--explain-only", "--users", "200"],
+            cwd=REPO,
+            env={**os.environ, "BENCH_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "loaded 200 users" in completed.stdout
+    batch = re.search(
+        r"batch of 100 users among 200: (\d+) statements, (\d+) planned, (\d+) with a plan growing",
+        completed.stdout,
+    )
+    assert batch, completed.stdout
+    statements, planned, growing = map(int, batch.groups())
+    assert statements >= planned > 0
+    assert growing == 0
+    assert "the fan-out's query (one per run, streamed): " in completed.stdout
+    assert "users/s" not in completed.stdout

@@ -8,13 +8,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
-from psycopg import sql
 
-from tests.support.names import own_name
+from tests.support.bench_database import bench_database
 
 # Saturates the CPU or measures a rate or a delay: `make test` runs it apart, alone (conftest.py).
 pytestmark = pytest.mark.heavy
@@ -63,26 +60,10 @@ FIGURES = (
 LINE = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)$")
 
 
-def _bench_database_url() -> str:
-    """The smoke run's own database beside the suite's test database, named after it (so after
-    the pytest-xdist worker too): its tables are emptied by the run."""
-    parts = urlsplit(os.environ["DATABASE_URL"])
-    return urlunsplit(parts._replace(path=f"/{own_name('bench_smoke')}"))
-
-
 @pytest.fixture
 def bench_database_url():
-    """The smoke run's database, dropped after the test: nothing stays on the shared server."""
-    url = _bench_database_url()
-    yield url
-    parts = urlsplit(url)
-    admin_url = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(parts.path.lstrip("/"))
-            )
-        )
+    with bench_database("bench_smoke") as url:
+        yield url
 
 
 @pytest.mark.broker
