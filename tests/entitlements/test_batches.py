@@ -416,7 +416,10 @@ def test_an_error_no_sync_catches_stops_the_batch(
         def acquire(self, *args, **kwargs):
             raise RedisConnectionError("the locks' Redis is gone")
 
-        redis_take_arguments = acquire
+        redis_take_arguments = acquire_or_raise = acquire
+
+        def release(self):
+            """Never taken: nothing to free."""
 
     monkeypatch.setattr(batches, "user_lock", lambda *args, **kwargs: BrokenLock())
     with pytest.raises(RedisConnectionError):
