@@ -1,4 +1,4 @@
-"""What one login costs, part by part (figure 14): `python -m bench.login_parts`.
+"""What one login costs, part by part (figures 14, 15l): `python -m bench.login_parts`.
 
 Times `core.authentication.request_login_sync` in this process, against PostgreSQL and a
 private redis-server (with `--under-load`, while the Procfile's workers run the syncs these
@@ -6,13 +6,15 @@ logins start, as figure 1 does; else nothing consumes the queue), and each of it
 wrapping the functions it goes through: the request's statements (the claims are stored in
 the same UPDATE) with their commit, the publish run on commit (the task and its `task-sent`
 event, Flower's), split into the time spent talking to Redis and the rest (Celery and kombu
-building the messages); and counts its SQL statements, Redis round trips and the Redis
-clients kombu builds. Logins are paced (one
-every 20 ms, as figure 1's) or back to back (`--every 0`).
+building the messages), and the CPU time the login took in this process (not the servers'); and
+counts its SQL statements, Redis round trips and the Redis clients kombu builds. Logins are
+paced (one every 20 ms, as figure 1's) or back to back (`--every 0`). `--alternate` has the
+logins take turns with and without one figure's changes (15l's by default, `--alternate 14`),
+in one process: both sides share the machine's state.
 
-Runs against any commit of this repository (it only wraps public names of Django, kombu and
-Celery and two functions of core), so a commit before a change can be measured beside it:
-copy this file into that checkout's bench/ and run it there.
+Without `--alternate`, runs against any commit of this repository (it only wraps public names
+of Django, kombu and Celery and two functions of core), so a commit before a change can be
+measured beside it: copy this file into that checkout's bench/ and run it there.
 """
 
 import argparse
@@ -68,14 +70,28 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return round(cuts[49], 3), round(cuts[98], 3)
 
 
-def _switch(*, changes: bool) -> None:
-    """`changes=False` undoes, for the next logins, what figure 14 changed: the commit waits
-    for the disk again and kombu builds a Redis client per publish (the ORM filter stays).
-    `--alternate` flips it login by login, so both sides share the machine's state."""
+# Celery's defaults figure 15l writes out in the settings (undefined, a lookup costs more).
+_CELERY_DEFAULTS = (
+    "CELERY_TASK_ALWAYS_EAGER",
+    "CELERY_TASK_REPR_MAXLEVELS",
+    "CELERY_BROKER_POOL_ACQUIRE_TIMEOUT",
+)
+
+
+def _switch(*, changes: bool, figure: str) -> None:
+    """`changes=False` undoes, for the next logins, what the figure changed; `--alternate`
+    flips it login by login, so both sides share the machine's state.
+
+    Figure 14: the commit waits for the disk again and kombu builds a Redis client per publish
+    (the ORM filter stays). Figure 15l: the ORM builds the request's UPDATE at every login
+    again (the compiled statement is compiled anew each time) and Celery's defaults are no
+    longer written in the settings."""
     from contextlib import nullcontext
 
+    from django.conf import settings
     from kombu.transport import redis as kombu_redis
 
+    from core.compiled_updates import CompiledUpdate
     from core.entitlements import sync_requests
     from messages import redis_broker
 
@@ -83,20 +99,34 @@ def _switch(*, changes: bool) -> None:
         _switch.changed = {  # type: ignore[attr-defined]
             "wrapper": sync_requests._commits_not_waiting_for_the_disk,
             "conn_or_acquire": redis_broker.Channel.__dict__["conn_or_acquire"],
+            "compiled": CompiledUpdate.compiled,
+            **{name: getattr(settings, name) for name in _CELERY_DEFAULTS},
         }
     changed = _switch.changed  # type: ignore[attr-defined]
-    sync_requests._commits_not_waiting_for_the_disk = changed["wrapper"] if changes else nullcontext
-    for name in ("conn_or_acquire",):
-        setattr(
-            redis_broker.Channel,
-            name,
-            changed[name] if changes else kombu_redis.Channel.__dict__[name],
+    if figure == "14":
+        sync_requests._commits_not_waiting_for_the_disk = (
+            changed["wrapper"] if changes else nullcontext
         )
+        redis_broker.Channel.conn_or_acquire = (
+            changed["conn_or_acquire"]
+            if changes
+            else kombu_redis.Channel.__dict__["conn_or_acquire"]
+        )
+        return
+    CompiledUpdate.compiled = changed["compiled"] if changes else CompiledUpdate._compile
+    for name in _CELERY_DEFAULTS:
+        if changes:
+            setattr(settings, name, changed[name])
+        elif hasattr(settings, name):
+            delattr(settings, name)
 
 
-def measure(*, logins: int, every: float, alternate: bool, warmup: int = 50) -> dict[str, str]:
+def measure(
+    *, logins: int, every: float, alternate: str | None, warmup: int = 50
+) -> dict[str, str]:
     """name=value figures of `logins` timed logins (after `warmup` untimed ones); with
-    `alternate`, of each side (`before`, `after`: see `_switch`), logins taking turns."""
+    `alternate` (a figure), of each side (`before`, `after`: see `_switch`), logins taking
+    turns."""
     from bench import data
     from bench.logins import LOGIN_CLAIMS
     from core.authentication import request_login_sync
@@ -113,15 +143,17 @@ def measure(*, logins: int, every: float, alternate: bool, warmup: int = 50) -> 
     for number, user in enumerate(users[warmup:]):
         side = sides[number % len(sides)]
         if alternate:
-            _switch(changes=side == "after")
+            _switch(changes=side == "after", figure=alternate)
         delay = started + number * every - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
         _spent.clear()
         _counts.clear()
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), time.process_time()
         receipt = request_login_sync(user=user, claims=LOGIN_CLAIMS)
         total = (time.perf_counter() - begin) * 1000
+        # This process's CPU only (not PostgreSQL's or Redis's): less noisy than the wall time.
+        parts[side]["process_cpu"].append((time.process_time() - cpu_begin) * 1000)
         assert receipt.task_id, "every timed login is a user's first: it sends a task"
         totals[side].append(total)
         for name in ("request_sql", "on_commit_send", "redis_io"):
@@ -133,6 +165,7 @@ def measure(*, logins: int, every: float, alternate: bool, warmup: int = 50) -> 
         for name, count in _counts.items():
             counts[side][name] += count
     figures = {
+        "login_parts_alternate": alternate or "",
         "login_parts_logins": str(logins),
         "login_parts_every_ms": str(round(every * 1000, 1)),
     }
@@ -161,8 +194,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--alternate",
-        action="store_true",
-        help="logins take turns with and without the changes of figure 14 (this checkout only)",
+        nargs="?",
+        const="15l",
+        choices=("14", "15l"),
+        help="logins take turns with and without the changes of figure 14 or 15l (the "
+        "default), in this checkout",
     )
     args = parser.parse_args()
     database_url = os.environ.get(

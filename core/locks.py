@@ -6,21 +6,56 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.core.cache import cache
-from redis.exceptions import LockError, LockNotOwnedError
+from redis.commands.core import Script
+from redis.exceptions import LockError
 
 logger = logging.getLogger(__name__)
 
 _KEY_PREFIX = "entitlements:lock:"
+
+# The Lua functions that take a lock on Redis, its value being the holder's token. TTLLock runs
+# them alone; the upstream guard's admission runs them inside its own script, so that a batch
+# takes a user's lock in the same round trip as the upstream call's admission.
+TAKE_LOCK_LUA = """
+-- Whether `token` may take the lock at `key`: nobody holds it, or `takes_back` and it is ours.
+local function lock_is_free(key, token, takes_back)
+  local holder = redis.call('GET', key)
+  return (not holder) or (takes_back and holder == token)
+end
+-- Take the lock, or renew the one taken back, for `ttl_ms`; only after lock_is_free said so.
+local function take_lock(key, token, ttl_ms)
+  redis.call('SET', key, token, 'PX', ttl_ms)
+end
+"""
+
+# KEYS: the lock. ARGV: token, 1 if the token's owner may take back the lock it left, ttl (ms).
+# Registered with no client (None, which redis-py's hints do not allow): each call passes one.
+_TAKE_LOCK = Script(
+    None,  # type: ignore[arg-type]
+    (
+        TAKE_LOCK_LUA
+        + """
+if not lock_is_free(KEYS[1], ARGV[1], ARGV[2] == '1') then return 0 end
+take_lock(KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+    ).encode(),
+)
+
+
+class LockHeld(Exception):
+    """Somebody else holds the lock: what it protects is running elsewhere now."""
 
 
 class TTLLock:
     """A non-blocking lock that only its owner releases and that expires after `ttl` seconds.
 
     The time to live is what frees the lock of a process killed while holding it, so it must
-    exceed the longest run of the code it protects. On Redis (django-redis) this is redis-py's
-    lock: atomic SET NX PX to take it, a Lua compare-and-delete to release it. Other cache
-    backends (the embedded default's file cache) get the same protocol through `cache.add`,
-    which is not atomic across processes there: good enough for one demo machine only.
+    exceed the longest run of the code it protects. On Redis (django-redis) it is taken by one
+    Lua script (`TAKE_LOCK_LUA`: free, or taken back by its owner, then SET PX) and released by
+    redis-py's lock (a Lua compare-and-delete). Other cache backends (the embedded default's
+    file cache) get the same protocol through `cache.add`, which is not atomic across
+    processes there: good enough for one demo machine only.
 
     `owner` (a task id) makes the holder known: a lock found held by the same owner is taken
     back. Celery redelivers a task killed mid-way (late acks) under its own id, and without
@@ -43,27 +78,44 @@ class TTLLock:
     def acquire(self) -> bool:
         """Take the lock if nobody holds it; never waits."""
         if self._redis_lock is not None:
-            self._held = self._redis_lock.acquire(blocking=False, token=self._token)
-        else:
-            self._held = cache.add(self.key, self._token, timeout=self.ttl)
+            key, arguments = self.redis_take_arguments()
+            self._held = False
+            if _TAKE_LOCK([key], arguments, client=self._redis_lock.redis):
+                self.taken_in_redis()
+            return self._held
+        self._held = cache.add(self.key, self._token, timeout=self.ttl)
         if not self._held and self._owner:
             self._held = self._take_back()
         return self._held
 
-    def _take_back(self) -> bool:
-        """Take the lock over, with a fresh TTL, if it is held under our owner's name."""
-        if self._redis_lock is None:
-            if cache.get(self.key) != self._token:
-                return False
-            cache.set(self.key, self._token, timeout=self.ttl)
-            return True
-        # Compare-and-expire in one Lua script: only a lock still holding our token is renewed.
+    def acquire_or_raise(self) -> None:
+        """Take the lock, or raise LockHeld if somebody else holds it."""
+        if not self.acquire():
+            raise LockHeld(self.key)
+
+    def redis_take_arguments(self) -> tuple[str, list[str | int]]:
+        """The Redis key and the arguments TAKE_LOCK_LUA's functions take this lock with.
+
+        A script that took it with them calls `taken_in_redis` to make this object its holder.
+        """
+        assert self._redis_lock is not None, "only a lock on Redis is taken by a script"
+        # The owner's token takes back the lock a killed run of the same task left.
+        takes_back = int(bool(self._owner))
+        return self._redis_lock.name, [self._token, takes_back, max(1, round(self.ttl * 1000))]
+
+    def taken_in_redis(self) -> None:
+        """Record that a script took this lock: release it as its holder."""
+        assert self._redis_lock is not None, "only a lock on Redis is taken by a script"
         self._redis_lock.local.token = self._token.encode()
-        try:
-            return self._redis_lock.reacquire()
-        except LockNotOwnedError:
-            self._redis_lock.local.token = None
+        self._held = True
+
+    def _take_back(self) -> bool:
+        """Take the lock over, with a fresh TTL, if it is held under our owner's name (the file
+        cache; on Redis, TAKE_LOCK_LUA does it)."""
+        if cache.get(self.key) != self._token:
             return False
+        cache.set(self.key, self._token, timeout=self.ttl)
+        return True
 
     def release(self) -> None:
         """Free the lock if this object still owns it; a lock that expired is left alone."""

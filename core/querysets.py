@@ -3,7 +3,7 @@
 from datetime import datetime
 
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
 
 
 class SyncStateQuerySet(models.QuerySet):
@@ -32,8 +32,9 @@ class SyncStateQuerySet(models.QuerySet):
         return self.filter(no_task_waiting(queued_since=queued_since))
 
 
-def no_task_waiting(*, queued_since: datetime) -> Q:
-    """The condition of `without_task_waiting`, to combine with others in one filter."""
+def no_task_waiting(*, queued_since: datetime | Value) -> Q:
+    """The condition of `without_task_waiting`, to combine with others in one filter (or to
+    compile once with a `core.compiled_updates.Param` for `queued_since`)."""
     return (
         Q(enqueued_at__isnull=True)
         | Q(enqueued_at__lt=queued_since)

@@ -478,6 +478,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "interactive"
 # Login syncs on "interactive", full and per-domain resyncs on "bulk" (worker/queues.py).
 CELERY_TASK_ROUTES = ("worker.queues.route_task",)
+# Celery's own defaults, written out because Celery reads them at every publish (each login's):
+# a setting Django does not define is looked for under each of its names, an exception per
+# miss, before its default is found: ~20 us a lookup against ~6, four lookups per publish
+# (docs/performance.md, figure 15l).
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_TASK_REPR_MAXLEVELS = 3
+CELERY_BROKER_POOL_ACQUIRE_TIMEOUT = None
 
 # Flower shows every task with its state, arguments and result.
 CELERY_TASK_SEND_SENT_EVENT = True

@@ -26,6 +26,7 @@ import json
 import math
 import random
 import re
+import ssl
 import sys
 import threading
 import time
@@ -208,11 +209,12 @@ class DeployCenterStub:
         latency: float | str = REALISTIC,
         webhooks: list[dict[str, Any]] | None = None,
         commit_delay: float = 0.0,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         """`latency`: REALISTIC (the default, like the live service), or fixed seconds added
         to every answer (0 for none); `webhooks`: the service's webhooks config; a change
         becomes visible `commit_delay` seconds after its webhooks were answered. `reset`
-        comes back to these."""
+        comes back to these. With an `ssl_context` (its certificate loaded) it answers HTTPS."""
         self.service_id = service_id
         self.api_key = api_key
         self.default_latency = latency
@@ -224,6 +226,9 @@ class DeployCenterStub:
         self._lock = threading.Lock()
         self._release = threading.Event()
         self._server = _StubServer((host, port), _Handler)
+        if ssl_context is not None:
+            self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
+        self._scheme = "http" if ssl_context is None else "https"
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._server.stub = self
@@ -264,7 +269,7 @@ class DeployCenterStub:
     def url(self) -> str:
         """The endpoint URL, slash-terminated, as DeployCenter's base_url."""
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{ENDPOINT_PATH}"
+        return f"{self._scheme}://{host}:{port}{ENDPOINT_PATH}"
 
     def backend_parameters(self, **overrides) -> dict[str, Any]:
         """ENTITLEMENTS_BACKEND_PARAMETERS for the DeployCenter backend pointed at this stub."""

@@ -7,8 +7,8 @@ by one, and the users worth another try are listed. The Celery task only retries
 
 import logging
 import threading
-from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connections
+from redis.exceptions import RedisError
 
 from core.entitlements import cache, runs, sync
 from core.entitlements.backends.base import AnswerKind, UpstreamAnswer
@@ -27,7 +28,7 @@ from core.entitlements.upstream_guard import Priority
 
 # Per-user locks are taken here, not in the task: a user's lock is held from before their
 # fetch in a pool thread until just after the batch's bulk reconcile commits their rights.
-from core.locks import TTLLock, release_all, user_lock
+from core.locks import LockHeld, TTLLock, release_all, user_lock
 from core.models import Trigger, User
 
 logger = logging.getLogger(__name__)
@@ -121,24 +122,17 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
     tally.counts[RunCategory.SKIPPED] += len(user_ids) - len(users)
     threads = min(settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY, len(users))
     stop = _ConfigurationStop()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-batch") as pool:
-        pending = {
-            pool.submit(
-                _fetch,
-                user=user,
-                trigger=trigger,
-                task_id=task_id,
-                stop=stop,
-                cached=cached.get(user.pk),
-            ): user
-            for user in users
-        }
-        while pending:
+
+    def fetch(user: User) -> FetchedUser:
+        return _fetch(
+            user=user, trigger=trigger, task_id=task_id, stop=stop, cached=cached.get(user.pk)
+        )
+
+    fetches = _Fetches(users, fetch, threads=threads)
+    try:
+        while fetches.outstanding:
             try:
-                arrived = _gather(pending)
-                fetched = [future.result() for future in arrived]
-                for future in arrived:
-                    del pending[future]
+                fetched = fetches.collect(window=_RECONCILE_WINDOW_SECONDS)
                 _finish(fetched, tally, trigger, task_id, budget, stop=stop)
                 if stop and not stop.run_stopped:
                     runs.stop_run_on_configuration_error(run_id=run_id, error_code=stop.error_code)
@@ -148,11 +142,90 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
                 logger.warning(
                     "batch %s hit its soft time limit; untried users will retry", task_id
                 )
-                for future, user in list(pending.items()):
-                    if future.cancel():
-                        del pending[future]
-                        tally.retry_user_ids.append(str(user.pk))
+                tally.retry_user_ids += [str(user.pk) for user in fetches.cancel()]
+    finally:
+        fetches.close()
     return tally
+
+
+class _Fetches:
+    """The batch's users, fetched by a few threads that each take the next one from a shared
+    list; the batch's thread collects their answers as they arrive.
+
+    One list rather than a future per user: no future to make per user and none to watch
+    again at each collect (`concurrent.futures.wait` installs a waiter on every pending one),
+    and each thread closes its database connection once, when it is done.
+    """
+
+    def __init__(self, users: list[User], fetch: Callable[[User], FetchedUser], *, threads: int):
+        self._waiting = deque(users)
+        self._fetch = fetch
+        self._arrived: list[FetchedUser] = []
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        # Users not collected yet: waiting, being fetched, or arrived.
+        self.outstanding = len(users)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"sync-batch_{number}")
+            for number in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        """A thread's loop: fetch the next waiting user until there is none."""
+        try:
+            while True:
+                with self._changed:
+                    if not self._waiting or self._error is not None:
+                        return
+                    user = self._waiting.popleft()
+                try:
+                    fetched = self._fetch(user)
+                except BaseException as error:
+                    with self._changed:
+                        self._error = error
+                        self._changed.notify()
+                    return
+                with self._changed:
+                    self._arrived.append(fetched)
+                    # What `collect` waits for: a first answer, then all of them.
+                    if len(self._arrived) in (1, self.outstanding):
+                        self._changed.notify()
+        finally:
+            # A custom backend may use the database: a thread's connection must not leak.
+            connections.close_all()
+
+    def collect(self, *, window: float) -> list[FetchedUser]:
+        """The fetches that ended: wait for one, then for the others up to `window` seconds.
+
+        Raises what a fetch raised (`_fetch` catches what one user's sync may raise).
+        """
+        with self._changed:
+            self._changed.wait_for(lambda: self._arrived or self._error is not None)
+            self._changed.wait_for(
+                lambda: len(self._arrived) == self.outstanding or self._error is not None,
+                timeout=window,
+            )
+            if self._error is not None:
+                raise self._error
+            arrived, self._arrived = self._arrived, []
+            self.outstanding -= len(arrived)
+        return arrived
+
+    def cancel(self) -> list[User]:
+        """Take back the users no thread has started on."""
+        with self._changed:
+            users = list(self._waiting)
+            self._waiting.clear()
+            self.outstanding -= len(users)
+        return users
+
+    def close(self) -> None:
+        """Start no other user, and wait for the threads to end their current one."""
+        self.cancel()
+        for thread in self._threads:
+            thread.join()
 
 
 def _fetch(
@@ -164,14 +237,10 @@ def _fetch(
     """
     if stop:
         return FetchedUser(user=user, category=RunCategory.NOT_RUN, not_asked=True)
-    try:
-        fetched = _fetch_under_lock(user=user, trigger=trigger, task_id=task_id, cached=cached)
-        if fetched.answer is not None:
-            stop.see(fetched.answer)
-        return fetched
-    finally:
-        # A custom backend may use the database: a thread's connection must not leak.
-        connections.close_all()
+    fetched = _fetch_under_lock(user=user, trigger=trigger, task_id=task_id, cached=cached)
+    if fetched.answer is not None:
+        stop.see(fetched.answer)
+    return fetched
 
 
 def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str, cached: Any) -> FetchedUser:
@@ -181,15 +250,21 @@ def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str, cached: Any
     left. Never raises for one user: a batch goes on whatever happens to one of its users.
     """
     lock = user_lock(user.pk, owner=task_id)
-    if not lock.acquire():
-        # Another sync of this user is running now: it is at least as fresh as this run.
-        return FetchedUser(user=user, category=RunCategory.SKIPPED)
     try:
         # Bulk priority: a full run leaves the rate limit's reserve to login syncs. The trigger
         # says how fresh: a run a person started asks now, the periodic run may use the cache.
+        # The lock is taken in the upstream guard's round trip, with the call's admission.
         answer, to_cache = sync.fetch_answer_to_cache(
-            user=user, trigger=trigger, priority=Priority.BULK, cached=cached
+            user=user, trigger=trigger, priority=Priority.BULK, cached=cached, lock=lock
         )
+    except LockHeld:
+        # Another sync of this user is running now: it is at least as fresh as this run.
+        return FetchedUser(user=user, category=RunCategory.SKIPPED)
+    except RedisError:
+        # Redis is unreachable, so no user's lock can be taken: the batch task fails here
+        # rather than failing each of its users one by one.
+        lock.release()
+        raise
     except EntitlementsUnavailableError as error:
         return FetchedUser(user=user, lock=lock, unavailable=error)
     except Exception:
@@ -198,15 +273,6 @@ def _fetch_under_lock(*, user: User, trigger: Trigger, task_id: str, cached: Any
         logger.exception("sync of user %s failed while fetching", user.pk)
         return FetchedUser(user=user, category=RunCategory.FAILED)
     return FetchedUser(user=user, lock=lock, answer=answer, to_cache=to_cache)
-
-
-def _gather(pending: dict[Future, User]) -> set[Future]:
-    """The fetches that ended: wait for one, then for the others a short window."""
-    arrived, running = wait(pending, return_when=FIRST_COMPLETED)
-    if running:
-        more, _ = wait(running, timeout=_RECONCILE_WINDOW_SECONDS)
-        arrived |= more
-    return arrived
 
 
 def _finish(

@@ -40,9 +40,18 @@ class Admission:
     # Set when this caller won the single half-open probe; give it back with `release`.
     probe_token: str | None = None
     retry_after: float = 0.0
+    # Whether a run of failures was counted when the call was admitted.
+    failures_counted: bool = True
 
     def __bool__(self) -> bool:
         return self.allowed
+
+    @property
+    def success_changes_something(self) -> bool:
+        """Whether the call's success must be reported: it closes a half-open circuit (the
+        probe's) or ends a run of failures. A closed circuit with no failure counted stays as
+        it is, so a healthy upstream's calls spend no round trip on their outcome."""
+        return self.probe_token is not None or self.failures_counted
 
 
 # This module's scripts are registered with no client (None, which redis-py's hints do not
@@ -54,17 +63,36 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# ARGV: probe token, probe ttl ms. Returns {verdict, ms until reopening or probe expiry}.
+# The breaker's admission as Lua functions: `_ALLOW` runs them alone, the upstream guard's
+# admission inside its one script with the rate limit's slot and the batch user's lock.
+BREAKER_ADMISSION_LUA = """
+-- The circuit at `now` (ms): 'closed' and 1 if a run of failures is counted (else 0); 'probe'
+-- when half-open and nobody probes (claim it with claim_probe); 'open' and the ms to wait.
+local function breaker_admission(state_key, failures_key, probe_key, now)
+  local reopens_at = tonumber(redis.call('HGET', state_key, 'reopens_at'))
+  if not reopens_at then return 'closed', redis.call('EXISTS', failures_key) end
+  if now < reopens_at then return 'open', reopens_at - now end
+  local probe_expires_in = redis.call('PTTL', probe_key)
+  if probe_expires_in == -2 then return 'probe', 0 end
+  return 'open', probe_expires_in
+end
+-- The single probe: its key lives the cool-down, so a probe that hangs is retried after it.
+local function claim_probe(probe_key, token, ttl_ms)
+  redis.call('SET', probe_key, token, 'PX', ttl_ms)
+end
+"""
+
+# ARGV: probe token, probe ttl ms. Returns {verdict, ms until reopening or probe expiry if
+# open, else 1 if a run of failures is counted}.
 _ALLOW = Script(
     None,  # type: ignore[arg-type]
     (
         _REDIS_TIME_MS
+        + BREAKER_ADMISSION_LUA
         + """
-local reopens_at = tonumber(redis.call('HGET', KEYS[1], 'reopens_at'))
-if not reopens_at then return {'closed', 0} end
-if now < reopens_at then return {'open', reopens_at - now} end
-if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'probe', 0} end
-return {'open', redis.call('PTTL', KEYS[3])}
+local verdict, number = breaker_admission(KEYS[1], KEYS[2], KEYS[3], now)
+if verdict == 'probe' then claim_probe(KEYS[3], ARGV[1], ARGV[2]) end
+return {verdict, number}
 """
     ).encode(),
 )
@@ -176,11 +204,22 @@ def _log_transition(transition: str, *, failures: int, reopens_in: float) -> Non
         logger.info("entitlements circuit closed: the probe call succeeded")
 
 
+def admission_from_reply(verdict: bytes, number: int, *, probe_token: str) -> Admission:
+    """The Admission that breaker_admission's reply (BREAKER_ADMISSION_LUA) stands for, the
+    probe claimed with `probe_token` when the verdict is 'probe'."""
+    if verdict == b"closed":
+        return Admission(allowed=True, failures_counted=bool(number))
+    if verdict == b"probe":
+        return Admission(allowed=True, probe_token=probe_token)
+    return Admission(allowed=False, retry_after=max(0, number) / 1000)
+
+
 class CircuitBreaker:
     """The circuit breaker shared by every process through Redis; raises RedisError if down."""
 
     def __init__(self) -> None:
-        self._keys = [
+        # State hash, failures sorted set, probe key: BREAKER_ADMISSION_LUA's keys too.
+        self.keys = [
             redis_key("circuit"),
             redis_key("circuit:failures"),
             redis_key("circuit:probe"),
@@ -188,32 +227,31 @@ class CircuitBreaker:
 
     def allow(self) -> Admission:
         """Admit a call when closed, or as the single probe once the cool-down is over."""
+        token, probe_ttl_ms = self.probe_arguments()
+        verdict, number = _ALLOW(self.keys, [token, probe_ttl_ms], client=redis_connection())
+        return admission_from_reply(verdict, number, probe_token=token)
+
+    @staticmethod
+    def probe_arguments() -> tuple[str, int]:
+        """claim_probe's token (new for each admission) and the probe's lifetime in ms."""
         _threshold, _window, cooldown = _circuit_settings()
-        token = uuid.uuid4().hex
-        verdict, wait_ms = _ALLOW(
-            self._keys, [token, seconds_to_ms(cooldown)], client=redis_connection()
-        )
-        if verdict == b"closed":
-            return Admission(allowed=True)
-        if verdict == b"probe":
-            return Admission(allowed=True, probe_token=token)
-        return Admission(allowed=False, retry_after=max(0, wait_ms) / 1000)
+        return uuid.uuid4().hex, seconds_to_ms(cooldown)
 
     def release(self, admission: Admission) -> None:
         """Give back an unused probe so another caller can probe at once."""
         if admission.probe_token:
-            _RELEASE_PROBE([self._keys[2]], [admission.probe_token], client=redis_connection())
+            _RELEASE_PROBE([self.keys[2]], [admission.probe_token], client=redis_connection())
 
     def record_success(self) -> None:
         """Report that the upstream answered: ends a run of failures, closes a half-open circuit."""
-        if _RECORD_SUCCESS(self._keys, client=redis_connection()) == b"closed":
+        if _RECORD_SUCCESS(self.keys, client=redis_connection()) == b"closed":
             _log_transition("closed", failures=0, reopens_in=0)
 
     def record_failure(self) -> None:
         """Report a transient upstream failure (5xx, 429, timeout, connection refused)."""
         threshold, window, cooldown = _circuit_settings()
         transition, failures, _reopens_at = _RECORD_FAILURE(
-            self._keys,
+            self.keys,
             [
                 threshold,
                 seconds_to_ms(window),
@@ -229,7 +267,7 @@ class CircuitBreaker:
         """The circuit as operators see it (JSON-able)."""
         threshold, window, _cooldown = _circuit_settings()
         reopens_at, failures, reopenings, now, probing = _CIRCUIT_STATE(
-            self._keys, [seconds_to_ms(window)], client=redis_connection()
+            self.keys, [seconds_to_ms(window)], client=redis_connection()
         )
         if reopens_at < 0:
             state = CircuitState.CLOSED

@@ -27,7 +27,7 @@ from core.entitlements.reconcile import (
 )
 from core.entitlements.results import LOCKED, SyncResult
 from core.entitlements.upstream_guard import Priority, admit_upstream_call
-from core.locks import user_lock
+from core.locks import TTLLock, user_lock
 from core.models import EntitlementSyncState, Trigger, User
 from core.selectors import running_sync_serves_request
 
@@ -204,12 +204,16 @@ def fetch_answer_to_cache(
     requested_at: datetime | None = None,
     priority: Priority = Priority.INTERACTIVE,
     cached: Any = cache.UNREAD,
+    lock: TTLLock | None = None,
 ) -> tuple[UpstreamAnswer, cache.Entry | None]:
     """fetch_user_answer, leaving the cache write of a new answer to the caller.
 
     A batch writes its users' new answers together, and passes each user's entry as `cached`
     when it read them all at once beforehand (`cache.read_entries`; None: the user had none).
     Raises EntitlementsUnavailableError as fetch_user_answer does.
+    A batch also passes the user's `lock`, not taken yet: it is taken here, in the upstream
+    guard's round trip when the upstream is asked (alone otherwise), and held by whatever this
+    returns or raises after; LockHeld if another sync of the user holds it.
     """
     try:
         forwarded_claims = user.sync_state.forwarded_claims
@@ -222,11 +226,15 @@ def fetch_answer_to_cache(
         entry=cached,
     )
     if fresh is not None:
+        if lock is not None:
+            lock.acquire_or_raise()
         return fresh, None
     # The answer dates from when it was asked: one asked before a request cannot honour it,
     # even if it arrives after.
     asked_at = time.time()
-    answer = _ask_upstream(user=user, forwarded_claims=forwarded_claims, priority=priority)
+    answer = _ask_upstream(
+        user=user, forwarded_claims=forwarded_claims, priority=priority, lock=lock
+    )
     if answer.kind is not AnswerKind.UNAVAILABLE:
         to_cache = cache.answer_entry(
             user=user, forwarded_claims=forwarded_claims, answer=answer, asked_at=asked_at
@@ -240,13 +248,22 @@ def fetch_answer_to_cache(
 
 
 def _ask_upstream(
-    *, user: User, forwarded_claims: Mapping[str, Any], priority: Priority
+    *,
+    user: User,
+    forwarded_claims: Mapping[str, Any],
+    priority: Priority,
+    lock: TTLLock | None,
 ) -> UpstreamAnswer:
-    """One call to the backend; a remote one only if the guard admits it, told how it went."""
+    """One call to the backend; a remote one only if the guard admits it, told how it went.
+
+    `lock` (not taken yet) is taken before the call: by the guard, with its admission.
+    """
     backend = get_backend()
     if not backend.guard_upstream_calls:
+        if lock is not None:
+            lock.acquire_or_raise()
         return backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)
-    with admit_upstream_call(priority=priority) as call:
+    with admit_upstream_call(priority=priority, lock=lock) as call:
         if call.refused:
             return UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, call.refused)
         answer = backend.get_entitlements(user=user, forwarded_claims=forwarded_claims)

@@ -2,9 +2,13 @@
 fetched by threads, reconciled together, every lock released, one user's trouble never the
 others', the tally counted in the run."""
 
+import queue
+import threading
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -41,6 +45,22 @@ class UserDeletingBackend(EntitlementsBackend):
     def get_entitlements(self, *, user, forwarded_claims: Mapping[str, Any]) -> UpstreamAnswer:
         if user.email == VANISHING:
             User.objects.filter(pk=user.pk).delete()
+        return UpstreamAnswer.authoritative([ALPHA])
+
+
+class GatedBackend(EntitlementsBackend):
+    """Names alpha for everyone once `opened` is set; puts each email it is asked in `asked`."""
+
+    asked: queue.Queue[str]
+    opened: threading.Event
+
+    @property
+    def forwarded_claim_names(self) -> list[str]:
+        return []
+
+    def get_entitlements(self, *, user, forwarded_claims: Mapping[str, Any]) -> UpstreamAnswer:
+        self.asked.put(user.email)
+        self.opened.wait(timeout=10)
         return UpstreamAnswer.authoritative([ALPHA])
 
 
@@ -320,3 +340,84 @@ def test_a_cache_that_refuses_the_answers_costs_no_sync_and_no_lock(
     assert all(_rights(user) == {ALPHA} for user in users)
     assert not any(user_lock(user.pk).locked() for user in users)
     assert "answers of 3 users not cached" in caplog.text
+
+
+def test_a_soft_time_limit_retries_the_users_not_started_and_finishes_those_in_flight(
+    transactional_db, make_user, settings, monkeypatch
+):
+    settings.ENTITLEMENTS_BACKEND = f"{__name__}.GatedBackend"
+    settings.ENTITLEMENTS_BACKEND_PARAMETERS = {}
+    settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = 2
+    monkeypatch.setattr(GatedBackend, "asked", queue.Queue(), raising=False)
+    monkeypatch.setattr(GatedBackend, "opened", threading.Event(), raising=False)
+    MailDomain.objects.create(name=ALPHA)
+    users = [make_user() for _ in range(6)]
+    collect = batches._Fetches.collect
+    in_flight = []
+
+    def collect_after_the_limit(fetches, *, window):
+        if not in_flight:
+            # Both threads are asking for their first user when the limit strikes.
+            in_flight.extend(GatedBackend.asked.get(timeout=10) for _ in range(2))
+            raise SoftTimeLimitExceeded()
+        GatedBackend.opened.set()
+        return collect(fetches, window=window)
+
+    monkeypatch.setattr(batches._Fetches, "collect", collect_after_the_limit)
+    tally = sync_run_batch(
+        run_id=_run_id(),
+        user_ids=[str(user.pk) for user in users],
+        trigger="periodic",
+        task_id="",
+        last_try=False,
+    )
+
+    assert tally.as_dict()["changed"] == 2
+    assert sorted(tally.retry_user_ids) == sorted(
+        str(user.pk) for user in users if user.email not in in_flight
+    )
+    assert GatedBackend.asked.empty(), "nobody else was asked"
+    assert all(_rights(user) == {ALPHA} for user in users if user.email in in_flight)
+    assert not any(user_lock(user.pk).locked() for user in users)
+
+
+def test_each_fetch_thread_closes_its_database_connections_once(
+    transactional_db, make_user, scripted_upstream, settings, monkeypatch
+):
+    settings.ENTITLEMENTS_SYNC_BATCH_CONCURRENCY = 3
+    users = [make_user() for _ in range(10)]
+    scripted_upstream(admins_by_email={user.email: [] for user in users})
+    closed_by = []
+    close_all = batches.connections.close_all
+
+    def record_and_close_all():
+        closed_by.append(threading.current_thread().name)
+        close_all()
+
+    monkeypatch.setattr(batches.connections, "close_all", record_and_close_all)
+    tally = sync_run_batch(
+        run_id=_run_id(), user_ids=[str(user.pk) for user in users], trigger="periodic", task_id=""
+    )
+
+    assert tally.as_dict()["done"] == 10
+    assert sorted(closed_by) == ["sync-batch_0", "sync-batch_1", "sync-batch_2"]
+
+
+def test_an_error_no_sync_catches_stops_the_batch(
+    transactional_db, make_user, scripted_upstream, monkeypatch
+):
+    users = [make_user() for _ in range(5)]
+    scripted_upstream(admins_by_email={user.email: [] for user in users})
+
+    class BrokenLock:
+        def acquire(self):
+            raise RedisConnectionError("the locks' Redis is gone")
+
+    monkeypatch.setattr(batches, "user_lock", lambda *args, **kwargs: BrokenLock())
+    with pytest.raises(RedisConnectionError):
+        sync_run_batch(
+            run_id=_run_id(),
+            user_ids=[str(user.pk) for user in users],
+            trigger="periodic",
+            task_id="",
+        )

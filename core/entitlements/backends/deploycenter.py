@@ -6,10 +6,21 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3 import HTTPConnectionPool
+from urllib3.exceptions import (
+    ClosedPoolError,
+    DecodeError,
+    InvalidHeader,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    SSLError,
+)
 
 from core import metrics
 from core.entitlements.backends.base import AnswerKind, EntitlementsBackend, UpstreamAnswer
@@ -57,21 +68,20 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
             raise ValueError("api_key must not contain spaces or line breaks")
         self.timeout = _checked_timeout(timeout)
         self.oidc_claims = _checked_claims(oidc_claims)
-        # "Bearer" is case-sensitive upstream. Never an Authorization header: DeployCenter
-        # would validate it against its OIDC provider first and fail.
         self._headers = {
+            # What a requests Session sends (User-Agent, Accept-Encoding, keep-alive).
+            **requests.utils.default_headers(),
+            # "Bearer" is case-sensitive upstream. Never an Authorization header (nothing adds
+            # one, not even ~/.netrc): DeployCenter would validate it against its OIDC
+            # provider first and fail.
             "X-Service-Auth": f"Bearer {api_key.strip()}",
             "Accept": "application/json",
         }
-        # The headers a requests Session would send (User-Agent, Accept-Encoding...) with ours.
-        self._request_headers = {**requests.utils.default_headers(), **self._headers}
-        # Connections to DeployCenter kept open between syncs. Requests go straight to it, not
-        # through a Session: its per-call machinery (cookies, hooks, redirects, settings
-        # merged from the environment) was a fifth of a call's CPU and none of it is used.
-        self._adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_MAXSIZE, max_retries=0)
-        # What requests would read from the environment at every call (HTTPS_PROXY, NO_PROXY,
-        # REQUESTS_CA_BUNDLE...), read once: ~7% of a bulk worker's CPU per user went to it.
-        self._environment = _environment_settings(self.base_url)
+        self._timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
+        # The connection pool to DeployCenter and the request target, chosen once as requests
+        # would choose them at every call: a call is then one `urlopen`, without requests'
+        # per-call preparation and response wrapping (figure 15h of docs/performance.md).
+        self._pool, self._target = _connection(self.base_url)
 
     @property
     def forwarded_claim_names(self) -> list[str]:
@@ -103,21 +113,26 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
         status = None
         try:
             status, body = self._get(params)
-        except requests.Timeout:
-            answer = UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, "timeout")
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+        except (NewConnectionError, ProtocolError, ProxyError, SSLError, ClosedPoolError):
+            # Refused, reset, cut short, a proxy or TLS failure. Caught before the timeouts:
+            # urllib3 makes a refused connection a kind of connect timeout.
             answer = UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, "connection_error")
-        except requests.exceptions.ContentDecodingError:
+        except urllib3.exceptions.TimeoutError:
+            # Connecting, waiting for the answer, or reading its body (also past the deadline).
+            answer = UpstreamAnswer.failure(AnswerKind.UNAVAILABLE, "timeout")
+        except DecodeError:
             answer = UpstreamAnswer.failure(AnswerKind.INVALID, "not_decodable")
-        except requests.RequestException:
-            # Invalid URL or header: nothing the upstream did, our settings are wrong.
+        except (_SettingsError, InvalidHeader):
+            # The environment's proxy or TLS settings, or a header: nothing the upstream did.
             answer = UpstreamAnswer.failure(AnswerKind.CONFIGURATION_ERROR, "configuration")
         else:
             answer = classify_response(status=status, body=body)
         elapsed = time.monotonic() - started
         metrics.upstream_answered(answer=answer.kind, seconds=elapsed)
-        # Ids and classes only: the query holds the email and the claims.
-        logger.info(
+        # Ids and classes only: the query holds the email and the claims. An authoritative
+        # answer is the usual case, and the sync logs its outcome: its line is for debugging.
+        logger.log(
+            logging.DEBUG if answer.is_authoritative else logging.INFO,
             "deploycenter answered for user %s: http %s, %s %s, %.0f ms",
             user.pk,
             status,
@@ -129,19 +144,30 @@ class DeployCenterEntitlementsBackend(EntitlementsBackend):
 
     def _get(self, params: dict[str, str]) -> tuple[int, bytes | None]:
         """GET the endpoint; return the status and, for a 200, the body (None if too large)."""
+        if self._pool is None:
+            raise _SettingsError
         deadline = time.monotonic() + sum(self.timeout)
-        # No auth: nothing (not even ~/.netrc) adds an Authorization header.
-        request = requests.Request(
-            "GET", self.base_url, params=params, headers=self._request_headers
-        ).prepare()
-        # Sent once: a redirect is not followed (it means a wrong base_url, e.g. without its
-        # trailing slash), its status is reported.
-        with self._adapter.send(
-            request, stream=True, timeout=self.timeout, **self._environment
-        ) as response:
-            if response.status_code != 200:
-                return response.status_code, None
+        # Sent once (no retry), and a redirect is not followed (it means a wrong base_url,
+        # e.g. without its trailing slash): its status is reported.
+        response = self._pool.urlopen(
+            "GET",
+            f"{self._target}?{urlencode(params)}",
+            headers=self._headers,
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            timeout=self._timeout,
+            preload_content=False,
+        )
+        try:
+            if response.status != 200:
+                return response.status, None
             return 200, _read_body(response, deadline=deadline)
+        finally:
+            # A body read to its end gave the connection back already; one left unread is
+            # closed, as requests does.
+            response.close()
+            response.release_conn()
 
 
 def classify_response(*, status: int, body: bytes | None) -> UpstreamAnswer:
@@ -218,19 +244,19 @@ def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _read_body(response: requests.Response, *, deadline: float) -> bytes | None:
+def _read_body(response: urllib3.BaseHTTPResponse, *, deadline: float) -> bytes | None:
     """Read at most MAX_BODY_BYTES, within the deadline; None when the body is larger."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         return None
     body = bytearray()
-    for chunk in response.iter_content(chunk_size=64 * 1024):
+    for chunk in response.stream(64 * 1024, decode_content=True):
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             return None
         # The read timeout is per socket read: a server dripping bytes would never trip it.
         if time.monotonic() > deadline:
-            raise requests.Timeout("the body took longer than the timeout")
+            raise urllib3.exceptions.TimeoutError("the body took longer than the timeout")
     return bytes(body)
 
 
@@ -241,15 +267,36 @@ def _claim_value(value: Any) -> str:
     return str(value).strip()
 
 
-def _environment_settings(url: str) -> dict[str, Any]:
-    """The proxies and TLS settings (`proxies`, `verify`, `cert`) the environment gives for
-    `url`, as a requests Session reads them at each call.
+class _SettingsError(Exception):
+    """The environment's proxy or TLS settings were refused when the backend was built (a
+    malformed proxy URL, a CA bundle that is not there): every call is a configuration error."""
 
-    Read when the backend is built (once per worker process): the environment of a running
-    worker does not change, and reading it at every call cost more than the call's parsing.
+
+def _connection(url: str) -> tuple[HTTPConnectionPool | None, str]:
+    """The urllib3 pool requests would send `url` through and the request target on it; no
+    pool when the environment's settings are refused.
+
+    Chosen as requests' adapter chooses it at every call, with what the environment gives for
+    `url` (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE...), but once per worker process: the
+    environment of a running worker does not change, and reading it at every call cost more
+    than the call's parsing.
     """
-    merged = requests.Session().merge_environment_settings(url, {}, None, None, None)
-    return {name: merged[name] for name in ("proxies", "verify", "cert")}
+    settings = requests.Session().merge_environment_settings(url, {}, None, None, None)
+    proxies, verify, cert = settings["proxies"], settings["verify"], settings["cert"]
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_MAXSIZE)
+    request = requests.Request("GET", url).prepare()
+    try:
+        pool = adapter.get_connection_with_tls_context(request, verify, proxies, cert)
+        adapter.cert_verify(pool, url, verify, cert)
+    except (requests.RequestException, OSError) as error:
+        # The type only: a malformed proxy URL's text may carry the proxy's password.
+        logger.warning(
+            "deploycenter cannot be reached with the environment's proxy or TLS settings: %s",
+            type(error).__name__,
+        )
+        return None, ""
+    # The path, or the whole URL when a plain-HTTP proxy forwards the request.
+    return pool, adapter.request_url(request, proxies)
 
 
 def _checked_base_url(base_url: Any) -> str:

@@ -1,23 +1,23 @@
-"""Unit tests of the DeployCenter client (HTTP answered by `responses`): the exact request, and
-every row of the classification table."""
+"""Unit tests of the DeployCenter client against the local stub over real HTTP
+(tests/deploycenter_stub.py, answers forced case by case): the exact request, and every row of
+the classification table."""
 
 import json
 import logging
 import re
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
-import requests
-import responses
-from responses import matchers
 
 from core.entitlements.backends.base import AnswerKind
 from core.entitlements.backends.deploycenter import MAX_BODY_BYTES, DeployCenterEntitlementsBackend
 from core.models import User
+from tests.deploycenter_stub import ALPHA_SIRET
 
-BASE_URL = "https://deploycenter.test/api/v1.0/entitlements/"
-API_KEY = "s3cret-service-key"
-SIRET = "12345678900017"
+SIRET = ALPHA_SIRET
 SAMPLES = json.loads((Path(__file__).parents[1] / "data" / "deploycenter-samples.json").read_text())
 
 AUTHORITATIVE = AnswerKind.AUTHORITATIVE
@@ -29,79 +29,81 @@ CONFIGURATION_ERROR = AnswerKind.CONFIGURATION_ERROR
 UNAVAILABLE = AnswerKind.UNAVAILABLE
 
 
-def _backend(**overrides) -> DeployCenterEntitlementsBackend:
-    return DeployCenterEntitlementsBackend(
-        **{"base_url": BASE_URL, "service_id": 3, "api_key": API_KEY, **overrides}
-    )
+@pytest.fixture
+def stub(deploycenter_stub):
+    """The stub without its realistic latency: these tests are about answers, not time."""
+    deploycenter_stub.latency = 0
+    return deploycenter_stub
+
+
+def _backend(stub, **overrides) -> DeployCenterEntitlementsBackend:
+    return DeployCenterEntitlementsBackend(**stub.backend_parameters(**overrides))
 
 
 def _user(email="Admin@ALPHA.Example.org") -> User:
     return User(email=email)
 
 
+def _ask(backend, claims=None):
+    claims = {"siret": SIRET} if claims is None else claims
+    return backend.get_entitlements(user=_user(), forwarded_claims=claims)
+
+
 def _entitlements_body(**entitlements) -> dict:
     return {"organization": {"id": "x"}, "operator": None, "entitlements": entitlements}
 
 
-@responses.activate
-def test_request_is_exactly_what_deploycenter_expects():
-    responses.get(
-        BASE_URL,
-        json=_entitlements_body(can_access=True, can_admin_maildomains=[]),
-        match=[
-            matchers.query_param_matcher(
-                {
-                    "service_id": "3",
-                    "account_type": "user",
-                    # Local part kept as is, domain part lower-cased.
-                    "account_email": "Admin@alpha.example.org",
-                    "siret": SIRET,
-                    "organization_id": "42",
-                },
-                strict_match=True,
-            ),
-            matchers.header_matcher({"X-Service-Auth": f"Bearer {API_KEY}"}),
-        ],
-    )
-    backend = _backend(oidc_claims=["siret", "organization_id", "absent_claim"])
+def _answer_json(stub, body, status=200) -> None:
+    stub.answer_raw(json.dumps(body).encode(), status=status)
 
-    answer = backend.get_entitlements(
-        user=_user(), forwarded_claims={"siret": SIRET, "organization_id": 42}
-    )
 
+def test_request_is_exactly_what_deploycenter_expects(stub):
+    backend = _backend(stub, oidc_claims=["siret", "organization_id", "absent_claim"])
+
+    answer = _ask(backend, {"siret": SIRET, "organization_id": 42})
+
+    # Matched case-sensitively by the stub: an unknown email, whose answer is no rights.
     assert answer.kind is AUTHORITATIVE
-    (call,) = responses.calls
-    assert "Authorization" not in call.request.headers
+    (request,) = stub.requests
+    assert (request["method"], request["path"]) == ("GET", "/api/v1.0/entitlements/")
+    assert request["query"] == {
+        "service_id": ["3"],
+        "account_type": ["user"],
+        # Local part kept as is, domain part lower-cased.
+        "account_email": ["Admin@alpha.example.org"],
+        "siret": [SIRET],
+        "organization_id": ["42"],
+    }
+    assert request["headers"]["X-Service-Auth"] == f"Bearer {stub.api_key}"
+    assert "Authorization" not in request["headers"]
 
 
-@responses.activate
-def test_no_authorization_header_even_with_a_netrc_entry(tmp_path, monkeypatch):
+def test_no_authorization_header_even_with_a_netrc_entry(stub, tmp_path, monkeypatch):
     netrc = tmp_path / "netrc"
-    netrc.write_text("machine deploycenter.test login someone password hunter2\n")
+    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    responses.get(BASE_URL, json=_entitlements_body(can_access=True, can_admin_maildomains=[]))
 
-    _backend().get_entitlements(user=_user(), forwarded_claims={"siret": SIRET})
+    _ask(_backend(stub))
 
-    assert "Authorization" not in responses.calls[0].request.headers
+    assert "Authorization" not in stub.requests[0]["headers"]
 
 
 @pytest.mark.parametrize("claims", [{}, {"siret": ""}, {"siret": "  "}, {"siret": None}], ids=str)
-@responses.activate
-def test_missing_siret_is_not_asked(claims):
-    answer = _backend().get_entitlements(user=_user(), forwarded_claims=claims)
+def test_missing_siret_is_not_asked(stub, claims):
+    answer = _ask(_backend(stub), claims)
 
     assert (answer.kind, answer.error_code) == (AnswerKind.NOT_ASKED, "missing_claim")
-    assert len(responses.calls) == 0
+    assert stub.calls == 0
 
 
-@responses.activate
-def test_user_without_email_is_not_asked():
-    answer = _backend().get_entitlements(user=_user(email=""), forwarded_claims={"siret": SIRET})
+def test_user_without_email_is_not_asked(stub):
+    answer = _backend(stub).get_entitlements(
+        user=_user(email=""), forwarded_claims={"siret": SIRET}
+    )
 
     assert (answer.kind, answer.error_code) == (AnswerKind.NOT_ASKED, "missing_email")
-    assert len(responses.calls) == 0
+    assert stub.calls == 0
 
 
 # What each recorded live answer means for a sync.
@@ -133,11 +135,10 @@ def test_every_sample_has_a_meaning():
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=[sample["case"] for sample in SAMPLES])
-@responses.activate
-def test_recorded_answers_are_classified(sample):
-    responses.get(BASE_URL, json=sample["body"], status=sample["status"])
+def test_recorded_answers_are_classified(stub, sample):
+    _answer_json(stub, sample["body"], status=sample["status"])
 
-    answer = _backend().get_entitlements(user=_user(), forwarded_claims={"siret": SIRET})
+    answer = _ask(_backend(stub))
 
     assert (answer.kind, answer.error_code, answer.domains) == SAMPLE_MEANINGS[sample["case"]]
 
@@ -245,11 +246,10 @@ BODY_CASES = [
     [case[1:] for case in BODY_CASES],
     ids=[case[0] for case in BODY_CASES],
 )
-@responses.activate
-def test_json_bodies_are_classified(body, kind, error_code, domains):
-    responses.get(BASE_URL, json=body)
+def test_json_bodies_are_classified(stub, body, kind, error_code, domains):
+    _answer_json(stub, body)
 
-    answer = _backend().get_entitlements(user=_user(), forwarded_claims={"siret": SIRET})
+    answer = _ask(_backend(stub))
 
     assert (answer.kind, answer.error_code, answer.domains) == (kind, error_code, domains)
 
@@ -272,11 +272,10 @@ def test_json_bodies_are_classified(body, kind, error_code, domains):
     ],
     ids=["html", "truncated", "binary", "deeply nested", "empty", "over 1 MB", "nan", "dup key"],
 )
-@responses.activate
-def test_raw_bodies_are_classified(body, error_code):
-    responses.get(BASE_URL, body=body, content_type="text/html")
+def test_raw_bodies_are_classified(stub, body, error_code):
+    stub.answer_raw(body, content_type="text/html")
 
-    answer = _backend().get_entitlements(user=_user(), forwarded_claims={"siret": SIRET})
+    answer = _ask(_backend(stub))
 
     assert (answer.kind, answer.error_code) == (INVALID, error_code)
 
@@ -301,55 +300,179 @@ def test_raw_bodies_are_classified(body, error_code):
     ],
     ids=str,
 )
-@responses.activate
-def test_statuses_are_classified(status, kind, error_code):
-    headers = {"Location": BASE_URL + "elsewhere/"} if 300 <= status < 400 else {}
-    responses.get(BASE_URL, status=status, body=b'{"detail": "..."}', headers=headers)
+def test_statuses_are_classified(stub, status, kind, error_code):
+    headers = {"Location": stub.url + "elsewhere/"} if 300 <= status < 400 else {}
+    stub.answer_raw(b'{"detail": "..."}', status=status, headers=headers)
 
-    answer = _backend().get_entitlements(user=_user(), forwarded_claims={"siret": SIRET})
+    answer = _ask(_backend(stub))
 
     assert (answer.kind, answer.error_code) == (kind, error_code)
     # Redirects are reported, never followed.
-    assert len(responses.calls) == 1
+    assert stub.calls == 1
 
 
-@pytest.mark.parametrize(
-    ("error", "error_code"),
-    [
-        (requests.ReadTimeout(), "timeout"),
-        (requests.ConnectTimeout(), "timeout"),
-        (requests.ConnectionError(), "connection_error"),
-        (requests.exceptions.ChunkedEncodingError(), "connection_error"),
-    ],
-    ids=["read timeout", "connect timeout", "connection error", "truncated transfer"],
-)
-@responses.activate
-def test_transport_failures_are_unavailable(error, error_code):
-    responses.get(BASE_URL, body=error)
-
-    answer = _backend().get_entitlements(user=_user(), forwarded_claims={"siret": SIRET})
-
-    assert (answer.kind, answer.error_code) == (UNAVAILABLE, error_code)
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
-@responses.activate
-def test_logs_carry_no_email_claim_or_key(caplog):
-    responses.get(BASE_URL, json=_entitlements_body(can_access=True, can_admin_maildomains=[]))
+@pytest.fixture
+def full_backlog():
+    """A port whose listening socket takes no more connections: a connect there times out."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        waiting = []
+        # The kernel queues a connection or two beyond the backlog; those after are dropped.
+        for _ in range(4):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            waiting.append(client)
+        time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/api/v1.0/entitlements/"
+        for client in waiting:
+            client.close()
+
+
+class _SlowServer:
+    """Answers one request with a 200 whose body comes `pieces` at a time, `pause` apart, then
+    stays silent: a body that stalls, or that drips past the client's deadline."""
+
+    def __init__(self, *, pieces: list[bytes], pause: float, declared: int):
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._pieces, self._pause, self._declared = pieces, pause, declared
+        self._done = threading.Event()
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/api/v1.0/entitlements/"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        connection, _ = self._listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % self._declared
+            )
+            for piece in self._pieces:
+                connection.sendall(piece)
+                if self._done.wait(self._pause):
+                    return
+            self._done.wait(10)
+
+    def close(self) -> None:
+        self._done.set()
+        self._listener.close()
+
+
+@pytest.fixture
+def slow_server():
+    servers = []
+
+    def start(**kwargs) -> str:
+        servers.append(_SlowServer(**kwargs))
+        return servers[-1].url
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_hang_before_the_answer_is_a_timeout(stub):
+    stub.hang(5)
+
+    answer = _ask(_backend(stub, timeout=[1, 0.2]))
+
+    assert (answer.kind, answer.error_code) == (UNAVAILABLE, "timeout")
+
+
+def test_connect_past_its_timeout_is_a_timeout(stub, full_backlog):
+    started = time.monotonic()
+
+    answer = _ask(_backend(stub, base_url=full_backlog, timeout=[0.2, 1]))
+
+    assert (answer.kind, answer.error_code) == (UNAVAILABLE, "timeout")
+    assert time.monotonic() - started < 2
+
+
+def test_refused_connection_is_a_connection_error(stub):
+    base_url = f"http://127.0.0.1:{_closed_port()}/api/v1.0/entitlements/"
+
+    answer = _ask(_backend(stub, base_url=base_url))
+
+    assert (answer.kind, answer.error_code) == (UNAVAILABLE, "connection_error")
+
+
+def test_truncated_transfer_is_a_connection_error(stub):
+    body = json.dumps(_entitlements_body(can_access=True, can_admin_maildomains=[])).encode()
+    stub.answer_raw(body, headers={"Content-Length": str(len(body) + 100)})
+
+    answer = _ask(_backend(stub))
+
+    assert (answer.kind, answer.error_code) == (UNAVAILABLE, "connection_error")
+
+
+def test_body_stalling_past_the_read_timeout_is_a_timeout(stub, slow_server):
+    base_url = slow_server(pieces=[b'{"entitlements": '], pause=5, declared=100)
+
+    answer = _ask(_backend(stub, base_url=base_url, timeout=[1, 0.3]))
+
+    assert (answer.kind, answer.error_code) == (UNAVAILABLE, "timeout")
+
+
+def test_body_dripping_past_the_whole_timeout_is_a_timeout(stub, slow_server):
+    # Each 64 kB read within the read timeout; the whole body (under 1 MB), 3.5 s, not within
+    # connect + read.
+    piece = b" " * 65536
+    base_url = slow_server(pieces=[piece] * 15, pause=0.25, declared=len(piece) * 15)
+    started = time.monotonic()
+
+    answer = _ask(_backend(stub, base_url=base_url, timeout=[0.3, 0.5]))
+
+    assert (answer.kind, answer.error_code) == (UNAVAILABLE, "timeout")
+    assert time.monotonic() - started < 3
+
+
+def test_logs_carry_no_email_claim_or_key(stub, caplog):
     user = _user()
 
     with caplog.at_level(logging.DEBUG):
-        _backend().get_entitlements(user=user, forwarded_claims={"siret": SIRET})
+        _backend(stub).get_entitlements(user=user, forwarded_claims={"siret": SIRET})
 
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert str(user.pk) in text
-    for secret in ("alpha.example.org", "Admin@", SIRET, API_KEY):
+    for secret in ("alpha.example.org", "Admin@", SIRET, stub.api_key):
         assert secret.lower() not in text.lower()
+
+
+def test_authoritative_answers_log_at_debug_failures_at_info(stub, caplog):
+    backend = _backend(stub)
+
+    with caplog.at_level(logging.DEBUG, logger="core.entitlements.backends.deploycenter"):
+        _ask(backend)
+        stub.fail_with(503)
+        _ask(backend)
+
+    assert [record.levelno for record in caplog.records] == [logging.DEBUG, logging.INFO]
+
+
+BASE_URL = "https://deploycenter.test/api/v1.0/entitlements/"
+API_KEY = "s3cret-service-key"
+
+
+def _parameters_only(**overrides) -> DeployCenterEntitlementsBackend:
+    """A backend built, never asked: no server needed."""
+    return DeployCenterEntitlementsBackend(
+        **{"base_url": BASE_URL, "service_id": 3, "api_key": API_KEY, **overrides}
+    )
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"base_url": "https://deploycenter.test/api/v1.0/entitlements"}, "end with '/'"),
+        ({"base_url": BASE_URL.rstrip("/")}, "end with '/'"),
         ({"base_url": "deploycenter.test/api/"}, "http(s) URL"),
         ({"service_id": "three"}, "positive integer"),
         ({"service_id": 0}, "positive integer"),
@@ -365,13 +488,13 @@ def test_logs_carry_no_email_claim_or_key(caplog):
 )
 def test_bad_parameters_are_refused(overrides, message):
     with pytest.raises(ValueError, match=re.escape(message)) as raised:
-        _backend(**overrides)
+        _parameters_only(**overrides)
 
     assert API_KEY not in str(raised.value)
 
 
 def test_parameters_are_normalised():
-    backend = _backend(service_id="0003", timeout=7, oidc_claims=["siret", "siret", "x"])
+    backend = _parameters_only(service_id="0003", timeout=7, oidc_claims=["siret", "siret", "x"])
 
     assert backend.service_id == "3"
     assert backend.timeout == (7.0, 7.0)

@@ -1,15 +1,23 @@
-"""The DeployCenter backend against the local stub over real HTTP: every kind of answer."""
+"""The DeployCenter backend against the local stub over real HTTP: every kind of answer, and
+the environment's proxy and TLS settings."""
 
+import datetime
+import ipaddress
 import logging
 import socket
+import ssl
 import threading
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from core.entitlements.backends.base import AnswerKind
 from core.entitlements.backends.deploycenter import DeployCenterEntitlementsBackend
 from core.models import User
-from tests.deploycenter_stub import ALPHA_SIRET, GAMMA_SIRET
+from tests.deploycenter_stub import ALPHA_SIRET, GAMMA_SIRET, DeployCenterStub
 
 
 @pytest.fixture
@@ -192,3 +200,111 @@ def test_environment_is_not_read_again_at_each_call(deploycenter_stub, no_proxy_
         "",
         ("alpha.example.org", "beta.example.org"),
     )
+
+
+def test_proxy_of_the_environment_forwards_the_request(deploycenter_stub, no_proxy_environment):
+    # The stub stands in for a plain-HTTP proxy: it gets the whole URL in the request line.
+    no_proxy_environment.setenv("HTTP_PROXY", deploycenter_stub.url)
+    backend = DeployCenterEntitlementsBackend(
+        **deploycenter_stub.backend_parameters(
+            base_url="http://deploycenter.invalid/api/v1.0/entitlements/"
+        )
+    )
+
+    assert _ask(backend)[0] is AnswerKind.AUTHORITATIVE
+    (request,) = deploycenter_stub.requests
+    assert request["headers"]["Host"] == "deploycenter.invalid"
+    assert request["query"]["siret"] == [ALPHA_SIRET]
+
+
+def test_no_proxy_of_the_environment_is_honoured(deploycenter_stub, no_proxy_environment):
+    no_proxy_environment.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
+    no_proxy_environment.setenv("NO_PROXY", "127.0.0.1")
+    backend = DeployCenterEntitlementsBackend(**deploycenter_stub.backend_parameters())
+
+    assert _ask(backend)[0] is AnswerKind.AUTHORITATIVE
+
+
+def test_malformed_proxy_is_a_configuration_error(deploycenter_stub, no_proxy_environment):
+    no_proxy_environment.setenv("HTTP_PROXY", "http://:8080")
+    backend = DeployCenterEntitlementsBackend(**deploycenter_stub.backend_parameters())
+
+    assert _ask(backend)[:2] == (AnswerKind.CONFIGURATION_ERROR, "configuration")
+
+
+def _self_signed_certificate(directory) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate file, key file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "DeployCenter test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file, key_file = directory / "cert.pem", directory / "key.pem"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(certificate_file), str(key_file)
+
+
+@pytest.fixture
+def tls_stub(tmp_path):
+    """A stub of its own answering over TLS with a self-signed certificate; its file."""
+    certificate_file, key_file = _self_signed_certificate(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate_file, key_file)
+    with DeployCenterStub(latency=0, ssl_context=context) as stub:
+        yield stub, certificate_file
+
+
+def _tls_backend(stub) -> DeployCenterEntitlementsBackend:
+    return DeployCenterEntitlementsBackend(**stub.backend_parameters())
+
+
+def test_ca_bundle_of_the_environment_is_trusted(tls_stub, no_proxy_environment):
+    stub, certificate_file = tls_stub
+    no_proxy_environment.setenv("REQUESTS_CA_BUNDLE", certificate_file)
+
+    assert _ask(_tls_backend(stub)) == (
+        AnswerKind.AUTHORITATIVE,
+        "",
+        ("alpha.example.org", "beta.example.org"),
+    )
+    assert stub.url.startswith("https://")
+    assert stub.calls == 1
+
+
+def test_certificate_outside_the_trusted_bundle_is_a_connection_error(
+    tls_stub, no_proxy_environment
+):
+    stub, _ = tls_stub
+    no_proxy_environment.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    no_proxy_environment.delenv("CURL_CA_BUNDLE", raising=False)
+
+    assert _ask(_tls_backend(stub))[:2] == (AnswerKind.UNAVAILABLE, "connection_error")
+    assert stub.calls == 0
+
+
+def test_missing_ca_bundle_is_a_configuration_error(tls_stub, no_proxy_environment, tmp_path):
+    stub, _ = tls_stub
+    no_proxy_environment.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "absent.pem"))
+
+    assert _ask(_tls_backend(stub))[:2] == (AnswerKind.CONFIGURATION_ERROR, "configuration")
