@@ -410,8 +410,13 @@ def test_an_error_no_sync_catches_stops_the_batch(
     scripted_upstream(admins_by_email={user.email: [] for user in users})
 
     class BrokenLock:
-        def acquire(self):
+        """The locks' Redis gone, whichever way the batch takes the lock (alone, or in the
+        upstream guard's round trip)."""
+
+        def acquire(self, *args, **kwargs):
             raise RedisConnectionError("the locks' Redis is gone")
+
+        redis_take_arguments = acquire
 
     monkeypatch.setattr(batches, "user_lock", lambda *args, **kwargs: BrokenLock())
     with pytest.raises(RedisConnectionError):
