@@ -418,6 +418,9 @@ def test_an_error_no_sync_catches_stops_the_batch(
 
         redis_take_arguments = acquire
 
+        def release(self):
+            """Never taken: nothing to free, as a lock that was not acquired."""
+
     monkeypatch.setattr(batches, "user_lock", lambda *args, **kwargs: BrokenLock())
     with pytest.raises(RedisConnectionError):
         sync_run_batch(
