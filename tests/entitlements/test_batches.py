@@ -416,7 +416,10 @@ def test_an_error_no_sync_catches_stops_the_batch(
         def acquire(self, *args, **kwargs):
             raise RedisConnectionError("the locks' Redis is gone")
 
-        redis_take_arguments = acquire
+        redis_take_arguments = acquire_or_raise = acquire
+
+        def release(self):
+            """Never taken: nothing to free."""
 
         def release(self):
             """Never taken: nothing to free, as a lock that was not acquired."""
