@@ -421,9 +421,6 @@ def test_an_error_no_sync_catches_stops_the_batch(
         def release(self):
             """Never taken: nothing to free."""
 
-        def release(self):
-            """Never taken: nothing to free, as a lock that was not acquired."""
-
     monkeypatch.setattr(batches, "user_lock", lambda *args, **kwargs: BrokenLock())
     with pytest.raises(RedisConnectionError):
         sync_run_batch(
