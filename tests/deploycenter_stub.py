@@ -302,6 +302,8 @@ class DeployCenterStub:
             # (status, headers, body) given to every request while set.
             self.forced: tuple[int, dict[str, str], bytes] | None = None
             self.calls = 0
+            # TCP connections accepted: a client that keeps its connections alive opens few.
+            self.connections_opened = 0
             self.requests: list[dict[str, Any]] = []
 
     def reset_counters(self) -> None:
@@ -614,6 +616,11 @@ class _Handler(BaseHTTPRequestHandler):
     # client's delayed ACK (Nagle), about 40 ms per kept-alive answer that the live server
     # (gunicorn sets TCP_NODELAY) does not have. The latency is the `latency` parameter's.
     disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.stub._lock:
+            self.server.stub.connections_opened += 1
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

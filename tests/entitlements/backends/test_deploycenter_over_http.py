@@ -164,6 +164,16 @@ def test_pooled_session_serves_concurrent_syncs(backend, deploycenter_stub):
     )
 
 
+def test_successive_syncs_reuse_one_kept_alive_connection(backend, deploycenter_stub):
+    # The client reads each answer to its end and gives its connection back to the pool: a
+    # run's thousands of calls are not as many TCP (or TLS) handshakes.
+    for _ in range(10):
+        assert _ask(backend)[0] is AnswerKind.AUTHORITATIVE
+
+    assert deploycenter_stub.calls == 10
+    assert deploycenter_stub.connections_opened == 1
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
