@@ -21,6 +21,9 @@ from worker.queues import BULK_QUEUE, INTERACTIVE_QUEUE, SIGNALS_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ("worker-interactive", "worker-bulk", "worker-signals")
+# Every worker below the web process (niceness 0), so a request preempts the syncs on a shared
+# host; the bulk worker below the one-user syncs (docs/performance.md, figure 15m).
+WORKER_NICENESS = {"worker-interactive": 5, "worker-bulk": 10, "worker-signals": 5}
 APP_SERVICES = ("web", *WORKERS, "beat", "flower", "migrate")
 # Read by something other than messages/settings.py: the postgres and rabbitmq images, compose
 # itself (ports, profiles) and the Procfile's commands.
@@ -116,17 +119,37 @@ def test_a_dead_worker_is_started_again_by_make_run_and_by_compose(services):
     procfile = procfile_processes()
     for name in WORKERS:
         command = procfile[name].removeprefix(" ".join(RESPAWN) + " ")
-        # The bulk worker runs niced, so the signals' and logins' syncs get the CPU first.
-        assert command.removeprefix("nice -n 10 ").startswith("celery "), name
+        # Every worker runs niced (WORKER_NICENESS), the bulk one the most.
+        assert command.removeprefix(f"nice -n {WORKER_NICENESS[name]} ").startswith("celery "), name
         assert command != procfile[name], f"{name} runs under {RESPAWN}"
         assert services[name]["restart"] == "unless-stopped", name
 
 
-def test_the_bulk_worker_runs_niced_in_the_procfile_compose_and_the_benchmark(services):
+def test_the_workers_run_niced_in_the_procfile_compose_and_the_benchmark(services, monkeypatch):
+    monkeypatch.delenv("INTERACTIVE_WORKER_CONCURRENCY", raising=False)
+    monkeypatch.delenv("BULK_WORKER_CONCURRENCY", raising=False)
     procfile = procfile_processes()
-    for name, niceness in (("worker-bulk", 10), ("worker-interactive", 0), ("worker-signals", 0)):
+    for name, niceness in WORKER_NICENESS.items():
         assert worker_spec(name, expand(procfile[name], {})).niceness == niceness
         assert worker_spec(name, interpolate(command_of(services[name]))).niceness == niceness
+    # The benchmark starts each worker at the Procfile's niceness (bench/services.py).
+    benched = {
+        spec.name: spec.niceness for spec in worker_layouts(parse_args(["--smoke"]))["split"]
+    }
+    assert benched == {"interactive": 5, "bulk": 10, "signals": 5}
+
+
+def test_the_web_process_is_not_niced_below_any_worker(services):
+    """A request (a login's, a change signal's) preempts the workers' syncs on a shared host:
+    the web process runs at niceness 0, every worker above it (docs/performance.md, 15m)."""
+    procfile = procfile_processes()
+    assert not procfile["web"].startswith("nice")
+    assert command_of(services["web"]).startswith("gunicorn ")
+    assert min(WORKER_NICENESS.values()) > 0
+    # Bulk runs below the one-user syncs: a login's or a signal's sync gets the CPU first.
+    assert WORKER_NICENESS["worker-bulk"] > max(
+        WORKER_NICENESS["worker-interactive"], WORKER_NICENESS["worker-signals"]
+    )
 
 
 def test_the_procfile_splits_the_workers_by_queue():
