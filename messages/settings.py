@@ -138,6 +138,10 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     }
     _database["CONN_MAX_AGE"] = 0
 DATABASES = {"default": _database}
+# A login's UPDATE (core/compiled_updates.py) runs as a statement prepared once per PostgreSQL
+# session, which then skips its parse and plan. Safe behind PgBouncer in any pooling mode (a
+# session without it prepares it in the same query); off, the statement is sent whole each time.
+DB_PREPARED_UPDATES = env_bool("DB_PREPARED_UPDATES", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "core.User"

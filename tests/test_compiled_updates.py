@@ -1,17 +1,20 @@
 """A sync request's UPDATE compiled once (core.compiled_updates): the statement the ORM runs,
 with the same parameters, matching and writing the same rows, on PostgreSQL (the test
-database) and on SQLite (the embedded default)."""
+database) and on SQLite (the embedded default); on PostgreSQL in autocommit, as a statement
+prepared on the server session, safe behind a pooler."""
 
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 from django.db.models import Q
 from django.utils import timezone
 
+from core import compiled_updates
 from core.compiled_updates import CompiledUpdate, Param, model_field
 from core.entitlements import sync_requests
 from core.models import EntitlementSyncState, Trigger, User
@@ -63,7 +66,7 @@ def statements(alias: str):
     seen: list[tuple[str, list]] = []
 
     def capture(execute, sql, params, many, context):
-        seen.append((sql, [getattr(param, "obj", param) for param in params]))
+        seen.append((sql, [getattr(param, "obj", param) for param in params or ()]))
         return execute(sql, params, many, context)
 
     with connections[alias].execute_wrapper(capture):
@@ -190,3 +193,110 @@ def test_a_statement_is_built_once_per_database(db):
 
     assert [statement.run(user_id=user_id), statement.run(user_id=user_id)] == [1, 1]
     assert len(builds) == 1
+
+
+# --- Prepared on the server session (DB_PREPARED_UPDATES, docs/performance.md figure 15m) ----
+
+
+@pytest.fixture
+def fresh_session(transactional_db):
+    """Autocommit on the test PostgreSQL, in a server session holding no prepared statement."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    compiled_updates._prepared.clear()
+
+
+def kinds(seen: list[tuple[str, list]]) -> list[str]:
+    """Each statement's first words: PREPARE+EXECUTE, EXECUTE or UPDATE."""
+    return [
+        "PREPARE+EXECUTE" if sql.startswith("PREPARE") and "; EXECUTE " in sql else sql.split()[0]
+        for sql, _params in seen
+    ]
+
+
+@pytest.mark.parametrize("row", ROWS.values(), ids=ROWS.keys())
+def test_the_prepared_statement_matches_and_writes_rows_as_the_orm(fresh_session, row):
+    request = {
+        "fields": request_fields(trigger=Trigger.LOGIN, stores_claims=True),
+        "due_at": NOW,
+        "not_enqueued_since": NOW - timedelta(seconds=30),
+    }
+    by_the_orm = [make_state("default", **row) for _ in range(2)]
+    prepared = [make_state("default", **row) for _ in range(2)]
+
+    matched_by_the_orm = [orm_claim("default", user_id=s.pk, **request) for s in by_the_orm]
+    with statements("default") as seen:
+        matched = [compiled_claim(user_id=s.pk, **request) for s in prepared]
+
+    assert kinds(seen) == ["PREPARE+EXECUTE", "EXECUTE"]
+    assert matched == matched_by_the_orm
+    for state, reference in zip(prepared, by_the_orm, strict=True):
+        assert columns("default", state) == columns("default", reference)
+
+
+def test_a_session_that_lost_the_statement_prepares_it_again(fresh_session):
+    """A pooler (PgBouncer) may send the next query to another server session, and DISCARD ALL
+    drops what a session prepared: the EXECUTE fails there, and runs again with its PREPARE."""
+    states = [make_state("default") for _ in range(3)]
+    claim = partial(
+        compiled_claim,
+        fields=request_fields(trigger=Trigger.LOGIN, stores_claims=False),
+        due_at=NOW,
+        not_enqueued_since=NOW - timedelta(seconds=30),
+    )
+
+    with statements("default") as seen:
+        assert claim(user_id=states[0].pk) == 1
+        with connections["default"].cursor() as cursor:
+            cursor.execute("DEALLOCATE ALL")
+        assert claim(user_id=states[1].pk) == 1
+        assert claim(user_id=states[2].pk) == 1
+
+    assert kinds(seen) == [
+        "PREPARE+EXECUTE",
+        "DEALLOCATE",
+        "EXECUTE",  # 26000: not prepared on this session
+        "PREPARE+EXECUTE",
+        "EXECUTE",
+    ]
+    assert all(EntitlementSyncState.objects.get(pk=state.pk).enqueued_at == NOW for state in states)
+
+
+def test_a_session_that_holds_the_statement_already_runs_it(fresh_session):
+    """Behind a pooler, another process may have prepared the statement on the server session
+    this query lands on: the PREPARE fails (42P05), the EXECUTE alone runs."""
+    first, second = make_state("default"), make_state("default")
+    claim = partial(
+        compiled_claim,
+        fields=request_fields(trigger=Trigger.LOGIN, stores_claims=False),
+        due_at=NOW,
+        not_enqueued_since=NOW - timedelta(seconds=30),
+    )
+    assert claim(user_id=first.pk) == 1
+    # This process forgets it prepared the statement; the server session still has it.
+    compiled_updates._prepared.clear()
+
+    with statements("default") as seen:
+        assert claim(user_id=second.pk) == 1
+
+    assert kinds(seen) == ["PREPARE+EXECUTE", "EXECUTE"]
+    assert EntitlementSyncState.objects.get(pk=second.pk).enqueued_at == NOW
+
+
+def test_the_statement_is_sent_whole_in_a_transaction_or_when_switched_off(fresh_session, settings):
+    state = make_state("default")
+    claim = partial(
+        compiled_claim,
+        user_id=state.pk,
+        fields=request_fields(trigger=Trigger.LOGIN, stores_claims=False),
+        due_at=NOW,
+        not_enqueued_since=NOW - timedelta(seconds=30),
+    )
+
+    with statements("default") as seen:
+        with transaction.atomic():
+            claim()
+        settings.DB_PREPARED_UPDATES = False
+        claim()
+
+    assert kinds(seen) == ["UPDATE", "UPDATE"]

@@ -1,10 +1,12 @@
-"""What one login's sync request costs: one SQL statement whose commit does not wait for the
-disk, and the task and the `task-sent` event Flower needs sent through one Redis client.
+"""What one login's sync request costs: one SQL statement (prepared once per server session)
+whose commit does not wait for the disk, and the task and the `task-sent` event Flower needs
+sent through one Redis client.
 
 Against the test PostgreSQL and Redis; docs/performance.md (figure 14) has the times.
 """
 
 import json
+import re
 import time
 from base64 import b64decode
 
@@ -14,6 +16,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
+from core import compiled_updates
 from core.authentication import request_login_sync
 from core.models import EntitlementSyncState
 from tests.support.broker import broker_key
@@ -67,8 +70,16 @@ def task_events():
     client.close()
 
 
+@pytest.fixture
+def fresh_session(transactional_db):
+    """A server session holding no prepared statement, as a new connection's."""
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    compiled_updates._prepared.clear()
+
+
 def test_a_login_is_one_statement_whose_commit_does_not_wait_for_the_disk(
-    transactional_db, make_user, broker_queues
+    fresh_session, make_user, broker_queues
 ):
     user, other = make_user(), make_user()
     EntitlementSyncState.objects.create(user=user)
@@ -78,8 +89,12 @@ def test_a_login_is_one_statement_whose_commit_does_not_wait_for_the_disk(
         receipt = request_login_sync(user=user, claims=CLAIMS)
 
     assert receipt.task_id is not None
+    # The session's first login prepares its UPDATE in the same query (figure 15m).
     [statement] = queries.captured_queries
-    assert statement["sql"].startswith('UPDATE "core_entitlementsyncstate"')
+    assert re.match(
+        r'PREPARE (messages_\w+) AS UPDATE "core_entitlementsyncstate" .*; EXECUTE \1\(',
+        statement["sql"],
+    )
     assert statement["sql"].endswith("; SET LOCAL synchronous_commit TO OFF")
     # The request is recorded and claimed by that one statement, its row count read right.
     state = EntitlementSyncState.objects.get(user=user)
@@ -92,7 +107,29 @@ def test_a_login_is_one_statement_whose_commit_does_not_wait_for_the_disk(
     # A second login within the dedup window collapses: the statement's row count is 0 there.
     assert request_login_sync(user=user, claims=CLAIMS).task_id is None
     assert broker_queues.length("interactive") == 1
-    assert request_login_sync(user=other, claims=CLAIMS).task_id is not None
+    # The next logins of the session: the prepared statement only, still one query.
+    with CaptureQueriesContext(connection) as queries:
+        assert request_login_sync(user=other, claims=CLAIMS).task_id is not None
+    [statement] = queries.captured_queries
+    assert re.fullmatch(
+        r"EXECUTE messages_\w+\([^;]*\); SET LOCAL synchronous_commit TO OFF", statement["sql"]
+    )
+    assert EntitlementSyncState.objects.get(user=other).last_trigger == "login"
+
+
+def test_a_login_sends_its_whole_update_when_prepared_updates_are_off(
+    fresh_session, make_user, broker_queues, settings
+):
+    settings.DB_PREPARED_UPDATES = False
+    user = make_user()
+    EntitlementSyncState.objects.create(user=user)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert request_login_sync(user=user, claims=CLAIMS).task_id is not None
+
+    [statement] = queries.captured_queries
+    assert statement["sql"].startswith('UPDATE "core_entitlementsyncstate"')
+    assert statement["sql"].endswith("; SET LOCAL synchronous_commit TO OFF")
 
 
 def test_a_login_inside_a_transaction_leaves_its_commit_to_the_caller(
@@ -109,6 +146,8 @@ def test_a_login_inside_a_transaction_leaves_its_commit_to_the_caller(
             assert cursor.fetchone() == ("on",)
 
     assert "synchronous_commit" not in queries.captured_queries[0]["sql"]
+    # Inside a transaction the statement is sent whole: a failed EXECUTE could not be retried.
+    assert queries.captured_queries[0]["sql"].startswith('UPDATE "core_entitlementsyncstate"')
     assert broker_queues.length("interactive") == 1
 
 
