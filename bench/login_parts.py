@@ -78,10 +78,33 @@ _CELERY_DEFAULTS = (
 )
 
 
+# The workers `--alternate nice` renices, login by login (`measure`'s `workers`).
+_workers: list = []
+
+
+def _renice(*, changes: bool) -> None:
+    """Figure 15m's niceness: the interactive and signals workers at the Procfile's (5), or at
+    0 as before; the bulk worker keeps its 10 either way."""
+    import psutil
+
+    if not hasattr(_renice, "processes"):
+        # Listed once: a tree walk reads all of /proc (the prefork pools do not change).
+        _renice.processes = [  # type: ignore[attr-defined]
+            (worker.spec.niceness, process) for worker in _workers for process in worker.tree()
+        ]
+    for shipped, process in _renice.processes:  # type: ignore[attr-defined]
+        try:
+            process.nice(shipped if changes or shipped >= 10 else 0)
+        except psutil.NoSuchProcess:
+            continue
+
+
 def _switch(*, changes: bool, figure: str) -> None:
     """`changes=False` undoes, for the next logins, what the figure changed; `--alternate`
     flips it login by login, so both sides share the machine's state.
 
+    Figure 15m: `nice`, the interactive and signals workers at niceness 0 again (`--under-load`
+    only); `prepare`, the request's UPDATE sent whole instead of as a prepared statement.
     Figure 14: the commit waits for the disk again and kombu builds a Redis client per publish
     (the ORM filter stays). Figure 15l: the ORM builds the request's UPDATE at every login
     again (the compiled statement is compiled anew each time) and Celery's defaults are no
@@ -95,6 +118,12 @@ def _switch(*, changes: bool, figure: str) -> None:
     from core.entitlements import sync_requests
     from messages import redis_broker
 
+    if figure == "nice":
+        _renice(changes=changes)
+        return
+    if figure == "prepare":
+        settings.DB_PREPARED_UPDATES = changes
+        return
     if not hasattr(_switch, "changed"):
         _switch.changed = {  # type: ignore[attr-defined]
             "wrapper": sync_requests._commits_not_waiting_for_the_disk,
@@ -122,7 +151,12 @@ def _switch(*, changes: bool, figure: str) -> None:
 
 
 def measure(
-    *, logins: int, every: float, alternate: str | None, warmup: int = 50
+    *,
+    logins: int,
+    every: float,
+    alternate: str | None,
+    warmup: int = 50,
+    profile: str | None = None,
 ) -> dict[str, str]:
     """name=value figures of `logins` timed logins (after `warmup` untimed ones); with
     `alternate` (a figure), of each side (`before`, `after`: see `_switch`), logins taking
@@ -136,6 +170,11 @@ def measure(
         request_login_sync(user=user, claims=LOGIN_CLAIMS)
     _instrument()
     sides = ("before", "after") if alternate else ("",)
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
     totals: dict[str, list[float]] = defaultdict(list)
     parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -149,9 +188,13 @@ def measure(
             time.sleep(delay)
         _spent.clear()
         _counts.clear()
+        if profiler:
+            profiler.enable()
         begin, cpu_begin = time.perf_counter(), time.process_time()
         receipt = request_login_sync(user=user, claims=LOGIN_CLAIMS)
         total = (time.perf_counter() - begin) * 1000
+        if profiler:
+            profiler.disable()
         # This process's CPU only (not PostgreSQL's or Redis's): less noisy than the wall time.
         parts[side]["process_cpu"].append((time.process_time() - cpu_begin) * 1000)
         assert receipt.task_id, "every timed login is a user's first: it sends a task"
@@ -178,6 +221,8 @@ def measure(
         for name in ("sql_statements", "redis_round_trips", "redis_clients_built"):
             per_login = counts[side][name] / len(totals[side])
             figures[f"{prefix}{name}_per_login"] = str(round(per_login, 2))
+    if profiler and profile:
+        profiler.dump_stats(profile)
     # The users stay: syncs may still run for them (the tables are emptied at the next start).
     return figures
 
@@ -196,9 +241,13 @@ def main() -> int:
         "--alternate",
         nargs="?",
         const="15l",
-        choices=("14", "15l"),
+        choices=("14", "15l", "nice", "prepare"),
         help="logins take turns with and without the changes of figure 14 or 15l (the "
-        "default), in this checkout",
+        "default), or of figure 15m: the workers' niceness (`nice`, with --under-load) or the "
+        "prepared UPDATE (`prepare`), in this checkout",
+    )
+    parser.add_argument(
+        "--profile", metavar="FILE", help="cProfile the timed logins into FILE (pstats)"
     )
     args = parser.parse_args()
     database_url = os.environ.get(
@@ -241,16 +290,18 @@ def main() -> int:
         data.create_domains()
         if args.under_load:
             stub.control(latency=0.025, generation=0)
-            stack.enter_context(
+            _workers[:] = stack.enter_context(
                 running_workers(
                     shipped_workers(environ=dict(os.environ)),
                     env={**env, "LOG_LEVEL": "INFO"},
                     log_dir=LOG_DIR,
                 )
             )
+        elif args.alternate == "nice":
+            parser.error("--alternate nice needs --under-load (workers to renice)")
         print(f"login_parts_under_load={int(args.under_load)}", flush=True)
         for name, value in measure(
-            logins=args.logins, every=args.every, alternate=args.alternate
+            logins=args.logins, every=args.every, alternate=args.alternate, profile=args.profile
         ).items():
             print(f"{name}={value}", flush=True)
     return 0
