@@ -1,4 +1,4 @@
-"""What one login costs, part by part (figures 14, 15l): `python -m bench.login_parts`.
+"""What one login costs, part by part (figures 14, 15l, 15m): `python -m bench.login_parts`.
 
 Times `core.authentication.request_login_sync` in this process, against PostgreSQL and a
 private redis-server (with `--under-load`, while the Procfile's workers run the syncs these
