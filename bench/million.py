@@ -96,6 +96,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class Interval:
+    """The stretch of a run between two progress lines."""
+
+    users_per_s: float
+    machine_ms_per_user: float
+    pace: float
+
+
+# Intervals of the large run whose pace is within this share of a small run's compare with it.
+PACE_MATCH = 0.075
+
+
+def matched_at_pace(large: "SizedRun", small: "SizedRun") -> tuple[int, float, float]:
+    """The large run against a small one at the same pace of the machine: how many of its
+    intervals ran within PACE_MATCH of the small run's pace, and their mean users/s and
+    machine CPU per user over the small run's (0 and 0.0 without such an interval).
+
+    The machine's pace moves by up to 2x within a half-hour run, more than the 10 % looked
+    for: the whole large run against a 20-second small one compares two moments of the
+    machine, these intervals compare the sizes at one.
+    """
+    if not small.pace:
+        return 0, 0.0, 0.0
+    matched = [
+        interval
+        for interval in large.intervals
+        if interval.pace and abs(interval.pace - small.pace) <= PACE_MATCH * small.pace
+    ]
+    if not matched:
+        return 0, 0.0, 0.0
+    rate = sum(interval.users_per_s for interval in matched) / len(matched)
+    cost = sum(interval.machine_ms_per_user for interval in matched) / len(matched)
+    return (
+        len(matched),
+        rate / small.run.users_per_s,
+        cost / small.cpu_ms_per_user("machine"),
+    )
+
+
 @dataclass
 class SizedRun:
     """One full run at one size: its load, its figures and its progress over time."""
@@ -115,6 +155,8 @@ class SizedRun:
     # CPU microseconds per unit of fixed work, the median of the samples taken meanwhile).
     window: tuple[float, float] = (0.0, 0.0)
     pace: float = 0.0
+    # What each progress line's interval did, cost and ran at.
+    intervals: list["Interval"] = field(default_factory=list)
 
     def cpu_ms_per_user(self, part: str) -> float:
         return 1000 * self.run.cpu_seconds[part] / self.run.users
@@ -361,6 +403,13 @@ def _follow(
             workers_cpu, machine_cpu = spent()
             now = time.time()
             users = max(counted - last[1], 1)
+            sized.intervals.append(
+                Interval(
+                    users_per_s=(counted - last[1]) / (elapsed - last[0]),
+                    machine_ms_per_user=1000 * (machine_cpu - last[3]) / users,
+                    pace=probe.pace(last[4], now),
+                )
+            )
             _say(
                 f"progress {sized.label}: {elapsed:6.0f} s, {counted:>9,} of {sized.users:,} "
                 f"users counted ({counted / elapsed:.0f} users/s so far; {enqueued}), "
@@ -467,6 +516,12 @@ def _summary(sizes: list[SizedRun], *, bulk: str, growing: int) -> str:
         paced = speed * large.pace / (small.pace or 1)
         machine = (large.cpu_ms_per_user("machine") / large.pace) / (
             small.cpu_ms_per_user("machine") / small.pace or 1
+        )
+        count, matched_rate, matched_cost = matched_at_pace(large, small)
+        lines.append(
+            f"large over {small.label} at its pace (+-{PACE_MATCH:.1%}): {count} intervals "
+            f"of the large run, users/s {matched_rate:.3f}, machine CPU per user "
+            f"{matched_cost:.3f}"
         )
         lines.append(
             f"large over {small.label}: users/s {speed:.3f} (10 % to 90 %: {steady:.3f}; "

@@ -3,7 +3,9 @@ half-hour run can be compared with a short one run at another moment of the mach
 
 import time
 
-from bench.million import SizedRun
+import pytest
+
+from bench.million import Interval, SizedRun, matched_at_pace
 from bench.resync import RunFigures
 from bench.speed_probe import SpeedProbe
 
@@ -56,3 +58,23 @@ def test_a_run_at_a_slower_pace_compares_at_the_reference_pace():
     assert reference.paced_users_per_s(1000.0) == 500.0
     assert slowed.paced_users_per_s(1000.0) == 500.0
     assert slowed.paced_users_per_s(0.0) == 0.0
+
+
+def test_the_large_run_compares_with_a_small_one_over_its_intervals_at_the_same_pace():
+    small = _sized(500.0, pace=1000.0)
+    small.run.cpu_seconds["machine"] = 3.0  # 3 ms per user
+    large = _sized(450.0, pace=1500.0)
+    large.intervals = [
+        Interval(users_per_s=480.0, machine_ms_per_user=3.3, pace=1050.0),
+        Interval(users_per_s=490.0, machine_ms_per_user=3.1, pace=960.0),
+        # At another moment of the machine: left out.
+        Interval(users_per_s=300.0, machine_ms_per_user=5.0, pace=1800.0),
+        Interval(users_per_s=700.0, machine_ms_per_user=2.0, pace=0.0),
+    ]
+
+    count, rate, cost = matched_at_pace(large, small)
+
+    assert count == 2
+    assert rate == pytest.approx(485.0 / 500.0)
+    assert cost == pytest.approx(3.2 / 3.0)
+    assert matched_at_pace(large, _sized(500.0, pace=3000.0)) == (0, 0.0, 0.0)
