@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from bench.services import (
     ensure_database,
     set_up_bench_process,
 )
+from bench.speed_probe import SpeedProbe
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/messages_bench_million"
 LOG_DIR = Path(__file__).resolve().parent / "results"
@@ -94,6 +96,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class Interval:
+    """The stretch of a run between two progress lines."""
+
+    users_per_s: float
+    machine_ms_per_user: float
+    pace: float
+
+
+# Intervals of the large run whose pace is within this share of a small run's compare with it.
+PACE_MATCH = 0.075
+
+
+def matched_at_pace(large: "SizedRun", small: "SizedRun") -> tuple[int, float, float]:
+    """The large run against a small one at the same pace of the machine: how many of its
+    intervals ran within PACE_MATCH of the small run's pace, and their mean users/s and
+    machine CPU per user over the small run's (0 and 0.0 without such an interval).
+
+    The machine's pace moves by up to 2x within a half-hour run, more than the 10 % looked
+    for: the whole large run against a 20-second small one compares two moments of the
+    machine, these intervals compare the sizes at one.
+    """
+    if not small.pace:
+        return 0, 0.0, 0.0
+    matched = [
+        interval
+        for interval in large.intervals
+        if interval.pace and abs(interval.pace - small.pace) <= PACE_MATCH * small.pace
+    ]
+    if not matched:
+        return 0, 0.0, 0.0
+    rate = sum(interval.users_per_s for interval in matched) / len(matched)
+    cost = sum(interval.machine_ms_per_user for interval in matched) / len(matched)
+    return (
+        len(matched),
+        rate / small.run.users_per_s,
+        cost / small.cpu_ms_per_user("machine"),
+    )
+
+
 @dataclass
 class SizedRun:
     """One full run at one size: its load, its figures and its progress over time."""
@@ -109,6 +151,19 @@ class SizedRun:
     samples: list[tuple[float, int]] = field(default_factory=list)
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_average_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # The run's window in unix time, and the machine's pace over it (bench/speed_probe.py:
+    # CPU microseconds per unit of fixed work, the median of the samples taken meanwhile).
+    window: tuple[float, float] = (0.0, 0.0)
+    pace: float = 0.0
+    # What each progress line's interval did, cost and ran at.
+    intervals: list["Interval"] = field(default_factory=list)
+
+    def cpu_ms_per_user(self, part: str) -> float:
+        return 1000 * self.run.cpu_seconds[part] / self.run.users
+
+    def paced_users_per_s(self, reference: float) -> float:
+        """Its users/s at the `reference` pace: as fast as the machine ran it allowed."""
+        return self.run.users_per_s * self.pace / reference if reference else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 redis_server=redis_server,
                 worker_env=worker_env,
                 metrics_dir=scratch / "metrics",
+                stack=stack,
             )
     except BenchSetupError as error:
         print(f"bench: {error}", file=sys.stderr)
@@ -142,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_sizes(*, args, stub, redis_server, worker_env: dict, metrics_dir: Path) -> None:
+def run_sizes(
+    *, args, stub, redis_server, worker_env: dict, metrics_dir: Path, stack: ExitStack
+) -> None:
     """Load and run each size in turn; print the figures as they come, then side by side."""
     from django.core.management import call_command
 
@@ -163,6 +221,7 @@ def run_sizes(*, args, stub, redis_server, worker_env: dict, metrics_dir: Path) 
     bulk = next(spec.name for spec in specs if BULK_QUEUE in spec.queues)
     growing = 0
     _say(f"bench.million at {_commit()}, load average {_load(os.getloadavg())}")
+    probe = stack.enter_context(SpeedProbe(LOG_DIR / "million-pace.txt", every=1.0))
     for sized in sizes:
         large = sized is large_run
         _say(f"loading {sized.users:,} users ({sized.label})")
@@ -183,7 +242,9 @@ def run_sizes(*, args, stub, redis_server, worker_env: dict, metrics_dir: Path) 
             worker_env=worker_env,
             every=args.progress_every if large else max(args.progress_every / 10, 1),
             cut_after=args.large_run_minutes * 60 if large and args.large_run_minutes else None,
+            probe=probe,
         )
+        sized.pace = probe.pace(*sized.window)
         sized.load_average_after = os.getloadavg()
         _print_run(sized, bulk=bulk)
     summary = _summary(sizes, bulk=bulk, growing=growing)
@@ -220,7 +281,15 @@ def _explain_batch(stub, *, users: int, sample: int) -> int:
 
 
 def _timed_run(
-    stub, redis_server, sized: SizedRun, *, specs, worker_env: dict, every: float, cut_after
+    stub,
+    redis_server,
+    sized: SizedRun,
+    *,
+    specs,
+    worker_env: dict,
+    every: float,
+    cut_after,
+    probe: SpeedProbe,
 ):
     """One full run at 20 ms with fresh workers, charged their CPU and PostgreSQL's.
 
@@ -250,14 +319,27 @@ def _timed_run(
             ],
         }
         cpu_before = {name: cpu_snapshot(processes()) for name, processes in watched.items()}
+        machine_before = machine_cpu_seconds()
+
+        def spent() -> tuple[float, float]:
+            """CPU seconds of the workers and of the whole machine since the run began."""
+            workers_now = cpu_snapshot(watched["workers"]())
+            return (
+                cpu_used(cpu_before["workers"], workers_now),
+                machine_cpu_seconds() - machine_before,
+            )
+
         with RssSampler(workers) as sampler:
+            started = time.time()
             task_id = app.send_task(FANOUT_TASK, kwargs={"trigger": "periodic"}).id
             run = _wait_for(lambda: SyncRun.objects.filter(task_id=task_id).first(), 120)
-            cut = _follow(run, sized, every=every, cut_after=cut_after)
+            cut = _follow(run, sized, every=every, cut_after=cut_after, spent=spent, probe=probe)
+            sized.window = (started, time.time())
         cpu = {
             name: cpu_used(cpu_before[name], cpu_snapshot(processes()))
             for name, processes in watched.items()
         }
+        cpu["machine"] = machine_cpu_seconds() - machine_before
         fanout_rss = _wait_for(lambda: redis_server.client.hget(FANOUT_RSS_KEY, task_id), 120)
     if cut is not None:
         # The counts at the cut: the workers finished their batches in flight since.
@@ -285,14 +367,28 @@ def _timed_run(
     )
 
 
-def _follow(run, sized: SizedRun, *, every: float, cut_after: float | None):
+def _follow(
+    run,
+    sized: SizedRun,
+    *,
+    every: float,
+    cut_after: float | None,
+    spent: Callable[[], tuple[float, float]],
+    probe: SpeedProbe,
+):
     """Print the run's progress every `every` seconds until it ends (None), or until
-    `cut_after` seconds: then (seconds, the run's row) at the cut."""
+    `cut_after` seconds: then (seconds, the run's row) at the cut.
+
+    Each line also says what the last interval did and cost: its users/s, the workers' and
+    the whole machine's CPU per user (`spent`), and the machine's pace meanwhile (`probe`),
+    so that a rate that moves can be told from a machine that does.
+    """
     from django.utils import timezone
 
     from core.models import SyncRun
 
     next_line = every
+    last = (0.0, 0, 0.0, 0.0, time.time())
     while True:
         run.refresh_from_db()
         elapsed = (timezone.now() - run.started_at).total_seconds()
@@ -304,11 +400,26 @@ def _follow(run, sized: SizedRun, *, every: float, cut_after: float | None):
         if elapsed >= next_line:
             sized.progress.append((elapsed, counted))
             enqueued = f"{run.users_enqueued:,} enqueued" if run.users_enqueued else "fan-out"
+            workers_cpu, machine_cpu = spent()
+            now = time.time()
+            users = max(counted - last[1], 1)
+            sized.intervals.append(
+                Interval(
+                    users_per_s=(counted - last[1]) / (elapsed - last[0]),
+                    machine_ms_per_user=1000 * (machine_cpu - last[3]) / users,
+                    pace=probe.pace(last[4], now),
+                )
+            )
             _say(
                 f"progress {sized.label}: {elapsed:6.0f} s, {counted:>9,} of {sized.users:,} "
                 f"users counted ({counted / elapsed:.0f} users/s so far; {enqueued}), "
-                f"load average {_load(os.getloadavg())}"
+                f"load average {_load(os.getloadavg())}; since the last line: "
+                f"{(counted - last[1]) / (elapsed - last[0]):.0f} users/s, CPU per user "
+                f"workers {1000 * (workers_cpu - last[2]) / users:.2f} ms, machine "
+                f"{1000 * (machine_cpu - last[3]) / users:.2f} ms, pace "
+                f"{probe.pace(last[4], now):.0f} us"
             )
+            last = (elapsed, counted, workers_cpu, machine_cpu, now)
             while next_line <= elapsed:
                 next_line += every
         if cut_after is not None and elapsed >= cut_after:
@@ -327,6 +438,16 @@ def steady_rate(sized: SizedRun) -> float:
     if low is None or high is None or high[0] <= low[0]:
         return 0.0
     return (high[1] - low[1]) / (high[0] - low[0])
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every process of the machine used so far (idle, I/O wait and steal aside):
+    what the workers, PostgreSQL, Redis, the stub and the system cost together, including
+    the processes that ended meanwhile (recycled database sessions, autovacuum)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq
 
 
 def _wait_for(fetch, seconds: float):
@@ -349,7 +470,9 @@ def _print_run(sized: SizedRun, *, bulk: str) -> None:
         f"{run.worker_peak_rss[bulk] / MB:.0f} MB, fan-out peak RSS "
         f"{run.fanout_peak_rss / MB:.0f} MB; CPU per user: workers "
         f"{1000 * run.cpu_seconds['workers'] / run.users:.2f} ms, PostgreSQL "
-        f"{1000 * run.cpu_seconds['postgres'] / run.users:.2f} ms; load average "
+        f"{1000 * run.cpu_seconds['postgres'] / run.users:.2f} ms, the whole machine "
+        f"{sized.cpu_ms_per_user('machine'):.2f} ms; the machine's pace {sized.pace:.0f} us "
+        f"per probe unit; load average "
         f"{_load(sized.load_average)} at start, {_load(sized.load_average_after)} at end"
     )
 
@@ -372,11 +495,15 @@ def _summary(sizes: list[SizedRun], *, bulk: str, growing: int) -> str:
     row("users/s from 10 % to 90 %", [f"{steady_rate(sized):.1f}" for sized in sizes])
     row("bulk worker peak RSS (MB)", [f"{s.run.worker_peak_rss[bulk] / MB:.0f}" for s in sizes])
     row("fan-out peak RSS (MB)", [f"{s.run.fanout_peak_rss / MB:.0f}" for s in sizes])
-    for part in ("workers", "postgres"):
-        row(
-            f"{part} CPU (ms/user)",
-            [f"{1000 * s.run.cpu_seconds[part] / s.run.users:.2f}" for s in sizes],
-        )
+    for part in ("workers", "postgres", "machine"):
+        row(f"{part} CPU (ms/user)", [f"{s.cpu_ms_per_user(part):.2f}" for s in sizes])
+    row("pace (us per probe unit)", [f"{s.pace:.0f}" for s in sizes])
+    reference = small_before.pace
+    row("users/s at the first's pace", [f"{s.paced_users_per_s(reference):.1f}" for s in sizes])
+    row(
+        "machine CPU/user at its pace",
+        [f"{s.cpu_ms_per_user('machine') * reference / (s.pace or 1):.2f}" for s in sizes],
+    )
     row("load average at start", [f"{s.load_average[0]:.1f}" for s in sizes])
     row("load average at end", [f"{s.load_average_after[0]:.1f}" for s in sizes])
     if large.cut_short:
@@ -386,9 +513,20 @@ def _summary(sizes: list[SizedRun], *, bulk: str, growing: int) -> str:
         steady = steady_rate(large) / (steady_rate(small) or 1)
         worker = large.run.worker_peak_rss[bulk] / small.run.worker_peak_rss[bulk]
         fanout = large.run.fanout_peak_rss / small.run.fanout_peak_rss
+        paced = speed * large.pace / (small.pace or 1)
+        machine = (large.cpu_ms_per_user("machine") / large.pace) / (
+            small.cpu_ms_per_user("machine") / small.pace or 1
+        )
+        count, matched_rate, matched_cost = matched_at_pace(large, small)
         lines.append(
-            f"large over {small.label}: users/s {speed:.3f} (10 % to 90 %: {steady:.3f}), "
-            f"bulk worker RSS {worker:.3f}, fan-out RSS {fanout:.3f}"
+            f"large over {small.label} at its pace (+-{PACE_MATCH:.1%}): {count} intervals "
+            f"of the large run, users/s {matched_rate:.3f}, machine CPU per user "
+            f"{matched_cost:.3f}"
+        )
+        lines.append(
+            f"large over {small.label}: users/s {speed:.3f} (10 % to 90 %: {steady:.3f}; "
+            f"at the same pace: {paced:.3f}), machine CPU per user at the same pace "
+            f"{machine:.3f}, bulk worker RSS {worker:.3f}, fan-out RSS {fanout:.3f}"
         )
     lines.append(f"statements of a batch whose plan grows with the tables: {growing}")
     series = ", ".join(f"{elapsed / 60:.1f} min {counted:,}" for elapsed, counted in large.progress)

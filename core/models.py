@@ -137,8 +137,9 @@ class MailDomainAccess(BaseModel):
         MANUAL = "manual", "Manual"
         ENTITLEMENTS = "entitlements", "Entitlements sync"
 
-    maildomain = models.ForeignKey(MailDomain, on_delete=models.CASCADE, related_name="accesses")
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="maildomain_accesses")
+    # No index of their own: (maildomain, user) and (user, source) start with them (0011).
+    maildomain = models.ForeignKey(MailDomain, models.CASCADE, "accesses", db_index=False)
+    user = models.ForeignKey(User, models.CASCADE, "maildomain_accesses", db_index=False)
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.ADMIN)
     source = models.CharField(max_length=20, choices=Source.choices, default=Source.MANUAL)
 
@@ -250,8 +251,9 @@ class AccessAuditEntry(models.Model):
         GRANTED = "granted", "Granted"
         REVOKED = "revoked", "Revoked"
 
+    # No index of its own: (user, -created_at) starts with it (0011).
     user = models.ForeignKey(
-        User, on_delete=models.SET_NULL, null=True, related_name="access_audit_entries"
+        User, models.SET_NULL, "access_audit_entries", null=True, db_index=False
     )
     # Names, not foreign keys, so the trail outlives deleted domains.
     maildomain_name = models.CharField(max_length=253)

@@ -1,0 +1,60 @@
+"""`python -m bench.table_size` (figure 17), as an operator runs it, on a few hundred users:
+two processes on two databases run the batch path in turns and the table compares them."""
+
+import os
+import re
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from tests.support.bench_database import bench_database
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(*arguments: str) -> subprocess.CompletedProcess:
+    with ExitStack() as stack:
+        url = stack.enter_context(bench_database("bench_tsize"))
+        for side in ("small", "large", "before", "after"):
+            # The benchmark's own two databases, named after the one it is given.
+            stack.enter_context(bench_database(f"bench_tsize_{side}"))
+        return subprocess.run(
+            [sys.executable, "-m", "bench.table_size", *arguments],
+            cwd=REPO,
+            env={**os.environ, "BENCH_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+
+def test_two_sizes_in_turns():
+    completed = _run("--small", "300", "--large", "600", "--rounds", "2", "--round-users", "100")
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert "small: 300 users loaded" in out and "large: 600 users loaded" in out
+    # small large large small: each size's rounds alternate with the other's.
+    assert re.findall(r"round \d+, (\w+):", out) == ["small", "large", "large", "small"]
+    row = re.search(r"PostgreSQL CPU ms/user\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out)
+    assert row is not None and float(row[1]) > 0 and float(row[2]) > 0
+    assert "2 rounds of 100 users each, order small large large small" in out
+
+
+def test_a_migration_against_the_one_before_at_one_size():
+    completed = _run(
+        "--large", "300", "--rounds", "1", "--round-users", "100", "--before-migration", "core:0010"
+    )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert re.findall(r"round \d+, (\w+):", completed.stdout) == ["before", "after"]
+    assert "'before' migrated back to core:0010" in completed.stdout
+
+
+def test_rounds_that_the_small_tables_cannot_hold_are_refused():
+    completed = _run("--small", "100", "--rounds", "2", "--round-users", "100")
+
+    assert completed.returncode == 2
+    assert "--small must hold every round's users" in completed.stderr
