@@ -4,20 +4,14 @@ state recording that answer and the e-mail's identity. So the benchmark's run at
 changes every user (one domain granted, one revoked) and holds none of it. 40 users here: the
 benchmark's own sizes are for `python -m bench.million`."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 from bench import million_data
 from bench.stub import entitled_domains
 from core.entitlements.identity import upstream_identity
 from core.models import EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.deploycenter_stub import ALPHA_SIRET
-from tests.support.bench_database import bench_database
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.bench_database import bench_database, run_bench
 
 
 def test_the_loaded_users_hold_what_the_stub_answered_at_generation_zero(transactional_db):
@@ -46,15 +40,7 @@ def test_explain_only_prints_the_batch_plans_without_a_run():
     run, on 200 users: it loads them, explains one batch's statements and the fan-out's query,
     and stops there."""
     with bench_database("bench_million") as url:
-        completed = subprocess.run(
-            [sys.executable, "-m", "bench.million", "--explain-only", "--users", "200"],
-            cwd=REPO,
-            env={**os.environ, "BENCH_DATABASE_URL": url},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        completed = run_bench("bench.million", "--explain-only", "--users", "200", database_url=url)
 
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "loaded 200 users" in completed.stdout

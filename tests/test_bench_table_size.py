@@ -1,16 +1,11 @@
 """`python -m bench.table_size` (figure 17), as an operator runs it, on a few hundred users:
 two processes on two databases run the batch path in turns and the table compares them."""
 
-import os
 import re
 import subprocess
-import sys
 from contextlib import ExitStack
-from pathlib import Path
 
-from tests.support.bench_database import bench_database
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.bench_database import bench_database, run_bench
 
 
 def _run(*arguments: str) -> subprocess.CompletedProcess:
@@ -19,15 +14,7 @@ def _run(*arguments: str) -> subprocess.CompletedProcess:
         for side in ("small", "large", "before", "after"):
             # The benchmark's own two databases, named after the one it is given.
             stack.enter_context(bench_database(f"bench_tsize_{side}"))
-        return subprocess.run(
-            [sys.executable, "-m", "bench.table_size", *arguments],
-            cwd=REPO,
-            env={**os.environ, "BENCH_DATABASE_URL": url},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        return run_bench("bench.table_size", *arguments, database_url=url)
 
 
 def test_two_sizes_in_turns():

@@ -3,8 +3,11 @@ test database and named after it (so after the pytest-xdist worker too): the ben
 its tables, and the database is dropped afterwards, so nothing stays on the shared server."""
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -29,3 +32,19 @@ def bench_database(purpose: str) -> Iterator[str]:
                     sql.Identifier(own_name(purpose))
                 )
             )
+
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def run_bench(module: str, *arguments: str, database_url: str) -> subprocess.CompletedProcess:
+    """`python -m <module> <arguments>` on `database_url`, as an operator runs it; its output."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=REPO,
+        env={**os.environ, "BENCH_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
