@@ -11,7 +11,7 @@ from django.db.models import Max
 from django_celery_results.models import TaskResult
 
 from bench.probe import FANOUT_RSS_KEY, FANOUT_TASK, NOOP_TASK
-from bench.services import WorkerProcess
+from bench.services import WorkerProcess, cpu_snapshot, cpu_used
 from core.models import EntitlementSyncState, SyncRun
 from worker.queues import BULK_QUEUE
 
@@ -43,24 +43,6 @@ class RssSampler:
                 self.peaks[name] = max(self.peaks[name], worker.rss_bytes())
             if self._stop.wait(self.every):
                 return
-
-
-def cpu_snapshot(processes: list[psutil.Process]) -> dict[tuple[int, float], float]:
-    """User plus system CPU seconds each process used so far, by (pid, start time)."""
-    snapshot = {}
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            snapshot[process.pid, process.create_time()] = times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return snapshot
-
-
-def cpu_used(before: dict, after: dict) -> float:
-    """CPU seconds used between two snapshots; a process born since counts from its start
-    (one that ended meanwhile is missed)."""
-    return sum(seconds - before.get(key, 0.0) for key, seconds in after.items())
 
 
 @dataclass

@@ -25,6 +25,7 @@ from bench.services import (
     WebProcess,
     WorkerProcess,
     WorkerSpec,
+    database_sessions,
     start_worker,
     wait_for_workers,
 )
@@ -246,18 +247,13 @@ def _storm(mode, figures, redis_server, workers) -> None:
 
 def _run(workers, stub, redis_server, during=None) -> RunFigures:
     """One full resync with CPU accounting of every part of the benchmark."""
-    database = f" {settings.DATABASES['default']['NAME']} "
+    database = settings.DATABASES["default"]["NAME"]
     watched = {
         "workers": lambda: [process for worker in workers for process in worker.tree()],
         "stub": lambda: [psutil.Process(stub.process.pid)],
         "redis": lambda: [psutil.Process(redis_server.process.pid)],
         # The backends serving the benchmark's database (their title names it).
-        "postgres": lambda: [
-            process
-            for process in psutil.process_iter(["name", "cmdline"])
-            if process.info["name"] == "postgres"
-            and database in " ".join(process.info["cmdline"] or ())
-        ],
+        "postgres": lambda: database_sessions(database),
         "bench": lambda: [psutil.Process()],
     }
     return full_resync(
@@ -323,7 +319,7 @@ def _endpoint_load(
 ) -> None:
     """The endpoint's latency at open-loop offered rates, and its CPU per signal by part, with
     each gunicorn layout of `mode.signal_endpoint_webs` (the first is the Procfile's)."""
-    database = f" {settings.DATABASES['default']['NAME']} "
+    database = settings.DATABASES["default"]["NAME"]
     emails = [user.email for user in users]
     for web_workers, threads in mode.signal_endpoint_webs:
         web = WebProcess(
@@ -334,12 +330,7 @@ def _endpoint_load(
         )
         watched = {
             "web": web.tree,
-            "postgres": lambda: [
-                process
-                for process in psutil.process_iter(["name", "cmdline"])
-                if process.info["name"] == "postgres"
-                and database in " ".join(process.info["cmdline"] or ())
-            ],
+            "postgres": lambda: database_sessions(database),
             "redis": lambda: [psutil.Process(redis_server.process.pid)],
         }
         try:

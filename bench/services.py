@@ -313,3 +313,31 @@ def set_up_bench_process(
 
     django.setup()
     return {**env, "LOG_LEVEL": "INFO"}
+
+
+def cpu_snapshot(processes: list[psutil.Process]) -> dict[tuple[int, float], float]:
+    """User plus system CPU seconds each process used so far, by (pid, start time)."""
+    snapshot = {}
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            snapshot[process.pid, process.create_time()] = times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return snapshot
+
+
+def cpu_used(before: dict, after: dict) -> float:
+    """CPU seconds used between two snapshots; a process born since counts from its start
+    (one that ended meanwhile is missed)."""
+    return sum(seconds - before.get(key, 0.0) for key, seconds in after.items())
+
+
+def database_sessions(database: str) -> list[psutil.Process]:
+    """The PostgreSQL backends serving `database` (their process title names it)."""
+    return [
+        process
+        for process in psutil.process_iter(["name", "cmdline"])
+        if process.info["name"] == "postgres"
+        and f" {database} " in " ".join(process.info["cmdline"] or ())
+    ]

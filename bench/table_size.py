@@ -16,7 +16,8 @@ process, of its database sessions and of its Redis, and its users per second.
         flock /work/wt/bench.lock .venv/bin/python -m bench.table_size
 
 The two databases are BENCH_DATABASE_URL's name with `_small` and `_large` appended (both
-emptied). About 3 minutes to load a million, then about 10 s per round.
+emptied). About a minute to load a million, then about 4 s per round (figure 17: ~3.5 minutes
+in all with the default ten rounds of each size).
 """
 
 import argparse
@@ -36,6 +37,9 @@ from bench.services import (
     BenchSetupError,
     PrivateRedis,
     StubProcess,
+    cpu_snapshot,
+    cpu_used,
+    database_sessions,
     django_environment,
     ensure_database,
 )
@@ -50,16 +54,26 @@ TUNING = {
 }
 
 
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.table_size",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--small", type=int, default=10_000, help="users of the small tables")
-    parser.add_argument("--large", type=int, default=1_000_000, help="users of the large ones")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds of each size")
-    parser.add_argument("--round-users", type=int, default=1000, help="users synced per round")
+    parser.add_argument("--small", type=_positive, default=10_000, help="users, small tables")
+    parser.add_argument("--large", type=_positive, default=1_000_000, help="users, large tables")
+    parser.add_argument("--rounds", type=_positive, default=10, help="rounds of each size")
+    parser.add_argument("--round-users", type=_positive, default=1000, help="users per round")
     parser.add_argument(
         "--database-url", default=os.environ.get("BENCH_DATABASE_URL", ""), help="base name"
     )
@@ -82,8 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "bench" not in args.database_url:
         parser.error("--database-url (or BENCH_DATABASE_URL) must name a database with 'bench'")
-    if args.rounds * args.round_users > min(args.small, args.large):
-        parser.error("--small must hold every round's users (--rounds x --round-users)")
+    held = min(user for _, user, _ in _sides(args))
+    if args.rounds * args.round_users > held:
+        parser.error(
+            f"--rounds x --round-users ({args.rounds * args.round_users:,}) is more users than "
+            f"the tables hold ({held:,}): each round syncs users never synced before"
+        )
     try:
         figures = _alternate(args)
     except BenchSetupError as error:
@@ -142,14 +160,17 @@ class _Side:
 
     def round(self) -> dict:
         """One round in the child; its figures, with its Redis's and its sessions' CPU."""
-        redis_before = _cpu(psutil.Process(self.redis.process.pid))
-        postgres_before = _sessions_cpu(self.database)
+        redis = [psutil.Process(self.redis.process.pid)]
+        redis_before = cpu_snapshot(redis)
+        postgres_before = cpu_snapshot(database_sessions(self.database))
         assert self.process.stdin is not None
         self.process.stdin.write("round\n")
         self.process.stdin.flush()
         figures = json.loads(self._line())
-        figures["redis_cpu"] = _cpu(psutil.Process(self.redis.process.pid)) - redis_before
-        figures["postgres_cpu"] = _cpu_used(postgres_before, _sessions_cpu(self.database))
+        figures["redis_cpu"] = cpu_used(redis_before, cpu_snapshot(redis))
+        figures["postgres_cpu"] = cpu_used(
+            postgres_before, cpu_snapshot(database_sessions(self.database))
+        )
         return figures
 
     def _line(self) -> str:
@@ -222,9 +243,7 @@ def _report(figures: dict[str, list[dict]], args) -> str:
     rows.append(
         (
             "all three, ms/user",
-            lambda name: sum(
-                per_user(name, k) for k in ("process_cpu", "postgres_cpu", "redis_cpu")
-            ),
+            lambda name: sum(per_user(name, part) for part in _PARTS),
             "{:.3f}",
         )
     )
@@ -261,7 +280,6 @@ def _child(*, users: int, rounds: int, round_users: int, migrate_to: str | None)
     synced = User.objects.order_by("?").values_list("pk", flat=True)[: rounds * round_users]
     user_ids = [str(pk) for pk in synced]
     print(json.dumps({"loaded_seconds": loaded}), flush=True)
-    process = psutil.Process()
     for number, _ in enumerate(sys.stdin):
         batch_users = user_ids[number * round_users : (number + 1) * round_users]
         run = SyncRun.objects.create(
@@ -272,7 +290,8 @@ def _child(*, users: int, rounds: int, round_users: int, migrate_to: str | None)
             revoke_budget=round_users,
             users_enqueued=round_users,
         )
-        cpu, wall = _cpu(process), time.perf_counter()
+        # All the process's threads: the batch's and its fetch threads.
+        cpu, wall = time.process_time(), time.perf_counter()
         for start in range(0, round_users, BATCH_SIZE):
             sync_run_batch(
                 run_id=run.pk,
@@ -283,35 +302,10 @@ def _child(*, users: int, rounds: int, round_users: int, migrate_to: str | None)
         figures = {
             "users": round_users,
             "seconds": time.perf_counter() - wall,
-            "process_cpu": _cpu(process) - cpu,
+            "process_cpu": time.process_time() - cpu,
         }
         print(json.dumps(figures), flush=True)
     return 0
-
-
-def _cpu(process: psutil.Process) -> float:
-    """User plus system CPU seconds of a process, all its threads."""
-    times = process.cpu_times()
-    return times.user + times.system
-
-
-def _sessions_cpu(database: str) -> dict[int, float]:
-    """CPU seconds of each PostgreSQL process serving `database`, by pid."""
-    sessions = {}
-    for process in psutil.process_iter(["name", "cmdline"]):
-        if process.info["name"] == "postgres" and f" {database} " in " ".join(
-            process.info["cmdline"] or ()
-        ):
-            try:
-                sessions[process.pid] = _cpu(process)
-            except psutil.NoSuchProcess:
-                continue
-    return sessions
-
-
-def _cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU used between two snapshots; a session born since counts from its start."""
-    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 if __name__ == "__main__":

@@ -51,15 +51,6 @@ def _sized(users_per_s: float, pace: float) -> SizedRun:
     return sized
 
 
-def test_a_run_at_a_slower_pace_compares_at_the_reference_pace():
-    reference = _sized(500.0, pace=1000.0)
-    slowed = _sized(400.0, pace=1250.0)  # the machine ran the same work 1.25x slower
-
-    assert reference.paced_users_per_s(1000.0) == 500.0
-    assert slowed.paced_users_per_s(1000.0) == 500.0
-    assert slowed.paced_users_per_s(0.0) == 0.0
-
-
 def test_the_large_run_compares_with_a_small_one_over_its_intervals_at_the_same_pace():
     small = _sized(500.0, pace=1000.0)
     small.run.cpu_seconds["machine"] = 3.0  # 3 ms per user

@@ -44,4 +44,11 @@ def test_rounds_that_the_small_tables_cannot_hold_are_refused():
     completed = _run("--small", "100", "--rounds", "2", "--round-users", "100")
 
     assert completed.returncode == 2
-    assert "--small must hold every round's users" in completed.stderr
+    assert "(200) is more users than the tables hold (100)" in completed.stderr
+
+
+def test_counts_that_are_not_positive_are_refused():
+    completed = _run("--round-users", "0")
+
+    assert completed.returncode == 2
+    assert "argument --round-users: 0 is not a positive whole number" in completed.stderr
