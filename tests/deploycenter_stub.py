@@ -600,6 +600,11 @@ def _json(
 class _StubServer(ThreadingHTTPServer):
     """A threaded HTTP server that stays quiet when a client drops its connection."""
 
+    # socketserver listens with a backlog of 5: twenty syncs connecting at once on a busy
+    # machine overflow it, the kernel drops SYNs, and the client's retry after 1 s then 3 s
+    # outlasts its 2 s connect timeout. A real server (gunicorn: 2048) queues them.
+    request_queue_size = 128
+
     def handle_error(self, request, client_address) -> None:
         # A client that stops reading a huge body resets the connection: expected, not news.
         if isinstance(sys.exc_info()[1], ConnectionError):
