@@ -78,13 +78,16 @@ _CELERY_DEFAULTS = (
 )
 
 
-# The workers `--alternate nice` renices, login by login (`measure`'s `workers`).
+# The workers `--alternate nice` renices, login by login (`measure`'s `workers`), and how much
+# deeper than the Procfile's the "after" side puts them (`--deeper-nice`; 0: figure 15m).
 _workers: list = []
+_deeper_nice = 0
 
 
 def _renice(*, changes: bool) -> None:
     """Figure 15m's niceness: the interactive and signals workers at the Procfile's (5), or at
-    0 as before; the bulk worker keeps its 10 either way."""
+    0 as before; the bulk worker keeps its 10 either way. With `--deeper-nice K`, the "before"
+    side is the Procfile's niceness and the "after" side every worker K deeper (at most 19)."""
     import psutil
 
     if not hasattr(_renice, "processes"):
@@ -93,8 +96,12 @@ def _renice(*, changes: bool) -> None:
             (worker.spec.niceness, process) for worker in _workers for process in worker.tree()
         ]
     for shipped, process in _renice.processes:  # type: ignore[attr-defined]
+        if _deeper_nice:
+            niceness = min(shipped + _deeper_nice, 19) if changes else shipped
+        else:
+            niceness = shipped if changes or shipped >= 10 else 0
         try:
-            process.nice(shipped if changes or shipped >= 10 else 0)
+            process.nice(niceness)
         except psutil.NoSuchProcess:
             continue
 
@@ -247,9 +254,23 @@ def main() -> int:
         "prepared UPDATE (`prepare`), in this checkout",
     )
     parser.add_argument(
+        "--deeper-nice",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --alternate nice: compare the Procfile's niceness with every worker K deeper "
+        "(instead of with the one-user workers at 0)",
+    )
+    parser.add_argument(
         "--profile", metavar="FILE", help="cProfile the timed logins into FILE (pstats)"
     )
     args = parser.parse_args()
+    if args.deeper_nice and args.alternate != "nice":
+        parser.error("--deeper-nice goes with --alternate nice")
+    if not 0 <= args.deeper_nice <= 19:
+        parser.error("--deeper-nice is a niceness step from 0 to 19")
+    global _deeper_nice
+    _deeper_nice = args.deeper_nice
     database_url = os.environ.get(
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/messages_bench"
     )
