@@ -1,0 +1,54 @@
+"""`python -m bench.login_parts` (figures 14, 15l, 15m), as an operator runs it, on a few
+logins: what each part of a login costs, and its refusals of options that do not go together."""
+
+import re
+
+from tests.support.bench_database import bench_database, run_bench
+
+
+def test_logins_taking_turns_report_both_sides():
+    with bench_database("bench_login_parts") as url:
+        completed = run_bench(
+            "bench.login_parts",
+            "--logins",
+            "20",
+            "--every",
+            "0",
+            "--alternate",
+            "prepare",
+            database_url=url,
+        )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    figures = dict(re.findall(r"^(login_parts_\w+)=(.*)$", completed.stdout, re.MULTILINE))
+    assert figures["login_parts_alternate"] == "prepare"
+    for side in ("before", "after"):
+        # Each login: one SQL statement, the task and its event on Redis, no client built.
+        assert figures[f"login_parts_{side}_sql_statements_per_login"] == "1.0"
+        assert figures[f"login_parts_{side}_redis_round_trips_per_login"] == "2.0"
+        assert figures[f"login_parts_{side}_redis_clients_built_per_login"] == "0.0"
+        assert float(figures[f"login_parts_{side}_total_ms_p50"]) > 0
+
+
+def test_deeper_nice_goes_with_alternate_nice_only():
+    completed = run_bench(
+        "bench.login_parts", "--deeper-nice", "5", database_url="postgres://unused/bench"
+    )
+
+    assert completed.returncode == 2
+    assert "--deeper-nice goes with --alternate nice" in completed.stderr
+
+
+def test_deeper_nice_is_a_niceness_step():
+    completed = run_bench(
+        "bench.login_parts",
+        "--under-load",
+        "--alternate",
+        "nice",
+        "--deeper-nice",
+        "25",
+        database_url="postgres://unused/bench",
+    )
+
+    assert completed.returncode == 2
+    assert "--deeper-nice is a niceness step from 0 to 19" in completed.stderr
