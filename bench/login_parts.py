@@ -131,6 +131,13 @@ def _switch(*, changes: bool, figure: str) -> None:
     if figure == "prepare":
         settings.DB_PREPARED_UPDATES = changes
         return
+    if figure == "no-sent-event":
+        # What the login would save without Flower's view of queued syncs: an upper bound for
+        # merging the task and its event into one round trip.
+        from celery import current_app
+
+        current_app.conf.task_send_sent_event = not changes
+        return
     if not hasattr(_switch, "changed"):
         _switch.changed = {  # type: ignore[attr-defined]
             "wrapper": sync_requests._commits_not_waiting_for_the_disk,
@@ -248,10 +255,11 @@ def main() -> int:
         "--alternate",
         nargs="?",
         const="15l",
-        choices=("14", "15l", "nice", "prepare"),
+        choices=("14", "15l", "nice", "prepare", "no-sent-event"),
         help="logins take turns with and without the changes of figure 14 or 15l (the "
         "default), or of figure 15m: the workers' niceness (`nice`, with --under-load) or the "
-        "prepared UPDATE (`prepare`), in this checkout",
+        "prepared UPDATE (`prepare`), in this checkout; `no-sent-event`: the task-sent event "
+        "left out (an upper bound for the task and its event in one round trip)",
     )
     parser.add_argument(
         "--deeper-nice",
