@@ -1,7 +1,10 @@
 """`python -m bench.login_parts` (figures 14, 15l, 15m), as an operator runs it, on a few
 logins: what each part of a login costs, and its refusals of options that do not go together."""
 
+import os
 import re
+import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -59,3 +62,50 @@ def test_deeper_nice_is_a_niceness_step():
 
     assert completed.returncode == 2
     assert "--deeper-nice is a niceness step from 0 to 19" in completed.stderr
+
+
+@pytest.fixture
+def sleeping_workers(monkeypatch):
+    """Three real processes standing for the Procfile's workers, each started at its niceness
+    (5, 10, 5), handed to bench.login_parts as `--under-load` hands it the running workers."""
+    import psutil
+
+    from bench import login_parts
+
+    children = [
+        subprocess.Popen(["nice", "-n", str(niceness), "sleep", "60"]) for niceness in (5, 10, 5)
+    ]
+    processes = [psutil.Process(child.pid) for child in children]
+    workers = [
+        SimpleNamespace(spec=SimpleNamespace(niceness=process.nice()), tree=[process].copy)
+        for process in processes
+    ]
+    monkeypatch.setattr(login_parts, "_workers", workers)
+    # `_renice` lists the processes once per run: this test's, not an earlier one's.
+    vars(login_parts._renice).pop("processes", None)
+    yield processes
+    vars(login_parts._renice).pop("processes", None)
+    for child in children:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering a niceness back needs CAP_SYS_NICE")
+@pytest.mark.parametrize(
+    ("deeper", "before", "after"),
+    [(0, [0, 10, 0], [5, 10, 5]), (5, [5, 10, 5], [10, 15, 10]), (12, [5, 10, 5], [17, 19, 17])],
+    ids=["figure 15m", "deeper by 5", "capped at 19"],
+)
+def test_alternate_nice_renices_the_workers_login_by_login(
+    sleeping_workers, monkeypatch, deeper, before, after
+):
+    from bench import login_parts
+
+    monkeypatch.setattr(login_parts, "_deeper_nice", deeper)
+
+    login_parts._renice(changes=True)
+    assert [process.nice() for process in sleeping_workers] == after
+    login_parts._renice(changes=False)
+    assert [process.nice() for process in sleeping_workers] == before
+    login_parts._renice(changes=True)
+    assert [process.nice() for process in sleeping_workers] == after
