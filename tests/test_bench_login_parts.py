@@ -4,6 +4,7 @@ logins: what each part of a login costs, and its refusals of options that do not
 import os
 import re
 import subprocess
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -72,13 +73,20 @@ def sleeping_workers(monkeypatch):
 
     from bench import login_parts
 
+    shipped = (5, 10, 5)
+    # The niceness is set in the child before it runs `sleep`, and Popen returns once it has:
+    # no window in which the process is still at the test's niceness.
     children = [
-        subprocess.Popen(["nice", "-n", str(niceness), "sleep", "60"]) for niceness in (5, 10, 5)
+        subprocess.Popen(
+            ["sleep", "60"], preexec_fn=partial(os.setpriority, os.PRIO_PROCESS, 0, niceness)
+        )
+        for niceness in shipped
     ]
     processes = [psutil.Process(child.pid) for child in children]
+    assert [process.nice() for process in processes] == list(shipped)
     workers = [
-        SimpleNamespace(spec=SimpleNamespace(niceness=process.nice()), tree=[process].copy)
-        for process in processes
+        SimpleNamespace(spec=SimpleNamespace(niceness=niceness), tree=[process].copy)
+        for niceness, process in zip(shipped, processes, strict=True)
     ]
     monkeypatch.setattr(login_parts, "_workers", workers)
     # `_renice` lists the processes once per run: this test's, not an earlier one's.
