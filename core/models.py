@@ -328,6 +328,17 @@ class SyncRun(models.Model):
         return why_run_ended(error_code=self.error_code)
 
 
+class CountedBatch(models.Model):
+    """A batch's delivery (its task id and try) counted in its run, written in the count's own
+    transaction: a batch delivered again, or killed while counting, counts exactly once."""
+
+    delivery = models.CharField(max_length=300, primary_key=True)
+    run = models.ForeignKey(SyncRun, models.CASCADE, "counted_batches")
+
+    def __str__(self):
+        return f"batch {self.delivery} counted in run {self.run_id}"
+
+
 class HeldRevocation(models.Model):
     """A revocation the sync did not apply: over a run's budget, or right after an identity change.
 
@@ -347,13 +358,7 @@ class HeldRevocation(models.Model):
         DISCARDED = "discarded", "Discarded: access kept"
 
     # The run whose budget held it; none for a hold outside a run (an identity change).
-    run = models.ForeignKey(
-        SyncRun,
-        on_delete=models.CASCADE,
-        null=True,
-        blank=True,
-        related_name="held_revocations",
-    )
+    run = models.ForeignKey(SyncRun, models.CASCADE, "held_revocations", null=True, blank=True)
     reason = models.CharField(max_length=20, choices=Reason.choices, default=Reason.RUN_BUDGET)
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="held_revocations")
     # A name, as in the audit trail: the row must outlive a deleted domain.

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.cache import cache
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -17,7 +17,7 @@ from core import metrics
 from core.entitlements.configuration_errors import report_run_stopped
 from core.entitlements.results import RunCategory, SyncResult
 from core.entitlements.revocation_budget import new_run_budget
-from core.models import SyncRun, Trigger
+from core.models import CountedBatch, SyncRun, Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ def start_run(
 
     Call with the scope's run lock held (else pass `another_is_starting`), so two starts
     cannot both see no run in progress. A run still marked running whose batches were lost
-    (see `close_lost_runs`) is closed first: it never holds up the next one.
+    (see `close_lost_runs`) is closed first: it never holds up the next one. The counted
+    deliveries no batch can come back for are forgotten then (`forget_counted_batches`).
     """
     now = timezone.now()
     same_scope = SyncRun.objects.filter(
@@ -89,6 +90,7 @@ def start_run(
     )
     if not another_is_starting:
         close_lost_runs()
+        forget_counted_batches()
     skipped = another_is_starting or same_scope.exists()
     # The revocation budget, counted before any batch of the run revokes.
     budget = {} if skipped else asdict(new_run_budget())
@@ -171,26 +173,67 @@ def record_fan_out_failed(*, run_id: int, users_enqueued: int) -> None:
 
 
 def record_batch(*, run_id: int, tally: BatchTally, delivery: str) -> None:
-    """Add a batch's counts to its run (one UPDATE), then close the run if it was the last.
+    """Add a batch's counts to its run, and close the run if it was the last, in one transaction.
 
-    Once per `delivery` (a batch task's id and try): a batch that ran to its end but whose
-    acknowledgement was lost with the broker's connection is delivered again and runs again
-    (its syncs change nothing the second time); its users must not count twice.
+    Once per `delivery` (a batch task's id and try), recorded in that transaction: a batch
+    that ran to its end but whose acknowledgement was lost with the broker's connection is
+    delivered again and runs again (its syncs change nothing the second time); its users must
+    not count twice. A batch killed while counting (a worker terminates its running tasks when
+    its broker connection drops) counted nothing, and its copy delivered again counts.
     """
-    if not cache.add(f"entitlements:run:{run_id}:counted:{delivery}", 1, batch_expiry_seconds()):
-        logger.info("run %s: batch %s was counted already (delivered again)", run_id, delivery)
-        return
     totals = tally.as_dict()
-    SyncRun.objects.filter(pk=run_id).update(
-        users_done=F("users_done") + totals["done"],
-        users_changed=F("users_changed") + totals["changed"],
-        users_failed=F("users_failed") + totals["failed"],
-        users_skipped=F("users_skipped") + totals["skipped"],
-        users_not_run=F("users_not_run") + totals["not_run"],
-        progressed_at=timezone.now(),
-    )
+    with transaction.atomic():
+        if not _count_delivery_once(run_id=run_id, delivery=delivery):
+            logger.info("run %s: batch %s was counted already (delivered again)", run_id, delivery)
+            return
+        SyncRun.objects.filter(pk=run_id).update(
+            users_done=F("users_done") + totals["done"],
+            users_changed=F("users_changed") + totals["changed"],
+            users_failed=F("users_failed") + totals["failed"],
+            users_skipped=F("users_skipped") + totals["skipped"],
+            users_not_run=F("users_not_run") + totals["not_run"],
+            progressed_at=timezone.now(),
+        )
+        ended = _close_if_complete(run_id=run_id)
     metrics.run_users_counted(counts=totals)
-    finish_if_complete(run_id=run_id)
+    if ended:
+        _record_ended(run_id)
+
+
+# Inserts nothing when the delivery is there already, or its run is not.
+_COUNT_DELIVERY_ONCE = (
+    "INSERT INTO core_countedbatch (delivery, run_id) SELECT %s, id FROM core_syncrun "
+    "WHERE id = %s ON CONFLICT DO NOTHING"
+)
+
+
+def _count_delivery_once(*, run_id: int, delivery: str) -> bool:
+    """Record `delivery` as counted in its run (inside the caller's transaction); False when it
+    was already, or the run is gone. A copy counting at the same moment waits on the row's key
+    until the first commits, then finds it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_COUNT_DELIVERY_ONCE, [delivery, run_id])
+        return cursor.rowcount == 1
+
+
+def forget_counted_batches() -> int:
+    """Delete the counted deliveries that no batch can come back for; return how many.
+
+    A batch's message is dropped unrun once it is older than `batch_expiry_seconds`, so the
+    deliveries of runs that ended longer ago than that are kept for nothing. Run ids grow with
+    time: every row below the oldest run still running or ended since then goes.
+    """
+    ended_before = timezone.now() - timedelta(seconds=batch_expiry_seconds())
+    oldest_kept = (
+        SyncRun.objects.filter(Q(status=SyncRun.Status.RUNNING) | Q(finished_at__gte=ended_before))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    forgotten = CountedBatch.objects.all()
+    if oldest_kept is not None:
+        forgotten = forgotten.filter(run_id__lt=oldest_kept)
+    return forgotten.delete()[0]
 
 
 def stop_run_on_configuration_error(*, run_id: int, error_code: str) -> bool:
@@ -223,18 +266,23 @@ def finish_if_complete(*, run_id: int) -> bool:
     """Mark the run done once every enqueued user is counted; True for the call that did it.
 
     Both the fan-out (after writing the total) and every batch (after adding its counts)
-    call this, so whichever comes last closes the run, exactly once.
+    close a complete run, so whichever comes last closes it, exactly once.
     """
+    ended = _close_if_complete(run_id=run_id)
+    if ended:
+        _record_ended(run_id)
+    return ended
+
+
+def _close_if_complete(*, run_id: int) -> bool:
+    """The UPDATE that marks a complete running run done; True when it did."""
     counted = F("users_done") + F("users_failed") + F("users_skipped") + F("users_not_run")
-    finished = bool(
+    return bool(
         SyncRun.objects.filter(
             Q(pk=run_id, status=SyncRun.Status.RUNNING, users_enqueued__gt=0),
             Q(users_enqueued__lte=counted),
         ).update(status=SyncRun.Status.DONE, finished_at=timezone.now())
     )
-    if finished:
-        _record_ended(run_id)
-    return finished
 
 
 def _record_ended(run_id: int) -> None:

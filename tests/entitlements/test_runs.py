@@ -10,7 +10,7 @@ from django.utils import timezone
 from core.entitlements import runs
 from core.entitlements.results import RunCategory
 from core.entitlements.runs import BatchTally
-from core.models import MailDomainAccess, SyncRun, Trigger
+from core.models import CountedBatch, MailDomainAccess, SyncRun, Trigger
 from tests.factories import MailDomainAccessFactory
 
 ALL = SyncRun.Scope.ALL
@@ -141,6 +141,41 @@ def test_a_batch_delivered_again_counts_once_and_its_next_try_counts_too(db):
     runs.record_batch(run_id=run.pk, tally=_tally(done=2), delivery="lost-ack:1")
     run.refresh_from_db()
     assert (run.status, run.users_done) == ("done", 4)
+
+
+def test_a_batch_of_a_run_that_is_gone_counts_nothing_and_does_not_fail(db):
+    run = _start()
+    run.delete()
+
+    runs.record_batch(run_id=run.pk, tally=_tally(done=2), delivery="orphan:0")
+
+    assert not CountedBatch.objects.exists()
+
+
+def test_a_new_run_forgets_the_counted_batches_no_batch_can_come_back_for(db, settings):
+    settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS = 3600
+    old, recent = _start(), _start(scope=SyncRun.Scope.DOMAIN)
+    running = _start(scope=SyncRun.Scope.ORGANISATION)
+    assert {run.status for run in (old, recent, running)} == {"running"}
+    for run in (old, recent, running):
+        runs.record_batch(run_id=run.pk, tally=_tally(done=1), delivery=f"batch-of-{run.pk}:0")
+    now = timezone.now()
+    # `old` ended longer than a batch's expiry ago: its batches' messages are dropped unrun.
+    SyncRun.objects.filter(pk=old.pk).update(
+        status="done", finished_at=now - timedelta(seconds=3601)
+    )
+    SyncRun.objects.filter(pk=recent.pk).update(
+        status="done", finished_at=now - timedelta(seconds=3500)
+    )
+
+    _start(scope=SyncRun.Scope.DOMAIN, maildomain_name="other.example")
+
+    assert set(CountedBatch.objects.values_list("run_id", flat=True)) == {recent.pk, running.pk}
+    SyncRun.objects.filter(pk__in=[recent.pk, running.pk]).update(
+        status="done", finished_at=now - timedelta(seconds=7200)
+    )
+    assert runs.forget_counted_batches() == 2
+    assert not CountedBatch.objects.exists()
 
 
 def test_a_run_ends_exactly_once(db):

@@ -119,12 +119,17 @@ def ride_out_restarts(*, restarts, restart, env, make_admins, upstream, settings
             assert {name: processes.worker_pid(name) for name in WORKERS} == pids, (
                 "a worker stopped: " + processes.tail()
             )
-            run = wait_until(
-                until_sweeping(ended_run),
-                timeout=150,
-                every=0.25,
-                message=f"run {number + 1} to end",
-            )
+            try:
+                run = wait_until(
+                    until_sweeping(ended_run),
+                    timeout=150,
+                    every=0.25,
+                    message=f"run {number + 1} to end",
+                )
+            except AssertionError as timeout:
+                # What a red CI needs to tell why: the run's counts and the workers' last lines.
+                runs = list(SyncRun.objects.order_by("pk").values())
+                raise AssertionError(f"{timeout}\nruns: {runs}\n{processes.tail()}") from None
             recoveries.append(time.monotonic() - back_at)
             # Everyone the run asked for (the run's admins, and the logins synced so far): done,
             # or skipped because their login's sync was running and serves them.
