@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         "--before-migration",
         metavar="APP:MIGRATION",
         help="compare a schema change instead of two sizes: both sides hold --large users, "
-        "the first with its database migrated back to this migration (e.g. core:0010)",
+        "the first with its database migrated back to this migration (e.g. core:0012); "
+        "today's code runs on it, so it must hold every table the code needs",
     )
     parser.add_argument("--migrate-to", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
