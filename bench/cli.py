@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 # Figure 9 sends change signals to the web it starts.
                 "ENTITLEMENTS_CHANGES_TOKEN": CHANGES_TOKEN,
             }
+            if mode.change_recheck_seconds is not None:
+                tuning["ENTITLEMENTS_CHANGE_RECHECK_SECONDS"] = str(mode.change_recheck_seconds)
             if args.batch_size:
                 tuning["ENTITLEMENTS_SYNC_BATCH_SIZE"] = str(args.batch_size)
             if args.batch_threads:

@@ -448,7 +448,9 @@ def _signals(
     calls_before = stub.control()["calls"]
     settle = settings.ENTITLEMENTS_CHANGE_SETTLE_SECONDS
     thread, during_storm = logins_during(logins[mode.rights_probes // 4 :], seconds=settle + 5)
-    timings, seconds = signal_storm(signals=signals, users=storm_users, count=mode.storm_logins)
+    timings, seconds = signal_storm(
+        signals=signals, users=storm_users, count=mode.signal_storm_signals
+    )
     thread.join()
     time.sleep(settle_and_recheck_seconds())
     calls = stub.control()["calls"] - calls_before - len(during_storm)
