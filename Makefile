@@ -82,8 +82,8 @@ run: install
 test: install-dev
 	$(TEST_ENV) $(BIN)/ruff check .
 	$(BIN)/mypy
-	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --heavy=skip $(PYTEST_ARGS)
-	$(TEST_ENV) $(BIN)/python -m pytest --heavy=only $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --heavy=skip --durations=10 $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest --heavy=only --durations=10 $(PYTEST_ARGS)
 
 test-slow: install-dev
 	$(TEST_ENV) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
