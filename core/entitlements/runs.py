@@ -184,7 +184,11 @@ def record_batch(*, run_id: int, tally: BatchTally, delivery: str) -> None:
     totals = tally.as_dict()
     with transaction.atomic():
         if not _count_delivery_once(run_id=run_id, delivery=delivery):
-            logger.info("run %s: batch %s was counted already (delivered again)", run_id, delivery)
+            logger.info(
+                "run %s: batch %s not counted: counted already (delivered again), or run gone",
+                run_id,
+                delivery,
+            )
             return
         SyncRun.objects.filter(pk=run_id).update(
             users_done=F("users_done") + totals["done"],

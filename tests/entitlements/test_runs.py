@@ -143,13 +143,17 @@ def test_a_batch_delivered_again_counts_once_and_its_next_try_counts_too(db):
     assert (run.status, run.users_done) == ("done", 4)
 
 
-def test_a_batch_of_a_run_that_is_gone_counts_nothing_and_does_not_fail(db):
+def test_a_batch_of_a_run_that_is_gone_counts_nothing_and_does_not_fail(db, caplog):
     run = _start()
     run.delete()
 
-    runs.record_batch(run_id=run.pk, tally=_tally(done=2), delivery="orphan:0")
+    with caplog.at_level(logging.INFO, logger="core.entitlements.runs"):
+        runs.record_batch(run_id=run.pk, tally=_tally(done=2), delivery="orphan:0")
 
     assert not CountedBatch.objects.exists()
+    assert "batch orphan:0 not counted: counted already (delivered again), or run gone" in (
+        caplog.text
+    )
 
 
 def test_a_new_run_forgets_the_counted_batches_no_batch_can_come_back_for(db, settings):
