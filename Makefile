@@ -82,7 +82,7 @@ run: install
 test: install-dev
 	$(TEST_ENV) $(BIN)/ruff check .
 	$(BIN)/mypy
-	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --heavy=skip --durations=10 $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1 --heavy=skip --durations=10 $(PYTEST_ARGS)
 	$(TEST_ENV) $(BIN)/python -m pytest --heavy=only --durations=10 $(PYTEST_ARGS)
 
 test-slow: install-dev

@@ -19,6 +19,9 @@ Rules for a new test, so it can run beside the others:
 - one that saturates the CPU or measures a rate or a delay (a benchmark's smoke run, a storm, a
   rate limit) is marked `heavy`: `make test` runs those apart, one at a time, once the others
   are done (`--heavy=skip` in the parallel run, then `--heavy=only` in one process);
+- one that takes 10 s or more is marked `long`: the long tests are handed out first, one at a
+  time (the Makefile's --maxschedchunk), so the parallel part does not end with one worker busy
+  on a long test while the others wait;
 - figures (tests/figures.py) and artefacts (tests/artifacts.py) reach pytest's summary from
   every worker by themselves.
 `make test PYTEST_ARGS="-n 0"` runs the parallel part in one process.
@@ -51,7 +54,9 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """--heavy=skip leaves the heavy tests out, --heavy=only keeps only them (after `-m`)."""
+    """--heavy=skip leaves the heavy tests out, --heavy=only keeps only them (after `-m`); the
+    tests marked `long` go first, in their order (the longest first makes the shortest end)."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
     choice = config.getoption("heavy")
     if choice == "with-others":
         return

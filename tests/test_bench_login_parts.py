@@ -16,6 +16,7 @@ from tests.support.bench_database import bench_database, run_bench
     ("alternate", "redis_round_trips"),
     [("prepare", ("2.0", "2.0")), ("no-sent-event", ("2.0", "1.0"))],
 )
+@pytest.mark.long
 def test_logins_taking_turns_report_both_sides(alternate, redis_round_trips):
     with bench_database("bench_login_parts") as url:
         completed = run_bench(

@@ -5,6 +5,8 @@ import re
 import subprocess
 from contextlib import ExitStack
 
+import pytest
+
 from tests.support.bench_database import bench_database, run_bench
 
 
@@ -17,6 +19,7 @@ def _run(*arguments: str) -> subprocess.CompletedProcess:
         return run_bench("bench.table_size", *arguments, database_url=url)
 
 
+@pytest.mark.long
 def test_two_sizes_in_turns():
     completed = _run("--small", "300", "--large", "600", "--rounds", "2", "--round-users", "100")
 
@@ -33,6 +36,7 @@ def test_two_sizes_in_turns():
 # Today's code runs on the "before" side: 0012's table (the batches' counts) is the oldest
 # schema it runs on, and migrating back to it is what an operator comparing a later
 # index-only migration does.
+@pytest.mark.long
 def test_a_migration_against_the_one_before_at_one_size():
     completed = _run(
         "--large", "300", "--rounds", "1", "--round-users", "100", "--before-migration", "core:0012"

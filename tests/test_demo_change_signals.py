@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from tests import figures
@@ -35,6 +36,7 @@ def admin_domains(database) -> set[str]:
     return {name for (name,) in rows}
 
 
+@pytest.mark.long
 def test_an_edit_signalled_by_the_printed_command_lands_within_seconds(tmp_path):
     data_dir = tmp_path / "data"
     environment = _environment(data_dir)

@@ -46,6 +46,7 @@ def rows(held):
     assert SyncRun.objects.exists() and HeldRevocation.objects.exists()
 
 
+@pytest.mark.long
 def test_every_filter_takes_odd_values_without_a_500(client, rows):
     failures = []
     for url, names in changelists():

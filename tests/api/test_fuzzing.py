@@ -208,6 +208,7 @@ def _fuzz(operation, mode, *, credentials: dict, path_parameters: dict[str, str]
     send()
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("mode", list(schemathesis.GenerationMode), ids=str)
 @pytest.mark.parametrize("client", ["anonymous", "staff-admin", "provisioning", "changes"])
 def test_no_generated_request_makes_a_server_error(api_schema, world, client, mode):

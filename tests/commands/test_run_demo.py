@@ -10,6 +10,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from core.management.commands.setup_demo import SUPERUSER_EMAIL
 from tests.support.commands import BASE_DIR, manage_environment, prepare_demo
@@ -32,6 +33,7 @@ def _up(output: str) -> bool:
     return "Ctrl-C stops" in output and workers_ready
 
 
+@pytest.mark.long
 def test_prints_the_login_once_up_and_stops_cleanly_on_ctrl_c(tmp_path):
     prepare_demo(tmp_path)
     password = (tmp_path / "demo_password").read_text().strip()

@@ -7,6 +7,7 @@ across a restart), because the sweep sends every recorded request that no sync s
 import statistics
 import time
 
+import pytest
 from celery import current_app
 
 from core.models import EntitlementSyncState, User
@@ -96,6 +97,7 @@ def run_broker_outage(
     )
 
 
+@pytest.mark.long
 def test_users_log_in_while_the_broker_is_down(
     start_worker, domains, upstream, private_broker, settings, report_figure
 ):

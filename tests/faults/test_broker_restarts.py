@@ -201,6 +201,7 @@ def rabbitmq_restarts(
     )
 
 
+@pytest.mark.long
 def test_workers_ride_out_a_redis_restart(
     make_admins, upstream, persistent_redis, settings, tmp_path, report_figure
 ):
@@ -216,6 +217,7 @@ def test_workers_ride_out_ten_redis_restarts(
     report(report_figure, "Redis", figures)
 
 
+@pytest.mark.long
 @pytest.mark.rabbitmq
 def test_workers_ride_out_a_rabbitmq_restart(
     make_admins, upstream, private_rabbitmq, shared_broker, settings, tmp_path, report_figure
@@ -237,6 +239,7 @@ def test_workers_ride_out_ten_rabbitmq_restarts(
     report(report_figure, "RabbitMQ", figures)
 
 
+@pytest.mark.long
 def test_make_run_starts_a_dead_worker_again(shared_broker, transactional_db, settings, tmp_path):
     env = worker_environment(redis_url=shared_broker, data_dir=tmp_path, **WORKER_DEFAULTS)
     processes = ProcfileProcesses(names=WORKERS, env=env, log_path=tmp_path / "honcho.log")

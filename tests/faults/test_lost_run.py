@@ -5,6 +5,7 @@ private redis-server, the DeployCenter stub over HTTP."""
 
 import time
 
+import pytest
 from django.test import Client
 from django.urls import reverse
 
@@ -24,6 +25,7 @@ SETTINGS = {
 USERS = 20
 
 
+@pytest.mark.long
 def test_a_run_whose_batches_the_broker_lost_ends_and_the_next_one_runs(
     start_worker, make_admins, upstream, private_broker, settings, report_figure
 ):

@@ -148,6 +148,7 @@ def web_logs():
     root.setLevel(previous)
 
 
+@pytest.mark.long
 def test_no_personal_data_or_secret_leaves_the_database(
     start_worker, upstream, private_redis, settings, web_logs, report_figure
 ):

@@ -128,6 +128,7 @@ def test_a_full_run_syncs_every_admin_with_the_shipped_workers_on_rabbitmq(
     assert_nothing_went_through_redis()
 
 
+@pytest.mark.long
 def test_a_pool_child_killed_mid_sync_is_redelivered_on_rabbitmq(
     start_amqp_worker, make_admins, upstream, report_figure
 ):

@@ -112,6 +112,7 @@ def run_task_over_its_time_limit(
     )
 
 
+@pytest.mark.long
 def test_a_task_over_its_time_limit_is_killed_and_its_locks_expire(
     start_worker, make_admins, upstream, settings, report_figure
 ):
@@ -129,6 +130,7 @@ def test_a_task_over_its_time_limit_waiting_the_real_lock_ttl(
     )
 
 
+@pytest.mark.long
 def test_a_full_run_overlapping_the_next_one_is_recorded_as_skipped(
     start_worker, make_admins, upstream, report_figure
 ):

@@ -164,6 +164,7 @@ def run_outage(
     )
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("kind", [HTTP_503, HANG, REFUSED])
 def test_upstream_down_during_a_full_run(start_worker, make_admins, own_stub, report_figure, kind):
     run_outage(start_worker, make_admins, own_stub, report_figure, kind=kind, users=100, runs=1)

@@ -217,6 +217,7 @@ def run_child_kills(start_worker, make_admins, stub, report_figure, *, kills: in
 
 
 # Twice at each point in the default suite; the 100-kill series is `make test-slow`'s.
+@pytest.mark.long
 def test_killing_the_pool_child_mid_sync_6_times(
     start_worker, make_admins, slow_upstream, report_figure
 ):
@@ -298,6 +299,7 @@ def run_whole_worker_kills(start_worker, make_admins, stub, report_figure, *, ro
     )
 
 
+@pytest.mark.long
 def test_killing_the_whole_worker_mid_sync(start_worker, make_admins, slow_upstream, report_figure):
     run_whole_worker_kills(start_worker, make_admins, slow_upstream, report_figure, rounds=1)
 

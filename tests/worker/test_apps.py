@@ -25,6 +25,7 @@ def _sessions() -> int:
         return cursor.fetchone()[0]
 
 
+@pytest.mark.long
 @pytest.mark.broker
 def test_a_worker_reuses_its_database_connection_across_tasks(transactional_db, private_redis):
     private_redis.start()
