@@ -191,7 +191,11 @@ def user_lock(user_id, *, owner: str = "") -> TTLLock:
     return TTLLock(f"sync-user:{user_id}", ttl=USER_LOCK_TTL, owner=owner)
 
 
-def run_lock(*, scope_key: str) -> TTLLock:
-    """The lock held while a run of this scope starts and fans out."""
+def run_lock(*, scope_key: str, owner: str = "") -> TTLLock:
+    """The lock held while a run of this scope starts and fans out.
+
+    `owner` is the fan-out task's id: its copy delivered again after it was killed mid-way
+    takes back the lock and finishes the job (fan_out.py).
+    """
     # Outlives the fan-out task's hard time limit, so only a killed fan-out leaves it behind.
-    return TTLLock(f"resync:{scope_key}", ttl=settings.CELERY_TASK_TIME_LIMIT + 60)
+    return TTLLock(f"resync:{scope_key}", ttl=settings.CELERY_TASK_TIME_LIMIT + 60, owner=owner)

@@ -48,7 +48,9 @@ _TRIGGERS = frozenset(Trigger.values)
 _SYNC_STATUSES = frozenset(EntitlementSyncState.Status.values)
 _RUN_STATUSES = frozenset(SyncRun.Status.values)
 _RUN_USER_OUTCOMES = ("done", "failed", "skipped", "not_run")
-_RUN_FAILURE_REASONS = frozenset({"configuration", "incomplete", "fanout_failed"})
+_RUN_FAILURE_REASONS = frozenset(
+    {"configuration", "incomplete", "fanout_failed", "fanout_interrupted"}
+)
 _SCOPES = frozenset(SyncRun.Scope.values)
 _RESOLUTIONS = frozenset(HeldRevocation.Resolution.values)
 _ANSWERS = frozenset(ANSWERS)

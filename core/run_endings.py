@@ -19,6 +19,12 @@ RUN_ENDINGS = {
         "Not every batch could be sent (the broker could not be reached): the users counted "
         "were sent, the others were not asked. The next run covers them."
     ),
+    "fanout_interrupted": (
+        "The task sending this run's batches was stopped before it sent them all (its worker "
+        "was killed, or lost its broker connection) and was delivered again: the copy closed "
+        "this run and started a new one over every user. The batches this run had sent asked "
+        "no one (counted not run)."
+    ),
     "revocations_held": (
         "The run reached its revocation budget: its further revocations are held for an "
         "operator (see its held revocations)."

@@ -3,11 +3,13 @@ with the setting it names filled in; a run without an error code needs no explan
 
 import pytest
 
-from core.entitlements.runs import CONFIGURATION_ERROR, INCOMPLETE
+from core.entitlements.runs import CONFIGURATION_ERROR, FAN_OUT_INTERRUPTED, INCOMPLETE
 from core.run_endings import RUN_ENDINGS, why_run_ended
 
 
-@pytest.mark.parametrize("code", [CONFIGURATION_ERROR, INCOMPLETE, "fanout_failed"])
+@pytest.mark.parametrize(
+    "code", [CONFIGURATION_ERROR, INCOMPLETE, "fanout_failed", FAN_OUT_INTERRUPTED]
+)
 def test_the_codes_a_run_ends_with_are_explained(code):
     assert code in RUN_ENDINGS
     assert why_run_ended(error_code=code)

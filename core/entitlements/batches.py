@@ -108,9 +108,10 @@ def _sync_batch(*, run_id: int, user_ids: list[str], trigger: Trigger, task_id: 
     tally = BatchTally()
     if not user_ids:
         return tally
-    if runs.stopped_by_configuration_error(run_id=run_id):
-        # Another batch of the run found the configuration wrong: asking would be refused.
-        # Nobody is asked, and everybody's state stays what it was.
+    if runs.stopped_asking(run_id=run_id):
+        # Another batch of the run found the configuration wrong (asking would be refused), or
+        # a new run replaced this one (asking would repeat it). Nobody is asked, and
+        # everybody's state stays what it was.
         tally.counts[RunCategory.NOT_RUN] += len(user_ids)
         return tally
     # The run's budget: beyond it, the batch holds revocations instead of applying them.

@@ -83,25 +83,32 @@ def _run(
     maildomain_name: str = "",
     organization_siret: str = "",
 ) -> dict:
-    """Start the run under its scope's lock and, unless skipped, send its batches."""
-    with run_lock(scope_key=scope_key) as acquired:
-        run = runs.start_run(
-            scope=scope,
-            trigger=trigger,
-            task_id=task_id,
-            maildomain_name=maildomain_name,
-            organization_siret=organization_siret,
-            another_is_starting=not acquired,
-        )
-        if run.status == SyncRun.Status.RUNNING:
-            fan_out(
-                run=run,
-                user_ids=user_ids.iterator(chunk_size=_STREAM_CHUNK),
+    """Start the run under its scope's lock and, unless skipped, send its batches.
+
+    A copy of the task delivered again (its first delivery was killed mid-way: a lost worker
+    or broker connection) takes back the lock; it reports the run its first delivery fanned
+    out, or starts a new one if that fan-out was cut short (runs.take_over_earlier_delivery).
+    """
+    with run_lock(scope_key=scope_key, owner=task_id) as acquired:
+        run = runs.take_over_earlier_delivery(task_id=task_id) if acquired else None
+        if run is None:
+            run = runs.start_run(
+                scope=scope,
                 trigger=trigger,
-                on_progress=lambda enqueued: on_progress(
-                    {"run_id": run.pk, "users_enqueued": enqueued}
-                ),
+                task_id=task_id,
+                maildomain_name=maildomain_name,
+                organization_siret=organization_siret,
+                another_is_starting=not acquired,
             )
+            if run.status == SyncRun.Status.RUNNING:
+                fan_out(
+                    run=run,
+                    user_ids=user_ids.iterator(chunk_size=_STREAM_CHUNK),
+                    trigger=trigger,
+                    on_progress=lambda enqueued: on_progress(
+                        {"run_id": run.pk, "users_enqueued": enqueued}
+                    ),
+                )
     run.refresh_from_db()
     return {
         "run_id": run.pk,

@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 CONFIGURATION_ERROR = "configuration"
 # A run's error code once it was closed unfinished: its batches were lost or expired unrun.
 INCOMPLETE = "incomplete"
+# A run's error code once its fan-out, killed before it sent every batch, was delivered again:
+# the copy started a new run over every user, and the batches this one sent ask no one.
+FAN_OUT_INTERRUPTED = "fanout_interrupted"
+# The error codes of a run whose batches ask no one.
+_STOPPED_ASKING = (CONFIGURATION_ERROR, FAN_OUT_INTERRUPTED)
 
 
 @dataclass(slots=True)
@@ -105,6 +110,40 @@ def start_run(
         progressed_at=now,
         **budget,
     )
+
+
+def take_over_earlier_delivery(*, task_id: str) -> SyncRun | None:
+    """The run an earlier delivery of this fan-out task fanned out, if it finished sending.
+
+    Call with the scope's run lock held. Celery delivers a fan-out task again, under the same
+    id, when its worker was killed or terminated it on a lost broker connection (late acks).
+    A run its first delivery left running without its total was cut short mid-way: it is
+    closed failed (`fanout_interrupted`), its batches ask no one, and None is returned, so
+    that the copy starts a new run over every user now rather than leave the users it had
+    not sent for the next interval. A run whose fan-out had finished is returned as it is:
+    the copy has nothing to send again.
+    """
+    if not task_id:
+        return None
+    earlier = SyncRun.objects.filter(task_id=task_id).exclude(status=SyncRun.Status.SKIPPED)
+    cut_short = list(
+        earlier.filter(status=SyncRun.Status.RUNNING, users_enqueued=0).values_list("pk", flat=True)
+    )
+    for run_id in cut_short:
+        if SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).update(
+            status=SyncRun.Status.FAILED,
+            error_code=FAN_OUT_INTERRUPTED,
+            finished_at=timezone.now(),
+        ):
+            logger.warning(
+                "resync run %s closed as failed/%s: its fan-out task %s was stopped before it "
+                "sent every batch and was delivered again; a new run covers every user",
+                run_id,
+                FAN_OUT_INTERRUPTED,
+                task_id,
+            )
+            _record_ended(run_id)
+    return earlier.exclude(pk__in=cut_short).order_by("-started_at").first()
 
 
 def close_lost_runs() -> int:
@@ -259,10 +298,11 @@ def stop_run_on_configuration_error(*, run_id: int, error_code: str) -> bool:
     return stopped
 
 
-def stopped_by_configuration_error(*, run_id: int) -> bool:
-    """Whether a configuration error stopped the run (its batches must not ask the upstream)."""
+def stopped_asking(*, run_id: int) -> bool:
+    """Whether the run's batches must ask no one: a configuration error stopped it (every
+    call would be refused), or a new run replaced its interrupted fan-out."""
     return SyncRun.objects.filter(
-        pk=run_id, status=SyncRun.Status.FAILED, error_code=CONFIGURATION_ERROR
+        pk=run_id, status=SyncRun.Status.FAILED, error_code__in=_STOPPED_ASKING
     ).exists()
 
 

@@ -429,3 +429,25 @@ def test_an_error_no_sync_catches_stops_the_batch(
             trigger="periodic",
             task_id="",
         )
+
+
+def test_a_batch_of_a_run_replaced_after_its_fan_out_was_cut_short_asks_no_one(
+    transactional_db, make_user, scripted_upstream
+):
+    """The new run sent every user again: this batch's syncs would repeat its."""
+    MailDomain.objects.create(name=ALPHA)
+    users = [make_user() for _ in range(2)]
+    scripted_upstream(admins_by_email={user.email: [ALPHA] for user in users})
+    run = SyncRunFactory(
+        status=SyncRun.Status.FAILED, error_code="fanout_interrupted", task_id="fan"
+    )
+
+    tally = sync_run_batch(
+        run_id=run.pk, user_ids=[str(user.pk) for user in users], trigger="periodic", task_id="b"
+    )
+
+    assert (tally.as_dict()["not_run"], tally.as_dict()["done"]) == (2, 0)
+    assert all(_rights(user) == set() for user in users)
+    assert not EntitlementSyncState.objects.filter(user__in=users, started_at__isnull=False)
+    run.refresh_from_db()
+    assert (run.status, run.users_not_run) == ("failed", 2)

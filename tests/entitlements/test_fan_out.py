@@ -7,9 +7,10 @@ import pytest
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from core.entitlements import run_resync
+from core.entitlements import run_resync, runs
 from core.entitlements.fan_out import fan_out
 from core.entitlements.runs import start_run
+from core.locks import run_lock
 from core.models import SyncRun, Trigger
 from tests.factories import MailDomainAccessFactory, MailDomainFactory, UserFactory
 from tests.support.broker import producer_app
@@ -111,3 +112,58 @@ def test_a_fan_out_the_broker_refuses_fails_the_run_and_raises(db, private_redis
 
     run.refresh_from_db()
     assert (run.status, run.error_code, run.users_enqueued) == ("failed", "fanout_failed", 0)
+
+
+def test_a_fan_out_delivered_again_after_it_was_cut_short_replaces_its_run(
+    db, broker_queues, settings, caplog
+):
+    """Its first delivery was killed before writing its total (a lost worker or broker
+    connection): it left its run running and its lock held, under its task id."""
+    settings.ENTITLEMENTS_SYNC_BATCH_SIZE = 2
+    users = {str(UserFactory().pk) for _ in range(3)}
+    cut_short = start_run(scope=SyncRun.Scope.ALL, trigger=Trigger.PERIODIC, task_id="fan-7")
+    assert run_lock(scope_key="all", owner="fan-7").acquire()
+
+    result = run_resync(trigger=Trigger.PERIODIC, task_id="fan-7")
+
+    cut_short.refresh_from_db()
+    assert (cut_short.status, cut_short.error_code) == ("failed", "fanout_interrupted")
+    assert runs.stopped_asking(run_id=cut_short.pk)
+    run = SyncRun.objects.exclude(pk=cut_short.pk).get()
+    assert (run.status, run.task_id, run.users_enqueued) == ("running", "fan-7", 3)
+    assert result["run_id"] == run.pk
+    assert {user_id for ids, _, _ in _batches(broker_queues) for user_id in ids} == users
+    assert f"resync run {cut_short.pk} closed as failed/fanout_interrupted" in caplog.text
+
+
+def test_a_fan_out_delivered_again_after_it_sent_everything_sends_nothing_more(db, broker_queues):
+    """Killed after it wrote its total (e.g. while reporting its result): the copy reports the
+    run it fanned out."""
+    UserFactory()
+    run_resync(trigger=Trigger.PERIODIC, task_id="fan-8")
+    sent = broker_queues.length("bulk")
+    [run] = SyncRun.objects.all()
+    assert run_lock(scope_key="all", owner="fan-8").acquire()  # the killed one's lock
+
+    result = run_resync(trigger=Trigger.PERIODIC, task_id="fan-8")
+
+    assert result == {
+        "run_id": run.pk,
+        "scope": "all",
+        "run_status": "running",
+        "users_enqueued": 1,
+    }
+    assert SyncRun.objects.count() == 1
+    assert broker_queues.length("bulk") == sent
+
+
+def test_another_tasks_fan_out_in_progress_is_not_taken_over(db, broker_queues):
+    UserFactory()
+    start_run(scope=SyncRun.Scope.ALL, trigger=Trigger.PERIODIC, task_id="fan-9")
+    assert run_lock(scope_key="all", owner="fan-9").acquire()
+
+    result = run_resync(trigger=Trigger.PERIODIC, task_id="fan-10")
+
+    assert result["run_status"] == "skipped"
+    assert SyncRun.objects.get(task_id="fan-9").status == "running"
+    assert broker_queues.length("bulk") == 0

@@ -210,13 +210,13 @@ def test_a_fan_out_that_failed_fails_the_run(db):
 
 def test_a_configuration_error_stops_the_run_once_with_one_error(db, caplog):
     run = _start()
-    assert runs.stopped_by_configuration_error(run_id=run.pk) is False
+    assert runs.stopped_asking(run_id=run.pk) is False
 
     first = runs.stop_run_on_configuration_error(run_id=run.pk, error_code="http_401")
     second = runs.stop_run_on_configuration_error(run_id=run.pk, error_code="http_401")
 
     assert (first, second) == (True, False)
-    assert runs.stopped_by_configuration_error(run_id=run.pk) is True
+    assert runs.stopped_asking(run_id=run.pk) is True
     run.refresh_from_db()
     assert (run.status, run.error_code) == ("failed", "configuration")
     stopped = [
@@ -231,4 +231,4 @@ def test_a_run_that_already_ended_is_not_stopped(db, status):
     SyncRun.objects.filter(pk=run.pk).update(status=status)
 
     assert runs.stop_run_on_configuration_error(run_id=run.pk, error_code="http_403") is False
-    assert runs.stopped_by_configuration_error(run_id=run.pk) is False
+    assert runs.stopped_asking(run_id=run.pk) is False
