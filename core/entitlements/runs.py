@@ -125,7 +125,12 @@ def take_over_earlier_delivery(*, task_id: str) -> SyncRun | None:
     """
     if not task_id:
         return None
-    earlier = SyncRun.objects.filter(task_id=task_id).exclude(status=SyncRun.Status.SKIPPED)
+    # Runs are kept for ever: the indexed start time bounds the search to the last interval,
+    # beyond which close_lost_runs has closed a run left running anyway.
+    since = timezone.now() - timedelta(seconds=batch_expiry_seconds())
+    earlier = SyncRun.objects.filter(task_id=task_id, started_at__gte=since).exclude(
+        status=SyncRun.Status.SKIPPED
+    )
     cut_short = list(
         earlier.filter(status=SyncRun.Status.RUNNING, users_enqueued=0).values_list("pk", flat=True)
     )

@@ -167,3 +167,21 @@ def test_another_tasks_fan_out_in_progress_is_not_taken_over(db, broker_queues):
     assert result["run_status"] == "skipped"
     assert SyncRun.objects.get(task_id="fan-9").status == "running"
     assert broker_queues.length("bulk") == 0
+
+
+def test_a_run_of_the_same_task_id_older_than_one_interval_is_not_taken_over(
+    db, broker_queues, settings
+):
+    """Looked for in the last interval only (runs are kept for ever): an older one was
+    closed by close_lost_runs, and the copy starts a run of its own."""
+    settings.ENTITLEMENTS_RESYNC_INTERVAL_SECONDS = 900
+    UserFactory()
+    old = start_run(scope=SyncRun.Scope.ALL, trigger=Trigger.PERIODIC, task_id="fan-11")
+    SyncRun.objects.filter(pk=old.pk).update(
+        users_enqueued=1, started_at=timezone.now() - timedelta(seconds=901)
+    )
+
+    result = run_resync(trigger=Trigger.PERIODIC, task_id="fan-11")
+
+    assert result["run_id"] != old.pk
+    assert (result["run_status"], result["users_enqueued"]) == ("running", 1)
