@@ -22,8 +22,8 @@ RUN_ENDINGS = {
     "fanout_interrupted": (
         "The task sending this run's batches was stopped before it sent them all (its worker "
         "was killed, or lost its broker connection) and was delivered again: the copy closed "
-        "this run and started a new one over every user. The batches this run had sent asked "
-        "no one (counted not run)."
+        "this run and started a new one over every user. This run's batches that had not run "
+        "by then asked no one (counted not run)."
     ),
     "revocations_held": (
         "The run reached its revocation budget: its further revocations are held for an "

@@ -27,7 +27,7 @@ CONFIGURATION_ERROR = "configuration"
 # A run's error code once it was closed unfinished: its batches were lost or expired unrun.
 INCOMPLETE = "incomplete"
 # A run's error code once its fan-out, killed before it sent every batch, was delivered again:
-# the copy started a new run over every user, and the batches this one sent ask no one.
+# the copy started a new run over every user, and this one's batches not yet run ask no one.
 FAN_OUT_INTERRUPTED = "fanout_interrupted"
 # The error codes of a run whose batches ask no one.
 _STOPPED_ASKING = (CONFIGURATION_ERROR, FAN_OUT_INTERRUPTED)
@@ -131,11 +131,12 @@ def take_over_earlier_delivery(*, task_id: str) -> SyncRun | None:
     earlier = SyncRun.objects.filter(task_id=task_id, started_at__gte=since).exclude(
         status=SyncRun.Status.SKIPPED
     )
-    cut_short = list(
-        earlier.filter(status=SyncRun.Status.RUNNING, users_enqueued=0).values_list("pk", flat=True)
-    )
-    for run_id in cut_short:
-        if SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).update(
+    fanned_out = None
+    for run in earlier.order_by("-started_at"):
+        if run.status != SyncRun.Status.RUNNING or run.users_enqueued:
+            fanned_out = fanned_out or run
+            continue
+        if SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.RUNNING).update(
             status=SyncRun.Status.FAILED,
             error_code=FAN_OUT_INTERRUPTED,
             finished_at=timezone.now(),
@@ -143,12 +144,12 @@ def take_over_earlier_delivery(*, task_id: str) -> SyncRun | None:
             logger.warning(
                 "resync run %s closed as failed/%s: its fan-out task %s was stopped before it "
                 "sent every batch and was delivered again; a new run covers every user",
-                run_id,
+                run.pk,
                 FAN_OUT_INTERRUPTED,
                 task_id,
             )
-            _record_ended(run_id)
-    return earlier.exclude(pk__in=cut_short).order_by("-started_at").first()
+            _record_ended(run.pk)
+    return fanned_out
 
 
 def close_lost_runs() -> int:

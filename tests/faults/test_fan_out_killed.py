@@ -14,6 +14,7 @@ the fan-out's progress report waits on its result row, locked by the test.
 """
 
 import uuid
+from contextlib import ExitStack
 
 import pytest
 from celery import current_app
@@ -40,19 +41,20 @@ def test_a_fan_out_killed_mid_way_is_replaced_by_a_run_over_every_user(
 
     # The run's row waits (its INSERT) until the task's result row, written when the task
     # started, is locked: then the first batch is sent and the progress report waits on it.
-    with held_lock("LOCK TABLE core_syncrun IN SHARE ROW EXCLUSIVE MODE"):
-        current_app.send_task(TaskName.SYNC_ALL_ADMINS, args=[Trigger.ADMIN], task_id=task_id)
-        wait_until(
-            lambda: waiting_on_lock('INSERT INTO "core_syncrun"'),
-            timeout=30,
-            message="the run's row to wait on the table",
-        )
-        result_row = held_lock(
-            "SELECT 1 FROM django_celery_results_taskresult WHERE task_id = %s FOR UPDATE",
-            [task_id],
-        )
-        result_row.__enter__()
-    try:
+    with ExitStack() as result_row_locked:
+        with held_lock("LOCK TABLE core_syncrun IN SHARE ROW EXCLUSIVE MODE"):
+            current_app.send_task(TaskName.SYNC_ALL_ADMINS, args=[Trigger.ADMIN], task_id=task_id)
+            wait_until(
+                lambda: waiting_on_lock('INSERT INTO "core_syncrun"'),
+                timeout=30,
+                message="the run's row to wait on the table",
+            )
+            result_row_locked.enter_context(
+                held_lock(
+                    "SELECT 1 FROM django_celery_results_taskresult WHERE task_id = %s FOR UPDATE",
+                    [task_id],
+                )
+            )
         wait_until(
             lambda: waiting_on_lock('UPDATE "django_celery_results_taskresult"'),
             timeout=30,
@@ -62,8 +64,6 @@ def test_a_fan_out_killed_mid_way_is_replaced_by_a_run_over_every_user(
         assert (cut_short.status, cut_short.users_enqueued) == ("running", 0)
         worker.kill_pool_child()
         wait_until(lambda: worker_lost_count(worker) > before, message="the loss to be seen")
-    finally:
-        result_row.__exit__(None, None, None)
     worker.wait_for_pool()
 
     run = wait_until(
