@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from core.entitlements.circuit_breaker import CircuitBreaker
 from core.entitlements.sync_requests import request_sync
 from core.models import AccessAuditEntry, EntitlementSyncState, MailDomain, MailDomainAccess, User
 from tests.deploycenter_stub import ALPHA_SIRET
@@ -76,6 +77,29 @@ def test_503_twice_then_200_succeeds_after_retries(world, admin, celery_app):
 
     assert (result["status"], result["added"]) == ("ok", [ALPHA, BETA])
     assert world.calls >= 3
+    assert admin_domains(admin) == {ALPHA, BETA}
+
+
+def test_a_retry_refused_by_an_open_circuit_waits_for_it_to_reopen(
+    world, admin, celery_app, settings
+):
+    """DeployCenter is back, but the circuit its outage opened refuses calls for its cool-down:
+    the login's sync waits for the circuit to reopen and asks then. Before, its retries were
+    spent inside the cool-down, each refused without asking, and it ended unavailable."""
+    settings.ENTITLEMENTS_CIRCUIT_FAILURE_THRESHOLD = 1
+    settings.ENTITLEMENTS_CIRCUIT_COOLDOWN_SECONDS = 2.0
+    settings.ENTITLEMENTS_SYNC_MAX_RETRIES = 2
+    # Backoff ceilings of 0.2 and 0.4 s: both retries would fall inside the cool-down.
+    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS = 3.0
+    CircuitBreaker().record_failure()  # the outage's last failure opens the circuit
+    started = time.monotonic()
+
+    task_id = request_sync(user=admin, trigger="login").task_id
+    result = celery_app.AsyncResult(task_id).get(timeout=20)
+
+    assert (result["status"], result["added"]) == ("ok", [ALPHA, BETA])
+    assert world.calls == 1, "refused while open, asked once it reopened"
+    assert time.monotonic() - started >= 1.5
     assert admin_domains(admin) == {ALPHA, BETA}
 
 

@@ -30,7 +30,7 @@ from core.entitlements.change_signals import (
 from core.locks import SYNC_USER_TIME_LIMIT
 from core.models import FAILED_SYNC_STATUSES, EntitlementSyncState, SyncRun, Trigger, User
 from core.task_names import TaskName
-from worker.retry import may_retry, retry_countdown
+from worker.retry import circuit_reopens_in, may_retry, retry_countdown
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ def sync_user(
         return _not_synced(user_id, trigger, status=Status.SKIPPED, reason="unknown_user")
     if result.worth_retrying:
         if may_retry(retries=retries):
-            raise self.retry(countdown=retry_countdown(retries=retries))
+            raise self.retry(
+                countdown=retry_countdown(retries=retries, circuit_reopens_in=circuit_reopens_in())
+            )
         logger.warning("sync of user %s (%s): retries exhausted", user_id, trigger)
     if trigger == Trigger.CHANGE_SIGNAL:
         after_signal_sync(
@@ -182,7 +184,8 @@ def sync_users_batch(self, user_ids: list[str], run_id: int, trigger: Trigger) -
     )
     if tally.retry_user_ids:
         raise self.retry(
-            args=[tally.retry_user_ids, run_id, trigger], countdown=retry_countdown(retries=retries)
+            args=[tally.retry_user_ids, run_id, trigger],
+            countdown=retry_countdown(retries=retries, circuit_reopens_in=circuit_reopens_in()),
         )
     run = SyncRun.objects.only("status", "error_code").get(pk=run_id)
     totals = {

@@ -5,10 +5,12 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 
-from worker.retry import may_retry, retry_countdown
+from core.entitlements.circuit_breaker import CircuitBreaker
+from worker.retry import circuit_reopens_in, may_retry, retry_countdown
 
 
 @pytest.mark.parametrize("retries", range(12))
@@ -57,3 +59,50 @@ def test_a_retry_delay_near_the_visibility_timeout_stops_start_up():
     assert completed.returncode != 0
     assert "ImproperlyConfigured" in completed.stderr
     assert "ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS" in completed.stderr
+
+
+@pytest.mark.parametrize("retries", [0, 3])
+def test_a_retry_while_the_circuit_is_open_waits_for_it_to_reopen_first(settings, retries):
+    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS = 2
+    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS = 120
+    ceiling = 2 * 2**retries
+
+    draws = [retry_countdown(retries=retries, circuit_reopens_in=25.0) for _ in range(2000)]
+
+    # The usual jittered draw, starting when the circuit reopens.
+    assert min(draws) >= 25.0
+    assert max(draws) <= 25.0 + ceiling
+    assert statistics.mean(draws) == pytest.approx(25.0 + ceiling / 2, rel=0.05)
+
+
+def test_the_wait_for_the_circuit_is_capped_by_the_max_delay(settings):
+    """A cool-down longer than the max delay: the countdown stays at most twice the max delay,
+    under the visibility timeout the start-up check guards (the retry may be refused again)."""
+    settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS = 2
+    settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS = 10
+
+    draws = [retry_countdown(retries=8, circuit_reopens_in=300.0) for _ in range(500)]
+
+    assert min(draws) >= 10.0
+    assert max(draws) <= 20.0
+
+
+def test_the_circuit_reopens_in_what_the_shared_breaker_says(settings):
+    """Read from the breaker in the test's Redis: closed, open for its cool-down, half-open."""
+    settings.ENTITLEMENTS_CIRCUIT_FAILURE_THRESHOLD = 1
+    settings.ENTITLEMENTS_CIRCUIT_COOLDOWN_SECONDS = 0.5
+    assert circuit_reopens_in() == 0.0, "closed"
+
+    CircuitBreaker().record_failure()
+    assert 0.3 < circuit_reopens_in() <= 0.5, "open"
+
+    time.sleep(0.55)
+    assert circuit_reopens_in() == 0.0, "half-open: the next call may probe"
+
+
+def test_without_a_breaker_to_ask_a_retry_waits_as_usual(settings):
+    settings.CACHES = {
+        "default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}
+    }
+
+    assert circuit_reopens_in() == 0.0
