@@ -223,6 +223,12 @@ def _line(figures: dict) -> str:
     )
 
 
+def ratio(other: float, base: float) -> str:
+    """`other / base` as the report prints it; "-" when the base measured nothing (a small
+    round's Redis CPU can be under the clock's 10 ms tick)."""
+    return f"{other / base:.3f}" if base else "-"
+
+
 def _report(figures: dict[str, list[dict]], args) -> str:
     def per_user(name: str, key: str) -> float:
         return statistics.mean(1000 * round_[key] / round_["users"] for round_ in figures[name])
@@ -251,7 +257,7 @@ def _report(figures: dict[str, list[dict]], args) -> str:
     for label, value, form in rows:
         base, other = value(first), value(second)
         lines.append(
-            f"{label:28}{form.format(base):>12}{form.format(other):>12}{other / base:>13.3f}"
+            f"{label:28}{form.format(base):>12}{form.format(other):>12}{ratio(other, base):>13}"
         )
     lines.append(
         f"{args.rounds} rounds of {args.round_users:,} users each, order "

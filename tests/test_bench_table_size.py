@@ -7,6 +7,7 @@ from contextlib import ExitStack
 
 import pytest
 
+from bench.table_size import ratio
 from tests.support.bench_database import bench_database, run_bench
 
 
@@ -59,3 +60,10 @@ def test_counts_that_are_not_positive_are_refused():
 
     assert completed.returncode == 2
     assert "argument --round-users: 0 is not a positive whole number" in completed.stderr
+
+
+def test_a_ratio_over_a_part_that_measured_nothing_prints_a_dash():
+    """A small round's Redis CPU can be 0 (under the clock's tick): the report once died
+    dividing by it (ZeroDivisionError in CI)."""
+    assert ratio(0.2, 0.0) == "-"
+    assert ratio(0.3, 0.2) == "1.500"
