@@ -90,13 +90,15 @@ def test_the_wait_for_the_circuit_is_capped_by_the_max_delay(settings):
 def test_the_circuit_reopens_in_what_the_shared_breaker_says(settings):
     """Read from the breaker in the test's Redis: closed, open for its cool-down, half-open."""
     settings.ENTITLEMENTS_CIRCUIT_FAILURE_THRESHOLD = 1
-    settings.ENTITLEMENTS_CIRCUIT_COOLDOWN_SECONDS = 0.5
+    settings.ENTITLEMENTS_CIRCUIT_COOLDOWN_SECONDS = 2.0
     assert circuit_reopens_in() == 0.0, "closed"
 
     CircuitBreaker().record_failure()
-    assert 0.3 < circuit_reopens_in() <= 0.5, "open"
+    reopens_in = circuit_reopens_in()
+    # A second of slack for a machine busy with the parallel suite.
+    assert 1.0 < reopens_in <= 2.0, "open"
 
-    time.sleep(0.55)
+    time.sleep(reopens_in + 0.05)
     assert circuit_reopens_in() == 0.0, "half-open: the next call may probe"
 
 
