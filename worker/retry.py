@@ -16,11 +16,10 @@ def retry_countdown(*, retries: int, circuit_reopens_in: float = 0.0) -> float:
     of many users failing together, so a recovering upstream is not hit by synchronised waves.
     While the upstream's circuit is open, the draw starts once it reopens (`circuit_reopens_in`
     seconds from now): a retry inside the cool-down would be refused without asking, and spend
-    one of the few retries on nothing. Both parts are capped
-    by ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS, which keeps every countdown (at most twice
-    that) below the broker's visibility timeout (checked at start-up in settings: max delay plus
-    the task time limit under half of it), or Redis would deliver the waiting message a second
-    time.
+    one of the few retries on nothing. Both parts are capped by
+    ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS, which keeps every countdown (at most twice that)
+    below the broker's visibility timeout (checked at start-up in settings: max delay plus the
+    task time limit under half of it), or Redis would deliver the waiting message a second time.
     """
     cap = settings.ENTITLEMENTS_SYNC_RETRY_MAX_DELAY_SECONDS
     ceiling = min(cap, settings.ENTITLEMENTS_SYNC_RETRY_BASE_DELAY_SECONDS * 2 ** max(retries, 0))
